@@ -1,0 +1,1 @@
+"""labelnoise: training deep networks on noisy labels (MentorNet, joint optimization, MentorMix)."""

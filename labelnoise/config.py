@@ -1,0 +1,263 @@
+"""Typed, validated configuration: `params.yaml` → frozen dataclasses, checked once at the edge.
+
+`params.yaml` is the single source of default values: the dataclasses below carry types and
+ranges, not defaults. Every error names the offending key in one line (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, missing, of the wrong type or out of range (message names the key)."""
+
+
+def _rng(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
+    """Field with an allowed numeric range [lo, hi] (lo excluded when ``lo_open``)."""
+    return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class BaseConfig:
+    seed: int = _rng(0)  # training seed (noise and split seeds are separate)
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int = _rng(0)  # 0: all cores
+    deterministic: bool
+    tracking_uri: str  # relative sqlite paths resolve against the repo root (DVC_ROOT)
+    experiment: str
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "digits"]
+    root: str  # cache of verified raw files
+    mirrors: list[str]  # local folders searched before the network
+    download: bool  # allow the network as the last source
+    clean_size: int = _rng(0)  # trusted clean subset, stratified (MentorNet: 5000)
+    val_size: int = _rng(0)  # optional noisy validation split carved from the train pool
+    test_size: int = _rng(0)  # only for datasets without an official test split (digits)
+    train_limit: int = _rng(0)  # 0: whole train pool; else a stratified subsample (quick runs)
+    split_seed: int = _rng(0)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    kind: Literal["none", "symmetric", "pair", "asymmetric", "transition"]
+    rate: float = _rng(0.0, 1.0)
+    seed: int = _rng(0)
+    class_map: str | dict[int, int]  # asymmetric: "auto" (shipped map for the dataset) or {src: dst}
+    transition: list[list[float]]  # transition: row-stochastic K x K matrix
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    method: Literal["ce"]
+    model: Literal["cnn", "preact_resnet32", "resnet18"]
+    pretrained: bool
+    epochs: int = _rng(1, 10_000)
+    batch_size: int = _rng(1, 65_536)
+    eval_batch_size: int = _rng(1, 65_536)
+    lr: float = _rng(0.0, 10.0, lo_open=True)
+    momentum: float = _rng(0.0, 1.0)
+    nesterov: bool
+    weight_decay: float = _rng(0.0, 1.0)
+    schedule: Literal["constant", "multistep", "cosine", "onecycle"]
+    milestones: list[float]  # multistep: fractions of training, e.g. [0.5, 0.75]
+    gamma: float = _rng(0.0, 1.0, lo_open=True)  # multistep decay factor
+    warmup_epochs: float = _rng(0.0)  # linear warm-up (multistep, cosine)
+    onecycle_pct_start: float = _rng(0.0, 1.0, lo_open=True)
+    augment: Literal["auto", "none", "crop_flip"]  # auto: crop_flip for CIFAR, none otherwise
+    crop_padding: int = _rng(0, 64)
+    precision: Literal["auto", "fp32", "bf16"]  # auto: fp32 on CPU, bf16 autocast on CUDA
+    channels_last: Literal["auto", "on", "off"]  # auto: on for CUDA only
+    label_smoothing: float = _rng(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = _rng(1, 65_536)
+
+
+@dataclass(frozen=True)
+class Config:
+    base: BaseConfig
+    data: DataConfig
+    noise: NoiseConfig
+    student: StudentConfig
+    evaluate: EvaluateConfig
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- parsing
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(c) for c in typing.get_args(tp))
+            raise ConfigError(f"{key}: must be one of {choices}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e).split(": ", 1)[1])
+        raise ConfigError(f"{key}: {' or '.join(errors)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {type(value).__name__} {value!r}")
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        k_tp, v_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__} {value!r}")
+        return {_check_type(k, k_tp, f"{key}.{k}"): _check_type(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # programming error
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'params'}: must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(prefix, unknown[0])}: unknown parameter (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = _join(prefix, name)
+        if name not in raw:
+            raise ConfigError(f"{key}: missing")
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], raw[name], key)
+            continue
+        value = _check_type(raw[name], hints[name], key)
+        lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise ConfigError(f"{key}: must be {'>' if lo_open else '>='} {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key}: must be <= {hi}, got {value}")
+        values[name] = value
+    return cls(**values)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a raw params dict."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: an override must look like section.key=value")
+        dotted, text = item.split("=", 1)
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"{dotted}: unknown parameter")
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(f"{dotted}: unknown parameter")
+        node[leaf] = _parse_value(text)
+    return out
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overlay`` into a copy of ``base`` (used for presets)."""
+    out = copy.deepcopy(base)
+    for k, v in overlay.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a raw params dict (all sections, all keys) into a ``Config``."""
+    cfg = _build(Config, raw, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read, override and validate ``params.yaml``. Raises ConfigError with one clear line."""
+    return from_dict(apply_overrides(read_yaml(path), overrides or []))
+
+
+def _cross_checks(cfg: Config) -> None:
+    s = cfg.student
+    if any(not 0.0 < m < 1.0 for m in s.milestones) or list(s.milestones) != sorted(s.milestones):
+        raise ConfigError("student.milestones: must be increasing fractions of training in (0, 1)")
+    if s.warmup_epochs >= s.epochs:
+        raise ConfigError(f"student.warmup_epochs: must be < student.epochs ({s.epochs})")
+    n = cfg.noise
+    if n.kind == "transition":
+        rows = n.transition
+        if not rows or any(len(r) != len(rows) for r in rows):
+            raise ConfigError("noise.transition: must be a square K x K matrix")
+        for i, r in enumerate(rows):
+            if any(p < 0 for p in r) or abs(sum(r) - 1.0) > 1e-6:
+                raise ConfigError(f"noise.transition[{i}]: row must be non-negative and sum to 1, sums to {sum(r):.6g}")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1} (for MLflow params and comparisons)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

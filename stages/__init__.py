@@ -1,0 +1,1 @@
+"""Thin stage modules: read params, call the library, write outputs atomically, log to MLflow."""
