@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up, then run the default pipeline (dvc repro)
+#   make test   set up, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test setup venv data dvc-init ui bench lint clean-outputs
+
+run: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+setup: venv data dvc-init
+
+# Virtual environment with the pinned, fully resolved dependency set (requirements.lock).
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==26.3
+	$(BIN)/python -m pip install -q -r requirements.lock
+	@touch $@
+
+# Fashion-MNIST (the default dataset) from Debian's package when apt-get is available.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian package dataset-fashion-mnist"; \
+		$(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null \
+		|| ($(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else \
+		echo "apt-get not available: the download stage will fetch Fashion-MNIST with torchvision"; \
+	fi
+
+dvc-init:
+	@test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
+
+# MLflow UI on the project's store: http://127.0.0.1:5000
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup
+	$(BIN)/python benchmarks/throughput.py
+
+lint: venv
+	$(BIN)/ruff check .
+
+# Remove pipeline outputs (not the MLflow store): the next `make run` starts from scratch.
+clean-outputs:
+	rm -rf data/prepared.npz data/noisy.npz models/*.pt models/checkpoints reports/plots reports/curves reports/*.json reports/*.png

@@ -1,0 +1,154 @@
+"""Command line for the noisy-labels pipeline: one command per DVC stage, plus helpers.
+
+    python cli.py --help
+    python cli.py train-student -S student.epochs=3      # one stage, params overridden
+    python cli.py compare -n 5                             # last pipeline executions side by side
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train deep networks on noisy labels: a DVC pipeline tracked in MLflow. "
+    "`dvc repro` runs all stages; the commands below run one stage or inspect results.",
+)
+
+ROOT = Path(__file__).resolve().parent
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="Params file (one section per stage).", rich_help_panel="Parameters")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", metavar="KEY=VALUE", help="Override a param for this call only: section.key=value (YAML value). "
+                 "Repeatable. DVC does not see it: use `dvc exp run -S` for tracked experiments.",
+                 rich_help_panel="Parameters"),
+]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> dict[str, Any]:
+    """Validate params at the edge, then run ``stages.<stage_module>.run(cfg)``.
+
+    Known failures become one line on stderr: bad params exit 2, anything else the stage
+    reports (missing input, bad data, unusable store) exits 1. Nothing is half-written:
+    stages write their outputs atomically.
+    """
+    import importlib
+
+    from labelnoise.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(params, overrides)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    module = importlib.import_module(f"stages.{stage_module}")
+    try:
+        return module.run(cfg)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; the last checkpoint is kept and the next run resumes from it", 130)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 1)
+    return {}
+
+
+def _stage_command(name: str, module: str, doc: str) -> Callable[..., None]:
+    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+        _run_stage(module, params, set_)
+
+    command.__doc__ = doc
+    command.__name__ = module
+    app.command(name)(command)
+    return command
+
+
+_stage_command("download", "download", "Stage 1 (params `data`): fetch and verify the dataset, cut train / clean / val / test.")
+_stage_command("inject-noise", "inject_noise",
+               "Stage 2 (params `noise`): corrupt the train labels with a named noise model; record which changed.")
+_stage_command("train-student", "train_student",
+               "Stage 4 (params `student`): train the student network on the noisy labels (resumes from its checkpoint).")
+_stage_command("evaluate", "evaluate", "Stage 6 (params `evaluate`): test accuracy, per-class accuracy, plots, metrics.json.")
+
+
+@app.command()
+def compare(
+    n: Annotated[int, typer.Option("--last", "-n", min=1, help="How many pipeline executions to show.")] = 5,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Show the last N pipeline executions from MLflow: the params that differ and their test accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from labelnoise import tracking
+    from labelnoise.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(params)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
+    try:
+        runs = tracking.last_pipelines(uri, cfg.base.experiment, n)
+    except Exception as e:  # noqa: BLE001 - an unreadable store is one line
+        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
+    if not runs:
+        typer.echo(f"no pipeline runs in experiment {cfg.base.experiment!r} at {uri}")
+        return
+    keys = tracking.differing_params(runs)
+    table = Table(title=f"last {len(runs)} pipeline executions ({uri})")
+    for col in ("run", "started", "status", *keys, "test_acc", "test_acc_best_clean"):
+        table.add_column(col)
+    import datetime as dt
+
+    for r in runs:
+        started = dt.datetime.fromtimestamp(r["start"] / 1000).strftime("%Y-%m-%d %H:%M")
+        accs = [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for m in ("test_acc", "test_acc_best_clean")]
+        table.add_row(r["run_id"][:8], started, r["status"], *[r["params"].get(k, "-") for k in keys], *accs)
+    Console(width=max(120, 30 + 18 * len(keys))).print(table)
+    if not keys:
+        typer.echo("(all params equal across these runs)")
+
+
+@app.command()
+def preset(
+    name: Annotated[str, typer.Argument(help="Preset name: a file presets/NAME.yaml (e.g. tiny).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged params.")] = Path("params.yaml"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write params = PARAMS merged with presets/NAME.yaml (validated first; comments are not kept)."""
+    import yaml
+
+    from labelnoise.config import ConfigError, from_dict, merge, read_yaml
+    from labelnoise.io import write_atomic
+
+    overlay_path = ROOT / "presets" / f"{name}.yaml"
+    if not overlay_path.is_file():
+        known = ", ".join(sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")))
+        _fail(f"unknown preset {name!r} (known: {known})", 2)
+    try:
+        merged = merge(read_yaml(params), read_yaml(overlay_path))
+        from_dict(merged)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    header = f"# Generated by `python cli.py preset {name}`: {params} merged with presets/{name}.yaml\n"
+    write_atomic(out, lambda p: p.write_text(header + yaml.safe_dump(merged, sort_keys=False)))
+    typer.echo(f"wrote {out} (preset {name})")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    app()

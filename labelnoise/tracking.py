@@ -1,0 +1,224 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One pipeline execution is one parent run; each stage that ran is a child run. DVC runs every
+stage as its own process, so the stages of one `dvc repro` / `dvc exp run` find their common
+parent through a *pipeline key*: the id of the DVC process that started them (or
+``LABELNOISE_PIPELINE_ID`` when set). A stage called directly from the CLI is an execution of
+its own. A stage that DVC skips never starts, so it leaves no run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labelnoise.config import Config, flatten
+
+PIPELINE_RUN_NAME = "pipeline"
+KEY_TAG = "labelnoise.pipeline_key"
+KIND_TAG = "labelnoise.kind"  # "pipeline" or "stage"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be reached or written (one clear line)."""
+
+
+def repo_root() -> Path:
+    """The project root: DVC_ROOT inside DVC (also in `dvc exp` temp and queue copies), else cwd."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def resolve_tracking_uri(uri: str, root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` overrides ``uri``; a relative sqlite or file store resolves against ``root``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+    root = root or repo_root()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if not path.startswith("/") and path != ":memory:":
+            return f"sqlite:///{(root / path).resolve()}"
+        return uri
+    if "://" not in uri:  # a plain folder: MLflow's file store
+        return str((root / uri).resolve())
+    return uri
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a Linux process, from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]), fields[19]
+
+
+def pipeline_key() -> str | None:
+    """Identify the pipeline execution this stage belongs to (None: a standalone stage run)."""
+    if key := os.environ.get("LABELNOISE_PIPELINE_ID"):
+        return key
+    if "DVC_STAGE" not in os.environ:
+        return None
+    # Walk up to the DVC process (DVC runs `$SHELL -c cmd`, the shell may or may not exec).
+    pid = os.getppid()
+    for _ in range(5):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            break
+        stat = _proc_stat(pid)
+        if stat is None:
+            break
+        if "dvc" in Path(cmdline.split(" ")[0]).name or " dvc " in f" {cmdline} " or "/dvc " in cmdline:
+            return f"{socket.gethostname()}:{pid}:{stat[1]}"
+        pid = stat[0]
+    return f"{socket.gethostname()}:{os.getppid()}:{os.environ.get('DVC_EXP_NAME', '')}"
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def run_tags(cfg: Config, root: Path) -> dict[str, str]:
+    """Tags shared by the parent and its stage runs."""
+    tags = {
+        "git_commit": git_commit(root),
+        "dataset": cfg.data.dataset,
+        "noise": cfg.noise.kind,
+        "method": cfg.student.method,
+        "model": cfg.student.model,
+    }
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = name
+    if study := os.environ.get("LABELNOISE_STUDY"):
+        tags["study"] = study
+    return tags
+
+
+def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+@dataclass
+class StageRun:
+    """Handle for logging inside one stage's child run."""
+
+    client: Any
+    run_id: str
+    parent_id: str
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, on_parent: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        for run_id in (self.run_id, self.parent_id) if on_parent else (self.run_id,):
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str], *, on_parent: bool = False) -> None:
+        for run_id in (self.run_id, self.parent_id) if on_parent else (self.run_id,):
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, str(v))
+
+
+def _experiment_id(client: Any, name: str, root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # Artifacts live beside the store at the repo root, not in a `dvc exp` temp copy.
+    location = (root / "mlartifacts" / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another worker
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _find_or_create_parent(client: Any, exp_id: str, key: str | None, cfg: Config, tags: dict[str, str]) -> str:
+    if key is not None:
+        found = client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+    parent = client.create_run(exp_id, run_name=PIPELINE_RUN_NAME,
+                               tags={**tags, KIND_TAG: "pipeline", KEY_TAG: key or f"standalone:{time.time_ns()}"})
+    _log_params(client, parent.info.run_id, flatten(cfg.to_dict()))
+    return parent.info.run_id
+
+
+@contextmanager
+def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Iterator[StageRun]:
+    """Open the child run for ``stage`` under this execution's parent run.
+
+    Logs ``base`` plus the stage's own params ``sections`` (flattened with dots). The child ends
+    FINISHED, or FAILED if the block raises; the parent is marked finished after each stage.
+    Store problems surface here, before any work starts, as ``TrackingError``.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    root = repo_root()
+    uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
+    tags = run_tags(cfg, root)
+    try:
+        client = _client(uri)
+        exp_id = _experiment_id(client, cfg.base.experiment, root)
+        parent_id = _find_or_create_parent(client, exp_id, pipeline_key(), cfg, tags)
+        child = client.create_run(exp_id, run_name=stage,
+                                  tags={**tags, KIND_TAG: "stage", MLFLOW_PARENT_RUN_ID: parent_id})
+        params = {k: v for k, v in flatten(cfg.to_dict()).items() if k.split(".")[0] in ("base", *sections)}
+        _log_params(client, child.info.run_id, params)
+    except Exception as e:  # noqa: BLE001 - any store failure becomes one line
+        raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    run = StageRun(client, child.info.run_id, parent_id)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.run_id, status)
+        client.set_terminated(parent_id, status)
+
+
+# ----------------------------------------------------------------------------- comparison
+def last_pipelines(uri: str, experiment: str, n: int) -> list[dict[str, Any]]:
+    """The last ``n`` pipeline executions: {'run_id', 'start', 'params', 'metrics', 'tags'}, newest first."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=n)
+    return [{"run_id": r.info.run_id, "start": r.info.start_time, "status": r.info.status,
+             "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+
+
+def differing_params(runs: list[dict[str, Any]]) -> list[str]:
+    """Param keys whose values are not the same in all ``runs``."""
+    keys = sorted({k for r in runs for k in r["params"]})
+    return [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
