@@ -28,7 +28,8 @@ ParamsOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-S", metavar="KEY=VALUE", help="Override a param for this call only: section.key=value (YAML value). "
+    typer.Option("--set", "-S", metavar="KEY=VALUE",
+                 help="Override a param for this call only: section.key=value (YAML value). "
                  "Repeatable. DVC does not see it: use `dvc exp run -S` for tracked experiments.",
                  rich_help_panel="Parameters"),
 ]
@@ -76,12 +77,14 @@ def _stage_command(name: str, module: str, doc: str) -> Callable[..., None]:
     return command
 
 
-_stage_command("download", "download", "Stage 1 (params `data`): fetch and verify the dataset, cut train / clean / val / test.")
+_stage_command("download", "download",
+               "Stage 1 (params `data`): fetch and verify the dataset, cut train / clean / val / test.")
 _stage_command("inject-noise", "inject_noise",
                "Stage 2 (params `noise`): corrupt the train labels with a named noise model; record which changed.")
 _stage_command("train-student", "train_student",
-               "Stage 4 (params `student`): train the student network on the noisy labels (resumes from its checkpoint).")
-_stage_command("evaluate", "evaluate", "Stage 6 (params `evaluate`): test accuracy, per-class accuracy, plots, metrics.json.")
+               "Stage 4 (params `student`): train the student on the noisy labels (resumes from its checkpoint).")
+_stage_command("evaluate", "evaluate",
+               "Stage 6 (params `evaluate`): test accuracy, per-class accuracy, plots, metrics.json.")
 
 
 @app.command()

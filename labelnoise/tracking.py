@@ -194,7 +194,8 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
         params = {k: v for k, v in flatten(cfg.to_dict()).items() if k.split(".")[0] in ("base", *sections)}
         _log_params(client, child.info.run_id, params)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
-        raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        reason = str(e).splitlines()[0][:300] if str(e) else ""
+        raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
     run = StageRun(client, child.info.run_id, parent_id)
     status = "FAILED"
     try:

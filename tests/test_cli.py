@@ -1,0 +1,81 @@
+"""The typer CLI through CliRunner: help, one-line errors with exit codes, compare, preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from labelnoise import tracking
+from labelnoise.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["download", "inject-noise", "train-student", "evaluate", "compare", "preset"])
+def test_help_explains_every_command(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
+    if command != "compare" and command != "preset":
+        assert "--set" in result.output and "--params" in result.output
+
+
+def test_bad_param_is_one_line_exit_2_and_writes_nothing(workdir: Path) -> None:
+    result = runner.invoke(app, ["download", "-S", "data.clean_size=-1"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: data.clean_size: must be >= 0, got -1"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
+
+
+def test_unknown_key_in_params_file(workdir: Path) -> None:
+    raw = yaml.safe_load((workdir / "params.yaml").read_text())
+    raw["student"]["learning_rate"] = 0.1
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train-student"])
+    assert result.exit_code == 2
+    assert "student.learning_rate: unknown parameter" in result.output
+
+
+def test_stage_before_its_inputs_is_one_line_exit_1(workdir: Path) -> None:
+    result = runner.invoke(app, ["train-student"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0] and "prepared" in lines[0]
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
+
+
+def test_preset_writes_merged_valid_params(workdir: Path) -> None:
+    result = runner.invoke(app, ["preset", "tiny", "--out", "tiny.yaml"])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(workdir / "tiny.yaml")
+    assert cfg.data.dataset == "digits"
+    bad = runner.invoke(app, ["preset", "nope"])
+    assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
+
+
+def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = runner.invoke(app, ["compare"])
+    assert empty.exit_code == 0 and "no pipeline runs" in empty.output
+    for i, lr in enumerate((0.1, 0.02)):
+        monkeypatch.setenv("LABELNOISE_PIPELINE_ID", f"test-{i}")
+        cfg = load_config(workdir / "params.yaml", [f"student.lr={lr}"])
+        with tracking.stage_run("evaluate", cfg) as run:
+            run.log_metrics({"test_acc": 0.5 + i / 10}, on_parent=True)
+    result = runner.invoke(app, ["compare", "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert "student.lr" in result.output and "0.02" in result.output
+    assert "0.6000" in result.output and "0.5000" in result.output
+    assert "data.dataset" not in result.output  # equal params are not shown

@@ -1,0 +1,83 @@
+"""Params validation at the edge: every bad value is one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labelnoise.config import ConfigError, apply_overrides, flatten, from_dict, load_config, merge, read_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_default_params_and_presets_validate() -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.data.dataset == "fashion_mnist" and cfg.student.model == "cnn"
+    assert cfg.noise.kind == "symmetric" and cfg.noise.rate == 0.4
+    assert cfg.noise.seed != cfg.base.seed  # separate seeds
+    for preset in (REPO / "presets").glob("*.yaml"):
+        from_dict(merge(read_yaml(REPO / "params.yaml"), read_yaml(preset)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("student.lr=-1", "student.lr: must be > 0.0"),
+        ("noise.rate=1.5", "noise.rate: must be <= 1.0"),
+        ("noise.rate=-0.1", "noise.rate: must be >= 0.0"),
+        ("student.epochs=abc", "student.epochs: must be an integer"),
+        ("student.epochs=0", "student.epochs: must be >= 1"),
+        ("student.batch_size=0", "student.batch_size: must be >= 1"),
+        ("student.nesterov=maybe", "student.nesterov: must be true or false"),
+        ("data.dataset=imagenet", "data.dataset: must be one of"),
+        ("student.model=vgg", "student.model: must be one of"),
+        ("student.method=magic", "student.method: must be one of"),
+        ("noise.kind=gaussian", "noise.kind: must be one of"),
+        ("data.clean_size=-5", "data.clean_size: must be >= 0"),
+        ("student.milestones=[0.8,0.2]", "student.milestones"),
+        ("noise.transition=[[0.5,0.6],[0,1]]", None),  # only checked when kind=transition
+    ],
+)
+def test_bad_value_names_the_key(override: str, message: str | None) -> None:
+    if message is None:
+        load_config(REPO / "params.yaml", [override])
+        return
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(REPO / "params.yaml", [override])
+
+
+def test_transition_must_be_row_stochastic_and_square() -> None:
+    base = ["noise.kind=transition"]
+    with pytest.raises(ConfigError, match=r"noise.transition\[0\]: row must be non-negative and sum to 1"):
+        load_config(REPO / "params.yaml", [*base, "noise.transition=[[0.5,0.6],[0,1]]"])
+    with pytest.raises(ConfigError, match="square"):
+        load_config(REPO / "params.yaml", [*base, "noise.transition=[[1,0]]"])
+    cfg = load_config(REPO / "params.yaml", [*base, "noise.transition=[[0.7,0.3],[0.2,0.8]]"])
+    assert cfg.noise.transition == [[0.7, 0.3], [0.2, 0.8]]
+
+
+def test_unknown_and_missing_keys(tmp_path: Path) -> None:
+    raw = read_yaml(REPO / "params.yaml")
+    with pytest.raises(ConfigError, match="student.foo: unknown parameter"):
+        from_dict(merge(raw, {"student": {"foo": 1}}))
+    with pytest.raises(ConfigError, match="bogus: unknown parameter"):
+        from_dict({**raw, "bogus": {}})
+    del raw["student"]["lr"]
+    with pytest.raises(ConfigError, match="student.lr: missing"):
+        from_dict(raw)
+    with pytest.raises(ConfigError, match="student.nope: unknown parameter"):
+        apply_overrides(read_yaml(REPO / "params.yaml"), ["student.nope=1"])
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("student: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_ints_widen_to_float_and_flatten() -> None:
+    cfg = load_config(REPO / "params.yaml", ["student.lr=1"])
+    assert isinstance(cfg.student.lr, float)
+    flat = flatten(cfg.to_dict())
+    assert flat["student.lr"] == 1.0 and flat["data.dataset"] == "fashion_mnist"
+    assert "noise.class_map" in flat

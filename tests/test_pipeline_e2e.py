@@ -1,0 +1,117 @@
+"""End to end: `dvc repro` of the tiny preset in a temporary copy of the repository.
+
+Checks the outputs and the MLflow records through the MLflow client, that a second
+`dvc repro` re-runs nothing and records nothing, and that `dvc exp run -S` is tracked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", ".dvcignore", ".gitignore"]
+STAGES = ["download", "inject_noise", "train_student", "evaluate"]
+
+
+def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("project")
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    _sh(["git", "init", "-q"], root, env)
+    _sh([sys.executable, "cli.py", "preset", "tiny"], root, env)
+    _sh(["dvc", "init", "-q"], root, env)
+    _sh(["dvc", "config", "core.analytics", "false"], root, env)
+    _sh(["git", "add", "-A"], root, env)
+    _sh(["git", "commit", "-qm", "tiny"], root, env)
+    _sh(["dvc", "repro"], root, env)
+    return root, env
+
+
+def _client(root: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("labelnoise")
+    assert exp is not None, "experiment not created in the repo-root store"
+    return client, exp.experiment_id
+
+
+def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
+    root, _ = project
+    for rel in ["data/prepared.npz", "data/noisy.npz", "models/student.pt", "models/student_best.pt",
+                "reports/noise.json", "reports/noise_transition.png", "reports/curves/train_student.csv",
+                "reports/plots/confusion.png", "reports/plots/curves.png"]:
+        assert (root / rel).is_file(), rel
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    # 10 classes, 40% symmetric noise, a few epochs on digits: well above chance
+    assert 0.5 < metrics["test_acc"] <= 1.0
+    assert 0.0 < metrics["test_acc_best_clean"] <= 1.0
+    noise = json.loads((root / "reports/noise.json").read_text())
+    assert abs(noise["realised_rate"] - 0.4) < 0.01
+    for png in (root / "reports").rglob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mlflow_parent_and_stage_runs(project: tuple[Path, dict[str, str]]) -> None:
+    root, _ = project
+    client, exp_id = _client(root)
+    parents = client.search_runs([exp_id], "tags.`labelnoise.kind` = 'pipeline'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["student.lr"] == "0.05" and parent.data.params["data.dataset"] == "digits"
+    assert parent.data.tags["dataset"] == "digits" and parent.data.tags["noise"] == "symmetric"
+    assert len(parent.data.tags["git_commit"]) == 40
+    assert "test_acc" in parent.data.metrics
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_name = {r.info.run_name: r for r in children}
+    assert sorted(by_name) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children)
+    train = by_name["train_student"]
+    assert train.data.params["student.epochs"] == "4"
+    history = client.get_metric_history(train.info.run_id, "clean_acc")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    artifacts = {a.path for a in client.list_artifacts(by_name["evaluate"].info.run_id)}
+    assert "metrics.json" in artifacts and any(a.endswith("confusion.png") for a in artifacts)
+    assert client.list_artifacts(by_name["inject_noise"].info.run_id)
+
+
+def test_second_repro_reruns_nothing(project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
+    client, exp_id = _client(root)
+    before = len(client.search_runs([exp_id]))
+    out = _sh(["dvc", "repro"], root, env)
+    assert "Running stage" not in out.stdout
+    assert len(client.search_runs([exp_id])) == before
+
+
+def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None:
+    root, env = project
+    _sh(["dvc", "exp", "run", "-n", "lower-noise", "-S", "noise.rate=0.2"], root, env)
+    client, exp_id = _client(root)
+    runs = client.search_runs([exp_id], "tags.dvc_exp_name = 'lower-noise' and tags.`labelnoise.kind` = 'pipeline'")
+    assert len(runs) == 1
+    assert runs[0].data.params["noise.rate"] == "0.2"
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
+    # the data split did not change, so DVC skips `download`: no run for it
+    assert sorted(r.info.run_name for r in children) == ["evaluate", "inject_noise", "train_student"]
