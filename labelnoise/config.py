@@ -41,7 +41,7 @@ class BaseConfig:
 class DataConfig:
     dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "digits"]
     root: str  # cache of verified raw files
-    mirrors: list[str]  # local folders searched before the network
+    mirrors: dict[str, list[str]]  # per dataset: local folders searched before the network
     download: bool  # allow the network as the last source
     clean_size: int = _rng(0)  # trusted clean subset, stratified (MentorNet: 5000)
     val_size: int = _rng(0)  # optional noisy validation split carved from the train pool

@@ -1,0 +1,416 @@
+"""Noise models: exact per-class rates, the shape of each model, determinism, files, the stage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from labelnoise import noise
+
+K = 10
+# Uneven class sizes, so rounding differs from class to class; class 6 has a single example.
+COUNTS = [40, 33, 7, 50, 11, 25, 1, 64, 18, 29]
+RATES = [0.0, 0.1, 0.2, 0.45, 0.5, 0.8, 1.0]
+
+
+def make_labels(counts: list[int], seed: int = 0) -> np.ndarray:
+    """(sum(counts),) int64 labels with counts[c] examples of class c, in shuffled order."""
+    y = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+    return np.random.default_rng(seed).permutation(y)
+
+
+def expected_changes(rate: float, n: int) -> int:
+    """round(rate * n), halves up (ties judged at 9 decimals): the contract, written independently."""
+    return math.floor(round(rate * n, 9) + 0.5)
+
+
+def run(y: np.ndarray, kind: str, rate: float, *, seed: int = 1, **kw) -> noise.NoisyLabels:
+    return noise.corrupt(y, kind=kind, rate=rate, num_classes=K, rng=np.random.default_rng(seed), **kw)
+
+
+def check_result(y: np.ndarray, nl: noise.NoisyLabels) -> None:
+    assert nl.labels.dtype == np.int64 and nl.mask.dtype == np.bool_
+    assert nl.labels.shape == y.shape == nl.mask.shape
+    np.testing.assert_array_equal(nl.mask, nl.labels != y)
+    assert nl.labels.min() >= 0 and nl.labels.max() < K
+
+
+# ----------------------------------------------------------------------------- exact rates
+@pytest.mark.parametrize("kind", ["symmetric", "pair"])
+@pytest.mark.parametrize("rate", RATES)
+def test_every_class_changes_exactly_round_rate_n(kind: str, rate: float) -> None:
+    y = make_labels(COUNTS)
+    nl = run(y, kind, rate)
+    check_result(y, nl)
+    for c, n_c in enumerate(COUNTS):
+        assert nl.mask[y == c].sum() == expected_changes(rate, n_c), f"class {c}"
+    assert nl.n_changed == sum(expected_changes(rate, n) for n in COUNTS)
+
+
+def test_rate_with_a_half_rounds_up() -> None:
+    y = make_labels([3, 5, 2, 4, 6, 1, 7, 9, 8, 10])
+    nl = run(y, "pair", 0.5)
+    assert [int(nl.mask[y == c].sum()) for c in range(K)] == [2, 3, 1, 2, 3, 1, 4, 5, 4, 5]
+
+
+def test_none_changes_nothing() -> None:
+    y = make_labels(COUNTS)
+    for rate in (0.0, 0.4, 1.0):
+        nl = run(y, "none", rate)
+        check_result(y, nl)
+        np.testing.assert_array_equal(nl.labels, y)
+        assert not nl.mask.any()
+
+
+def test_input_is_not_modified() -> None:
+    y = make_labels(COUNTS)
+    before = y.copy()
+    run(y, "symmetric", 0.8)
+    np.testing.assert_array_equal(y, before)
+
+
+# ----------------------------------------------------------------------------- symmetric
+def test_symmetric_never_keeps_the_class_and_targets_are_uniform() -> None:
+    n_c = 1800
+    y = make_labels([n_c] * K, seed=3)
+    nl = run(y, "symmetric", 0.9, seed=7)
+    m = expected_changes(0.9, n_c)
+    p = 1.0 / (K - 1)
+    # Binomial bound per cell: 5 standard deviations (a false alarm has probability < 1e-5 per cell).
+    bound = 5.0 * math.sqrt(m * p * (1 - p))
+    for c in range(K):
+        sel = (y == c) & nl.mask
+        assert sel.sum() == m
+        counts = np.bincount(nl.labels[sel], minlength=K)
+        assert counts[c] == 0  # never the same class
+        others = np.delete(counts, c)
+        assert np.all(np.abs(others - m * p) <= bound), others
+        # Pearson chi-square with K-2 = 8 degrees of freedom; 31.8 is its 0.9999 quantile.
+        chi2 = float(((others - m * p) ** 2 / (m * p)).sum())
+        assert chi2 < 31.8, chi2
+
+
+# ----------------------------------------------------------------------------- pair
+@pytest.mark.parametrize("rate", [0.2, 0.45, 1.0])
+def test_pair_maps_k_to_k_plus_one(rate: float) -> None:
+    y = make_labels(COUNTS)
+    nl = run(y, "pair", rate)
+    np.testing.assert_array_equal(nl.labels[nl.mask], (y[nl.mask] + 1) % K)
+
+
+# ----------------------------------------------------------------------------- asymmetric
+@pytest.mark.parametrize("rate", RATES)
+def test_asymmetric_follows_the_map_and_leaves_other_classes_alone(rate: float) -> None:
+    y = make_labels(COUNTS)
+    cmap = noise.CIFAR10_MAP
+    nl = run(y, "asymmetric", rate, class_map=cmap)
+    check_result(y, nl)
+    for c, n_c in enumerate(COUNTS):
+        changed = nl.mask[y == c]
+        if c in cmap:
+            assert changed.sum() == expected_changes(rate, n_c), f"class {c}"
+            assert np.all(nl.labels[(y == c) & nl.mask] == cmap[c])
+        else:
+            assert not changed.any(), f"unmapped class {c} changed"
+
+
+def test_asymmetric_swap_at_rate_one_exchanges_the_two_classes() -> None:
+    y = make_labels(COUNTS)
+    nl = run(y, "asymmetric", 1.0, class_map={3: 5, 5: 3})
+    np.testing.assert_array_equal(nl.labels[y == 3], 5)
+    np.testing.assert_array_equal(nl.labels[y == 5], 3)
+
+
+def test_asymmetric_unreachable_rate_names_the_class_map() -> None:
+    y = make_labels([10, 10, 0, 0, 0, 0, 0, 0, 0, 0])  # only classes 0 and 1 present
+    with pytest.raises(ValueError, match="noise.class_map"):
+        run(y, "asymmetric", 0.4, class_map={9: 1, 2: 0})
+    # rate 0 asks for nothing, which is reachable
+    assert not run(y, "asymmetric", 0.0, class_map={9: 1}).mask.any()
+
+
+@pytest.mark.parametrize("bad", [{}, {3: 3}, {10: 1}, {1: -1}])
+def test_asymmetric_rejects_bad_maps(bad: dict[int, int]) -> None:
+    with pytest.raises(ValueError, match="noise.class_map"):
+        run(make_labels(COUNTS), "asymmetric", 0.4, class_map=bad)
+
+
+# ----------------------------------------------------------------------------- class maps
+def test_shipped_maps() -> None:
+    assert noise.class_map_for("cifar10", "auto") == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    assert noise.class_map_for("fashion_mnist", "auto") == {6: 0, 0: 6, 2: 4, 4: 2, 5: 7, 7: 5}
+    assert noise.class_map_for("mnist", "auto") == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+    assert noise.class_map_for("digits", "auto") == noise.class_map_for("mnist", "auto")
+    assert noise.class_map_for("cifar10", {0: 1}) == {0: 1}
+    # a copy: callers cannot change the shipped table
+    noise.class_map_for("cifar10", "auto")[0] = 5
+    assert 0 not in noise.CIFAR10_MAP
+
+
+def test_class_map_errors_name_the_param() -> None:
+    with pytest.raises(ValueError, match="noise.class_map"):
+        noise.class_map_for("cifar10", "manual")
+    with pytest.raises(ValueError, match="noise.class_map"):
+        noise.class_map_for("imagenet", "auto")
+    with pytest.raises(ValueError, match="noise.class_map"):
+        noise.class_map_for("cifar10", {"a": 1})
+
+
+# The CIFAR-100 superclasses by *name* (from the dataset's documentation), an independent check
+# of the index table in the library. Fine names are in fine-label order (alphabetical).
+CIFAR100_FINE = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel "
+    "can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
+    "dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion "
+    "lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree "
+    "pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea "
+    "seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table "
+    "tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman "
+    "worm"
+).split()
+CIFAR100_SUPERCLASSES = {
+    "aquatic_mammals": "beaver dolphin otter seal whale",
+    "fish": "aquarium_fish flatfish ray shark trout",
+    "flowers": "orchid poppy rose sunflower tulip",
+    "food_containers": "bottle bowl can cup plate",
+    "fruit_and_vegetables": "apple mushroom orange pear sweet_pepper",
+    "household_electrical_devices": "clock keyboard lamp telephone television",
+    "household_furniture": "bed chair couch table wardrobe",
+    "insects": "bee beetle butterfly caterpillar cockroach",
+    "large_carnivores": "bear leopard lion tiger wolf",
+    "large_man-made_outdoor_things": "bridge castle house road skyscraper",
+    "large_natural_outdoor_scenes": "cloud forest mountain plain sea",
+    "large_omnivores_and_herbivores": "camel cattle chimpanzee elephant kangaroo",
+    "medium_mammals": "fox porcupine possum raccoon skunk",
+    "non-insect_invertebrates": "crab lobster snail spider worm",
+    "people": "baby boy girl man woman",
+    "reptiles": "crocodile dinosaur lizard snake turtle",
+    "small_mammals": "hamster mouse rabbit shrew squirrel",
+    "trees": "maple_tree oak_tree palm_tree pine_tree willow_tree",
+    "vehicles_1": "bicycle bus motorcycle pickup_truck train",
+    "vehicles_2": "lawn_mower rocket streetcar tank tractor",
+}
+
+
+def test_cifar100_map_is_next_class_within_the_true_superclass() -> None:
+    assert len(CIFAR100_FINE) == 100 and sorted(CIFAR100_FINE) == list(CIFAR100_FINE)
+    index = {name: i for i, name in enumerate(CIFAR100_FINE)}
+    expected: dict[int, int] = {}
+    for s, names in enumerate(CIFAR100_SUPERCLASSES.values()):  # coarse labels are alphabetical too
+        members = sorted(index[n] for n in names.split())
+        assert [noise.CIFAR100_COARSE[i] for i in members] == [s] * 5
+        expected.update({a: b for a, b in zip(members, members[1:] + members[:1], strict=True)})
+    assert len(expected) == 100
+    cmap = noise.class_map_for("cifar100", "auto")
+    assert cmap == expected
+    assert sorted(cmap.values()) == list(range(100))  # a permutation: each class receives from one
+
+
+# ----------------------------------------------------------------------------- transition
+def random_transition(seed: int) -> np.ndarray:
+    """A (K, K) row-stochastic matrix with a heavy diagonal, a zero row (identity) and exact zeros."""
+    rng = np.random.default_rng(seed)
+    t = rng.dirichlet(np.ones(K) * 0.7, size=K)
+    t[np.arange(K), np.arange(K)] += rng.uniform(0.0, 3.0, size=K)
+    t[0, 5:] = 0.0  # zeros off the diagonal must receive nothing
+    t = t / t.sum(axis=1, keepdims=True)
+    t[4] = np.eye(K)[4]  # class 4 never changes
+    return t
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_transition_counts_are_exact_and_realised_matrix_approximates_t(seed: int) -> None:
+    counts = [200, 150, 97, 300, 55, 120, 80, 64, 250, 31]
+    y = make_labels(counts, seed=seed)
+    t = random_transition(seed)
+    nl = run(y, "transition", 0.0, seed=seed, transition=t.tolist())
+    check_result(y, nl)
+    for c, n_c in enumerate(counts):
+        m = expected_changes(1.0 - t[c, c], n_c)
+        assert nl.mask[y == c].sum() == m, f"class {c}"
+        got = np.bincount(nl.labels[y == c], minlength=K)
+        off = np.where(np.arange(K) == c, 0.0, t[c])
+        np.testing.assert_array_equal(np.delete(got, c), np.delete(noise.largest_remainder(off, m), c))
+    r = noise.realised_transition(y, nl.labels, K)
+    np.testing.assert_allclose(r.sum(axis=1), 1.0)
+    n = np.asarray(counts, dtype=float)[:, None]
+    # Rounding the number changed (<= 1/2) and the allotment (< 1) moves each cell by < 1.5 / n_c.
+    assert np.all(np.abs(r - t) <= 1.5 / n + 1e-12)
+    assert np.all(r[t == 0] == 0)
+    assert not nl.mask[y == 4].any()
+
+
+def test_transition_ignores_rate_and_checks_the_matrix() -> None:
+    y = make_labels(COUNTS)
+    t = random_transition(5).tolist()
+    a = run(y, "transition", 0.0, transition=t)
+    b = run(y, "transition", 0.9, transition=t)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not run(y, "transition", 0.5, transition=np.eye(K)).mask.any()
+    with pytest.raises(ValueError, match="noise.transition"):
+        run(y, "transition", 0.0, transition=np.eye(K - 1))
+    with pytest.raises(ValueError, match="noise.transition"):
+        run(y, "transition", 0.0, transition=np.full((K, K), 0.2))
+
+
+def test_symmetric_as_a_transition_matrix_has_the_same_per_class_counts() -> None:
+    y = make_labels(COUNTS)
+    rate = 0.45
+    t = np.full((K, K), rate / (K - 1))
+    np.fill_diagonal(t, 1.0 - rate)
+    a = run(y, "transition", 0.0, transition=t)
+    b = run(y, "symmetric", rate)
+    for c in range(K):
+        assert a.mask[y == c].sum() == b.mask[y == c].sum()
+
+
+@pytest.mark.parametrize("total", [0, 1, 7, 100])
+def test_largest_remainder_sums_and_stays_within_one_of_the_quota(total: int) -> None:
+    w = np.array([0.0, 0.1, 0.25, 0.05, 0.6])
+    got = noise.largest_remainder(w, total)
+    assert got.sum() == total and got[0] == 0
+    assert np.all(np.abs(got - w / w.sum() * total) < 1.0)
+
+
+# ----------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("kind", ["symmetric", "pair", "asymmetric", "transition"])
+def test_same_seed_same_labels_other_seed_different(kind: str) -> None:
+    y = make_labels(COUNTS)
+    kw = {"class_map": noise.CIFAR10_MAP} if kind == "asymmetric" else {}
+    if kind == "transition":
+        kw = {"transition": random_transition(0)}
+    a, b, c = run(y, kind, 0.4, seed=11, **kw), run(y, kind, 0.4, seed=11, **kw), run(y, kind, 0.4, seed=12, **kw)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+def test_higher_rate_changes_a_superset_and_models_share_the_changed_set() -> None:
+    y = make_labels(COUNTS)
+    low, high = run(y, "symmetric", 0.2), run(y, "symmetric", 0.6)
+    assert np.all(high.mask[low.mask])
+    np.testing.assert_array_equal(high.labels[low.mask], low.labels[low.mask])  # same targets too
+    np.testing.assert_array_equal(run(y, "pair", 0.6).mask, high.mask)
+
+
+# ----------------------------------------------------------------------------- errors, diagnostics
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        run(np.array([0, 1, K]), "symmetric", 0.4)
+    with pytest.raises(ValueError, match="labels"):
+        run(np.array([0.0, 1.0]), "symmetric", 0.4)
+    with pytest.raises(ValueError, match="noise.kind"):
+        run(make_labels(COUNTS), "flip", 0.4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="noise.rate"):
+        run(make_labels(COUNTS), "pair", 1.5)
+    with pytest.raises(ValueError, match="2 classes"):
+        noise.corrupt(np.zeros(5, dtype=np.int64), kind="symmetric", rate=0.5, num_classes=1,
+                      rng=np.random.default_rng(0))
+
+
+def test_empty_labels() -> None:
+    nl = run(np.zeros(0, dtype=np.int64), "symmetric", 0.4)
+    assert nl.labels.shape == (0,) and nl.n_changed == 0
+
+
+def test_realised_transition_rows_sum_to_one() -> None:
+    true = np.array([0, 0, 0, 0, 1, 1])
+    noisy = np.array([0, 1, 1, 2, 1, 0])
+    r = noise.realised_transition(true, noisy, 3)
+    np.testing.assert_allclose(r, [[0.25, 0.5, 0.25], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])  # class 2 absent
+    np.testing.assert_allclose(noise.per_class_rate(true, noisy, 3), [0.75, 0.5, 0.0])
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    y = make_labels(COUNTS)
+    nl = run(y, "symmetric", 0.4)
+    path = noise.save_noisy(tmp_path / "sub" / "noisy.npz", nl)
+    back = noise.load_noisy(path)
+    np.testing.assert_array_equal(back.labels, nl.labels)
+    np.testing.assert_array_equal(back.mask, nl.mask)
+    assert back.labels.dtype == np.int64 and back.mask.dtype == np.bool_
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a noisy-labels file"):
+        noise.load_noisy(tmp_path / "other.npz")
+    with pytest.raises(ValueError):
+        noise.NoisyLabels(np.zeros(3, dtype=np.int64), np.zeros(2, dtype=bool))
+
+
+# ----------------------------------------------------------------------------- the stage
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def tiny_prepared(n_per_class: int = 12, k: int = 4):
+    """A Prepared with `k` classes: 60% train, then clean, val and test splits, 1x4x4 images."""
+    from labelnoise.datasets import Prepared
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(k), n_per_class).astype(np.int64)
+    order = rng.permutation(labels.size)
+    cut = np.cumsum([int(0.6 * labels.size), int(0.15 * labels.size), int(0.1 * labels.size)])
+    train, clean, val, test = (a.astype(np.int64) for a in np.split(order, cut))
+    images = rng.integers(0, 256, size=(labels.size, 1, 4, 4), dtype=np.uint8)
+    return Prepared(images=images, labels=labels, train_idx=train, clean_idx=clean, val_idx=val, test_idx=test,
+                    classes=[f"c{i}" for i in range(k)], dataset="digits")
+
+
+@pytest.mark.parametrize("overlay", [
+    {"kind": "symmetric", "rate": 0.45},
+    {"kind": "asymmetric", "rate": 0.5, "class_map": {0: 1, 2: 3}},
+    {"kind": "transition", "transition": [[0.7, 0.3, 0, 0], [0, 1, 0, 0], [0.1, 0.1, 0.8, 0], [0, 0, 0.5, 0.5]]},
+])
+def test_stage_corrupts_train_only_and_writes_outputs(tmp_path, monkeypatch, overlay) -> None:
+    from labelnoise import io
+    from labelnoise.config import from_dict, merge, read_yaml
+    from labelnoise.datasets import load_prepared, save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"base": {"threads": 1}, "noise": overlay}))
+    with pytest.raises(FileNotFoundError, match=str(PATHS.prepared)):
+        inject_noise.run(cfg)
+
+    prepared = tiny_prepared()
+    save_prepared(PATHS.prepared, prepared)
+    metrics = inject_noise.run(cfg)
+
+    after = load_prepared(PATHS.prepared)  # the input is untouched: clean, val and test keep true labels
+    np.testing.assert_array_equal(after.labels, prepared.labels)
+    nl = noise.load_noisy(PATHS.noisy)
+    true = prepared.labels[prepared.train_idx]
+    assert nl.labels.shape == true.shape
+    np.testing.assert_array_equal(nl.mask, nl.labels != true)
+    assert nl.mask.any()
+
+    report = io.load_json(PATHS.noise_report)
+    assert report["kind"] == cfg.noise.kind and report["seed"] == cfg.noise.seed
+    assert report["n_changed"] == metrics["n_changed"] == nl.n_changed
+    assert report["realised_rate"] == pytest.approx(metrics["realised_rate"]) == pytest.approx(nl.mask.mean())
+    np.testing.assert_allclose(np.sum(report["transition"], axis=1), 1.0)
+    assert set(report["per_class_rate"]) == set(prepared.classes)
+    assert PATHS.noise_plot.stat().st_size > 0
+
+    # same params, same noisy labels (the noise seed alone decides)
+    inject_noise.run(cfg)
+    np.testing.assert_array_equal(noise.load_noisy(PATHS.noisy).labels, nl.labels)
+
+
+def test_stage_bad_class_map_fails_before_writing(tmp_path, monkeypatch) -> None:
+    from labelnoise.config import from_dict, merge, read_yaml
+    from labelnoise.datasets import save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    # digits' shipped (MNIST) map names classes up to 8, but this dataset has 4 classes
+    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"),
+                          {"base": {"threads": 1}, "noise": {"kind": "asymmetric", "class_map": "auto"}}))
+    save_prepared(PATHS.prepared, tiny_prepared())
+    with pytest.raises(ValueError, match="noise.class_map"):
+        inject_noise.run(cfg)
+    assert not PATHS.noisy.exists() and not PATHS.noise_report.exists() and not PATHS.noise_plot.exists()
