@@ -177,7 +177,7 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
     """Open the child run for ``stage`` under this execution's parent run.
 
     Logs ``base`` plus the stage's own params ``sections`` (flattened with dots). The child ends
-    FINISHED, or FAILED if the block raises; the parent is marked finished after each stage.
+    FINISHED, KILLED on Ctrl-C, or FAILED if the block raises; the parent is marked finished after each stage.
     Store problems surface here, before any work starts, as ``TrackingError``.
     """
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -201,6 +201,9 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
     try:
         yield run
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         client.set_terminated(run.run_id, status)
         client.set_terminated(parent_id, status)

@@ -1,0 +1,146 @@
+"""Training throughput: the project's loop (``train_one_epoch``) against a bare PyTorch loop.
+
+Both train the default student model with the default params (batch size, SGD settings, schedule,
+precision and memory format as ``fit`` resolves them on this machine) on the same Fashion-MNIST-shaped
+uint8 data: the first images of the prepared file when present, else random uint8. Repeats are
+interleaved (project, bare, bare, project, ...) so load from other processes hits both alike.
+Prints img/s for each and the ratio project/bare (target >= 0.95) and writes reports/bench.json.
+
+    python benchmarks/throughput.py                 # make bench
+    python benchmarks/throughput.py --batches 30 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from labelnoise import runtime, training  # noqa: E402
+from labelnoise.config import load_config  # noqa: E402
+from labelnoise.io import save_json  # noqa: E402
+from labelnoise.models import channel_stats, create_model  # noqa: E402
+from stages.common import PATHS  # noqa: E402
+
+TARGET = 0.95
+
+
+def bench_data(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """n Fashion-MNIST-shaped images (uint8 (n, 1, 28, 28)) and random labels (n,); labels do not change speed."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    prepared = Path(PATHS.prepared)
+    if prepared.is_file():
+        from labelnoise.datasets import load_prepared
+
+        p = load_prepared(prepared)
+        if p.images.shape[1:] == (1, 28, 28) and len(p.train_idx) >= n:
+            return torch.from_numpy(np.ascontiguousarray(p.images[p.train_idx[:n]])), y, f"{p.dataset} ({prepared})"
+    return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), y, "random uint8"
+
+
+def bare_loop(model, x, y, *, optimizer, scheduler, batch_size, generator, amp_dtype, channels_last, device,
+              label_smoothing) -> None:
+    """The minimal loop a PyTorch user would write for the same work: index, forward, backward, step."""
+    model.train()
+    perm = torch.randperm(x.shape[0], generator=generator)
+    for start in range(0, x.shape[0], batch_size):
+        idx = perm[start : start + batch_size]
+        xb, yb = x[idx], y[idx]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--batches", type=int, default=40, help="training steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of each loop")
+    parser.add_argument("--out", default="reports/bench.json")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.params)
+    s = cfg.student
+    threads = runtime.set_threads(cfg.base.threads)
+    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
+    device = runtime.resolve_device(cfg.base.device)
+    amp_dtype = training.resolve_precision(s.precision, device)
+    channels_last = training.resolve_channels_last(s.channels_last, device)
+    n = args.batches * s.batch_size
+    x, y, source = bench_data(n, seed=cfg.base.seed)
+    x, y = x.to(device), y.to(device)
+    mean, std = channel_stats(x.cpu())
+
+    def setup() -> tuple:
+        torch.manual_seed(cfg.base.seed)
+        model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=mean, std=std).to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = training.make_optimizer(model, s)
+        # The schedule spans a long run so the lr stays sane over all repeats.
+        sched = training.make_scheduler(opt, s, steps_per_epoch=args.batches * (args.repeats + 1))
+        return model, opt, sched, torch.Generator().manual_seed(cfg.base.seed)
+
+    p_model, p_opt, p_sched, p_gen = setup()
+    b_model, b_opt, b_sched, b_gen = setup()
+
+    def project() -> None:
+        training.train_one_epoch(p_model, x, y, optimizer=p_opt, scheduler=p_sched, batch_size=s.batch_size,
+                                 device=device, generator=p_gen, autocast_dtype=amp_dtype, channels_last=channels_last,
+                                 label_smoothing=s.label_smoothing)
+
+    def bare() -> None:
+        bare_loop(b_model, x, y, optimizer=b_opt, scheduler=b_sched, batch_size=s.batch_size, generator=b_gen,
+                  amp_dtype=amp_dtype, channels_last=channels_last, device=device, label_smoothing=s.label_smoothing)
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return n / (time.perf_counter() - t0)
+
+    project(), bare()  # warm-up: allocator, oneDNN primitive caches
+    rates: dict[str, list[float]] = {"project": [], "bare": []}
+    for r in range(args.repeats):
+        order = (("project", project), ("bare", bare)) if r % 2 == 0 else (("bare", bare), ("project", project))
+        for name, fn in order:
+            rates[name].append(timed(fn))
+    ratios = [p / b for p, b in zip(rates["project"], rates["bare"], strict=True)]
+    result = {
+        "device": str(device), "threads": threads, "model": s.model, "batch_size": s.batch_size,
+        "batches_per_repeat": args.batches, "repeats": args.repeats, "data": source,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "channels_last": channels_last,
+        "project_img_s": statistics.median(rates["project"]), "bare_img_s": statistics.median(rates["bare"]),
+        "ratio": statistics.median(ratios), "target_ratio": TARGET,
+        "per_repeat": {"project_img_s": rates["project"], "bare_img_s": rates["bare"], "ratio": ratios},
+    }
+    print(f"{s.model} batch {s.batch_size}, {result['precision']}, channels_last={channels_last}, {threads} threads, "
+          f"{device}, data: {source}")
+    print(f"project loop (train_one_epoch): {result['project_img_s']:8.0f} img/s")
+    print(f"bare PyTorch loop:              {result['bare_img_s']:8.0f} img/s")
+    verdict = "ok" if result["ratio"] >= TARGET else f"below target {TARGET}"
+    print(f"ratio project/bare:             {result['ratio']:8.3f}  ({verdict}; median of {args.repeats} "
+          f"interleaved repeats)")
+    save_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Stage `train_student`: train the student network on the noisy labels (method `ce`, the baseline).
+
+Inputs: PATHS.prepared, PATHS.noisy. The student sees a TrainView (noisy train labels, the trusted
+clean subset, test images for monitoring), never the true train labels.
+Outputs: PATHS.student_model (last epoch), PATHS.student_best (best clean-subset accuracy; test accuracy is
+never used to choose), PATHS.curves (one CSV row per epoch).
+
+Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out).
+An unfinished checkpoint with the same student params, seed and data is resumed and the run ends
+with the same numbers as an uninterrupted one; a different config is refused (the differing keys are
+printed) and training starts fresh. After a successful run the checkpoint is kept, marked finished,
+for inspection (history, RNG states); a finished checkpoint is never resumed: the next run starts
+from scratch and overwrites it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from typing import Any
+
+from labelnoise import tracking
+from labelnoise.config import Config
+from labelnoise.datasets import load_prepared, make_train_view
+from labelnoise.io import atomic_path, save_torch
+from labelnoise.models import channel_stats, create_model, model_record
+from labelnoise.noise import load_noisy
+from labelnoise.runtime import resolve_device
+from labelnoise.training import checkpoint_config, fit
+from stages.common import PATHS, require, setup
+
+CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
+
+
+def write_curves(path: Any, history: list[dict[str, float]]) -> None:
+    """Per-epoch CSV (``CURVE_COLUMNS``); an undefined value (no clean subset) is an empty cell."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CURVE_COLUMNS)
+        for row in history:
+            values = (row[c] for c in CURVE_COLUMNS)
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in values])
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Train the student; write PATHS.student_model, PATHS.student_best and PATHS.curves."""
+    require(PATHS.prepared, PATHS.noisy)
+    setup(cfg)
+    s = cfg.student
+    device = resolve_device(cfg.base.device)
+
+    # The view replaces the true train labels by the noisy ones; `prepared` is dropped right after.
+    view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy).labels)
+    _, channels, height, width = view.x_train.shape
+    mean, std = channel_stats(view.x_train)  # (C,) each, from train images only (no labels)
+    model_kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,
+                                        image_size=max(height, width), mean=mean, std=std)
+    # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
+    model = create_model(s.model, pretrained=s.pretrained, **model_kwargs)
+
+    with tracking.stage_run("train_student", cfg, sections=("student",)) as tracked:
+        tracked.set_tags({"method": s.method, "model": s.model})
+        result = fit(
+            model, view, cfg=s, seed=cfg.base.seed, device=device, checkpoint_path=PATHS.student_ckpt,
+            on_epoch=lambda row: tracked.log_metrics(
+                _finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"])),
+        )
+        last = result.history[-1]
+        config = checkpoint_config(s, seed=cfg.base.seed)
+        save_torch(PATHS.student_model, model_record(result.model, model_name=s.model, model_kwargs=model_kwargs,
+                                               epoch=int(last["epoch"]), clean_acc=last["clean_acc"], config=config))
+        best = create_model(s.model, **model_kwargs)
+        best.load_state_dict(result.best_state)
+        save_torch(PATHS.student_best, model_record(best, model_name=s.model, model_kwargs=model_kwargs,
+                                                    epoch=result.best_epoch, clean_acc=result.best_clean_acc,
+                                                    config=config))
+        write_curves(PATHS.curves, result.history)
+
+        metrics = {
+            "final_clean_acc": last["clean_acc"],
+            "final_test_acc": last["test_acc"],  # monitoring; stage evaluate reports the official number
+            "final_train_acc_noisy": last["train_acc_noisy"],
+            "best_clean_acc": result.best_clean_acc,
+            "best_epoch": float(result.best_epoch),
+            "epochs": float(len(result.history)),
+        }
+        tracked.log_metrics(_finite(metrics))
+        tracked.log_artifact(PATHS.curves)
+    return metrics

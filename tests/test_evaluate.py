@@ -1,0 +1,222 @@
+"""The evaluate stage's figures, and the stage end to end on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+
+from labelnoise import plots
+from labelnoise.config import Config, from_dict, merge, read_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_real_png(path: Path, *, min_height: int = 200, min_width: int = 300) -> None:
+    """A PNG file that decodes to a picture with content (not a blank canvas)."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    img = mpimg.imread(path)  # (H, W, 3 or 4) floats in [0, 1]
+    assert img.ndim == 3 and img.shape[0] >= min_height and img.shape[1] >= min_width
+    assert img[..., :3].std() > 0.05  # drawn lines, bars and text, not one colour
+    assert path.stat().st_size > 5_000
+
+
+def _curves(epochs: int = 4) -> dict[str, np.ndarray]:
+    e = np.arange(1, epochs + 1, dtype=float)
+    return {
+        "epoch": e,
+        "train_loss": 2.0 / e,
+        "train_acc_noisy": 0.3 + 0.05 * e,
+        "clean_acc": 0.5 + 0.1 * e,
+        "test_acc": 0.48 + 0.1 * e,
+        "lr": 0.1 * np.cos(e / epochs),
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+def test_plot_curves_writes_png(tmp_path: Path) -> None:
+    out = plots.plot_curves(_curves(), tmp_path / "sub" / "curves.png", title="digits · symmetric · ce", best_epoch=3)
+    assert out == tmp_path / "sub" / "curves.png"
+    assert_real_png(out)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["curves.png"]  # no temp file left behind
+
+
+def test_plot_curves_without_lr_and_missing_x(tmp_path: Path) -> None:
+    curves = {k: v for k, v in _curves().items() if k != "lr"}
+    assert_real_png(plots.plot_curves(curves, tmp_path / "c.png", title="no lr"))
+    with pytest.raises(ValueError, match="epoch"):
+        plots.plot_curves({"train_loss": np.ones(3)}, tmp_path / "bad.png", title="x")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_plot_per_class_writes_png(tmp_path: Path) -> None:
+    labels = ["T-shirt/top", "Trouser", "Pullover"]
+    values = {"final": np.array([0.9, 0.5, np.nan]), "best clean": np.array([0.8, 0.7, 0.6])}
+    assert_real_png(plots.plot_per_class(values, tmp_path / "per_class.png", labels=labels, title="per class"))
+    with pytest.raises(ValueError, match="shape"):
+        plots.plot_per_class({"final": np.ones(2)}, tmp_path / "bad.png", labels=labels, title="x")
+
+
+# ----------------------------------------------------------------------------- stage
+K, C, H = 3, 1, 8
+CLASSES = ["zero", "one", "two"]
+
+
+def _config(tmp_path: Path) -> Config:
+    overlay = {
+        "base": {"device": "cpu", "threads": 1, "tracking_uri": "sqlite:///mlflow.db", "experiment": "test-eval"},
+        "data": {"dataset": "digits", "mirrors": {}, "download": False},
+        "noise": {"kind": "symmetric", "rate": 0.25},
+        "evaluate": {"batch_size": 7},  # not a divisor of n_test: the last batch is partial
+    }
+    return from_dict(merge(read_yaml(REPO / "params.yaml"), overlay))
+
+
+def _write_inputs(cfg: Config) -> dict[str, np.ndarray]:
+    """Prepared data, noisy labels, two checkpoints and training curves, at the stage's PATHS."""
+    from labelnoise.datasets import Prepared, save_prepared
+    from labelnoise.io import save_torch
+    from labelnoise.models import create_model, model_record
+    from labelnoise.noise import NoisyLabels, save_noisy
+    from stages.common import PATHS
+
+    rng = np.random.default_rng(0)
+    n = 72
+    labels = np.arange(n, dtype=np.int64) % K
+    # Class-dependent brightness plus noise, so a model's predictions are not all one class.
+    images = (rng.integers(0, 60, (n, C, H, H)) + 80 * labels[:, None, None, None]).astype(np.uint8)
+    perm = rng.permutation(n)
+    train_idx, clean_idx, test_idx = np.sort(perm[:36]), np.sort(perm[36:45]), np.sort(perm[45:])
+    save_prepared(PATHS.prepared, Prepared(
+        images=images, labels=labels, train_idx=train_idx, clean_idx=clean_idx,
+        val_idx=np.array([], dtype=np.int64), test_idx=test_idx, classes=CLASSES, dataset="digits"))
+
+    true_train = labels[train_idx]
+    mask = np.zeros(train_idx.size, dtype=bool)
+    mask[:9] = True  # 25% flipped
+    noisy = np.where(mask, (true_train + 1) % K, true_train)
+    save_noisy(PATHS.noisy, NoisyLabels(labels=noisy, mask=mask))
+
+    kwargs = {"num_classes": K, "in_channels": C, "image_size": H}
+    for path, seed, epoch, clean_acc in ((PATHS.student_model, 1, 4, 0.6), (PATHS.student_best, 2, 2, 0.8)):
+        torch.manual_seed(seed)
+        model = create_model("cnn", **kwargs)
+        save_torch(path, model_record(model, model_name="cnn", model_kwargs=kwargs, epoch=epoch,
+                                      clean_acc=clean_acc, config=cfg.to_dict()))
+
+    curves = _curves()
+    Path(PATHS.curves).parent.mkdir(parents=True, exist_ok=True)
+    with open(PATHS.curves, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(curves)
+        w.writerows(zip(*curves.values(), strict=True))
+    return {"images": images, "labels": labels, "test_idx": test_idx}
+
+
+@pytest.fixture()
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def _independent_acc(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    from labelnoise.models import load_model
+
+    model = load_model(path, "cpu")
+    with torch.no_grad():
+        pred = model(torch.from_numpy(images)).argmax(dim=1).numpy()
+    return float((pred == labels).mean()), pred
+
+
+def test_evaluate_end_to_end(in_tmp: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from stages import evaluate
+    from stages.common import PATHS
+
+    cfg = _config(in_tmp)
+    data = _write_inputs(cfg)
+    x_test, y_test = data["images"][data["test_idx"]], data["labels"][data["test_idx"]]
+
+    logged = evaluate.run(cfg)
+
+    # ---- metrics.json: numbers recomputed independently of labelnoise.metrics / training
+    report = json.loads(Path(PATHS.metrics).read_text())
+    acc_final, pred_final = _independent_acc(PATHS.student_model, x_test, y_test)
+    acc_best, _ = _independent_acc(PATHS.student_best, x_test, y_test)
+    assert report["test_acc"] == pytest.approx(acc_final)
+    assert report["test_acc_best_clean"] == pytest.approx(acc_best)
+    assert report["best_epoch"] == 2 and report["final_epoch"] == 4
+    assert report["clean_acc_best"] == pytest.approx(0.8)
+    assert report["noise_realised_rate"] == pytest.approx(0.25)
+    assert report["noisy_label_acc"] == pytest.approx(1 - report["noise_realised_rate"])
+    assert report["n_test"] == y_test.size and report["n_corrupted"] == 9
+    assert list(report["per_class"]) == CLASSES
+    for k, name in enumerate(CLASSES):
+        assert report["per_class"][name] == pytest.approx(float((pred_final[y_test == k] == k).mean()))
+    assert logged["test_acc"] == report["test_acc"]
+
+    # ---- figures
+    for name in ("confusion.png", "curves.png", "per_class.png"):
+        assert_real_png(Path(PATHS.plots_dir) / name)
+
+    # ---- MLflow: the child run `evaluate` has metrics and artifacts; the parent has the headline
+    client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("test-eval")
+    (child,) = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'evaluate'")
+    assert child.info.status == "FINISHED"
+    m = child.data.metrics
+    assert m["test_acc"] == pytest.approx(report["test_acc"])
+    assert m["test_acc_best_clean"] == pytest.approx(report["test_acc_best_clean"])
+    assert m["best_epoch"] == 2
+    assert {f"test_acc_class/{c}" for c in CLASSES} <= set(m)
+    assert child.data.params["evaluate.batch_size"] == "7"
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert artifacts == {"metrics.json", "confusion.png", "curves.png", "per_class.png"}
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["test_acc"] == pytest.approx(report["test_acc"])
+    assert parent.data.metrics["test_acc_best_clean"] == pytest.approx(report["test_acc_best_clean"])
+
+
+def test_evaluate_missing_input_writes_nothing(in_tmp: Path) -> None:
+    from stages import evaluate
+    from stages.common import PATHS
+
+    with pytest.raises(FileNotFoundError, match="prepared"):
+        evaluate.run(_config(in_tmp))
+    assert not Path(PATHS.metrics).exists() and not Path(PATHS.plots_dir).exists()
+    assert not (in_tmp / "mlflow.db").exists()
+
+
+def test_evaluate_unusable_store_writes_nothing(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelnoise.tracking import TrackingError
+    from stages import evaluate
+    from stages.common import PATHS
+
+    cfg = _config(in_tmp)
+    _write_inputs(cfg)
+    (in_tmp / "a_file").write_text("not a folder")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp}/a_file/mlflow.db")  # cannot be created
+    with pytest.raises(TrackingError):
+        evaluate.run(cfg)
+    assert not Path(PATHS.metrics).exists() and not Path(PATHS.plots_dir).exists()
+
+
+def test_read_curves_round_trip(tmp_path: Path) -> None:
+    from stages.evaluate import read_curves
+
+    path = tmp_path / "c.csv"
+    path.write_text("epoch,train_loss,test_acc\n1,2.0,0.5\n2,1.5,\n")
+    curves = read_curves(path)
+    np.testing.assert_array_equal(curves["epoch"], [1, 2])
+    assert curves["test_acc"][0] == 0.5 and np.isnan(curves["test_acc"][1])

@@ -1,0 +1,386 @@
+"""Student training loop: schedules, augmentation, learning, exact resume, refusals, NaN stop, no true labels."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from labelnoise import training
+from labelnoise.config import from_dict, merge, read_yaml
+from labelnoise.datasets import TrainView
+from labelnoise.models import create_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def student_cfg(**overrides: Any):
+    base = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
+            "precision": "fp32", "channels_last": "off"}
+    raw = merge(read_yaml(REPO / "params.yaml"), {"student": {**base, **overrides}})
+    return from_dict(raw).student
+
+
+def separable_view(n_train: int = 96, n_clean: int = 30, n_test: int = 30, k: int = 3, seed: int = 0) -> TrainView:
+    """8x8 grey images: class c lights up row block c (plus noise). Easy to learn, like digits."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % k
+        x = torch.randint(0, 60, (n, 1, 8, 8), generator=g)
+        for c in range(k):
+            x[y == c, :, 2 * c : 2 * c + 2, :] += 180
+        return x.clamp(0, 255).to(torch.uint8), y.to(torch.int64)
+
+    x_train, y_train = make(n_train)
+    x_clean, y_clean = make(n_clean)
+    x_test, y_test = make(n_test)
+    empty_x, empty_y = torch.empty(0, 1, 8, 8, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return TrainView(x_train=x_train, y_train=y_train, x_clean=x_clean, y_clean=y_clean, x_val=empty_x,
+                     y_val=empty_y, x_test=x_test, y_test=y_test, classes=["a", "b", "c"][:k], dataset="digits")
+
+
+def new_model(seed: int = 0, k: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model("cnn", num_classes=k, in_channels=1, image_size=8, mean=[0.3], std=[0.3])
+
+
+def run_fit(cfg, data, path=None, model=None, **kw) -> training.FitResult:
+    return training.fit(model or new_model(), data, cfg=cfg, seed=0, device="cpu", checkpoint_path=path,
+                        progress=False, log=lambda line: None, **kw)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ----------------------------------------------------------------------------- schedules
+def factors(schedule: str, total: int = 100, **kw: Any) -> list[float]:
+    args = {"warmup_steps": 0, "milestones": [0.5, 0.75], "gamma": 0.1, "pct_start": 0.25, **kw}
+    return [training.lr_factor(s, schedule=schedule, total_steps=total, **args) for s in range(total)]
+
+
+def test_constant_schedule() -> None:
+    assert factors("constant") == [1.0] * 100
+
+
+def test_multistep_milestones_are_fractions_of_training() -> None:
+    f = factors("multistep", total=100, milestones=[0.5, 0.75], gamma=0.1)
+    assert f[49] == 1.0 and f[50] == pytest.approx(0.1) and f[74] == pytest.approx(0.1)
+    assert f[75] == pytest.approx(0.01) and f[99] == pytest.approx(0.01)
+
+
+def test_linear_warmup_then_cosine() -> None:
+    f = factors("cosine", total=100, warmup_steps=10)
+    assert f[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear ramp, first step > 0
+    assert f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))  # monotone decay after warm-up
+    assert f[55] == pytest.approx(0.5, abs=0.02) and f[-1] < 0.01
+
+
+def test_warmup_applies_to_multistep() -> None:
+    f = factors("multistep", total=100, warmup_steps=5)
+    assert f[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0]) and f[5] == 1.0
+
+
+def test_onecycle_peaks_at_pct_start() -> None:
+    f = factors("onecycle", total=200, pct_start=0.3)
+    peak = max(range(200), key=lambda s: f[s])
+    assert f[peak] == pytest.approx(1.0) and peak in (59, 60)
+    assert all(a <= b for a, b in zip(f[:60], f[1:60], strict=False))  # rises
+    assert all(a >= b for a, b in zip(f[60:], f[61:], strict=False))  # then falls
+    assert f[0] < 0.05 and f[-1] < 0.01
+
+
+def test_scheduler_steps_per_iteration() -> None:
+    cfg = student_cfg(epochs=4, schedule="multistep", milestones=[0.5], gamma=0.5, warmup_epochs=1, lr=0.2)
+    model = nn.Linear(2, 2)
+    opt = training.make_optimizer(model, cfg)
+    sched = training.make_scheduler(opt, cfg, steps_per_epoch=5)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.04, 0.08, 0.12, 0.16, 0.2])  # warm-up over 1 epoch = 5 steps
+    assert lrs[9] == pytest.approx(0.2) and lrs[10] == pytest.approx(0.1)  # milestone 0.5 of 20 steps
+
+
+def test_optimizer_settings_come_from_config() -> None:
+    cfg = student_cfg(lr=0.03, momentum=0.8, nesterov=True, weight_decay=1e-3)
+    group = training.make_optimizer(nn.Linear(2, 2), cfg).param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.03, 0.8, True, 1e-3)
+
+
+# ----------------------------------------------------------------------------- augmentation and settings
+def test_crop_flip_is_a_seeded_per_image_crop() -> None:
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.int64).remainder(250).add(1).to(torch.uint8).view(2, 3, 6, 6)
+    x = x.repeat(16, 1, 1, 1)  # 32 identical pairs: different crops must show up
+    out = training.crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
+    again = training.crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8 and torch.equal(out, again)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    distinct = set()
+    for i in range(x.shape[0]):  # each output is some crop of the padded image, maybe flipped
+        crops = [padded[i, :, r : r + 6, c : c + 6] for r in range(5) for c in range(5)]
+        crops += [cr.flip(-1) for cr in crops]
+        match = [j for j, cr in enumerate(crops) if torch.equal(cr, out[i])]
+        assert match
+        if i % 2 == 0:
+            distinct.add(match[0])
+    assert len(distinct) > 1  # per image, not one crop for the whole batch
+    flip_only = training.crop_flip(x, padding=0, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(o, xi) or torch.equal(o, xi.flip(-1)) for o, xi in zip(flip_only, x, strict=True))
+
+
+def test_resolved_settings() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training.resolve_augment("auto", "cifar10") == "crop_flip"
+    assert training.resolve_augment("auto", "fashion_mnist") == "none"
+    assert training.resolve_augment("crop_flip", "digits") == "crop_flip"
+    assert training.resolve_precision("fp32", cpu) is None and training.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert training.resolve_channels_last("off", cuda) is False and training.resolve_channels_last("auto", cuda)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_predict_logits_and_evaluate() -> None:
+    data = separable_view()
+    model = new_model()
+    logits = training.predict_logits(model, data.x_test, batch_size=7, device="cpu")
+    assert logits.shape == (30, 3) and logits.dtype == torch.float32
+    assert model.training  # mode restored
+    stats = training.validate(model, data.x_test, data.y_test, batch_size=7, device="cpu")
+    assert stats["acc"] == pytest.approx((logits.argmax(1) == data.y_test).float().mean().item())
+    empty = training.evaluate_accuracy(model, data.x_val, data.y_val, batch_size=7, device="cpu")
+    assert empty["n"] == 0 and math.isnan(empty["acc"])
+
+
+# ----------------------------------------------------------------------------- fit
+def test_tiny_fit_learns() -> None:
+    cfg = student_cfg(epochs=6, lr=0.05, schedule="onecycle")
+    result = run_fit(cfg, separable_view())
+    assert [r["epoch"] for r in result.history] == list(range(1, 7))
+    assert set(result.history[0]) == {"epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr"}
+    assert result.history[-1]["train_acc_noisy"] >= 0.95
+    assert result.history[-1]["clean_acc"] >= 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    best = max(result.history, key=lambda r: r["clean_acc"])
+    assert result.best_clean_acc == best["clean_acc"]
+    assert result.history[result.best_epoch - 1]["clean_acc"] == best["clean_acc"]
+
+
+def test_fit_with_bf16_channels_last_and_augmentation_runs() -> None:
+    cfg = student_cfg(epochs=1, precision="bf16", channels_last="on", augment="crop_flip", label_smoothing=0.1)
+    result = training.fit(new_model(), separable_view(), cfg=cfg, seed=0, progress=True, log=lambda line: None)
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path) -> None:
+    cfg, data = student_cfg(epochs=3, augment="crop_flip"), separable_view()
+    straight = run_fit(cfg, data)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_epoch(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise Crash
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Crash):
+        run_fit(cfg, data, ckpt, on_epoch=crash_after_first_epoch)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    seen: list[int] = []
+    resumed = run_fit(cfg, data, ckpt, model=new_model(seed=123), on_epoch=lambda row: seen.append(row["epoch"]))
+    assert resumed.resumed_epochs == 1
+    assert seen == [1, 2, 3]  # restored epochs are replayed to the tracker
+    assert resumed.history == straight.history
+    assert_same_weights(resumed.model.state_dict(), straight.model.state_dict())
+    assert_same_weights(resumed.best_state, straight.best_state)
+    assert torch.load(ckpt, weights_only=True)["finished"] is True
+
+
+class SigintAt(nn.Module):
+    """Wraps a model; sends SIGINT to this process at the n-th training forward (a user's Ctrl-C)."""
+
+    def __init__(self, model: nn.Module, at: int) -> None:
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                signal.raise_signal(signal.SIGINT)
+        return self.model(x)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path) -> None:
+    cfg, data = student_cfg(epochs=2, augment="crop_flip"), separable_view()
+    straight = run_fit(cfg, data, model=SigintAt(new_model(), at=-1))
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(training.TrainingInterrupted, match="resume"):
+        run_fit(cfg, data, ckpt, model=SigintAt(new_model(), at=9))  # epoch 2, batch 3 of 6
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial"]["batch"] == 3 and saved["step"] == 9
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = run_fit(cfg, data, ckpt, model=SigintAt(new_model(seed=5), at=-1))
+    assert resumed.resumed_epochs == pytest.approx(1.5)
+    assert resumed.history == straight.history
+    assert_same_weights(resumed.model.state_dict(), straight.model.state_dict())
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path) -> None:
+    data, ckpt = separable_view(), tmp_path / "ckpt.pt"
+
+    def stop(row: dict) -> None:
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        run_fit(student_cfg(epochs=2, lr=0.05), data, ckpt, on_epoch=stop)
+    lines: list[str] = []
+    result = training.fit(new_model(), data, cfg=student_cfg(epochs=2, lr=0.02), seed=0, checkpoint_path=ckpt,
+                          progress=False, log=lines.append)
+    assert result.resumed_epochs == 0 and len(result.history) == 2
+    refusal = [line for line in lines if "not resumed" in line]
+    assert refusal and "student.lr: 0.05 in checkpoint, 0.02 now" in refusal[0]
+    # other data (e.g. another noise draw) is refused too, even with equal params
+    other = separable_view(seed=1)
+    lines.clear()
+    with pytest.raises(RuntimeError):
+        training.fit(new_model(), data, cfg=student_cfg(epochs=2), seed=0, checkpoint_path=ckpt,
+                     progress=False, log=lines.append, on_epoch=stop)
+    training.fit(new_model(), other, cfg=student_cfg(epochs=2), seed=0, checkpoint_path=ckpt, progress=False,
+                 log=lines.append)
+    assert any("data.x_train" in line for line in lines if "not resumed" in line)
+
+
+def test_finished_checkpoint_starts_fresh(tmp_path) -> None:
+    cfg, data, ckpt = student_cfg(epochs=1), separable_view(), tmp_path / "ckpt.pt"
+    first = run_fit(cfg, data, ckpt)
+    lines: list[str] = []
+    again = training.fit(new_model(), data, cfg=cfg, seed=0, checkpoint_path=ckpt, progress=False, log=lines.append)
+    assert again.resumed_epochs == 0 and any("finished" in line for line in lines)
+    assert again.history == first.history
+
+
+class NanAfter(nn.Module):
+    """Wraps a model; its output turns NaN from the n-th training forward on."""
+
+    def __init__(self, model: nn.Module, after: int) -> None:
+        super().__init__()
+        self.model, self.after, self.calls = model, after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                out = out * float("nan")
+        return out
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path) -> None:
+    cfg, ckpt = student_cfg(epochs=3), tmp_path / "ckpt.pt"
+    with pytest.raises(training.NonFiniteLossError, match=r"epoch 2, step 8\b") as info:
+        run_fit(cfg, separable_view(), ckpt, model=NanAfter(new_model(), after=8))  # 6 steps per epoch
+    assert (info.value.epoch, info.value.step) == (2, 8)
+    assert "last good checkpoint" in str(info.value)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_fit_never_gets_true_train_labels() -> None:
+    params = inspect.signature(training.fit).parameters
+    assert params["data"].annotation == "TrainView"
+    assert not any("true" in name or name in ("labels", "y_true") for name in params)
+    # fit reads only the TrainView fields: an object with exactly those (and nothing else) is enough
+    fields = {"x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val", "x_test", "y_test", "classes", "dataset"}
+    assert set(TrainView.__dataclass_fields__) == fields
+
+    class Exactly:
+        __slots__ = tuple(fields)
+
+    view, data = separable_view(), Exactly()
+    for name in fields:
+        setattr(data, name, getattr(view, name))
+    result = run_fit(student_cfg(epochs=1), data)
+    assert len(result.history) == 1
+
+
+# ----------------------------------------------------------------------------- stage
+def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
+    import csv
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from labelnoise.datasets import Prepared, save_prepared
+    from labelnoise.models import load_model
+    from labelnoise.noise import NoisyLabels, save_noisy
+    from stages import train_student
+    from stages.common import PATHS
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
+        monkeypatch.delenv(var, raising=False)
+    view = separable_view(n_train=48, n_clean=24, n_test=24)
+    images = torch.cat([view.x_train, view.x_clean, view.x_test]).numpy()
+    labels = torch.cat([view.y_train, view.y_clean, view.y_test]).numpy()
+    idx = np.arange(96, dtype=np.int64)
+    save_prepared(PATHS.prepared, Prepared(images=images, labels=labels, train_idx=idx[:48], clean_idx=idx[48:72],
+                                           val_idx=idx[:0], test_idx=idx[72:], classes=["a", "b", "c"],
+                                           dataset="digits"))
+    noisy = labels[:48].copy()
+    noisy[:6] = (noisy[:6] + 1) % 3
+    save_noisy(PATHS.noisy, NoisyLabels(labels=noisy, mask=noisy != labels[:48]))
+    raw = merge(read_yaml(REPO / "params.yaml"), {
+        "base": {"device": "cpu", "threads": 1, "experiment": "test-student"},
+        "data": {"dataset": "digits"},
+        "student": {"epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05, "precision": "fp32",
+                    "channels_last": "off"}})
+    cfg = from_dict(raw)
+
+    metrics = train_student.run(cfg)
+
+    with open(PATHS.curves, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    final, best = load_model(PATHS.student_model), load_model(PATHS.student_best)
+    for model, record_path in ((final, PATHS.student_model), (best, PATHS.student_best)):
+        record = torch.load(record_path, weights_only=True)
+        assert record["model_name"] == "cnn" and record["num_classes"] == 3
+        assert record["config"]["student"]["epochs"] == 3 and record["config"]["seed"] == cfg.base.seed
+        clean = training.evaluate_accuracy(model, view.x_clean, view.y_clean, batch_size=10, device="cpu")["acc"]
+        assert clean == pytest.approx(record["clean_acc"])  # the saved model is the one that was measured
+        assert float(rows[record["epoch"] - 1]["clean_acc"]) == pytest.approx(record["clean_acc"])
+    assert metrics["best_clean_acc"] == max(float(r["clean_acc"]) for r in rows)
+    assert torch.load(PATHS.student_ckpt, weights_only=True)["finished"] is True
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("test-student")
+    (child,) = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'train_student'")
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["method"] == "ce" and child.data.tags["model"] == "cnn"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "clean_acc")] == [1, 2, 3]
+    assert child.data.metrics["best_epoch"] == metrics["best_epoch"]
+    assert child.data.params["student.lr"] == "0.05"
