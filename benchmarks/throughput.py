@@ -71,8 +71,8 @@ def bare_loop(model, x, y, *, optimizer, scheduler, batch_size, generator, amp_d
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
-    parser.add_argument("--batches", type=int, default=40, help="training steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of each loop")
+    parser.add_argument("--batches", type=int, default=100, help="training steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats of each loop")
     parser.add_argument("--out", default="reports/bench.json")
     args = parser.parse_args(argv)
 
