@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from labelnoise.config import Config, from_dict, merge, read_yaml
 
@@ -34,3 +35,12 @@ def make_config(repo: Path) -> Callable[..., Config]:
 def tiny_config(make_config: Callable[..., Config], repo: Path) -> Config:
     """params.yaml merged with presets/tiny.yaml (digits, a few epochs)."""
     return make_config(read_yaml(repo / "presets" / "tiny.yaml"))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test on one torch thread (the 2-core machine is shared by the whole suite)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

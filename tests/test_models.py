@@ -11,13 +11,7 @@ import torch
 from labelnoise import models
 from labelnoise.io import save_torch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["cnn", "preact_resnet32", "resnet18"])

@@ -18,14 +18,8 @@ from labelnoise.datasets import TrainView
 from labelnoise.models import create_model
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def student_cfg(**overrides: Any):
