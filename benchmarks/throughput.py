@@ -1,10 +1,17 @@
-"""Training throughput: the project's loop (``train_one_epoch``) against a bare PyTorch loop.
+"""Training throughput: the project's loop (``train_one_epoch``) against a bare PyTorch loop, and the
+SPADE student step (MentorNet weighting) against the plain cross-entropy step.
 
-Both train the default student model with the default params (batch size, SGD settings, schedule,
+All train the default student model with the default params (batch size, SGD settings, schedule,
 precision and memory format as ``fit`` resolves them on this machine) on the same Fashion-MNIST-shaped
 uint8 data: the first images of the prepared file when present, else random uint8. Repeats are
-interleaved (project, bare, bare, project, ...) so load from other processes hits both alike.
-Prints img/s for each and the ratio project/bare (target >= 0.95) and writes reports/bench.json.
+interleaved (the order rotates every repeat) so load from other processes hits all alike.
+Prints img/s for each, the ratio project/bare (target >= 0.95) and the SPADE step time over the CE
+step time (target <= 1.15), and writes reports/bench.json.
+
+SPADE is timed after burn-in (every step calls the mentor: the costlier path), with
+``student.sample_weights`` as configured and no mentor refits (those run a few times per training, not
+per step). The mentor is models/mentor.pt when present (10 classes), else a freshly initialised one
+(its weights do not change its speed).
 
     python benchmarks/throughput.py                 # make bench
     python benchmarks/throughput.py --batches 30 --repeats 3
@@ -13,6 +20,7 @@ Prints img/s for each and the ratio project/bare (target >= 0.95) and writes rep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -32,6 +40,7 @@ from labelnoise.models import channel_stats, create_model  # noqa: E402
 from stages.common import PATHS  # noqa: E402
 
 TARGET = 0.95
+SPADE_TARGET = 1.15  # issue: SPADE step time / CE step time
 
 
 def bench_data(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -46,6 +55,22 @@ def bench_data(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         if p.images.shape[1:] == (1, 28, 28) and len(p.train_idx) >= n:
             return torch.from_numpy(np.ascontiguousarray(p.images[p.train_idx[:n]])), y, f"{p.dataset} ({prepared})"
     return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), y, "random uint8"
+
+
+def bench_mentor(cfg, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The trained mentor (models/mentor.pt) when it fits 10 classes, else a fresh one of the same shape."""
+    from labelnoise import mentornet
+
+    path = Path(PATHS.mentor_model)
+    if path.is_file():
+        try:
+            mentor = mentornet.load_mentor(path, device)
+            if mentor.num_classes == 10:
+                return mentor, str(path)
+        except ValueError:
+            pass
+    torch.manual_seed(cfg.mentor.seed)
+    return mentornet.MentorNet.from_config(cfg.mentor, num_classes=10).to(device), "fresh init"
 
 
 def bare_loop(model, x, y, *, optimizer, scheduler, batch_size, generator, amp_dtype, channels_last, device,
@@ -100,6 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     p_model, p_opt, p_sched, p_gen = setup()
     b_model, b_opt, b_sched, b_gen = setup()
+    s_model, s_opt, s_sched, s_gen = setup()
+    mentor, mentor_source = bench_mentor(cfg, device)
+    spade_cfg = dataclasses.replace(s, method="spade", burn_in=0.0, mentor_update="none")
+    spade_task = training.make_task(spade_cfg, mentor=mentor, mentor_cfg=cfg.mentor,
+                                    total_steps=args.batches * (args.repeats + 1), steps_per_epoch=args.batches,
+                                    device=device, seed=cfg.base.seed, num_classes=10)
 
     def project() -> None:
         training.train_one_epoch(p_model, x, y, optimizer=p_opt, scheduler=p_sched, batch_size=s.batch_size,
@@ -110,25 +141,38 @@ def main(argv: list[str] | None = None) -> dict:
         bare_loop(b_model, x, y, optimizer=b_opt, scheduler=b_sched, batch_size=s.batch_size, generator=b_gen,
                   amp_dtype=amp_dtype, channels_last=channels_last, device=device, label_smoothing=s.label_smoothing)
 
+    def spade() -> None:
+        training.train_one_epoch(s_model, x, y, optimizer=s_opt, scheduler=s_sched, batch_size=s.batch_size,
+                                 device=device, generator=s_gen, task=spade_task, autocast_dtype=amp_dtype,
+                                 channels_last=channels_last)
+
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return n / (time.perf_counter() - t0)
 
-    project(), bare()  # warm-up: allocator, oneDNN primitive caches
-    rates: dict[str, list[float]] = {"project": [], "bare": []}
+    loops = {"project": project, "bare": bare, "spade": spade}
+    for fn in loops.values():  # warm-up: allocator, oneDNN primitive caches
+        fn()
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
     for r in range(args.repeats):
-        order = (("project", project), ("bare", bare)) if r % 2 == 0 else (("bare", bare), ("project", project))
-        for name, fn in order:
-            rates[name].append(timed(fn))
+        for name in names[r % 3 :] + names[: r % 3]:  # rotate the order: each loop runs first, middle, last
+            rates[name].append(timed(loops[name]))
     ratios = [p / b for p, b in zip(rates["project"], rates["bare"], strict=True)]
+    # step time ratio SPADE / CE = (img/s of CE) / (img/s of SPADE), per repeat
+    spade_ratios = [c / sp for c, sp in zip(rates["project"], rates["spade"], strict=True)]
     result = {
         "device": str(device), "threads": threads, "model": s.model, "batch_size": s.batch_size,
         "batches_per_repeat": args.batches, "repeats": args.repeats, "data": source,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "channels_last": channels_last,
         "project_img_s": statistics.median(rates["project"]), "bare_img_s": statistics.median(rates["bare"]),
         "ratio": statistics.median(ratios), "target_ratio": TARGET,
-        "per_repeat": {"project_img_s": rates["project"], "bare_img_s": rates["bare"], "ratio": ratios},
+        "spade_img_s": statistics.median(rates["spade"]), "spade_step_ratio": statistics.median(spade_ratios),
+        "spade_target_ratio": SPADE_TARGET, "spade_mentor": mentor_source,
+        "spade_sample_weights": spade_cfg.sample_weights,
+        "per_repeat": {"project_img_s": rates["project"], "bare_img_s": rates["bare"], "ratio": ratios,
+                       "spade_img_s": rates["spade"], "spade_step_ratio": spade_ratios},
     }
     print(f"{s.model} batch {s.batch_size}, {result['precision']}, channels_last={channels_last}, {threads} threads, "
           f"{device}, data: {source}")
@@ -137,6 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = "ok" if result["ratio"] >= TARGET else f"below target {TARGET}"
     print(f"ratio project/bare:             {result['ratio']:8.3f}  ({verdict}; median of {args.repeats} "
           f"interleaved repeats)")
+    print(f"spade loop (mentor {mentor_source}): {result['spade_img_s']:8.0f} img/s")
+    verdict = "ok" if result["spade_step_ratio"] <= SPADE_TARGET else f"above target {SPADE_TARGET}"
+    print(f"step time spade/ce:             {result['spade_step_ratio']:8.3f}  ({verdict}; median of "
+          f"{args.repeats} interleaved repeats)")
     save_json(args.out, result)
     print(f"wrote {args.out}")
     return result

@@ -60,8 +60,38 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class MentorConfig:
+    kind: Literal["pd", "dd"]  # pd: fit to a predefined curriculum; dd: learn from the trusted clean subset
+    curriculum: Literal["self_paced", "linear", "mixture", "official_pd", "focal"]  # pd target
+    percentile: float = _rng(0.0, 1.0)  # p of the moving p-th percentile l_pt of mini-batch losses
+    ema_decay: float = _rng(0.0, 1.0)  # moving-average decay of l_pt (paper 0.95, official code 0.5)
+    lambda1: float = _rng(0.0)  # mixture: loss threshold
+    lambda2: float = _rng(0.0)  # mixture: width of the linear part (0 = hard threshold)
+    gamma: float = _rng(0.0, lo_open=True)  # linear curricula: v = clip(1 - diff / gamma, 0, 1)
+    focal_gamma: float = _rng(0.0)  # focal weighting (1 - exp(-l)) ** gamma
+    pd_burn_in: float = _rng(0.0, 1.0)  # official_pd: all ones before this fraction of training
+    pd_linear_from: float = _rng(0.0, 1.0)  # official_pd: linear weighting from this fraction on
+    label_dim: int = _rng(1, 1024)  # label embedding size
+    epoch_dim: int = _rng(1, 1024)  # training-progress embedding size (100 x epoch_dim)
+    hidden: int = _rng(1, 4096)  # fully connected layer (tanh)
+    epoch_embedding_trainable: bool  # official code: a fixed random table
+    grid_size: int = _rng(100)  # pd: samples drawn from the (loss, diff, progress) grid
+    holdout: float = _rng(0.0, 1.0)  # fraction of mentor data held out for MAE / AUROC
+    fit_steps: int = _rng(1)  # mentor optimisation steps (Adam)
+    fit_batch_size: int = _rng(1, 1_000_000)
+    fit_lr: float = _rng(0.0, 10.0, lo_open=True)
+    fit_lr_decay: float = _rng(0.0, 1.0, lo_open=True)  # lr *= decay every fit_lr_decay_steps (official 0.9 / 1000)
+    fit_lr_decay_steps: int = _rng(1)
+    dd_noise_kind: Literal["symmetric", "pair", "asymmetric"]  # dd: noise put on a copy of the clean subset
+    dd_noise_rate: float = _rng(0.0, 1.0)
+    dd_noise_seed: int = _rng(0)
+    dd_epochs: int = _rng(1, 10_000)  # dd: epochs of the feature-recording student on the clean subset
+    seed: int = _rng(0)  # mentor initialisation and data sampling
+
+
+@dataclass(frozen=True)
 class StudentConfig:
-    method: Literal["ce"]
+    method: Literal["ce", "spade"]
     model: Literal["cnn", "preact_resnet32", "resnet18"]
     pretrained: bool
     epochs: int = _rng(1, 10_000)
@@ -81,11 +111,40 @@ class StudentConfig:
     precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: Literal["auto", "on", "off"]  # auto: on (measured faster on CUDA and on CPU for the CNN)
     label_smoothing: float = _rng(0.0, 1.0)
+    burn_in: float = _rng(0.0, 1.0)  # spade: fraction of training with v ~ Bernoulli(burn_in_keep)
+    burn_in_keep: float = _rng(0.0, 1.0)  # spade: keep probability p during burn-in (example dropout)
+    sample_weights: bool  # spade: probabilistic sampling layer, v <- Bernoulli(v)
+    mentor_update: Literal["none", "lr_change", "every_k"]  # spade: when the mentor is refitted
+    mentor_update_every: int = _rng(1)  # every_k: epochs between mentor updates
+    mentor_update_steps: int = _rng(1)  # spade: Adam steps of one mentor refit (mentor.fit_* settings otherwise)
+    mentor_update_batches: int = _rng(1)  # spade, pd mentor: recent mini-batches whose mentor inputs a refit uses
+    weights_at: list[float]  # spade: fractions of training at which per-example weights are saved
+
+
+@dataclass(frozen=True)
+class CorrectionConfig:
+    init: Literal["student", "scratch"]  # phase 1 starts from the trained student or a fresh network
+    epochs: int = _rng(1, 10_000)  # phase 1: alternating optimisation of network and labels
+    lr: float = _rng(0.0, 10.0, lo_open=True)  # phase 1: high constant lr (paper 0.08 symmetric, 0.03 asymmetric)
+    alpha: float = _rng(0.0)  # weight of the prior term L_p (paper 1.2 sym / 0.8 asym; official code 1.0)
+    beta: float = _rng(0.0)  # weight of the entropy term L_e (paper 0.8 sym / 0.4 asym; official code 0.5)
+    prior: Literal["uniform", "clean"]  # class prior p: uniform, or estimated from the clean subset
+    buffer: int = _rng(1, 1000)  # K: epochs of softmax outputs averaged into the new labels
+    begin: int = _rng(1)  # first epoch (1-based) at which labels are updated
+    update: Literal["soft", "hard"]  # new label = buffer mean, or its argmax (one-hot)
+    update_every: int = _rng(1)  # epochs between label updates
+    noisy_label_weight: float = _rng(0.0, 1.0)  # w: y ∝ s̄ · (w·onehot(noisy) + (1−w)/C); 0 = the paper's y = s̄
+    trust_mentor: bool  # examples whose mentor weight exceeds trust_threshold keep their label
+    trust_threshold: float = _rng(0.0, 1.0)
+    retrain_epochs: int = _rng(1, 10_000)  # phase 2: a fresh network on the corrected labels
+    retrain_lr: float = _rng(0.0, 10.0, lo_open=True)
+    retrain_schedule: Literal["constant", "multistep", "cosine", "onecycle"]
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = _rng(1, 65_536)
+    detection_threshold: float = _rng(0.0, 1.0)  # spade: an example with weight v < this is flagged as corrupted
 
 
 @dataclass(frozen=True)
@@ -93,7 +152,9 @@ class Config:
     base: BaseConfig
     data: DataConfig
     noise: NoiseConfig
+    mentor: MentorConfig
     student: StudentConfig
+    correction: CorrectionConfig
     evaluate: EvaluateConfig
 
     def section(self, name: str) -> Any:
@@ -239,6 +300,13 @@ def _cross_checks(cfg: Config) -> None:
     s = cfg.student
     if any(not 0.0 < m < 1.0 for m in s.milestones) or list(s.milestones) != sorted(s.milestones):
         raise ConfigError("student.milestones: must be increasing fractions of training in (0, 1)")
+    if any(not 0.0 < w <= 1.0 for w in s.weights_at):
+        raise ConfigError("student.weights_at: must be fractions of training in (0, 1]")
+    if cfg.correction.begin > cfg.correction.epochs:  # no label update would ever happen
+        raise ConfigError(f"correction.begin: must be <= correction.epochs ({cfg.correction.epochs})")
+    m = cfg.mentor
+    if m.pd_linear_from < m.pd_burn_in:
+        raise ConfigError(f"mentor.pd_linear_from: must be >= mentor.pd_burn_in ({m.pd_burn_in})")
     if s.warmup_epochs >= s.epochs:
         raise ConfigError(f"student.warmup_epochs: must be < student.epochs ({s.epochs})")
     n = cfg.noise

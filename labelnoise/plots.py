@@ -162,3 +162,155 @@ def plot_per_class(
     ax.legend(fontsize=8, frameon=False, loc="upper center", ncol=max(n, 1))
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- mentor figures
+def plot_weight_maps(
+    rows: Mapping[str, Sequence[np.ndarray]],
+    path: str | Path,
+    *,
+    loss: np.ndarray,
+    diff: np.ndarray,
+    columns: Sequence[str],
+    title: str,
+    points: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None,
+) -> Path:
+    """MentorNet weights as heatmaps over (loss, loss difference): one row per series, one column per panel.
+
+    ``rows`` maps a row name (e.g. "learned v", "target v*") to one (D, L) array per column, values in
+    [0, 1], over ``diff`` (D,) x ``loss`` (L,) (uniform grids). ``points`` (optional, per column):
+    (loss (n,), diff (n,), corrupted (n,) bool) observations drawn lightly on every panel of that column.
+    """
+    loss, diff = np.asarray(loss, dtype=float), np.asarray(diff, dtype=float)
+    ncols, nrows = len(columns), len(rows)
+    for name, maps in rows.items():
+        if len(maps) != ncols or any(np.shape(m) != (diff.size, loss.size) for m in maps):
+            raise ValueError(f"row {name!r}: need {ncols} maps of shape ({diff.size}, {loss.size})")
+    if points is not None and len(points) != ncols:
+        raise ValueError(f"points: need one entry per column ({ncols}), got {len(points)}")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 1.2, 3.2 * nrows + 0.6), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    extent = (loss[0], loss[-1], diff[0], diff[-1])
+    image = None
+    for r, (name, maps) in enumerate(rows.items()):
+        for c, m in enumerate(maps):
+            ax = axes[r, c]
+            image = ax.imshow(np.asarray(m, dtype=float), origin="lower", extent=extent, aspect="auto",
+                              cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            if points is not None and points[c] is not None:
+                pl, pd, bad = (np.asarray(a) for a in points[c])
+                keep = (pl >= loss[0]) & (pl <= loss[-1]) & (pd >= diff[0]) & (pd <= diff[-1])
+                for sel, colour, label in ((~bad & keep, "white", "clean label"), (bad & keep, "red", "corrupted")):
+                    ax.scatter(pl[sel], pd[sel], s=3, c=colour, alpha=0.25, linewidths=0, label=label)
+                if r == 0 and c == 0:
+                    ax.legend(fontsize=7, loc="upper left", markerscale=3, framealpha=0.6)
+            ax.axhline(0.0, color="0.85", linewidth=0.6, linestyle=":")
+            if r == 0:
+                ax.set_title(columns[c], fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"{name}\nloss − l_pt")
+            if r == nrows - 1:
+                ax.set_xlabel("loss")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.9, label="weight v")
+    fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- spade: weight against loss
+def plot_weight_vs_loss(
+    loss: np.ndarray,
+    weight: np.ndarray,
+    corrupted: np.ndarray,
+    path: str | Path,
+    *,
+    epochs: Sequence[int],
+    title: str,
+    max_points: int = 4000,
+    seed: int = 0,
+    threshold: float | None = None,
+    notes: Sequence[str] | None = None,
+) -> Path:
+    """One scatter panel per recorded epoch: each train example's weight v against its loss, corrupted
+    labels in red, clean ones in blue (MentorNet paper's interpretability figure).
+
+    loss, weight: (E, N) (NaN where an example was not seen that epoch); corrupted: (N,) bool
+    (evaluation only: it colours the points); epochs: (E,) the panel titles. At most ``max_points``
+    examples are drawn per panel, the same random subset in every panel (seeded) so panels compare;
+    legends give the mean weight of each group over *all* examples. The loss axis is logarithmic
+    (clean losses go to ~0), values below 1e-4 drawn at 1e-4. ``notes``: (E,) text added to the panel
+    titles (e.g. "burn-in"); ``threshold`` draws the flagging line v = threshold.
+    """
+    from matplotlib.ticker import NullFormatter
+
+    loss = np.atleast_2d(np.asarray(loss, dtype=float))
+    weight = np.atleast_2d(np.asarray(weight, dtype=float))
+    mask = np.asarray(corrupted, dtype=bool)
+    if loss.shape != weight.shape or loss.shape[1] != mask.size or loss.shape[0] != len(epochs):
+        raise ValueError(f"loss {loss.shape}, weight {weight.shape}, corrupted {mask.shape} and "
+                         f"{len(epochs)} epochs do not match")
+    rng = np.random.default_rng(seed)
+    shown = np.sort(rng.permutation(mask.size)[:max_points])  # (M,) the same examples in every panel
+    e = len(epochs)
+    fig, axes = plt.subplots(1, e, figsize=(4.2 * e + 0.4, 3.8), squeeze=False, sharey=True)
+    floor = 1e-4
+    notes = list(notes) if notes is not None else [""] * e
+    for ax, epoch, note, lo, w in zip(axes[0], epochs, notes, loss, weight, strict=True):
+        seen = np.isfinite(lo) & np.isfinite(w)
+        for is_bad, color, name in ((False, "tab:blue", "clean"), (True, "tab:red", "corrupted")):
+            group = seen & (mask == is_bad)
+            pts = shown[group[shown]]
+            mean = w[group].mean() if group.any() else np.nan
+            ax.scatter(np.maximum(lo[pts], floor), w[pts], s=5, alpha=0.35, color=color, linewidths=0,
+                       label=f"{name}: n={int(group.sum())}, mean v={mean:.2f}", rasterized=True)
+        if threshold is not None:
+            ax.axhline(threshold, color="0.4", linestyle="--", linewidth=0.9)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range would label minor ticks too
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("loss (cross-entropy on the noisy label)")
+        ax.set_title(f"epoch {int(epoch)}" + (f" ({note})" if note else ""), fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        leg = ax.legend(fontsize=7.5, frameon=False, loc="center left", markerscale=3)
+        for handle in leg.legend_handles:
+            handle.set_alpha(1.0)
+    axes[0][0].set_ylabel("weight v")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- label correction
+def plot_label_changes(
+    epochs: np.ndarray,
+    series: Mapping[str, np.ndarray],
+    path: str | Path,
+    *,
+    title: str,
+    begin: int | None = None,
+) -> Path:
+    """Fractions over the epochs of label correction (phase 1): one line per series (name → (E,) in [0, 1]),
+    e.g. labels changed against the noisy labels and label accuracy against the true ones. ``begin`` marks
+    the first epoch whose end updates the labels."""
+    xs = np.asarray(epochs, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    marker = "o" if xs.size <= 30 else None
+    for name, values in series.items():
+        v = np.asarray(values, dtype=float)
+        if v.shape != xs.shape:
+            raise ValueError(f"series {name!r} has shape {v.shape}, epochs {xs.shape}")
+        ax.plot(xs, v, marker=marker, markersize=3.5, linewidth=1.6, label=name)
+    if begin is not None:
+        ax.axvline(begin, color="0.4", linestyle="--", linewidth=1.0, label=f"first label update (epoch {begin})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction of train examples")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, frameon=False)
+    if xs.size and np.allclose(xs, np.round(xs)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    fig.tight_layout()
+    return save_figure(fig, path)

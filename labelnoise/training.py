@@ -1,13 +1,17 @@
-"""Student training with plain cross-entropy on the noisy labels (method ``ce``), the baseline.
+"""Student training on the noisy labels: plain cross-entropy (method ``ce``, the baseline) or MentorNet
+weighting with burn-in and joint mentor updates (method ``spade``, Jiang et al. 2018).
 
 Read :func:`fit` top to bottom: per epoch it goes schedule → forward/backward → evaluate → log →
 checkpoint → stop. The pieces it uses are small functions above it:
 
 - LR schedules (:func:`lr_factor`), stepped once per optimiser step;
 - CIFAR augmentation (:func:`crop_flip`): random crop + horizontal flip on a uint8 batch, seeded;
+- tasks (timm style): :class:`CrossEntropyTask` / :class:`SpadeTask` own one mini-batch's forward pass
+  and loss, returning {"loss", "logits", named parts}; SPADE's mentor updates run between steps;
+- :class:`WeightLog`: per-example loss and weight of every train example in chosen epochs;
 - :func:`train_one_epoch` (timm style, returns a dict) and :func:`evaluate_accuracy` / :func:`validate`;
 - checkpoints: a dict with everything needed to resume bit-for-bit (weights, optimiser, scheduler,
-  RNG states, the position inside the epoch, history, best weights).
+  RNG states, the position inside the epoch, history, best weights, the task's state, the weight log).
 
 CPU fast path: the whole split is a uint8 tensor in memory; a batch is ``x[perm[i:i+B]]`` with a
 seeded permutation per epoch (no DataLoader, no float copy of the dataset); the model's first layer
@@ -17,6 +21,7 @@ No host synchronisation inside the step loop except the finite-loss check on CPU
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -25,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +45,7 @@ from torchvision.transforms.v2 import functional as TF
 from labelnoise.io import save_torch
 
 if TYPE_CHECKING:
-    from labelnoise.config import StudentConfig
+    from labelnoise.config import MentorConfig, StudentConfig
     from labelnoise.datasets import TrainView
 
 CIFAR = ("cifar10", "cifar100")
@@ -228,6 +233,368 @@ def evaluate_accuracy(
 validate = evaluate_accuracy  # timm's name
 
 
+# ----------------------------------------------------------------------------- per-mini-batch tasks (timm style)
+# A task owns the forward pass of one mini-batch and returns {"loss": () to minimise, "logits": (B, K), plus
+# named parts}; train_one_epoch does the rest (backward, optimiser step, bookkeeping) the same way for every
+# method. Parts a task may return, all (B,) and detached: "per_example" (the loss of each example),
+# "loss_diff" (loss - l_pt), "weight" (what multiplied the loss), "mentor_weight" (the mentor's v before the
+# sampling layer). `after_step` runs once per optimiser step (SPADE's mentor updates live there).
+
+# `mentor_update: lr_change` on a continuous schedule (cosine, onecycle, constant with warm-up): the mentor
+# is refitted each time the lr falls below this fraction of the lr at the previous refit (issue: "half").
+LR_DROP_FOR_REFIT = 0.5
+# Streams derived from base.seed (np.random.SeedSequence([seed, stream])) so that the SPADE sampling and each
+# mentor refit draw from their own generator, independent of the batch order and of each other.
+_SPADE_STREAM, _REFIT_STREAM = 1, 1000
+
+
+def derived_seed(seed: int, stream: int) -> int:
+    """A 32-bit seed for an independent random stream ``stream`` of the run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+class CrossEntropyTask:
+    """Method ``ce``: mean cross-entropy on the noisy labels (the baseline). Returns {"loss", "logits"}."""
+
+    method = "ce"
+
+    def __init__(self, *, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int) -> dict[str, Tensor]:
+        logits = model(xb)  # (B, K)
+        return {"loss": F.cross_entropy(logits, yb, label_smoothing=self.label_smoothing), "logits": logits}
+
+    def per_example(self, logits: Tensor, yb: Tensor) -> Tensor:
+        """(B,) detached per-example losses; computed only in the epochs whose losses are recorded."""
+        return F.cross_entropy(logits.detach().float(), yb, reduction="none", label_smoothing=self.label_smoothing)
+
+    def after_step(self, model: nn.Module, *, step: int, lr: float, next_lr: float) -> None:
+        """Nothing changes between steps."""
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class _RecentBatches:
+    """Ring buffer of the mentor inputs of the last ``capacity`` mini-batches (PD refits fit on them).
+
+    Rows are mini-batches, padded with NaN losses when a batch is short; lives on the training device.
+    """
+
+    def __init__(self, capacity: int, batch_size: int, device: torch.device) -> None:
+        self.loss = torch.full((capacity, batch_size), math.nan, device=device)  # (R, B)
+        self.loss_diff = torch.full((capacity, batch_size), math.nan, device=device)  # (R, B)
+        self.label = torch.zeros((capacity, batch_size), dtype=torch.int64, device=device)  # (R, B)
+        self.progress = torch.zeros(capacity, dtype=torch.int64)  # (R,) on the CPU: Python ints written
+        self.count = 0  # mini-batches written so far
+
+    def add(self, loss: Tensor, loss_diff: Tensor, label: Tensor, progress: int) -> None:
+        r, b = self.count % self.loss.shape[0], loss.shape[0]
+        self.loss[r].fill_(math.nan)
+        self.loss[r, :b] = loss
+        self.loss_diff[r, :b] = loss_diff
+        self.label[r, :b] = label
+        self.progress[r] = progress
+        self.count += 1
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(loss, loss_diff, label, progress), each (M,), the examples of the buffered batches."""
+        rows = min(self.count, self.loss.shape[0])
+        loss = self.loss[:rows]  # (rows, B)
+        seen = ~torch.isnan(loss)
+        progress = self.progress[:rows].to(loss.device)[:, None].expand_as(loss)
+        return loss[seen], self.loss_diff[:rows][seen], self.label[:rows][seen], progress[seen]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.cpu(), "loss_diff": self.loss_diff.cpu(), "label": self.label.cpu(),
+                "progress": self.progress.clone(), "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name in ("loss", "loss_diff", "label"):
+            getattr(self, name).copy_(state[name])
+        self.progress.copy_(state["progress"])
+        self.count = int(state["count"])
+
+
+class SpadeTask:
+    """Method ``spade`` (MentorNet, Jiang et al. 2018, Alg. 1 "SPADE"): the mentor weights every example of
+    the student's mini-batch, and (optionally) is refitted during training.
+
+    One mini-batch (``__call__``):
+      forward → per-example cross-entropy l (B,) on the noisy labels
+      → l_pt ← EMA of the p-th percentile of l (``mentor.percentile``, ``mentor.ema_decay``; updated first,
+        then used, as the official ``mentornet()`` does)
+      → v = mentor(l, l − l_pt, noisy label, progress %) with no gradient into the mentor
+        (progress = percent of all training steps done, 0..99, as the official ``epoch_step``)
+      → optional probabilistic sampling layer: v ← Bernoulli(v) (``student.sample_weights``)
+      → loss = Σ v·l / B.
+    The loss is divided by the batch size B, not by Σv, as in the official code (``reduce_mean(loss * v)``
+    in cifar_train_mentornet.py): a batch the mentor mostly rejects moves the student less.
+    Burn-in: for the first ``student.burn_in`` fraction of the steps, v ~ Bernoulli(``burn_in_keep``) per
+    example (example dropout) and the mentor is not called; l_pt keeps updating.
+    Weight decay is the optimiser's own (the official code scales it by Σv/B; we do not).
+
+    Mentor updates (``after_step``, at the cadence ``student.mentor_update``; never during burn-in, never
+    after the last step): ``every_k`` every ``mentor_update_every`` epochs; ``lr_change`` when a multistep
+    milestone lowers the lr, or on other schedules when the lr falls below ``LR_DROP_FOR_REFIT`` times the lr
+    of the previous refit (the highest lr so far before the first one), at most once per epoch. A refit runs
+    ``student.mentor_update_steps`` Adam steps of :func:`labelnoise.mentornet.fit_mentor`:
+      - PD: towards its curriculum ``mentor.curriculum`` on the mentor inputs of the last
+        ``student.mentor_update_batches`` mini-batches (MSE);
+      - DD: on the trusted clean subset with a copy of its labels corrupted by ``mentor.dd_noise_*`` (so which
+        labels are wrong is known), the features measured with the current student (BCE).
+    All randomness comes from generators derived from ``seed`` and saved in ``state_dict``.
+    """
+
+    method = "spade"
+
+    def __init__(
+        self,
+        mentor: nn.Module,
+        *,
+        cfg: StudentConfig,
+        mentor_cfg: MentorConfig,
+        total_steps: int,
+        steps_per_epoch: int,
+        device: torch.device,
+        seed: int,
+        num_classes: int,
+        clean: tuple[Tensor, Tensor] | None = None,
+        dataset: str = "",
+    ) -> None:
+        from labelnoise.mentornet import MovingPercentile
+
+        self.mentor = mentor.to(device).eval()  # called under no_grad: the student's backward never reaches it
+        self.cfg, self.mentor_cfg = cfg, mentor_cfg
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.device, self.seed = device, seed
+        self.burn_in_steps = round(cfg.burn_in * total_steps)
+        self.percentile = MovingPercentile(mentor_cfg.percentile, mentor_cfg.ema_decay)
+        self.generator = torch.Generator(device=device).manual_seed(derived_seed(seed, _SPADE_STREAM))
+        self.refits: list[dict[str, float]] = []  # one row per mentor update: step, progress, fit statistics
+        self._lr_ref = 0.0  # lr_change: the lr at the previous refit (before the first: the highest lr so far)
+        self._recent = (_RecentBatches(cfg.mentor_update_batches, cfg.batch_size, device)
+                        if cfg.mentor_update != "none" and mentor_cfg.kind == "pd" else None)
+        self._clean = None
+        if cfg.mentor_update != "none" and mentor_cfg.kind == "dd":
+            if clean is None or clean[0].shape[0] == 0:
+                raise ValueError("student.mentor_update with a dd mentor needs the trusted clean subset "
+                                 "(data.clean_size > 0)")
+            self._clean = self._corrupted_clean_copy(*clean, num_classes=num_classes, dataset=dataset)
+
+    def _corrupted_clean_copy(self, x: Tensor, y: Tensor, *, num_classes: int,
+                              dataset: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(x, noisy copy of the clean labels, correct (bool)): DD's training signal with a known mask."""
+        from labelnoise.noise import class_map_for, corrupt
+
+        m = self.mentor_cfg
+        noisy = corrupt(y.cpu().numpy(), kind=m.dd_noise_kind, rate=m.dd_noise_rate, num_classes=num_classes,
+                        rng=np.random.default_rng(m.dd_noise_seed),
+                        class_map=class_map_for(dataset, "auto") if m.dd_noise_kind == "asymmetric" else None)
+        return x, torch.from_numpy(noisy.labels), torch.from_numpy(~noisy.mask)
+
+    # ---- one mini-batch
+    def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int) -> dict[str, Tensor]:
+        from labelnoise.mentornet import progress_percent
+
+        logits = model(xb)  # (B, K)
+        per_example = F.cross_entropy(logits.float(), yb, reduction="none",
+                                      label_smoothing=self.cfg.label_smoothing)  # (B,)
+        loss = per_example.detach()  # (B,) the mentor's input; no gradient flows through v
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # the mentor runs in fp32
+            l_pt = self.percentile.update(loss)  # () EMA of the batch's p-th percentile, updated then used
+            loss_diff = loss - l_pt  # (B,)
+            progress = progress_percent(step, self.total_steps)
+            parts: dict[str, Tensor] = {}
+            if step < self.burn_in_steps:  # burn-in: example dropout, no mentor
+                keep = torch.full_like(loss, self.cfg.burn_in_keep)
+                v = torch.bernoulli(keep, generator=self.generator)  # (B,) 0/1
+            else:
+                progress_b = torch.full_like(yb, progress)  # (B,) int64
+                v = self.mentor(loss, loss_diff, yb, progress_b).float()  # (B,) in (0, 1)
+                parts["mentor_weight"] = v
+                if self.cfg.sample_weights:  # probabilistic sampling layer
+                    v = torch.bernoulli(v, generator=self.generator)
+            if self._recent is not None:
+                self._recent.add(loss, loss_diff, yb, progress)
+        weighted = (v * per_example).sum() / per_example.shape[0]  # Σ v·l / B (official normalisation)
+        return {"loss": weighted, "logits": logits, "per_example": loss, "loss_diff": loss_diff, "weight": v,
+                **parts}
+
+    # ---- mentor updates
+    def _refit_due(self, *, step: int, lr: float, next_lr: float) -> bool:
+        upcoming = step + 1  # the refit happens between `step` and the next one
+        due = False
+        if self.cfg.mentor_update == "every_k":
+            due = upcoming % (self.cfg.mentor_update_every * self.steps_per_epoch) == 0
+        elif self.cfg.mentor_update == "lr_change":
+            if not self.refits:
+                self._lr_ref = max(self._lr_ref, lr)
+            if self.cfg.schedule == "multistep":
+                due = next_lr < lr
+            else:  # at most one refit per epoch: a schedule decaying to 0 would otherwise halve ever faster
+                spaced = not self.refits or upcoming - self.refits[-1]["step"] >= self.steps_per_epoch
+                due = next_lr < LR_DROP_FOR_REFIT * self._lr_ref and spaced
+        return due and self.burn_in_steps <= upcoming < self.total_steps
+
+    def after_step(self, model: nn.Module, *, step: int, lr: float, next_lr: float) -> None:
+        """Refit the mentor when ``student.mentor_update`` says so (``step`` just finished, 0-based)."""
+        if self.cfg.mentor_update != "none" and self._refit_due(step=step, lr=lr, next_lr=next_lr):
+            self.refit(model, step=step + 1, lr=next_lr)
+            self._lr_ref = next_lr  # lr_change: the next refit waits for the lr to halve again
+
+    def refit(self, model: nn.Module, *, step: int, lr: float) -> dict[str, float]:
+        """A few mentor optimisation steps (PD: towards the curriculum; DD: on the corrupted clean copy)."""
+        from labelnoise.mentornet import MentorFeatures, collect_features, curriculum, fit_mentor, progress_percent
+
+        was_training = model.training
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, _REFIT_STREAM + len(self.refits)))
+        fit_cfg = dataclasses.replace(self.mentor_cfg, fit_steps=self.cfg.mentor_update_steps)
+        progress = progress_percent(step, self.total_steps)
+        try:
+            if self._recent is not None:  # PD
+                loss, loss_diff, label, prog = self._recent.tensors()
+                target = curriculum(self.mentor_cfg.curriculum, self.mentor_cfg)(loss, loss_diff, prog)
+                features = MentorFeatures(loss=loss, loss_diff=loss_diff, label=label, progress=prog,
+                                          target=target.float())
+                stats = fit_mentor(self.mentor, features, cfg=fit_cfg, generator=generator, loss="mse")
+            else:  # DD
+                x, y_noisy, correct = self._clean
+                features = collect_features(model, x, y_noisy, correct, percentile=copy.deepcopy(self.percentile),
+                                            progress=progress, batch_size=self.cfg.batch_size, device=self.device,
+                                            generator=generator)
+                stats = fit_mentor(self.mentor, features, cfg=fit_cfg, generator=generator, loss="bce")
+        finally:
+            self.mentor.eval()
+            model.train(was_training)
+        row = {"step": float(step), "progress": float(progress), "lr": float(lr),
+               **{k: float(v) for k, v in stats.items() if isinstance(v, (int, float))}}
+        self.refits.append(row)
+        return row
+
+    # ---- reporting and checkpoints
+    def summary(self) -> dict[str, float]:
+        """Per-epoch extras for the history: the current l_pt and the number of mentor updates so far."""
+        return {"l_pt": float(self.percentile.value), "mentor_updates": float(len(self.refits))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "percentile": self.percentile.state_dict(), "generator": self.generator.get_state(),
+            "mentor": {k: v.detach().cpu().clone() for k, v in self.mentor.state_dict().items()},
+            "lr_ref": self._lr_ref, "refits": [dict(r) for r in self.refits],
+            "recent": self._recent.state_dict() if self._recent is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.percentile.load_state_dict(state["percentile"])
+        self.generator.set_state(state["generator"])
+        self.mentor.load_state_dict(state["mentor"])
+        self._lr_ref = float(state["lr_ref"])
+        self.refits = [dict(r) for r in state["refits"]]
+        if self._recent is not None:
+            self._recent.load_state_dict(state["recent"])
+
+
+StudentTask = CrossEntropyTask | SpadeTask
+
+
+def make_task(
+    cfg: StudentConfig, *, mentor: nn.Module | None, mentor_cfg: MentorConfig | None, total_steps: int,
+    steps_per_epoch: int, device: torch.device, seed: int, num_classes: int, data: TrainView | None = None,
+) -> StudentTask:
+    """The task for ``cfg.method``: ``ce`` ignores the mentor; ``spade`` needs it and ``mentor_cfg``."""
+    if cfg.method == "ce":
+        return CrossEntropyTask(label_smoothing=cfg.label_smoothing)
+    if mentor is None or mentor_cfg is None:
+        raise ValueError("student.method 'spade' needs a mentor (run stage pretrain_mentor first)")
+    clean = (data.x_clean, data.y_clean) if data is not None else None
+    return SpadeTask(mentor, cfg=cfg, mentor_cfg=mentor_cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                     device=device, seed=seed, num_classes=num_classes, clean=clean,
+                     dataset=data.dataset if data is not None else "")
+
+
+# ----------------------------------------------------------------------------- per-example weight log
+
+
+def weight_epochs(fractions: Sequence[float], epochs: int) -> list[int]:
+    """``student.weights_at`` fractions → the 1-based epochs round(f·epochs) (at least 1), sorted, unique."""
+    return sorted({min(epochs, max(1, round(f * epochs))) for f in fractions})
+
+
+@dataclass
+class WeightLog:
+    """Per-example loss, loss − l_pt and weight of every train example during chosen epochs.
+
+    Rows follow ``epochs``; columns are positions in the train pool (``TrainView.x_train``); NaN where an
+    example was not seen in that epoch. Tensors live on the training device, written without host syncs.
+    ``weight`` is the mentor's v before the sampling layer (after burn-in), the example-dropout draw during
+    burn-in, and 1 for ``ce``; ``loss_diff`` is NaN for ``ce`` (no l_pt).
+    """
+
+    epochs: list[int]  # (E,) 1-based
+    loss: Tensor  # (E, N) float32
+    loss_diff: Tensor  # (E, N) float32
+    weight: Tensor  # (E, N) float32
+
+    @classmethod
+    def create(cls, epochs: Sequence[int], n: int, *, device: torch.device) -> WeightLog:
+        def nan() -> Tensor:
+            return torch.full((len(epochs), n), math.nan, device=device)
+
+        return cls(epochs=list(epochs), loss=nan(), loss_diff=nan(), weight=nan())
+
+    def row(self, epoch: int) -> int | None:
+        """Row of the 1-based ``epoch``, None when that epoch is not recorded."""
+        return self.epochs.index(epoch) if epoch in self.epochs else None
+
+    def write(self, row: int, idx: Tensor, *, loss: Tensor, loss_diff: Tensor | None, weight: Tensor | None) -> None:
+        """Store the (B,) values of the examples at train positions ``idx`` (B,)."""
+        self.loss[row, idx] = loss.float()
+        if loss_diff is not None:
+            self.loss_diff[row, idx] = loss_diff.float()
+        self.weight[row, idx] = weight.float() if weight is not None else 1.0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{"epochs" (E,) int64, "loss", "loss_diff", "weight" (E, N) float32}: what PATHS.student_weights holds."""
+        return {"epochs": np.asarray(self.epochs, dtype=np.int64), "loss": self.loss.cpu().numpy(),
+                "loss_diff": self.loss_diff.cpu().numpy(), "weight": self.weight.cpu().numpy()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": list(self.epochs), "loss": self.loss.cpu(), "loss_diff": self.loss_diff.cpu(),
+                "weight": self.weight.cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if list(state["epochs"]) != self.epochs:
+            raise ValueError(f"weight log epochs differ: {state['epochs']} saved, {self.epochs} now")
+        for name in ("loss", "loss_diff", "weight"):
+            getattr(self, name).copy_(state[name])
+
+
+def save_weights(path: str | Path, weights: Mapping[str, np.ndarray], *, method: str) -> Path:
+    """Write a :class:`WeightLog`'s arrays (``FitResult.weights``) plus the method name as npz, atomically."""
+    from labelnoise.io import save_npz
+
+    return save_npz(path, **weights, method=np.array(method))
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """Read :func:`save_weights`' file: {"epochs" (E,), "loss", "loss_diff", "weight" (E, N), "method" str}."""
+    with np.load(Path(path), allow_pickle=False) as z:
+        out: dict[str, Any] = {k: z[k] for k in z.files}
+    out["method"] = str(out["method"]) if "method" in out else ""
+    for key in ("epochs", "loss", "weight"):
+        if key not in out:
+            raise ValueError(f"{path}: no {key!r} array (not a student weights file; re-run train_student)")
+    return out
+
+
 # ----------------------------------------------------------------------------- one epoch
 
 
@@ -244,6 +611,7 @@ class EpochState:
     first_bad: Tensor  # () int64, global step of the first non-finite loss, -1 if none (CUDA check)
     batch: int = 0  # batches done
     seen: int = 0  # images done
+    weight_sum: Tensor | None = None  # () float32, sum of the example weights so far (spade)
 
     @classmethod
     def start(cls, n: int, *, generator: torch.Generator, device: torch.device) -> EpochState:
@@ -252,6 +620,7 @@ class EpochState:
             loss_sum=torch.zeros((), device=device),
             correct=torch.zeros((), dtype=torch.int64, device=device),
             first_bad=torch.full((), -1, dtype=torch.int64, device=device),
+            weight_sum=torch.zeros((), device=device),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,6 +645,8 @@ def train_one_epoch(
     epoch: int = 1,
     step: int = 0,
     state: EpochState | None = None,
+    task: StudentTask | None = None,
+    weight_log: WeightLog | None = None,
     augment: Callable[[Tensor], Tensor] | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
@@ -283,16 +654,21 @@ def train_one_epoch(
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """One pass of cross-entropy training over x: uint8 (N, C, H, W), y: int64 (N,) (both on ``device``).
+    """One pass of training over x: uint8 (N, C, H, W), y: int64 (N,) noisy labels (both on ``device``).
 
-    Batches are ``x[perm[i*B:(i+1)*B]]`` for a permutation drawn from ``generator`` (or continued from
-    ``state`` when resuming mid-epoch). ``epoch`` (1-based) and ``step`` (global step before this
-    epoch) only label errors. ``should_stop()`` is polled between steps (Ctrl-C): the epoch then ends
-    early with ``complete = False`` and ``state`` tells where. Raises NonFiniteLossError on NaN/inf.
+    ``task`` owns the forward pass and the loss of a mini-batch (default: :class:`CrossEntropyTask` with
+    ``label_smoothing``; :class:`SpadeTask` for MentorNet weighting). Batches are ``x[perm[i*B:(i+1)*B]]``
+    for a permutation drawn from ``generator`` (or continued from ``state`` when resuming mid-epoch).
+    ``epoch`` (1-based) and ``step`` (global step before this epoch) label errors, drive the task's
+    schedule, and pick the ``weight_log`` row (per-example loss and weight, recorded in chosen epochs).
+    ``should_stop()`` is polled between steps (Ctrl-C): the epoch then ends early with
+    ``complete = False`` and ``state`` tells where. Raises NonFiniteLossError on NaN/inf.
 
-    Returns {"train_loss", "train_acc_noisy", "lr" (of the last step), "steps" (run in this call),
-    "complete", "state"}.
+    Returns {"train_loss" (mean per-example cross-entropy on the noisy labels), "train_acc_noisy",
+    "lr" (of the last step), "steps" (run in this call), "complete", "state"}, plus "mean_weight" when the
+    task weights examples.
     """
+    task = task if task is not None else CrossEntropyTask(label_smoothing=label_smoothing)
     n = x.shape[0]
     state = state if state is not None else EpochState.start(n, generator=generator, device=device)
     num_batches = math.ceil(n / batch_size)
@@ -300,47 +676,62 @@ def train_one_epoch(
     lr = optimizer.param_groups[0]["lr"]
     first_batch = state.batch
     perm = state.perm.to(device)  # once per call, not per batch
+    row = weight_log.row(epoch) if weight_log is not None else None  # None: this epoch is not recorded
+    weighted = False
     model.train()
     while state.batch < num_batches:
         if should_stop is not None and should_stop():
             break
+        # ---- batch: the next slice of this epoch's permutation
         global_step = step + state.batch
-        idx = perm[state.batch * batch_size : (state.batch + 1) * batch_size]
+        idx = perm[state.batch * batch_size : (state.batch + 1) * batch_size]  # (B,) positions in the train pool
         xb, yb = x[idx], y[idx]  # (B, C, H, W) uint8, (B,) int64
         if augment is not None:
             xb = augment(xb)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
 
-        # forward / backward
+        # ---- forward: the task's one pass → {"loss": (), "logits": (B, K), named (B,) parts}
         with _autocast(device, autocast_dtype):
-            logits = model(xb)  # (B, K)
-            loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-        loss_d = loss.detach()
+            out = task(model, xb, yb, step=global_step)
+        loss_d = out["loss"].detach()
         if check_on_host:
             if not torch.isfinite(loss_d):
                 raise NonFiniteLossError(epoch, global_step)
         else:  # remember the first bad step on the device; checked once per epoch (no sync per step)
             bad = (~torch.isfinite(loss_d)) & (state.first_bad < 0)
             state.first_bad = torch.where(bad, global_step, state.first_bad)
+
+        # ---- backward / step
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out["loss"].backward()
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the lr this step used
         scheduler.step()  # per-iteration schedule
 
-        # bookkeeping, still on the device
-        state.loss_sum += loss_d.float() * yb.shape[0]
-        state.correct += (logits.detach().argmax(dim=1) == yb).sum()
+        # ---- bookkeeping, still on the device
+        logits = out["logits"].detach()
+        per_example = out.get("per_example")  # (B,) or None (ce: the mean is enough)
+        if row is not None:
+            weight_log.write(row, idx, loss=per_example if per_example is not None else task.per_example(logits, yb),
+                             loss_diff=out.get("loss_diff"), weight=out.get("mentor_weight", out.get("weight")))
+        state.loss_sum += per_example.sum() if per_example is not None else loss_d.float() * yb.shape[0]
+        state.correct += (logits.argmax(dim=1) == yb).sum()
+        if "weight" in out:
+            weighted = True
+            state.weight_sum += out["weight"].sum()
         state.seen += yb.shape[0]
         state.batch += 1
+
+        # ---- mentor update (spade, at its cadence; nothing for ce)
+        task.after_step(model, step=global_step, lr=lr, next_lr=optimizer.param_groups[0]["lr"])
         if on_step is not None:
             on_step()
 
     if not check_on_host and (bad_step := int(state.first_bad)) >= 0:
         raise NonFiniteLossError(epoch, bad_step)
     seen = max(state.seen, 1)
-    return {
+    stats = {
         "train_loss": state.loss_sum.item() / seen,
         "train_acc_noisy": state.correct.item() / seen,
         "lr": lr,
@@ -348,6 +739,9 @@ def train_one_epoch(
         "complete": state.batch == num_batches,
         "state": state,
     }
+    if weighted or task.method != "ce":
+        stats["mean_weight"] = state.weight_sum.item() / seen
+    return stats
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -363,11 +757,29 @@ def data_fingerprint(data: TrainView) -> dict[str, Any]:
     return out
 
 
-def checkpoint_config(cfg: StudentConfig, *, seed: int, data: TrainView | None = None) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: the student params, the seed and the data."""
+def module_fingerprint(module: nn.Module) -> str:
+    """Short hash of a module's state_dict (names, shapes, values): which mentor a run started from."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def checkpoint_config(
+    cfg: StudentConfig, *, seed: int, data: TrainView | None = None, mentor: nn.Module | None = None,
+    mentor_cfg: MentorConfig | None = None,
+) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: the student params, the seed and the data; for
+    ``spade`` also the mentor params and the mentor's starting weights (another mentor.pt is refused)."""
     out: dict[str, Any] = {"student": dataclasses.asdict(cfg), "seed": seed}
     if data is not None:
         out["data"] = data_fingerprint(data)
+    if cfg.method == "spade":
+        out["mentor"] = dataclasses.asdict(mentor_cfg) if mentor_cfg is not None else {}
+        if mentor is not None:
+            out["mentor"]["weights"] = module_fingerprint(mentor)
     return out
 
 
@@ -447,7 +859,8 @@ class FitResult:
     best_epoch: int  # 1-based
     best_clean_acc: float
     resumed_epochs: float = 0.0  # epochs restored from a checkpoint (0 = fresh; fractional mid-epoch)
-    extra: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # WeightLog.arrays(): epochs, loss, loss_diff, weight
+    extra: dict[str, Any] = field(default_factory=dict)  # spade: "mentor_updates" (one dict per refit)
 
 
 @contextmanager
@@ -495,8 +908,13 @@ def fit(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     log: Callable[[str], None] = _stderr,
+    mentor: nn.Module | None = None,
+    mentor_cfg: MentorConfig | None = None,
 ) -> FitResult:
-    """Train ``model`` with cross-entropy on ``data.y_train`` (noisy labels) for ``cfg.epochs`` epochs.
+    """Train ``model`` on ``data.y_train`` (noisy labels) for ``cfg.epochs`` epochs with ``cfg.method``:
+    ``ce`` (mean cross-entropy) or ``spade`` (examples weighted by ``mentor``, see :class:`SpadeTask`;
+    ``mentor_cfg`` gives the moving percentile and the refit settings). The mentor is changed in place
+    when ``student.mentor_update`` refits it.
 
     ``data`` is a TrainView: it carries the noisy train labels, the trusted clean subset and the test
     split, never the true train labels. Model selection uses clean-subset accuracy only; test accuracy
@@ -504,7 +922,8 @@ def fit(
     (and on Ctrl-C, mid-epoch) and an unfinished one with the same config is resumed, ending with the
     same numbers as an uninterrupted run. ``on_epoch(row)`` is called for every epoch of the history,
     restored ones included (so a tracker sees the whole curve). ``progress``: rich bar per epoch
-    (None = only when stderr is a terminal).
+    (None = only when stderr is a terminal). Per-example losses and weights of the epochs chosen by
+    ``cfg.weights_at`` come back in ``FitResult.weights`` (and are part of the checkpoint).
     """
     device = torch.device(device)
     amp_dtype = resolve_precision(cfg.precision, device)
@@ -522,13 +941,20 @@ def fit(
     if n == 0:
         raise ValueError("no training images")
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=steps_per_epoch)
     evaluate = dict(batch_size=cfg.eval_batch_size, device=device, autocast_dtype=amp_dtype,
                     channels_last=channels_last)
 
+    # The per-mini-batch task (ce or spade) and the per-example log of the chosen epochs.
+    config = checkpoint_config(cfg, seed=seed, data=data, mentor=mentor, mentor_cfg=mentor_cfg)  # before any refit
+    task = make_task(cfg, mentor=mentor, mentor_cfg=mentor_cfg, total_steps=total_steps,
+                     steps_per_epoch=steps_per_epoch, device=device, seed=seed, num_classes=len(data.classes),
+                     data=data)
+    weight_log = WeightLog.create(weight_epochs(cfg.weights_at, cfg.epochs), n, device=device)
+
     # ---- resume (only a checkpoint of this exact config and data, not yet finished)
-    config = checkpoint_config(cfg, seed=seed, data=data)
     ckpt = load_checkpoint(checkpoint_path, config, log=log)
     history: list[dict[str, float]] = []
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -540,6 +966,8 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_states(ckpt["rng"], generator)
+        task.load_state_dict(ckpt["task"])  # spade: l_pt, sampling generator, mentor, refit bookkeeping
+        weight_log.load_state_dict(ckpt["weights"])
         history, best_state = list(ckpt["history"]), ckpt["best_state"]
         best_epoch, best_score = ckpt["best_epoch"], ckpt["best_score"]
         partial = EpochState.from_dict(ckpt["partial"], device) if ckpt["partial"] is not None else None
@@ -559,7 +987,8 @@ def fit(
         save_torch(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch_done, "step": step + (partial_state.batch if partial_state is not None else 0),
-            "config": config, "rng": _rng_states(generator),
+            "config": config, "rng": _rng_states(generator), "task": task.state_dict(),
+            "weights": weight_log.state_dict(),
             "partial": partial_state.to_dict() if partial_state is not None else None,
             "history": history, "best_state": best_state, "best_epoch": best_epoch, "best_score": best_score,
             "finished": finished,
@@ -572,21 +1001,21 @@ def fit(
     bar = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[total_epochs]}"), BarColumn(),
                    MofNCompleteColumn(), TimeRemainingColumn(), transient=True, disable=not show)
     with _sigint_flag(log) as interrupted, bar:
-        task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, total_epochs=cfg.epochs)
+        bar_task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, total_epochs=cfg.epochs)
         for epoch in range(start_epoch, cfg.epochs):
             # ---- schedule: a fresh seeded order for the epoch (or the interrupted one); lr steps per batch
             state = partial if partial is not None else EpochState.start(n, generator=generator, device=device)
             partial = None
-            bar.reset(task, total=steps_per_epoch, completed=state.batch, epoch=epoch + 1, total_epochs=cfg.epochs)
+            bar.reset(bar_task, total=steps_per_epoch, completed=state.batch, epoch=epoch + 1, total_epochs=cfg.epochs)
             t0 = time.perf_counter()
 
             # ---- forward / backward over the epoch
             try:
                 stats = train_one_epoch(
                     model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size,
-                    device=device, generator=generator, epoch=epoch + 1, step=step, state=state, augment=augment,
-                    autocast_dtype=amp_dtype, channels_last=channels_last, label_smoothing=cfg.label_smoothing,
-                    should_stop=interrupted, on_step=(lambda: bar.advance(task)) if show else None,
+                    device=device, generator=generator, epoch=epoch + 1, step=step, state=state, task=task,
+                    weight_log=weight_log, augment=augment, autocast_dtype=amp_dtype, channels_last=channels_last,
+                    should_stop=interrupted, on_step=(lambda: bar.advance(bar_task)) if show else None,
                 )
             except NonFiniteLossError as e:
                 kept = (f"; last good checkpoint: {checkpoint_path} ({last_saved:g} epochs)" if last_saved is not None
@@ -604,6 +1033,8 @@ def fit(
             # ---- log
             row = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc_noisy": stats["train_acc_noisy"],
                    "clean_acc": clean["acc"], "test_acc": test["acc"], "lr": stats["lr"]}
+            if "mean_weight" in stats:  # spade: the fraction of the data the student effectively used, and l_pt
+                row |= {"mean_weight": stats["mean_weight"], **task.summary()}
             history.append(row)
             # No clean subset: clean_acc is NaN, never "better", so the best model is the last one.
             score = clean["acc"] if not math.isnan(clean["acc"]) else -math.inf
@@ -612,7 +1043,8 @@ def fit(
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  train_acc(noisy) "
                 f"{row['train_acc_noisy']:.4f}  clean_acc {row['clean_acc']:.4f}  test_acc {row['test_acc']:.4f}  "
-                f"lr {row['lr']:.4g}  {time.perf_counter() - t0:.1f}s")
+                f"lr {row['lr']:.4g}" + (f"  mean_weight {row['mean_weight']:.3f}  l_pt {row['l_pt']:.3f}"
+                                          if "mean_weight" in row else "") + f"  {time.perf_counter() - t0:.1f}s")
 
             # ---- checkpoint (every epoch; atomic, so a crash keeps the previous one)
             save(epoch + 1, None, finished=epoch + 1 == cfg.epochs)
@@ -624,5 +1056,7 @@ def fit(
                 _interrupted(f"the end of epoch {epoch + 1}", checkpoint_path, log)
 
     model.eval()
+    extra = {"mentor_updates": [dict(r) for r in task.refits]} if isinstance(task, SpadeTask) else {}
     return FitResult(model=model, history=history, best_state=best_state, best_epoch=best_epoch,
-                     best_clean_acc=best_score if math.isfinite(best_score) else math.nan, resumed_epochs=resumed)
+                     best_clean_acc=best_score if math.isfinite(best_score) else math.nan, resumed_epochs=resumed,
+                     weights=weight_log.arrays(), extra=extra)

@@ -1,9 +1,14 @@
-"""Stage `train_student`: train the student network on the noisy labels (method `ce`, the baseline).
+"""Stage `train_student`: train the student network on the noisy labels, with plain cross-entropy
+(`student.method: ce`, the baseline) or MentorNet weighting (`spade`: burn-in, then every mini-batch's
+examples weighted by the mentor, which may be refitted during training; see labelnoise.training.SpadeTask).
 
-Inputs: PATHS.prepared, PATHS.noisy. The student sees a TrainView (noisy train labels, the trusted
-clean subset, test images for monitoring), never the true train labels.
+Inputs: PATHS.prepared, PATHS.noisy, and for spade PATHS.mentor_model (stage pretrain_mentor). The student
+sees a TrainView (noisy train labels, the trusted clean subset, test images for monitoring), never the true
+train labels; the corruption mask is not read here.
 Outputs: PATHS.student_model (last epoch), PATHS.student_best (best clean-subset accuracy; test accuracy is
-never used to choose), PATHS.curves (one CSV row per epoch).
+never used to choose), PATHS.curves (one CSV row per epoch; spade adds mean_weight, l_pt, mentor_updates),
+PATHS.student_weights (npz: epochs (E,), loss / loss_diff / weight (E, n_train) of every train example in the
+epochs chosen by `student.weights_at`, NaN where not seen, and the method; for ce the weights are 1).
 
 Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out).
 An unfinished checkpoint with the same student params, seed and data is resumed and the run ends
@@ -26,19 +31,22 @@ from labelnoise.io import atomic_path, save_torch
 from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.training import checkpoint_config, fit
+from labelnoise.training import checkpoint_config, fit, save_weights
 from stages.common import PATHS, require, setup
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 
 
 def write_curves(path: Any, history: list[dict[str, float]]) -> None:
-    """Per-epoch CSV (``CURVE_COLUMNS``); an undefined value (no clean subset) is an empty cell."""
+    """Per-epoch CSV: ``CURVE_COLUMNS``, then any method-specific columns of the history (spade:
+    mean_weight, l_pt, mentor_updates); an undefined value (no clean subset) is an empty cell."""
+    extra = [c for c in (history[0] if history else {}) if c not in CURVE_COLUMNS]
+    columns = [*CURVE_COLUMNS, *extra]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CURVE_COLUMNS)
+        writer.writerow(columns)
         for row in history:
-            values = (row[c] for c in CURVE_COLUMNS)
+            values = (row.get(c, math.nan) for c in columns)
             writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in values])
 
 
@@ -47,11 +55,16 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def run(cfg: Config) -> dict[str, float]:
-    """Train the student; write PATHS.student_model, PATHS.student_best and PATHS.curves."""
-    require(PATHS.prepared, PATHS.noisy)
-    setup(cfg)
+    """Train the student; write PATHS.student_model, PATHS.student_best, PATHS.curves, PATHS.student_weights."""
     s = cfg.student
+    require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if s.method == "spade" else []))
+    setup(cfg)
     device = resolve_device(cfg.base.device)
+    mentor = None
+    if s.method == "spade":  # ce never reads the mentor
+        from labelnoise.mentornet import load_mentor
+
+        mentor = load_mentor(PATHS.mentor_model, device)
 
     # The view replaces the true train labels by the noisy ones; `prepared` is dropped right after.
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy).labels)
@@ -63,14 +76,16 @@ def run(cfg: Config) -> dict[str, float]:
     model = create_model(s.model, pretrained=s.pretrained, **model_kwargs)
 
     with tracking.stage_run("train_student", cfg, sections=("student",)) as tracked:
-        tracked.set_tags({"method": s.method, "model": s.model})
+        tracked.set_tags({"method": s.method, "model": s.model,
+                          **({"mentor": cfg.mentor.kind} if s.method == "spade" else {})})
         result = fit(
             model, view, cfg=s, seed=cfg.base.seed, device=device, checkpoint_path=PATHS.student_ckpt,
             on_epoch=lambda row: tracked.log_metrics(
                 _finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"])),
+            mentor=mentor, mentor_cfg=cfg.mentor,
         )
         last = result.history[-1]
-        config = checkpoint_config(s, seed=cfg.base.seed)
+        config = checkpoint_config(s, seed=cfg.base.seed, mentor_cfg=cfg.mentor)
         save_torch(PATHS.student_model, model_record(result.model, model_name=s.model, model_kwargs=model_kwargs,
                                                epoch=int(last["epoch"]), clean_acc=last["clean_acc"], config=config))
         best = create_model(s.model, **model_kwargs)
@@ -79,6 +94,7 @@ def run(cfg: Config) -> dict[str, float]:
                                                     epoch=result.best_epoch, clean_acc=result.best_clean_acc,
                                                     config=config))
         write_curves(PATHS.curves, result.history)
+        save_weights(PATHS.student_weights, result.weights, method=s.method)
 
         metrics = {
             "final_clean_acc": last["clean_acc"],
@@ -88,6 +104,9 @@ def run(cfg: Config) -> dict[str, float]:
             "best_epoch": float(result.best_epoch),
             "epochs": float(len(result.history)),
         }
+        if s.method == "spade":
+            metrics["final_mean_weight"] = last["mean_weight"]  # fraction of the data the last epoch used
+            metrics["mentor_updates"] = float(len(result.extra["mentor_updates"]))
         tracked.log_metrics(_finite(metrics))
         tracked.log_artifact(PATHS.curves)
     return metrics

@@ -110,6 +110,14 @@ def _write_inputs(cfg: Config) -> dict[str, np.ndarray]:
         save_torch(path, model_record(model, model_name="cnn", model_kwargs=kwargs, epoch=epoch,
                                       clean_acc=clean_acc, config=cfg.to_dict()))
 
+    # ce: per-example losses with unit weights at two recorded epochs
+    from labelnoise.training import save_weights
+
+    loss = rng.random((2, train_idx.size)).astype(np.float32)
+    save_weights(PATHS.student_weights, {"epochs": np.array([2, 4]), "loss": loss,
+                                         "loss_diff": np.full_like(loss, np.nan), "weight": np.ones_like(loss)},
+                 method="ce")
+
     curves = _curves()
     Path(PATHS.curves).parent.mkdir(parents=True, exist_ok=True)
     with open(PATHS.curves, "w", newline="") as f:
@@ -165,6 +173,9 @@ def test_evaluate_end_to_end(in_tmp: Path) -> None:
     for k, name in enumerate(CLASSES):
         assert report["per_class"][name] == pytest.approx(float((pred_final[y_test == k] == k).mean()))
     assert logged["test_acc"] == report["test_acc"]
+    assert report["method"] == "ce"  # ce: weights are all 1, detection does not apply
+    assert all(report[k] is None for k in evaluate.DETECTION)
+    assert not any(k.startswith("detection_") for k in logged)
 
     # ---- figures
     for name in ("confusion.png", "curves.png", "per_class.png"):
@@ -220,3 +231,59 @@ def test_read_curves_round_trip(tmp_path: Path) -> None:
     curves = read_curves(path)
     np.testing.assert_array_equal(curves["epoch"], [1, 2])
     assert curves["test_acc"][0] == 0.5 and np.isnan(curves["test_acc"][1])
+
+
+def test_evaluate_spade_detection_and_weight_figure(in_tmp: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from sklearn.metrics import roc_auc_score
+
+    from labelnoise.noise import load_noisy
+    from labelnoise.training import save_weights
+    from stages import evaluate
+    from stages.common import PATHS
+
+    cfg = _config(in_tmp)
+    _write_inputs(cfg)
+    mask = load_noisy(PATHS.noisy).mask  # (36,), 9 corrupted
+    n = mask.size
+    rng = np.random.default_rng(1)
+    epochs = np.array([1, 3, 5, 8])
+    loss = rng.random((4, n)).astype(np.float32) + 2.0 * mask  # corrupted: higher loss
+    weight = np.where(mask, 0.2, 0.8)[None].repeat(4, 0).astype(np.float32)
+    last = weight[-1]
+    last[mask.nonzero()[0][:2]] = 0.9  # two corrupted examples the mentor trusts
+    last[(~mask).nonzero()[0][:3]] = 0.1  # three clean ones it rejects
+    last[(~mask).nonzero()[0][3]] = np.nan  # one not seen in the last epoch: ignored
+    save_weights(PATHS.student_weights, {"epochs": epochs, "loss": loss, "loss_diff": loss - 1.0, "weight": weight},
+                 method="spade")
+
+    logged = evaluate.run(cfg)
+
+    report = json.loads(Path(PATHS.metrics).read_text())
+    seen = np.isfinite(last)
+    assert report["method"] == "spade" and report["detection_epoch"] == 8
+    assert report["detection_auroc"] == pytest.approx(roc_auc_score(mask[seen], -last[seen]))
+    flagged = seen & (last < 0.5)
+    assert report["detection_precision"] == pytest.approx((flagged & mask).sum() / flagged.sum())  # 7 / 10
+    assert report["detection_recall"] == pytest.approx((flagged & mask).sum() / mask.sum())  # 7 / 9
+    assert report["weight_mean_corrupted"] == pytest.approx(float(last[mask].mean()))
+    assert report["weight_mean_clean"] == pytest.approx(float(np.nanmean(last[~mask])))
+    assert logged["detection_auroc"] == pytest.approx(report["detection_auroc"])
+    assert_real_png(Path(PATHS.plots_dir) / "weights.png")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("test-eval")
+    (child,) = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'evaluate'")
+    assert child.data.tags["method"] == "spade"
+    assert "weights.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["detection_auroc"] == pytest.approx(report["detection_auroc"])
+
+
+def test_plot_weight_vs_loss_checks_shapes(tmp_path: Path) -> None:
+    loss, weight = np.ones((2, 5)), np.ones((2, 5))
+    with pytest.raises(ValueError, match="do not match"):
+        plots.plot_weight_vs_loss(loss, weight, np.zeros(4, bool), tmp_path / "w.png", epochs=[1, 2], title="x")
+    out = plots.plot_weight_vs_loss(loss, weight, np.array([0, 1, 0, 1, 0], bool), tmp_path / "w.png",
+                                    epochs=[1, 2], title="x", threshold=0.5, notes=["burn-in", ""])
+    assert out.read_bytes()[:8] == PNG_SIGNATURE

@@ -1,0 +1,225 @@
+"""Stage `correct_labels`: joint optimization of network and labels (Tanaka et al. 2018), then a fresh
+network retrained on the corrected labels. The algorithm is in :mod:`labelnoise.correction`.
+
+Inputs: PATHS.prepared, PATHS.noisy, PATHS.student_model (phase 1 starts from it with
+``correction.init: student``; its architecture and input statistics are reused either way),
+PATHS.student_weights (only with ``correction.trust_mentor``).
+
+Training sees a TrainView (noisy train labels, the trusted clean subset, test images for monitoring),
+never the true train labels. Those (and the corruption mask) are read in the reporting part only, after
+both phases are done (:func:`_report`).
+
+``correction.trust_mentor`` (off by default): an example whose mentor weight in the last epoch the student
+saved (PATHS.student_weights) is above ``correction.trust_threshold`` keeps its noisy label through phase 1
+(its label is never updated; it still trains the network). A ``ce`` student has no mentor (every weight is
+1, so every label would be kept): the stage refuses the combination, naming ``correction.trust_mentor``.
+
+Outputs:
+- PATHS.corrected (npz): ``soft`` (n, C) float32 corrected labels (phase 2's targets), ``hard`` (n,) int64
+  their argmax, ``changed`` (n,) bool (hard != noisy label), ``trusted`` (n,) bool, ``hard_history`` (E, n)
+  int64 the argmax labels after each phase-1 epoch;
+- PATHS.final_model: the phase-2 network after its last epoch, in the student's record format
+  (labelnoise.models.model_record / load_model); the best clean-subset epoch is reported, not saved;
+- PATHS.correction_report (json): label recovery before / after, residual noise, labels changed,
+  per-class recovery, final model accuracy, phase timings;
+- PATHS.correction_plots: per_class_recovery.png, label_changes.png, joint_curves.png, retrain_curves.png.
+
+Resume checkpoint: PATHS.correction_ckpt (both phases, after every epoch; not a DVC out). A checkpoint of
+another config (params, seed, data, starting weights) is refused, the differing keys printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from labelnoise import correction, plots, tracking
+from labelnoise.config import Config
+from labelnoise.datasets import TrainView, load_prepared, make_train_view
+from labelnoise.io import save_json, save_npz, save_torch
+from labelnoise.models import create_model, load_model, model_record
+from labelnoise.noise import load_noisy
+from labelnoise.runtime import resolve_device
+from labelnoise.training import derived_seed, evaluate_accuracy, load_weights, resolve_precision
+from stages.common import PATHS, require, setup
+
+# Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
+HEADLINE = ("recovered_label_acc", "final_test_acc")
+
+
+def _seeded_model(name: str, kwargs: dict[str, Any], seed: int) -> nn.Module:
+    """A fresh network whose initial weights depend only on ``seed`` (not on the global RNG's history)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(name, **{**kwargs, "pretrained": False})
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
+def _or_none(x: float) -> float | None:
+    """JSON has no NaN."""
+    return float(x) if math.isfinite(x) else None
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Correct the train labels, retrain on them; write PATHS.corrected, final_model, correction_report/plots."""
+    c, s = cfg.correction, cfg.student
+    require(PATHS.prepared, PATHS.noisy, PATHS.student_model)
+    if c.trust_mentor:
+        require(PATHS.student_weights)
+    setup(cfg)
+    device = resolve_device(cfg.base.device)
+
+    # ---- inputs. The view replaces the true train labels by the noisy ones; `prepared` is dropped here.
+    noisy = load_noisy(PATHS.noisy).labels  # (n,) int64
+    view = make_train_view(load_prepared(PATHS.prepared), noisy)
+    n = view.x_train.shape[0]
+    record = torch.load(PATHS.student_model, map_location="cpu", weights_only=True)
+    name, kwargs = record["model_name"], dict(record["model_kwargs"])
+    trusted = (correction.mentor_trust(load_weights(PATHS.student_weights), threshold=c.trust_threshold, n=n)
+               if c.trust_mentor else None)  # (n,) bool
+
+    student_model = load_model(PATHS.student_model, device)
+    student_test_acc = evaluate_accuracy(student_model, view.x_test, view.y_test, batch_size=s.eval_batch_size,
+                                         device=device, autocast_dtype=resolve_precision(s.precision, device))["acc"]
+    joint_model = (student_model if c.init == "student"
+                   else _seeded_model(name, kwargs, derived_seed(cfg.base.seed, correction.SCRATCH_INIT_STREAM)))
+    final_model = _seeded_model(name, kwargs, derived_seed(cfg.base.seed, correction.RETRAIN_INIT_STREAM))
+    checkpoint = correction.CorrectionCheckpoint(PATHS.correction_ckpt, correction.correction_checkpoint_config(
+        c, s, seed=cfg.base.seed, data=view, joint_init=joint_model, retrain_init=final_model, trusted=trusted))
+
+    with tracking.stage_run("correct_labels", cfg, sections=("correction",)) as tracked:
+        tracked.set_tags({"correction_init": c.init, "correction_update": c.update, "model": name})
+
+        def log_rows(prefix: str) -> Any:
+            return lambda row: tracked.log_metrics(
+                _finite({f"{prefix}_{key}": v for key, v in row.items() if key != "epoch"}), step=int(row["epoch"]))
+
+        # ---- phase 1: network and labels in turn; phase 2: a fresh network on the corrected soft labels
+        joint = correction.joint_optimize(joint_model, view, cfg=c, student=s, seed=cfg.base.seed, device=device,
+                                          trusted=trusted, checkpoint=checkpoint, on_epoch=log_rows("joint"))
+        final = correction.retrain(final_model, view, joint.soft_labels, cfg=c, student=s, seed=cfg.base.seed,
+                                   device=device, checkpoint=checkpoint, on_epoch=log_rows("retrain"))
+
+        # ---- outputs of training (nothing above has seen a true train label)
+        soft = joint.soft_labels.numpy().astype(np.float32)  # (n, C)
+        hard = soft.argmax(axis=1).astype(np.int64)  # (n,)
+        save_npz(PATHS.corrected, soft=soft, hard=hard, changed=hard != noisy,
+                 trusted=trusted if trusted is not None else np.zeros(n, dtype=bool), hard_history=joint.hard_history)
+        last = final.history[-1]
+        config = {"correction": dataclasses.asdict(c), "student": dataclasses.asdict(s), "seed": cfg.base.seed}
+        save_torch(PATHS.final_model, model_record(final.model, model_name=name, model_kwargs=kwargs,
+                                                   epoch=int(last["epoch"]), clean_acc=last["clean_acc"],
+                                                   config=config))
+
+        # ---- report (evaluation path: the true train labels are read here, after training)
+        report, metrics = _report(cfg, view, noisy, hard, joint, final, trusted=trusted,
+                                  student_test_acc=student_test_acc)
+        save_json(PATHS.correction_report, report)
+        figures = _plots(cfg, view, report, joint, final)
+        tracked.log_metrics({key: metrics[key] for key in HEADLINE if key in metrics}, on_parent=True)
+        tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})
+        tracked.log_artifact(PATHS.correction_report)
+        for fig in figures:
+            tracked.log_artifact(fig, "correction")
+    return metrics
+
+
+def _report(
+    cfg: Config, view: TrainView, noisy: np.ndarray, hard: np.ndarray, joint: correction.JointResult,
+    final: correction.RetrainResult, *, trusted: np.ndarray | None, student_test_acc: float,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Label recovery against the true train labels, and the final model's accuracy (evaluation only)."""
+    prepared = load_prepared(PATHS.prepared)
+    true = prepared.labels[prepared.train_idx]  # (n,) the only read of the true train labels
+    k = view.num_classes
+    rec = correction.recovery_report(noisy, hard, true, num_classes=k, hard_history=joint.hard_history)
+    last, best = final.history[-1], final.history[final.best_epoch - 1]
+    metrics = {
+        "label_acc_before": rec["acc_before"],
+        "recovered_label_acc": rec["acc_after"],
+        "residual_noise_rate": rec["residual_noise_rate"],
+        "labels_changed": float(rec["labels_changed"]),
+        "labels_changed_fraction": rec["changed_fraction"],
+        "labels_fixed": float(rec["fixed"]),
+        "labels_broken": float(rec["broken"]),
+        "final_test_acc": last["test_acc"],  # monitoring; model selection uses the clean subset
+        "final_clean_acc": last["clean_acc"],
+        "best_epoch": float(final.best_epoch),
+        "best_clean_acc": final.best_clean_acc,
+        "best_test_acc": best["test_acc"],
+        "student_test_acc": student_test_acc,
+        "joint_model_test_acc": joint.history[-1]["test_acc"] if joint.history else math.nan,
+        "phase1_seconds": joint.seconds,
+        "phase2_seconds": final.seconds,
+        "n_trusted": float(trusted.sum()) if trusted is not None else 0.0,
+    }
+    report = {
+        "label_recovery": {
+            "before": rec["acc_before"], "after": rec["acc_after"], "residual_noise_rate": rec["residual_noise_rate"],
+            "labels_changed": rec["labels_changed"], "changed_fraction": rec["changed_fraction"],
+            "fixed": rec["fixed"], "broken": rec["broken"], "n_train": int(true.size),
+            "n_trusted": int(trusted.sum()) if trusted is not None else None,
+        },
+        "per_class_recovery": {
+            cls: {"before": _or_none(b), "after": _or_none(a)}
+            for cls, b, a in zip(view.classes, rec["per_class_before"], rec["per_class_after"], strict=True)},
+        "per_epoch": {
+            "labels_changed": [row["labels_changed"] for row in joint.history],
+            "recovery": [float(r) for r in rec["recovery_per_epoch"]],
+        },
+        "final_model": {"test_acc": last["test_acc"], "clean_acc": _or_none(last["clean_acc"]),
+                        "epoch": int(last["epoch"]), "best_epoch": final.best_epoch,
+                        "best_clean_acc": _or_none(final.best_clean_acc), "best_test_acc": best["test_acc"]},
+        "student_test_acc": student_test_acc,
+        "joint_model_test_acc": metrics["joint_model_test_acc"],
+        "timings_seconds": {"phase1": joint.seconds, "phase2": final.seconds, "total": joint.seconds + final.seconds,
+                            "phase1_epochs": len(joint.history), "phase2_epochs": len(final.history)},
+        "resumed_epochs": {"phase1": joint.resumed_epochs, "phase2": final.resumed_epochs},
+        "params": dataclasses.asdict(cfg.correction),
+    }
+    return report, metrics
+
+
+def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: correction.JointResult,
+           final: correction.RetrainResult) -> list[Path]:
+    """PNGs in PATHS.correction_plots: per-class recovery, label changes over phase 1, both phases' curves."""
+    out = Path(PATHS.correction_plots)
+    rec = report["label_recovery"]
+    what = (f"{view.dataset} · {cfg.noise.kind} noise · joint optimization "
+            f"(α={cfg.correction.alpha:g}, β={cfg.correction.beta:g}, {cfg.correction.update} update)")
+    per_class = report["per_class_recovery"]
+    values = {
+        f"noisy labels ({rec['before']:.1%})": np.array([v["before"] if v["before"] is not None else np.nan
+                                                         for v in per_class.values()]),
+        f"corrected labels ({rec['after']:.1%})": np.array([v["after"] if v["after"] is not None else np.nan
+                                                            for v in per_class.values()]),
+    }
+    j = correction.history_columns(joint.history)
+    r = correction.history_columns(final.history)
+    return [
+        plots.plot_per_class(values, out / "per_class_recovery.png", labels=view.classes, ylabel="train label accuracy",
+                             title=f"Label recovery per class\n{what}"),
+        plots.plot_label_changes(
+            j["epoch"], {"labels changed (vs noisy)": j["labels_changed"],
+                         "labels flipped this epoch": j["labels_flipped"],
+                         "label accuracy (vs true, evaluation)": np.asarray(report["per_epoch"]["recovery"])},
+            out / "label_changes.png", begin=cfg.correction.begin, title=f"Phase 1: labels over epochs\n{what}"),
+        plots.plot_curves({"epoch": j["epoch"], "total_loss (L)": j["loss"], "compat_loss (L_c)": j["l_c"],
+                           "prior_loss (L_p)": j["l_p"], "entropy_loss (L_e)": j["l_e"],
+                           "train_acc_vs_labels": j["train_acc"], "clean_acc": j["clean_acc"],
+                           "test_acc": j["test_acc"]},
+                          out / "joint_curves.png", title=f"Phase 1 (joint optimization): {what}"),
+        plots.plot_curves({"epoch": r["epoch"], "soft_ce_loss": r["loss"], "train_acc_vs_corrected": r["train_acc"],
+                           "clean_acc": r["clean_acc"], "test_acc": r["test_acc"], "lr": r["lr"]},
+                          out / "retrain_curves.png", best_epoch=final.best_epoch,
+                          title=f"Phase 2 (retrain on corrected labels): {what}"),
+    ]
