@@ -113,6 +113,7 @@ class StudentConfig:
     label_smoothing: float = _rng(0.0, 1.0)
     burn_in: float = _rng(0.0, 1.0)  # spade: fraction of training with v ~ Bernoulli(burn_in_keep)
     burn_in_keep: float = _rng(0.0, 1.0)  # spade: keep probability p during burn-in (example dropout)
+    weight_norm: Literal["batch", "sum"]  # spade: weighted loss over B (official) or over the sum of weights
     sample_weights: bool  # spade: probabilistic sampling layer, v <- Bernoulli(v)
     mentor_update: Literal["none", "lr_change", "every_k"]  # spade: when the mentor is refitted
     mentor_update_every: int = _rng(1)  # every_k: epochs between mentor updates

@@ -50,8 +50,6 @@ from labelnoise.config import ConfigError
 from labelnoise.io import save_torch
 from labelnoise.training import (
     NonFiniteLossError,
-    _rng_states,
-    _set_rng_states,
     crop_flip,
     data_fingerprint,
     derived_seed,
@@ -63,6 +61,8 @@ from labelnoise.training import (
     resolve_augment,
     resolve_channels_last,
     resolve_precision,
+    rng_states,
+    set_rng_states,
 )
 
 if TYPE_CHECKING:
@@ -453,7 +453,7 @@ def joint_optimize(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             buffer.load_state_dict(state["buffer"])
-            _set_rng_states(state["rng"], generator)
+            set_rng_states(state["rng"], generator)
         start = int(state["epoch"])
         for row in history:
             if on_epoch is not None:
@@ -467,7 +467,7 @@ def joint_optimize(
                  "hard_history": hard_history, "history": history, "seconds": seconds}
         if not done:  # what only an unfinished phase needs (the buffer is K x N x C)
             state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "buffer": buffer.state_dict(), "rng": _rng_states(generator)}
+                      "buffer": buffer.state_dict(), "rng": rng_states(generator)}
         checkpoint.save("joint", state)
 
     for epoch in range(start + 1, cfg.epochs + 1):
@@ -581,7 +581,7 @@ def retrain(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_states(state["rng"], generator)
+        set_rng_states(state["rng"], generator)
         history, seconds, best_state = list(state["history"]), list(state["seconds"]), state["best_state"]
         best_epoch, best_score, start = int(state["best_epoch"]), float(state["best_score"]), int(state["epoch"])
         for row in history:
@@ -619,7 +619,7 @@ def retrain(
         if checkpoint is not None:
             checkpoint.save("retrain", {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": _rng_states(generator), "history": history,
+                "scheduler": scheduler.state_dict(), "rng": rng_states(generator), "history": history,
                 "seconds": seconds, "best_state": best_state, "best_epoch": best_epoch, "best_score": best_score,
             }, finished=epoch == cfg.retrain_epochs)
         if on_epoch is not None:

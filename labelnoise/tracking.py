@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +114,7 @@ def run_tags(cfg: Config, root: Path) -> dict[str, str]:
 def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    items = [Param(k, logged_param(v)) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i:i + 100])
 
@@ -226,3 +226,57 @@ def differing_params(runs: list[dict[str, Any]]) -> list[str]:
     """Param keys whose values are not the same in all ``runs``."""
     keys = sorted({k for r in runs for k in r["params"]})
     return [k for k in keys if len({r["params"].get(k) for r in runs}) > 1]
+
+
+def logged_param(value: Any) -> str:
+    """A param value as :func:`_log_params` stores it (MLflow keeps params as strings)."""
+    return str(value)[:6000]
+
+
+def matching_pipelines(
+    uri: str,
+    experiment: str,
+    params: Mapping[str, Any],
+    *,
+    status: str = "FINISHED",
+    exclude: Collection[str] = (),
+    page_size: int = 200,
+) -> Iterator[dict[str, Any]]:
+    """Pipeline executions (parent runs) with ``status`` whose logged params equal ``params``, newest first.
+
+    Values are compared as logged (:func:`logged_param`, params flattened with dots as by
+    :func:`labelnoise.config.flatten`); a run without one of the keys does not match. ``exclude``: run ids
+    to skip (the execution asking). Yields {'run_id', 'start', 'end', 'status', 'params', 'metrics', 'tags'}
+    (times in ms); pages of ``page_size`` runs are fetched as the caller consumes them, so stop early.
+    """
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    wanted = {k: logged_param(v) for k, v in params.items()}
+    query = f"tags.`{KIND_TAG}` = 'pipeline' and attributes.status = '{status}'"
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            filter_string=query,
+            max_results=page_size,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        for r in page:
+            logged = r.data.params
+            if r.info.run_id in exclude or any(logged.get(k) != v for k, v in wanted.items()):
+                continue
+            yield {
+                "run_id": r.info.run_id,
+                "start": r.info.start_time,
+                "end": r.info.end_time,
+                "status": r.info.status,
+                "params": dict(logged),
+                "metrics": dict(r.data.metrics),
+                "tags": dict(r.data.tags),
+            }
+        token = page.token
+        if not token:
+            return

@@ -163,6 +163,8 @@ def _report(
         "n_trusted": float(trusted.sum()) if trusted is not None else 0.0,
     }
     report = {
+        "label_acc_before": rec["acc_before"],  # the headline numbers evaluate copies
+        "recovered_label_acc": rec["acc_after"],
         "label_recovery": {
             "before": rec["acc_before"], "after": rec["acc_after"], "residual_noise_rate": rec["residual_noise_rate"],
             "labels_changed": rec["labels_changed"], "changed_fraction": rec["changed_fraction"],

@@ -1,19 +1,30 @@
-"""Stage `evaluate`: test accuracy of the student, noise summary, noise detection, figures → reports/.
+"""Stage `evaluate`: test accuracy of the student and of the label-corrected model, noise summary, noise
+detection, figures, the per-method table → reports/.
 
-Reports two test numbers, never choosing anything on test data: the final model
-(`test_acc`) and the checkpoint the training stage selected by clean-subset accuracy
-(`test_acc_best_clean`). The corruption mask and the true train labels are read here only
-(the evaluation path), for the noise summary and for how well the student's per-example weights
-single out the corrupted labels (spade: the last recorded epoch's mentor weights v in
-PATHS.student_weights; AUROC, and precision / recall of v < `evaluate.detection_threshold`;
+Reports three test numbers, never choosing anything on test data: the student's final model
+(`test_acc`), the student checkpoint the training stage selected by clean-subset accuracy
+(`test_acc_best_clean`), and the network stage correct_labels retrained on the corrected labels
+(PATHS.final_model, `corrected_test_acc`, predicted here exactly like the student; its label recovery
+`label_acc_before` / `recovered_label_acc` is copied from PATHS.correction_report). The corruption mask
+and the true train labels are read here only (the evaluation path), for the noise summary and for how
+well the student's per-example weights single out the corrupted labels (spade: the last recorded epoch's
+mentor weights v in PATHS.student_weights; AUROC, and precision / recall of v < `evaluate.detection_threshold`;
 null for ce, whose weights are all 1), plus a figure of weight against loss (plots/weights.png).
+
+PATHS.methods_table (markdown): CE, SPADE-PD and SPADE-DD, each with and without label correction, on this
+run's setting (data.*, noise.*, student.model, student.epochs). This run's method comes from the numbers
+computed here; the other methods from the newest FINISHED pipeline run in the MLflow store with the same
+setting (:func:`labelnoise.tracking.matching_pipelines`), so the table fills in as the methods are run.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import math
 import re
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +32,9 @@ import numpy as np
 import torch
 
 from labelnoise import metrics, plots, tracking
-from labelnoise.config import Config
+from labelnoise.config import Config, flatten
 from labelnoise.datasets import load_prepared
-from labelnoise.io import save_json
+from labelnoise.io import load_json, save_json, write_atomic
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
@@ -31,10 +42,32 @@ from labelnoise.training import load_weights, predict_logits
 from stages.common import PATHS, require, setup
 
 # Metrics that also go on the pipeline's parent run: the headline numbers `cli.py compare` reads.
-HEADLINE = ("test_acc", "test_acc_best_clean", "best_epoch", "noise_realised_rate", "noisy_label_acc",
-            "detection_auroc")
-DETECTION = ("detection_auroc", "detection_precision", "detection_recall", "detection_flagged_rate",
-             "detection_epoch", "weight_mean_clean", "weight_mean_corrupted")
+HEADLINE = (
+    "test_acc",
+    "test_acc_best_clean",
+    "best_epoch",
+    "noise_realised_rate",
+    "noisy_label_acc",
+    "detection_auroc",
+    "corrected_test_acc",
+    "recovered_label_acc",
+)
+DETECTION = (
+    "detection_auroc",
+    "detection_precision",
+    "detection_recall",
+    "detection_flagged_rate",
+    "detection_epoch",
+    "weight_mean_clean",
+    "weight_mean_corrupted",
+)
+# Label recovery, copied from PATHS.correction_report (NaN in metrics, null in JSON, when absent there).
+CORRECTION = ("label_acc_before", "recovered_label_acc")
+# Method variants of the table, in its row order; each also gets a "<variant> + correction" row.
+VARIANTS = ("CE", "SPADE-PD", "SPADE-DD")
+# Params that define a setting: runs of different methods are comparable only when all of these agree.
+SETTING_SECTIONS = ("data", "noise")
+SETTING_KEYS = ("student.model", "student.epochs")
 
 
 def read_curves(path: str | Path) -> dict[str, np.ndarray]:
@@ -68,8 +101,9 @@ def detection(weights: dict[str, Any], mask: np.ndarray, *, threshold: float) ->
     flags a corrupted label) over the examples seen that epoch, and the mean weight of each group."""
     v = np.asarray(weights["weight"][-1], dtype=float)  # (N,)
     if v.shape != mask.shape:
-        raise ValueError(f"{PATHS.student_weights}: {v.size} weights for {mask.size} train samples "
-                         "(re-run train_student)")
+        raise ValueError(
+            f"{PATHS.student_weights}: {v.size} weights for {mask.size} train samples (re-run train_student)"
+        )
     seen = np.isfinite(v)
     q = metrics.detection_quality(v[seen], mask[seen], threshold=threshold)
     return {
@@ -78,6 +112,80 @@ def detection(weights: dict[str, Any], mask: np.ndarray, *, threshold: float) ->
         "weight_mean_clean": float(v[seen & ~mask].mean()) if (seen & ~mask).any() else math.nan,
         "weight_mean_corrupted": float(v[seen & mask].mean()) if (seen & mask).any() else math.nan,
     }
+
+
+def correction_summary(report: Mapping[str, Any]) -> dict[str, float]:
+    """``label_acc_before`` and ``recovered_label_acc`` from the correction stage's report (NaN when null)."""
+    return {key: float(report[key]) if report.get(key) is not None else math.nan for key in CORRECTION}
+
+
+def method_variant(method: str, mentor_kind: str | None) -> str:
+    """Table name of a method: "CE", or "SPADE-PD" / "SPADE-DD" by the mentor's kind."""
+    return "CE" if method == "ce" else f"SPADE-{(mentor_kind or '?').upper()}"
+
+
+def setting_params(cfg: Config) -> dict[str, Any]:
+    """The params that define this run's setting, flattened as on the pipeline's parent run."""
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if k.split(".")[0] in SETTING_SECTIONS or k in SETTING_KEYS}
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return format(x, spec) if isinstance(x, int | float) and math.isfinite(x) else "—"
+
+
+def methods_table(rows: Mapping[str, Mapping[str, Any]], *, setting: str) -> str:
+    """Markdown: one row per variant in VARIANTS and one for it + correction.
+
+    ``rows``: variant → {"test_acc", "detection_auroc", "corrected_test_acc", "recovered_label_acc" (floats,
+    NaN or missing = not available), "run_id", "date", "current" (bool)}; a variant absent from ``rows`` has
+    no run yet (dashes).
+    """
+    lines = [
+        f"{setting}",
+        "",
+        "| method | test accuracy | noise-detection AUROC | recovered-label accuracy | run | date |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for variant in VARIANTS:
+        r = rows.get(variant)
+        if r is None:
+            lines += [f"| {name} | — | — | — | no finished run | — |" for name in (variant, f"{variant} + correction")]
+            continue
+        run = f"`{r['run_id'][:8]}`" + (" (this run)" if r.get("current") else "")
+        auroc = _fmt(r.get("detection_auroc", math.nan), ".3f") if variant != "CE" else "—"
+        lines.append(f"| {variant} | {_fmt(r.get('test_acc', math.nan), '.2%')} | {auroc} | — | {run} | {r['date']} |")
+        lines.append(
+            f"| {variant} + correction | {_fmt(r.get('corrected_test_acc', math.nan), '.2%')} | — | "
+            f"{_fmt(r.get('recovered_label_acc', math.nan), '.2%')} | {run} | {r['date']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _date(ms: float) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
+def _method_rows(cfg: Config, current: dict[str, Any], *, variant: str, exclude: str) -> dict[str, dict[str, Any]]:
+    """This run's row (``current``) plus, for every other variant, the newest finished pipeline run in the store
+    with the same setting that has a test accuracy (a standalone stage's parent run has none)."""
+    rows = {variant: current}
+    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri)
+    for r in tracking.matching_pipelines(uri, cfg.base.experiment, setting_params(cfg), exclude={exclude}):
+        name = method_variant(r["params"].get("student.method", "?"), r["params"].get("mentor.kind"))
+        if name in rows or name not in VARIANTS or "test_acc" not in r["metrics"]:
+            continue
+        rows[name] = {
+            **{
+                k: r["metrics"].get(k, math.nan)
+                for k in ("test_acc", "detection_auroc", "corrected_test_acc", "recovered_label_acc")
+            },
+            "run_id": r["run_id"],
+            "date": _date(r["end"] or r["start"]),
+            "current": False,
+        }
+        if len(rows) == len(VARIANTS):
+            break
+    return rows
 
 
 def _panel_rows(n_epochs: int) -> list[int]:
@@ -93,9 +201,17 @@ def _burn_in_note(epoch: int, *, epochs: int, burn_in: float) -> str:
 
 
 def run(cfg: Config) -> dict[str, float]:
-    """Evaluate the final and the best-clean student on the test split; write metrics and plots."""
-    require(PATHS.prepared, PATHS.noisy, PATHS.student_model, PATHS.student_best, PATHS.curves,
-            PATHS.student_weights)
+    """Evaluate the final and best-clean student and the corrected model on test; write metrics, plots, table."""
+    require(
+        PATHS.prepared,
+        PATHS.noisy,
+        PATHS.student_model,
+        PATHS.student_best,
+        PATHS.curves,
+        PATHS.student_weights,
+        PATHS.final_model,
+        PATHS.correction_report,
+    )
     setup(cfg)
     device = resolve_device(cfg.base.device)
 
@@ -112,10 +228,15 @@ def run(cfg: Config) -> dict[str, float]:
     if noisy.labels.shape != true_train.shape:
         raise ValueError(f"{PATHS.noisy}: {noisy.labels.size} labels for {true_train.size} train samples")
 
-    # ---- predictions of both checkpoints on test (reported only: selection happened in training)
+    # ---- predictions of both student checkpoints and of the corrected model on test (reported only:
+    # selection happened in training)
     preds: dict[str, np.ndarray] = {}
     info: dict[str, dict[str, Any]] = {}
-    for name, path in (("final", PATHS.student_model), ("best_clean", PATHS.student_best)):
+    for name, path in (
+        ("final", PATHS.student_model),
+        ("best_clean", PATHS.student_best),
+        ("corrected", PATHS.final_model),
+    ):
         model = load_model(path, device)
         logits = predict_logits(model, x_test, batch_size=cfg.evaluate.batch_size, device=device)  # (N, K)
         preds[name] = logits.argmax(dim=1).cpu().numpy()
@@ -126,8 +247,11 @@ def run(cfg: Config) -> dict[str, float]:
     weights = load_weights(PATHS.student_weights)
     method = weights["method"] or cfg.student.method
     spade = method == "spade" and weights["epochs"].size > 0
-    found = (detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold) if spade
-             else dict.fromkeys(DETECTION, math.nan))
+    found = (
+        detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold)
+        if spade
+        else dict.fromkeys(DETECTION, math.nan)
+    )
 
     # ---- metrics
     per_class = {n: metrics.per_class_accuracy(y_test, p, num_classes=k) for n, p in preds.items()}  # (K,) each
@@ -140,6 +264,9 @@ def run(cfg: Config) -> dict[str, float]:
         "clean_acc_best": info["best_clean"]["clean_acc"],
         "clean_acc_final": info["final"]["clean_acc"],
         "test_acc_class_mean": float(np.nanmean(per_class["final"])),
+        "corrected_test_acc": metrics.accuracy(y_test, preds["corrected"]),
+        "corrected_test_acc_class_mean": float(np.nanmean(per_class["corrected"])),
+        **correction_summary(load_json(PATHS.correction_report)),
         "noise_realised_rate": realised_rate,
         "noisy_label_acc": metrics.label_accuracy(noisy.labels, true_train),  # = 1 - realised rate
         "n_train": int(true_train.size),
@@ -152,43 +279,90 @@ def run(cfg: Config) -> dict[str, float]:
         **{key: _finite_or_none(v) if isinstance(v, float) else v for key, v in scalars.items()},
         "per_class": {c: _finite_or_none(a) for c, a in zip(classes, per_class["final"], strict=True)},
         "per_class_best_clean": {c: _finite_or_none(a) for c, a in zip(classes, per_class["best_clean"], strict=True)},
+        "per_class_corrected": {c: _finite_or_none(a) for c, a in zip(classes, per_class["corrected"], strict=True)},
     }
     curves = read_curves(PATHS.curves)  # (E,) per column; read before anything is written
-    what = (f"{prepared.dataset} · {cfg.noise.kind} noise ({realised_rate:.0%} flipped)"
-            f" · {cfg.student.method} / {cfg.student.model}")
-    logged = {**{key: v for key, v in scalars.items() if key not in DETECTION or math.isfinite(v)},
-              **{f"test_acc_class/{_metric_key(c)}": float(a)
-                 for c, a in zip(classes, per_class["final"], strict=True) if math.isfinite(a)}}
+    what = (
+        f"{prepared.dataset} · {cfg.noise.kind} noise ({realised_rate:.0%} flipped)"
+        f" · {cfg.student.method} / {cfg.student.model}"
+    )
+    optional = (*DETECTION, *CORRECTION)  # not logged when undefined
+    logged = {
+        **{key: v for key, v in scalars.items() if key not in optional or math.isfinite(v)},
+        **{
+            f"test_acc_class/{_metric_key(c)}": float(a)
+            for c, a in zip(classes, per_class["final"], strict=True)
+            if math.isfinite(a)
+        },
+    }
 
     # ---- outputs and tracking: the run opens first, so an unusable store leaves no files behind
     plots_dir = Path(PATHS.plots_dir)
+    variant = method_variant(method, cfg.mentor.kind)
+    setting = (
+        f"Setting: {cfg.data.dataset} · {cfg.noise.kind} noise, rate {cfg.noise.rate:g} · "
+        f"{cfg.student.model}, {cfg.student.epochs} epochs. Test accuracy of the final-epoch model. "
+        f"Rows: this run ({variant}) and, per other method, the latest finished pipeline run in the MLflow "
+        f"store (experiment `{cfg.base.experiment}`) with the same `data.*`, `noise.*`, `student.model` "
+        f"and `student.epochs` params."
+    )
     with tracking.stage_run("evaluate", cfg, sections=("evaluate",)) as run_:
+        # the store is read before any file is written: a failure here leaves no outputs
+        method_rows = _method_rows(
+            cfg,
+            {**scalars, "run_id": run_.parent_id, "date": _date(time.time() * 1000), "current": True},
+            variant=variant,
+            exclude=run_.parent_id,
+        )
         save_json(PATHS.metrics, report)
+        table = methods_table(method_rows, setting=setting)
+        write_atomic(PATHS.methods_table, lambda p: p.write_text(table))
         figures = [
             plots.plot_matrix(
                 metrics.normalized_confusion_matrix(y_test, preds["final"], num_classes=k),
-                plots_dir / "confusion.png", labels=classes, xlabel="predicted class", ylabel="true class",
-                title=f"Test confusion, final model (rows sum to 1)\n{what}"),
-            plots.plot_curves(curves, plots_dir / "curves.png", title=f"Training: {what}",
-                              best_epoch=scalars["best_epoch"]),
+                plots_dir / "confusion.png",
+                labels=classes,
+                xlabel="predicted class",
+                ylabel="true class",
+                title=f"Test confusion, final model (rows sum to 1)\n{what}",
+            ),
+            plots.plot_curves(
+                curves, plots_dir / "curves.png", title=f"Training: {what}", best_epoch=scalars["best_epoch"]
+            ),
             plots.plot_per_class(
-                {f"final, epoch {scalars['final_epoch']}": per_class["final"],
-                 f"best on clean subset, epoch {scalars['best_epoch']}": per_class["best_clean"]},
-                plots_dir / "per_class.png", labels=classes, title=f"Per-class test accuracy: {what}"),
+                {
+                    f"student final, ep {scalars['final_epoch']}": per_class["final"],
+                    f"student best-clean, ep {scalars['best_epoch']}": per_class["best_clean"],
+                    f"label-corrected, ep {info['corrected']['epoch']}": per_class["corrected"],
+                },
+                plots_dir / "per_class.png",
+                labels=classes,
+                title=f"Per-class test accuracy: {what}",
+            ),
         ]
         if spade:  # the mask colours the points; nothing here feeds back into training
             rows = _panel_rows(weights["epochs"].size)
-            figures.append(plots.plot_weight_vs_loss(
-                weights["loss"][rows], weights["weight"][rows], noisy.mask, plots_dir / "weights.png",
-                epochs=[int(weights["epochs"][r]) for r in rows], threshold=cfg.evaluate.detection_threshold,
-                notes=[_burn_in_note(int(weights["epochs"][r]), epochs=cfg.student.epochs, burn_in=cfg.student.burn_in)
-                       for r in rows],
-                title=f"Mentor weight against loss, train examples (AUROC {found['detection_auroc']:.3f} at "
-                      f"epoch {int(found['detection_epoch'])})\n{what}"))
+            figures.append(
+                plots.plot_weight_vs_loss(
+                    weights["loss"][rows],
+                    weights["weight"][rows],
+                    noisy.mask,
+                    plots_dir / "weights.png",
+                    epochs=[int(weights["epochs"][r]) for r in rows],
+                    threshold=cfg.evaluate.detection_threshold,
+                    notes=[
+                        _burn_in_note(int(weights["epochs"][r]), epochs=cfg.student.epochs, burn_in=cfg.student.burn_in)
+                        for r in rows
+                    ],
+                    title=f"Mentor weight against loss, train examples (AUROC {found['detection_auroc']:.3f} at "
+                    f"epoch {int(found['detection_epoch'])})\n{what}",
+                )
+            )
         run_.set_tags({"method": method})
         run_.log_metrics({key: logged[key] for key in HEADLINE if key in logged}, on_parent=True)
         run_.log_metrics({key: v for key, v in logged.items() if key not in HEADLINE})
         run_.log_artifact(PATHS.metrics)
+        run_.log_artifact(PATHS.methods_table)
         for fig in figures:
             run_.log_artifact(fig)  # at the artifact root, beside metrics.json
     return logged

@@ -447,6 +447,7 @@ def test_stage_writes_all_outputs_and_logs_to_mlflow(workdir: Path, tiny_base: d
     assert rec["residual_noise_rate"] == pytest.approx(1 - rec["after"])
     assert rec["labels_changed"] == int(changed.sum())
     assert rec["after"] > rec["before"]  # the tiny run already corrects labels
+    assert (report["label_acc_before"], report["recovered_label_acc"]) == (rec["before"], rec["after"])
     assert set(report["per_class_recovery"]) == set(prepared.classes)
     assert len(report["per_epoch"]["recovery"]) == 4 and len(report["per_epoch"]["labels_changed"]) == 4
     assert {"phase1", "phase2", "total"} <= set(report["timings_seconds"])

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", ".dvcignore", ".gitignore"]
-STAGES = ["download", "inject_noise", "train_student", "evaluate"]
+STAGES = ["download", "inject_noise", "pretrain_mentor", "train_student", "correct_labels", "evaluate"]
 
 
 def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -58,14 +58,18 @@ def _client(root: Path) -> tuple[MlflowClient, str]:
 
 def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
     root, _ = project
-    for rel in ["data/prepared.npz", "data/noisy.npz", "models/student.pt", "models/student_best.pt",
-                "reports/noise.json", "reports/noise_transition.png", "reports/curves/train_student.csv",
-                "reports/plots/confusion.png", "reports/plots/curves.png"]:
+    for rel in ["data/prepared.npz", "data/noisy.npz", "models/mentor.pt", "models/student.pt",
+                "models/student_best.pt", "models/student_weights.npz", "data/corrected.npz", "models/final.pt",
+                "reports/mentor.json",
+                "reports/correction.json", "reports/methods.md", "reports/noise.json", "reports/noise_transition.png",
+                "reports/curves/train_student.csv", "reports/plots/confusion.png", "reports/plots/curves.png"]:
         assert (root / rel).is_file(), rel
     metrics = json.loads((root / "reports/metrics.json").read_text())
     # 10 classes, 40% symmetric noise, a few epochs on digits: well above chance
     assert 0.5 < metrics["test_acc"] <= 1.0
     assert 0.0 < metrics["test_acc_best_clean"] <= 1.0
+    assert 0.5 < metrics["corrected_test_acc"] <= 1.0 and 0.0 <= metrics["detection_auroc"] <= 1.0
+    assert "| SPADE-DD |" in (root / "reports/methods.md").read_text()  # the default method, this run's row
     noise = json.loads((root / "reports/noise.json").read_text())
     assert abs(noise["realised_rate"] - 0.4) < 0.01
     for png in (root / "reports").rglob("*.png"):
@@ -113,5 +117,5 @@ def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None
     assert len(runs) == 1
     assert runs[0].data.params["noise.rate"] == "0.2"
     children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
-    # the data split did not change, so DVC skips `download`: no run for it
-    assert sorted(r.info.run_name for r in children) == ["evaluate", "inject_noise", "train_student"]
+    # the data split and the mentor's inputs did not change, so DVC skips `download` and `pretrain_mentor`
+    assert sorted(r.info.run_name for r in children) == ["correct_labels", "evaluate", "inject_noise", "train_student"]

@@ -139,8 +139,9 @@ def test_burn_in_is_seeded() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_weighted_loss_is_sum_v_l_over_b_and_mentor_gets_no_gradient() -> None:
-    cfg = config({"burn_in": 0.0})
+@pytest.mark.parametrize("norm", ["batch", "sum"])
+def test_weighted_loss_normalisation_and_mentor_gets_no_gradient(norm: str) -> None:
+    cfg = config({"burn_in": 0.0, "weight_norm": norm})
     mentor = StubMentor()
     task = make_spade(cfg, mentor, total_steps=40)
     torch.manual_seed(0)
@@ -151,11 +152,12 @@ def test_weighted_loss_is_sum_v_l_over_b_and_mentor_gets_no_gradient() -> None:
     per_example = F.cross_entropy(model(x), y, reduction="none")  # (B,)
     l_pt = torch.quantile(per_example.detach(), cfg.mentor.percentile) * (1 - cfg.mentor.ema_decay)  # from 0
     v = torch.sigmoid(-mentor.scale.detach() * (per_example.detach() - l_pt))
-    expected = (v * per_example).sum() / 10  # Σ v·l / B, not / Σ v
+    over_b, over_v = (v * per_example).sum() / 10, (v * per_example).sum() / v.sum()  # Σ v·l / B, Σ v·l / Σ v
+    expected, other = (over_b, over_v) if norm == "batch" else (over_v, over_b)
     torch.testing.assert_close(out["loss"], expected)
     torch.testing.assert_close(out["weight"], v)
     torch.testing.assert_close(out["loss_diff"], per_example.detach() - l_pt)
-    assert not torch.isclose(out["loss"], (v * per_example).sum() / v.sum())
+    assert not torch.isclose(out["loss"], other)
 
     loss, diff, label, progress = mentor.calls[-1]
     assert torch.equal(label, y)  # the noisy label of the batch
@@ -462,7 +464,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
 
     from labelnoise.datasets import Prepared, save_prepared
     from labelnoise.noise import NoisyLabels, save_noisy
-    from stages import evaluate, train_student
+    from stages import correct_labels, evaluate, train_student
     from stages.common import PATHS
 
     monkeypatch.chdir(tmp_path)
@@ -483,7 +485,8 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
         "mentor": {"kind": "dd"},
         "student": {"method": "spade", "epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05,
                     "precision": "fp32", "channels_last": "off", "mentor_update": "every_k", "mentor_update_every": 1,
-                    "mentor_update_steps": 5}}))
+                    "mentor_update_steps": 5},
+        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}}))
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # spade needs the pretrain_mentor stage's output
     mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})
@@ -504,6 +507,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
     assert child.data.tags["method"] == "spade" and child.data.tags["mentor"] == "dd"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "mean_weight")] == [1, 2, 3]
 
+    correct_labels.run(cfg)  # evaluate also reports the label-corrected model
     logged = evaluate.run(cfg)
     report = json.loads(Path(PATHS.metrics).read_text())
     assert report["method"] == "spade" and report["detection_epoch"] == 3

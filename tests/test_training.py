@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def student_cfg(**overrides: Any):
-    base = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
+    base = {"method": "ce", "epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
             "precision": "fp32", "channels_last": "off"}
     raw = merge(read_yaml(REPO / "params.yaml"), {"student": {**base, **overrides}})
     return from_dict(raw).student
@@ -349,8 +349,8 @@ def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
     raw = merge(read_yaml(REPO / "params.yaml"), {
         "base": {"device": "cpu", "threads": 1, "experiment": "test-student"},
         "data": {"dataset": "digits"},
-        "student": {"epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05, "precision": "fp32",
-                    "channels_last": "off"}})
+        "student": {"method": "ce", "epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05,
+                    "precision": "fp32", "channels_last": "off"}})
     cfg = from_dict(raw)
 
     metrics = train_student.run(cfg)
