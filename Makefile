@@ -53,4 +53,5 @@ lint: venv
 
 # Remove pipeline outputs (not the MLflow store): the next `make run` starts from scratch.
 clean-outputs:
-	rm -rf data/prepared.npz data/noisy.npz models/*.pt models/checkpoints reports/plots reports/curves reports/*.json reports/*.png
+	rm -rf data/prepared.npz data/noisy.npz data/corrected.npz models/*.pt models/*.npz models/checkpoints \
+		reports/plots reports/curves reports/mentor reports/correction reports/*.json reports/*.png reports/*.md
