@@ -52,11 +52,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    kind: Literal["none", "symmetric", "pair", "asymmetric", "transition"]
+    kind: Literal["none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set"]
     rate: float = _rng(0.0, 1.0)
     seed: int = _rng(0)
     class_map: str | dict[int, int]  # asymmetric: "auto" (shipped map for the dataset) or {src: dst}
     transition: list[list[float]]  # transition: row-stochastic K x K matrix
+    reference_epochs: int = _rng(1, 10_000)  # instance: epochs of the reference cnn on the clean subset
+    reference_lr: float = _rng(0.0, 10.0, lo_open=True)  # instance: its peak (one-cycle) learning rate
+    reference_batch_size: int = _rng(1, 65_536)  # instance: its mini-batch size
+    reference_seed: int = _rng(0)  # instance: its initial weights and batch order
+    open_set_source: Literal["auto", "white_noise", "digits", "fashion_mnist", "cifar100"]  # open_set images
 
 
 @dataclass(frozen=True)
@@ -311,6 +316,13 @@ def _cross_checks(cfg: Config) -> None:
     if s.warmup_epochs >= s.epochs:
         raise ConfigError(f"student.warmup_epochs: must be < student.epochs ({s.epochs})")
     n = cfg.noise
+    if n.kind == "open_set":
+        from labelnoise.noise import resolve_open_set_source  # numpy only; noise does not import config
+
+        try:
+            resolve_open_set_source(cfg.data.dataset, n.open_set_source)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if n.kind == "transition":
         rows = n.transition
         if not rows or any(len(r) != len(rows) for r in rows):

@@ -18,6 +18,7 @@ The arrays are then read by torchvision's dataset classes (``download=False``).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -36,6 +37,7 @@ import torch
 
 from labelnoise.config import DataConfig
 from labelnoise.io import save_npz, write_atomic
+from labelnoise.noise import NoisyLabels
 
 log = logging.getLogger(__name__)
 
@@ -686,15 +688,23 @@ class TrainView:
         return len(self.classes)
 
 
-def make_train_view(prepared: Prepared, noisy_labels: np.ndarray) -> TrainView:
-    """The training inputs: ``noisy_labels`` (int64 (n_train,), aligned with ``prepared.train_idx``)
-    replace the true train labels, which this view does not carry."""
-    noisy = np.asarray(noisy_labels)
-    if noisy.shape != prepared.train_idx.shape:
-        raise ValueError(f"noisy labels: {noisy.shape[0] if noisy.ndim else 0} values for "
+def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
+    """The training inputs: the noisy labels ``noisy.labels`` (int64 (n_train,), aligned with
+    ``prepared.train_idx``) replace the true train labels, which this view does not carry; for open-set
+    noise the train images of the masked examples are replaced by ``noisy.images``. The clean subset, val
+    and test are never touched. The mask itself is not part of the view."""
+    if not isinstance(noisy, NoisyLabels):
+        raise TypeError("make_train_view: pass the NoisyLabels object (load_noisy(...)), not its labels: "
+                        "open-set noise replaces train images too")
+    labels = noisy.labels
+    if labels.shape != prepared.train_idx.shape:
+        raise ValueError(f"noisy labels: {labels.shape[0] if labels.ndim else 0} values for "
                          f"{len(prepared.train_idx)} train examples (re-run inject_noise after download)")
-    if noisy.size and (noisy.min() < 0 or noisy.max() >= len(prepared.classes)):
+    if labels.size and (labels.min() < 0 or labels.max() >= len(prepared.classes)):
         raise ValueError(f"noisy labels must lie in [0, {len(prepared.classes)})")
+    if noisy.images is not None and noisy.images.shape[1:] != prepared.images.shape[1:]:
+        raise ValueError(f"open-set images are {noisy.images.shape[1:]}, the dataset's {prepared.images.shape[1:]} "
+                         "(re-run inject_noise after download)")
 
     def x(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(prepared.images[idx]))  # (n, C, H, W) uint8, a copy
@@ -702,8 +712,11 @@ def make_train_view(prepared: Prepared, noisy_labels: np.ndarray) -> TrainView:
     def y(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(prepared.labels[idx].astype(np.int64))
 
+    x_train = x(prepared.train_idx)
+    if noisy.images is not None:  # open-set noise: the masked examples' images are replaced (in index order)
+        x_train[torch.from_numpy(noisy.mask)] = torch.from_numpy(noisy.images)
     return TrainView(
-        x_train=x(prepared.train_idx), y_train=torch.from_numpy(noisy.astype(np.int64, copy=True)),
+        x_train=x_train, y_train=torch.from_numpy(labels.astype(np.int64, copy=True)),
         x_clean=x(prepared.clean_idx), y_clean=y(prepared.clean_idx),
         x_val=x(prepared.val_idx), y_val=y(prepared.val_idx),
         x_test=x(prepared.test_idx), y_test=y(prepared.test_idx),
@@ -711,10 +724,49 @@ def make_train_view(prepared: Prepared, noisy_labels: np.ndarray) -> TrainView:
     )
 
 
+# ----------------------------------------------------------------------------- open-set noise sources
+def fit_images(images: np.ndarray, shape: tuple[int, int, int], *, chunk: int = 4096) -> np.ndarray:
+    """uint8 (M, C, H, W) images → uint8 (M, *shape): channels by repetition (1 → 3) or ITU-R 601 luma
+    (3 → 1), size by bilinear resampling (antialiased when shrinking), rounded to the nearest integer."""
+    import torch.nn.functional as F
+
+    c_out, h_out, w_out = shape
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"fit_images: need uint8 (M, C, H, W), got {images.dtype} {images.shape}")
+    c_in = images.shape[1]
+    if c_in not in (1, 3) or c_out not in (1, 3):
+        raise ValueError(f"fit_images: can map 1 or 3 channels only, got {c_in} -> {c_out}")
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(1, 3, 1, 1)
+    out = np.empty((len(images), c_out, h_out, w_out), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start : start + chunk]).float()  # (b, C, H, W) in 0..255
+        if c_in == 3 and c_out == 1:
+            x = (x * luma).sum(dim=1, keepdim=True)
+        elif c_in == 1 and c_out == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[2:] != (h_out, w_out):
+            shrink = h_out < x.shape[2] or w_out < x.shape[3]
+            x = F.interpolate(x, size=(h_out, w_out), mode="bilinear", align_corners=False, antialias=shrink)
+        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def open_set_pool(source: str, data: DataConfig, shape: tuple[int, int, int]) -> np.ndarray:
+    """All images of the dataset ``source`` (fetched like ``data``: same cache, mirrors and network setting),
+    fitted to ``shape``: uint8 (M, *shape). One clear line (DataUnavailable) when they cannot be had."""
+    if source not in DATASETS:
+        raise ValueError(f"noise.open_set_source: {source!r} is not a dataset")
+    try:
+        raw = load_dataset(dataclasses.replace(data, dataset=source))
+    except DataUnavailable as e:
+        raise DataUnavailable(f"noise.open_set_source: {source} images are not available ({e})") from None
+    return fit_images(raw.images, shape)
+
+
 TRAIN_VIEW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainView))
 
 __all__ = [
     "DATASETS", "PAYLOAD_SHA256", "DataUnavailable", "DatasetSpec", "Prepared", "RawData", "Splits",
-    "TRAIN_VIEW_FIELDS", "TrainView", "data_report", "load_dataset", "load_prepared", "make_splits",
-    "make_train_view", "save_prepared",
+    "TRAIN_VIEW_FIELDS", "TrainView", "data_report", "fit_images", "load_dataset", "load_prepared", "make_splits",
+    "make_train_view", "open_set_pool", "save_prepared",
 ]

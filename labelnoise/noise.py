@@ -1,8 +1,8 @@
-"""Label-noise models: corrupt an array of labels with an exact, seeded, class-conditional noise.
+"""Label-noise models: corrupt an array of labels (or images) with an exact, seeded noise.
 
-Every model here is class-conditional: whether and how a label changes depends only on its class.
-``rate`` is the *exact* fraction of labels changed, per class: in each class ``c`` with ``n_c``
-examples exactly ``round(rate * n_c)`` labels change (half rounds up). This differs from the
+All models but ``instance`` and ``open_set`` are class-conditional: whether and how a label changes
+depends only on its class. ``rate`` is the *exact* fraction of examples corrupted, per class: in
+each class ``c`` with ``n_c`` examples exactly ``round(rate * n_c)`` change (half rounds up). This differs from the
 "uniform over all K classes, the true one included" convention of some papers (there a noise
 level ``r`` changes only ``r (K - 1) / K`` of the labels): to match such a table, pass
 ``rate = r * (K - 1) / K``.
@@ -19,15 +19,23 @@ Models (``kind``):
   class ``c`` exactly ``round((1 - T[c, c]) n_c)`` labels change, and their new classes are
   allotted in exact counts, by largest-remainder rounding of ``T[c, j] / (1 - T[c, c])``,
   ``j != c``. ``rate`` is ignored: the matrix says how much changes.
+- ``instance``: instance-dependent noise (the hardest examples of each class are flipped to the
+  class they look most like), from a reference classifier's probabilities ``P`` (n, K) of the
+  true examples; see ``corrupt_instance`` for the exact rule and ``reference_probabilities`` for
+  the classifier (the project's ``cnn``, trained briefly on the trusted clean subset only).
+- ``open_set``: the label stays, the *image* is replaced by one that belongs to no class of the
+  dataset (web noise; Wang et al. 2018, "Iterative learning with open-set noisy labels"). See
+  ``open_set``; the replacement images travel in ``NoisyLabels.images``.
 
-Which examples change: one seeded random permutation per class (drawn for every class, in class
-order, before anything else), the first ``round(rate n_c)`` of it. So with one seed the changed
-set is the same for every model of one rate, and a higher rate changes a superset of a lower one.
+Which examples change (all models but ``instance``): one seeded random permutation per class
+(drawn for every class, in class order, before anything else), the first ``round(rate n_c)`` of it.
+So with one seed the changed set is the same for every model of one rate, and a higher rate changes
+a superset of a lower one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +44,8 @@ import numpy as np
 
 from labelnoise.io import save_npz
 
-NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition"]
-KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition")
+NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set"]
+KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set")
 
 # ----------------------------------------------------------------------------- class maps
 # Asymmetric ("class-dependent") noise maps {true class: noisy class}, by class index in the
@@ -131,10 +139,17 @@ def class_map_for(dataset: str, class_map_param: str | Mapping[int, int]) -> dic
 # ----------------------------------------------------------------------------- result and files
 @dataclass(frozen=True)
 class NoisyLabels:
-    """Corrupted labels ``(n,)`` int64 and the ``(n,)`` bool mask of those changed (evaluation only)."""
+    """Corrupted labels ``(n,)`` int64 and the ``(n,)`` bool mask of the corrupted examples (evaluation only).
+
+    ``images``: only for ``open_set`` noise, uint8 (m, C, H, W) with ``m = mask.sum()``: the images that
+    replace the masked examples' images, in increasing example order (``images[j]`` replaces example
+    ``np.flatnonzero(mask)[j]``). There the labels are unchanged and the mask marks replaced images; for
+    every other model ``mask == (labels != true labels)`` and ``images`` is None.
+    """
 
     labels: np.ndarray
     mask: np.ndarray
+    images: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.labels.ndim != 1 or self.mask.shape != self.labels.shape:
@@ -142,6 +157,10 @@ class NoisyLabels:
         if self.labels.dtype != np.int64 or self.mask.dtype != np.bool_:
             raise ValueError(f"NoisyLabels: need int64 labels and a bool mask, "
                              f"got {self.labels.dtype} and {self.mask.dtype}")
+        if self.images is not None and (self.images.dtype != np.uint8 or self.images.ndim != 4
+                                        or len(self.images) != int(self.mask.sum())):
+            raise ValueError(f"NoisyLabels: images must be uint8 (m, C, H, W) with m = {int(self.mask.sum())} "
+                             f"masked examples, got {self.images.dtype} {self.images.shape}")
 
     @property
     def n_changed(self) -> int:
@@ -149,8 +168,9 @@ class NoisyLabels:
 
 
 def save_noisy(path: str | Path, nl: NoisyLabels) -> Path:
-    """Write ``nl`` as an npz with arrays ``labels`` and ``mask`` (atomically)."""
-    return save_npz(path, labels=nl.labels, mask=nl.mask)
+    """Write ``nl`` as an npz with arrays ``labels``, ``mask`` and, for open-set noise, ``images`` (atomically)."""
+    extra = {"images": nl.images} if nl.images is not None else {}
+    return save_npz(path, labels=nl.labels, mask=nl.mask, **extra)
 
 
 def load_noisy(path: str | Path) -> NoisyLabels:
@@ -159,7 +179,8 @@ def load_noisy(path: str | Path) -> NoisyLabels:
         missing = {"labels", "mask"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: not a noisy-labels file (missing {', '.join(sorted(missing))})")
-        return NoisyLabels(labels=z["labels"].astype(np.int64, copy=False), mask=z["mask"].astype(bool, copy=False))
+        return NoisyLabels(labels=z["labels"].astype(np.int64, copy=False), mask=z["mask"].astype(bool, copy=False),
+                           images=z["images"] if "images" in z.files else None)
 
 
 # ----------------------------------------------------------------------------- corruption
@@ -210,6 +231,23 @@ def _check_class_map(class_map: Mapping[int, int] | None, num_classes: int) -> d
     return out
 
 
+def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``labels`` as int64 (n,), or ValueError naming what is wrong."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"labels: need a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels: values must be in 0..{num_classes - 1}, got {y.min()}..{y.max()}")
+    return y
+
+
+def _class_permutations(y: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One seeded permutation of each class's example indices, all drawn first, in class order: so the
+    changed set (the first ``round(rate n_c)`` of each) depends on seed and rate only, not on the model."""
+    return [rng.permutation(np.flatnonzero(y == c)) for c in range(k)]
+
+
 def corrupt(
     labels: np.ndarray,
     *,
@@ -219,27 +257,31 @@ def corrupt(
     rng: np.random.Generator,
     class_map: Mapping[int, int] | None = None,
     transition: Any = None,
+    pred_probs: np.ndarray | None = None,
 ) -> NoisyLabels:
     """Corrupt ``labels`` (n,) ints in [0, K) with the noise model ``kind`` (see the module docstring).
 
     ``rate`` in [0, 1] is the exact per-class fraction changed (ignored for ``none`` and
     ``transition``). ``class_map`` ({src: dst}) is for ``asymmetric``, ``transition`` (K, K)
-    row-stochastic for ``transition``. ``rng`` is the only source of randomness: the same seed
-    gives the same labels bit for bit. Returns ``NoisyLabels`` with ``mask == (noisy != labels)``.
+    row-stochastic for ``transition``, ``pred_probs`` (n, K) the reference classifier's probabilities
+    for ``instance`` (which draws nothing from ``rng``). ``rng`` is the only source of randomness: the
+    same seed gives the same labels bit for bit. Returns ``NoisyLabels`` with ``mask == (noisy != labels)``.
+    ``open_set`` changes images, not labels: call :func:`open_set`.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-        raise ValueError(f"labels: need a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
-    y = y.astype(np.int64)
+    y = _check_labels(labels, num_classes)
     k = int(num_classes)
-    if y.size and (y.min() < 0 or y.max() >= k):
-        raise ValueError(f"labels: values must be in 0..{k - 1}, got {y.min()}..{y.max()}")
     if kind not in KINDS:
         raise ValueError(f"noise.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"noise.rate: must be in [0, 1], got {rate}")
-    if kind in ("symmetric", "pair") and k < 2:
+    if kind in ("symmetric", "pair", "instance", "open_set") and k < 2:
         raise ValueError(f"noise.kind: {kind} noise needs at least 2 classes, got {k}")
+    if kind == "open_set":
+        raise ValueError("noise.kind: open_set noise replaces images, not labels: use noise.open_set")
+    if kind == "instance":
+        if pred_probs is None:
+            raise ValueError("noise.kind: instance noise needs the reference classifier's pred_probs (n, K)")
+        return corrupt_instance(y, pred_probs, rate=rate)
 
     noisy = y.copy()
     if kind == "none":
@@ -253,8 +295,7 @@ def corrupt(
         raise ValueError(f"noise.class_map: none of its source classes {sorted(cmap)} occurs in the labels "
                          f"(classes present: {present}), so noise.rate={rate} cannot be reached")
 
-    # One permutation per class, all drawn first: the changed set depends on seed and rate only.
-    perms = [rng.permutation(np.flatnonzero(y == c)) for c in range(k)]
+    perms = _class_permutations(y, k, rng)
 
     for c in range(k):
         idx = perms[c]  # (n_c,) this class's examples in random order
@@ -279,6 +320,181 @@ def corrupt(
             # The permutation is random, so giving consecutive blocks to each target is too.
             noisy[idx[:m]] = np.repeat(np.arange(k), counts)
     return NoisyLabels(noisy, noisy != y)
+
+
+# ----------------------------------------------------------------------------- instance-dependent noise
+def instance_scores(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Difficulty and confusable class of each example from a reference classifier's probabilities.
+
+    labels: (n,) int true labels y_i; pred_probs: (n, K) rows p_i. Returns ``score`` (n,) float64,
+    ``s_i = p_i[y_i]`` (low = hard), and ``confusable`` (n,) int64, ``argmax_{j != y_i} p_i[j]``
+    (ties: the lowest class index).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(pred_probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] < 2:
+        raise ValueError(f"pred_probs: need shape ({y.shape[0]}, K >= 2), got {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("pred_probs: must be finite")
+    rows = np.arange(y.size)
+    score = p[rows, y]  # (n,)
+    others = p.copy()
+    others[rows, y] = -np.inf  # exclude the true class
+    return score, others.argmax(axis=1).astype(np.int64)
+
+
+def corrupt_instance(labels: np.ndarray, pred_probs: np.ndarray, *, rate: float) -> NoisyLabels:
+    """Instance-dependent noise: flip the hardest examples of each class to the class they look most like.
+
+    With ``s_i = p_i[y_i]`` and ``ĉ_i = argmax_{j != y_i} p_i[j]`` (``instance_scores``), in each class
+    ``c`` with ``n_c`` examples the ``m_c = round(rate · n_c)`` examples with the smallest ``s_i`` (ties:
+    lower index first) get the noisy label ``ĉ_i``; all others keep ``y_i``. Deterministic given
+    ``pred_probs`` (all randomness is in the reference classifier, seeded by ``noise.reference_seed``).
+    labels: (n,) int in [0, K); pred_probs: (n, K). Returns ``NoisyLabels`` with ``mask == (noisy != labels)``.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise.rate: must be in [0, 1], got {rate}")
+    score, confusable = instance_scores(y, pred_probs)
+    k = np.asarray(pred_probs).shape[1]
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"labels: values must be in 0..{k - 1}, got {y.min()}..{y.max()}")
+    noisy = y.copy()
+    for c in range(k):
+        idx = np.flatnonzero(y == c)  # (n_c,) increasing, so a stable sort breaks ties by index
+        hardest = idx[np.argsort(score[idx], kind="stable")[: n_to_change(rate, idx.size)]]
+        noisy[hardest] = confusable[hardest]
+    return NoisyLabels(noisy, noisy != y)
+
+
+# Settings of the reference classifier that are not params (``noise.reference_*`` are): the student's
+# default recipe (SGD + Nesterov momentum, weight decay, one-cycle), plain cross-entropy, fp32 so the
+# scores do not depend on whether the CPU has native bf16. Kept apart from params `student` on purpose:
+# sweeping the student must not change the noisy labels it is compared on.
+REFERENCE_RECIPE: dict[str, Any] = {
+    "method": "ce", "model": "cnn", "pretrained": False, "eval_batch_size": 1024, "momentum": 0.9,
+    "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "milestones": [0.5, 0.75], "gamma": 0.1,
+    "warmup_epochs": 0.0, "onecycle_pct_start": 0.25, "augment": "auto", "crop_padding": 4, "precision": "fp32",
+    "channels_last": "auto", "label_smoothing": 0.0, "burn_in": 0.0, "burn_in_keep": 1.0, "weight_norm": "batch",
+    "sample_weights": False, "mentor_update": "none", "mentor_update_every": 1, "mentor_update_steps": 1,
+    "mentor_update_batches": 1, "weights_at": [],
+}
+
+
+def reference_probabilities(
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_score: np.ndarray,
+    *,
+    classes: list[str],
+    dataset: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: Any = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Train the reference classifier (the ``cnn``) on (x_fit, y_fit) and return its probabilities on x_score.
+
+    x_fit: uint8 (n_fit, C, H, W) with labels y_fit (n_fit,), the trusted clean subset; x_score: uint8
+    (n, C, H, W), the train images (their labels are not passed: the classifier never sees them).
+    Trained with the project's own ``training.fit`` (``REFERENCE_RECIPE`` plus ``epochs``, ``lr``,
+    ``batch_size``); ``seed`` alone decides the initial weights and the batch order. Returns (n, K) float64
+    rows summing to 1 (softmax of the float32 logits, taken in float64). ``log(line)`` gets fit's
+    per-epoch lines (None: silent).
+    """
+    import torch  # lazy: the label-only models need numpy alone, and training imports this module
+
+    from labelnoise.config import StudentConfig
+    from labelnoise.datasets import TrainView
+    from labelnoise.models import channel_stats, create_model
+    from labelnoise.training import fit, predict_logits, resolve_channels_last
+
+    cfg = StudentConfig(**{**REFERENCE_RECIPE, "epochs": epochs, "lr": lr, "batch_size": batch_size})
+    xf, yf = torch.from_numpy(np.ascontiguousarray(x_fit)), torch.from_numpy(np.asarray(y_fit, dtype=np.int64))
+    _, channels, height, width = xf.shape
+    empty_x, empty_y = xf[:0], yf[:0]
+    view = TrainView(x_train=xf, y_train=yf, x_clean=empty_x, y_clean=empty_y, x_val=empty_x, y_val=empty_y,
+                     x_test=empty_x, y_test=empty_y, classes=list(classes), dataset=dataset)
+    mean, std = channel_stats(xf)
+    with torch.random.fork_rng(devices=[]):  # initial weights from `seed` only, global RNG left as it was
+        torch.manual_seed(seed)
+        model = create_model("cnn", num_classes=len(classes), in_channels=channels, image_size=max(height, width),
+                             mean=mean, std=std)
+    result = fit(model, view, cfg=cfg, seed=seed, device=device, progress=False,
+                 log=(lambda line: log(f"reference classifier: {line}")) if log is not None else (lambda line: None))
+    device = torch.device(device)
+    logits = predict_logits(result.model, torch.from_numpy(np.ascontiguousarray(x_score)),
+                            batch_size=cfg.eval_batch_size, device=device,
+                            channels_last=resolve_channels_last(cfg.channels_last, device))  # (n, K) float32
+    return torch.softmax(logits.double(), dim=1).numpy()
+
+
+# ----------------------------------------------------------------------------- open-set noise
+# `noise.open_set_source: auto` per dataset: images of another dataset, none of whose classes is a class
+# of this one (CIFAR-100 and CIFAR-10 share no class by construction; garments are not digits), else noise.
+OPEN_SET_SOURCES: tuple[str, ...] = ("auto", "white_noise", "digits", "fashion_mnist", "cifar100")
+OPEN_SET_AUTO: dict[str, str] = {
+    "fashion_mnist": "digits",  # scikit-learn's bundled 8x8 digits, upsampled to 28x28: always offline
+    "mnist": "fashion_mnist",  # digits would be MNIST's own classes
+    "cifar10": "cifar100",
+    "cifar100": "white_noise",
+    "digits": "white_noise",
+}
+# Sources whose images show classes of the dataset (so replacing an image would be closed-set noise).
+_SAME_CLASSES: dict[str, set[str]] = {"digits": {"digits", "mnist"}, "mnist": {"digits", "mnist"}}
+
+
+def resolve_open_set_source(dataset: str, source: str) -> str:
+    """``noise.open_set_source`` for ``dataset``: ``auto`` → ``OPEN_SET_AUTO[dataset]``; a source whose images
+    belong to the dataset's classes (itself; digits for mnist and vice versa) is a ValueError naming the param."""
+    if source not in OPEN_SET_SOURCES:
+        raise ValueError(f"noise.open_set_source: must be one of {', '.join(OPEN_SET_SOURCES)}, got {source!r}")
+    resolved = OPEN_SET_AUTO.get(dataset, "white_noise") if source == "auto" else source
+    if resolved == dataset or resolved in _SAME_CLASSES.get(dataset, set()):
+        raise ValueError(f"noise.open_set_source: {resolved} images show classes of the dataset {dataset}, so they "
+                         "are not open-set noise for it; choose white_noise or another dataset")
+    return resolved
+
+
+def open_set(
+    labels: np.ndarray,
+    *,
+    rate: float,
+    num_classes: int,
+    rng: np.random.Generator,
+    image_shape: tuple[int, int, int],
+    source_images: np.ndarray | None = None,
+) -> NoisyLabels:
+    """Open-set noise: the images of exactly ``round(rate · n_c)`` examples of each class are replaced; labels stay.
+
+    Which examples: the same per-class seeded permutations as the label models (so at one seed and rate
+    the set equals the one ``symmetric`` changes). The replacements, in increasing example order, are
+    ``source_images`` (uint8 (M, *image_shape), already fitted to the dataset's shape) drawn by ``rng``
+    without replacement, or with replacement when M is smaller than the number needed (digits: 1797); or,
+    when ``source_images`` is None, white noise: i.i.d. uniform uint8 pixels. Returns ``NoisyLabels`` with
+    the labels unchanged, ``mask`` the replaced examples and ``images`` (m, *image_shape) uint8.
+    """
+    y = _check_labels(labels, num_classes)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise.rate: must be in [0, 1], got {rate}")
+    shape = tuple(int(d) for d in image_shape)
+    if source_images is not None and (source_images.dtype != np.uint8 or source_images.shape[1:] != shape
+                                      or len(source_images) == 0):
+        raise ValueError(f"noise.open_set_source: need uint8 source images (M >= 1, {', '.join(map(str, shape))}), "
+                         f"got {source_images.dtype} {source_images.shape}")
+    perms = _class_permutations(y, int(num_classes), rng)
+    mask = np.zeros(y.shape, dtype=bool)
+    for idx in perms:
+        mask[idx[: n_to_change(rate, idx.size)]] = True
+    m = int(mask.sum())
+    if source_images is None:
+        images = rng.integers(0, 256, size=(m, *shape), dtype=np.uint8)  # (m, C, H, W)
+    else:
+        pick = rng.choice(len(source_images), size=m, replace=m > len(source_images))  # (m,)
+        images = np.ascontiguousarray(source_images[pick])
+    return NoisyLabels(y.copy(), mask, images)
 
 
 # ----------------------------------------------------------------------------- diagnostics

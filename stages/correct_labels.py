@@ -78,9 +78,11 @@ def run(cfg: Config) -> dict[str, float]:
     setup(cfg)
     device = resolve_device(cfg.base.device)
 
-    # ---- inputs. The view replaces the true train labels by the noisy ones; `prepared` is dropped here.
-    noisy = load_noisy(PATHS.noisy).labels  # (n,) int64
-    view = make_train_view(load_prepared(PATHS.prepared), noisy)
+    # ---- inputs. The view replaces the true train labels by the noisy ones (and, for open-set noise, the
+    # replaced images); `prepared` is dropped here.
+    noisy_labels = load_noisy(PATHS.noisy)
+    noisy = noisy_labels.labels  # (n,) int64
+    view = make_train_view(load_prepared(PATHS.prepared), noisy_labels)
     n = view.x_train.shape[0]
     record = torch.load(PATHS.student_model, map_location="cpu", weights_only=True)
     name, kwargs = record["model_name"], dict(record["model_kwargs"])

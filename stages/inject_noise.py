@@ -1,21 +1,28 @@
 """Stage `inject_noise`: corrupt the train labels with the noise model of params `noise`.
 
-Only the train split is corrupted; the clean subset, validation and test keep their true labels.
-Writes the noisy labels (aligned with ``Prepared.train_idx``), a JSON report and a heatmap of the
-realised transition matrix.
+Only the train split is corrupted; the clean subset, validation and test keep their true labels and
+images. Writes the noisy labels (aligned with ``Prepared.train_idx``; for ``open_set`` also the
+replacement images), a JSON report and a heatmap of the realised transition matrix.
+
+``instance`` first trains the reference classifier (the ``cnn``, ``noise.reference_*``) on the trusted
+clean subset only; the true train labels are read here, and only here, to score and corrupt them.
+``open_set`` reads its source images (``noise.open_set_source``) like stage download reads the dataset.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import numpy as np
 
 from labelnoise import noise, tracking
 from labelnoise.config import Config
-from labelnoise.datasets import load_prepared
+from labelnoise.datasets import Prepared, load_prepared, open_set_pool
 from labelnoise.io import save_json
 from labelnoise.plots import plot_matrix
+from labelnoise.runtime import resolve_device
 from stages.common import PATHS, require, setup
 
 
@@ -28,15 +35,33 @@ def run(cfg: Config) -> dict[str, Any]:
     k = len(prepared.classes)
     true = prepared.labels[prepared.train_idx]  # (n_train,)
 
-    # Corrupt before the run opens: a bad class map or matrix fails with one line and no run, no files.
+    # Corrupt before the run opens: a bad class map or matrix, or missing open-set images, fail with one
+    # line and no run, no files. The noise seed is its own generator, independent of the training seed.
+    rng = np.random.default_rng(nc.seed)
     class_map = noise.class_map_for(prepared.dataset, nc.class_map) if nc.kind == "asymmetric" else None
     transition = np.asarray(nc.transition, dtype=float) if nc.kind == "transition" else None
-    # The noise seed is its own generator, independent of the training seed.
-    nl = noise.corrupt(true, kind=nc.kind, rate=nc.rate, num_classes=k, rng=np.random.default_rng(nc.seed),
-                       class_map=class_map, transition=transition)
+    extra: dict[str, Any] = {}
+    if nc.kind == "open_set":
+        shape = tuple(prepared.images.shape[1:])  # (C, H, W)
+        source = noise.resolve_open_set_source(prepared.dataset, nc.open_set_source)
+        pool = None if source == "white_noise" else open_set_pool(source, cfg.data, shape)
+        nl = noise.open_set(true, rate=nc.rate, num_classes=k, rng=rng, image_shape=shape, source_images=pool)
+        extra = {"open_set_source": source, "open_set_source_param": nc.open_set_source,
+                 "source_pool_size": None if pool is None else len(pool),
+                 "source_with_replacement": pool is not None and nl.n_changed > len(pool)}
+    elif nc.kind == "instance":
+        probs, extra = _reference(cfg, prepared, true)
+        nl = noise.corrupt(true, kind="instance", rate=nc.rate, num_classes=k, rng=rng, pred_probs=probs)
+        _, confusable = noise.instance_scores(true, probs)
+        flipped = nl.labels[nl.mask]
+        extra["confusable_fraction"] = float((flipped == confusable[nl.mask]).mean()) if flipped.size else None
+        extra["top_target_fraction"] = _top_target_fraction(true[nl.mask], flipped, k)
+    else:
+        nl = noise.corrupt(true, kind=nc.kind, rate=nc.rate, num_classes=k, rng=rng,
+                           class_map=class_map, transition=transition)
 
-    matrix = noise.realised_transition(true, nl.labels, k)  # (K, K)
-    per_class = noise.per_class_rate(true, nl.labels, k)  # (K,)
+    matrix = noise.realised_transition(true, nl.labels, k)  # (K, K); identity for open_set (labels kept)
+    per_class = _per_class_corrupted(true, nl.mask, k)  # (K,)
     realised = float(nl.mask.mean()) if nl.mask.size else 0.0
     report = {
         "kind": nc.kind,
@@ -50,21 +75,27 @@ def run(cfg: Config) -> dict[str, Any]:
         "class_map": {str(a): b for a, b in sorted(class_map.items())} if class_map is not None else None,
         "classes": list(prepared.classes),
         "transition": matrix.tolist(),
+        **extra,
     }
 
     with tracking.stage_run("inject_noise", cfg, sections=("noise",)) as tracked:
         noise.save_noisy(PATHS.noisy, nl)
         save_json(PATHS.noise_report, report)
         scope = " in mapped classes" if nc.kind == "asymmetric" else ""
+        what = (f"open_set noise ({report['open_set_source']} images, labels kept)" if nc.kind == "open_set"
+                else f"{nc.kind} noise")
         plot_matrix(matrix, PATHS.noise_plot, labels=prepared.classes,
-                    title=f"{nc.kind} noise: requested {report['requested_rate']:.3f}{scope}, realised {realised:.3f}",
+                    title=f"{what}: requested {report['requested_rate']:.3f}{scope}, realised {realised:.3f}",
                     xlabel="noisy label", ylabel="true label")
 
         metrics = {"realised_rate": realised, "n_changed": nl.n_changed}
+        if nc.kind == "instance" and report["reference"]["train_acc"] is not None:
+            metrics["reference_train_acc"] = report["reference"]["train_acc"]
         tracked.log_metrics(metrics)
         tracked.log_artifact(PATHS.noise_report)
         tracked.log_artifact(PATHS.noise_plot)
-        tracked.set_tags({"noise": nc.kind})
+        tracked.set_tags({"noise": nc.kind, **({"open_set_source": extra["open_set_source"]}
+                                                 if nc.kind == "open_set" else {})})
     return metrics
 
 
@@ -80,3 +111,37 @@ def _requested_rate(cfg: Config, true: np.ndarray, k: int) -> float:
         prior = np.bincount(true, minlength=k) / max(true.size, 1)  # (K,)
         return float(prior @ (1.0 - diag))
     return float(cfg.noise.rate)
+
+
+def _reference(cfg: Config, prepared: Prepared, true: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train the reference classifier on the clean subset; its (n_train, K) probabilities and report entries."""
+    nc = cfg.noise
+    t0 = time.perf_counter()
+    probs = noise.reference_probabilities(
+        prepared.images[prepared.clean_idx], prepared.labels[prepared.clean_idx],
+        prepared.images[prepared.train_idx], classes=list(prepared.classes), dataset=prepared.dataset,
+        epochs=nc.reference_epochs, lr=nc.reference_lr, batch_size=nc.reference_batch_size, seed=nc.reference_seed,
+        device=resolve_device(cfg.base.device), log=lambda line: print(line, file=sys.stderr, flush=True))
+    return probs, {"reference": {
+        "model": noise.REFERENCE_RECIPE["model"], "trained_on": "clean subset", "n_fit": int(prepared.clean_idx.size),
+        "epochs": nc.reference_epochs, "lr": nc.reference_lr, "batch_size": nc.reference_batch_size,
+        "seed": nc.reference_seed,
+        "train_acc": float((probs.argmax(axis=1) == true).mean()) if true.size else None,  # vs the true labels
+        "time_s": round(time.perf_counter() - t0, 2),
+    }}
+
+
+def _top_target_fraction(true: np.ndarray, noisy: np.ndarray, k: int) -> float | None:
+    """Of the changed labels, the fraction that went to their class's most frequent target (1.0 = pair-like)."""
+    if not true.size:
+        return None
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (true, noisy), 1)
+    return float(counts.max(axis=1).sum() / true.size)
+
+
+def _per_class_corrupted(true: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """(K,) fraction of each true class that was corrupted (label changed, or image replaced); 0 if absent."""
+    corrupted = np.bincount(true[mask], minlength=k).astype(float)
+    n = np.bincount(true, minlength=k).astype(float)
+    return np.divide(corrupted, n, out=np.zeros(k), where=n > 0)

@@ -66,8 +66,9 @@ def run(cfg: Config) -> dict[str, float]:
 
         mentor = load_mentor(PATHS.mentor_model, device)
 
-    # The view replaces the true train labels by the noisy ones; `prepared` is dropped right after.
-    view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy).labels)
+    # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced
+    # images); `prepared` is dropped right after.
+    view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     _, channels, height, width = view.x_train.shape
     mean, std = channel_stats(view.x_train)  # (C,) each, from train images only (no labels)
     model_kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,

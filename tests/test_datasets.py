@@ -29,6 +29,7 @@ import torchvision.datasets as tvd
 from labelnoise import datasets
 from labelnoise.config import Config, DataConfig
 from labelnoise.datasets import DataUnavailable, Prepared
+from labelnoise.noise import NoisyLabels
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -463,7 +464,7 @@ def test_train_view_holds_no_true_train_labels() -> None:
     p = _prepared()
     true = p.labels[p.train_idx]
     noisy = (true + 1) % 4  # every label changed
-    view = datasets.make_train_view(p, noisy)
+    view = datasets.make_train_view(p, NoisyLabels(noisy, noisy != true))
     assert datasets.TRAIN_VIEW_FIELDS == ("x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val",
                                           "x_test", "y_test", "classes", "dataset")
     for name in datasets.TRAIN_VIEW_FIELDS:
@@ -477,7 +478,9 @@ def test_train_view_holds_no_true_train_labels() -> None:
     assert view.x_val.shape == (0, 1, 8, 8) and view.y_val.shape == (0,)  # no val: empty of the right dims
     assert view.num_classes == 4 and view.dataset == "digits"
     with pytest.raises(ValueError, match="train examples"):
-        datasets.make_train_view(p, noisy[:-1])
+        datasets.make_train_view(p, NoisyLabels(noisy[:-1], noisy[:-1] != true[:-1]))
+    with pytest.raises(TypeError, match="NoisyLabels"):  # labels alone would silently drop open-set images
+        datasets.make_train_view(p, noisy)
 
 
 # ----------------------------------------------------------------------------- the stage
