@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,7 +340,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------- the stage
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_prepared(n_per_class: int = 12, k: int = 4):
@@ -413,4 +414,372 @@ def test_stage_bad_class_map_fails_before_writing(tmp_path, monkeypatch) -> None
     save_prepared(PATHS.prepared, tiny_prepared())
     with pytest.raises(ValueError, match="noise.class_map"):
         inject_noise.run(cfg)
+    assert not PATHS.noisy.exists() and not PATHS.noise_report.exists() and not PATHS.noise_plot.exists()
+
+
+# ----------------------------------------------------------------------------- instance-dependent noise
+def random_probs(n: int, seed: int = 0) -> np.ndarray:
+    """(n, K) rows of a peaked Dirichlet: distinct values, so the hardest examples are unambiguous."""
+    return np.random.default_rng(seed).dirichlet(np.full(K, 0.3), size=n)
+
+
+def independent_instance(y: np.ndarray, probs: np.ndarray, rate: float) -> np.ndarray:
+    """The instance rule written out example by example (an independent reference implementation)."""
+    noisy = y.copy()
+    for c in range(K):
+        members = [i for i in range(y.size) if y[i] == c]
+        members.sort(key=lambda i: (probs[i, c], i))  # hardest first: lowest probability of the true class
+        for i in members[: expected_changes(rate, len(members))]:
+            others = [(probs[i, j], -j) for j in range(K) if j != c]
+            noisy[i] = -max(others)[1]  # the most probable other class (lowest index on ties)
+    return noisy
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_instance_rate_exact_per_class_and_flips_follow_the_rule(rate: float) -> None:
+    y = make_labels(COUNTS)
+    probs = random_probs(y.size)
+    nl = noise.corrupt(y, kind="instance", rate=rate, num_classes=K, rng=np.random.default_rng(0), pred_probs=probs)
+    check_result(y, nl)
+    for c, n_c in enumerate(COUNTS):
+        assert nl.mask[y == c].sum() == expected_changes(rate, n_c), f"class {c}"
+    np.testing.assert_array_equal(nl.labels, independent_instance(y, probs, rate))
+
+
+def test_instance_flips_go_to_the_confusable_class_and_are_the_hardest() -> None:
+    y = make_labels(COUNTS)
+    probs = random_probs(y.size, seed=3)
+    nl = noise.corrupt_instance(y, probs, rate=0.45)
+    score, confusable = noise.instance_scores(y, probs)
+    np.testing.assert_array_equal(score, probs[np.arange(y.size), y])
+    np.testing.assert_array_equal(nl.labels[nl.mask], confusable[nl.mask])
+    masked = probs.copy()
+    masked[np.arange(y.size), y] = -1.0
+    np.testing.assert_array_equal(confusable, masked.argmax(axis=1))
+    assert np.all(confusable != y)
+    for c in range(K):
+        flipped, kept = score[(y == c) & nl.mask], score[(y == c) & ~nl.mask]
+        if flipped.size and kept.size:
+            assert flipped.max() < kept.min(), f"class {c}: a kept example is harder than a flipped one"
+
+
+def test_instance_ties_break_by_index_and_higher_rate_is_a_superset() -> None:
+    y = np.zeros(6, dtype=np.int64)
+    probs = np.tile([0.5, 0.3, 0.2], (6, 1))  # all equally hard; confusable class 1
+    nl = noise.corrupt_instance(y, probs, rate=0.5)
+    np.testing.assert_array_equal(nl.mask, [True, True, True, False, False, False])
+    np.testing.assert_array_equal(nl.labels, [1, 1, 1, 0, 0, 0])
+    y = make_labels(COUNTS)
+    probs = random_probs(y.size, seed=5)
+    low, high = noise.corrupt_instance(y, probs, rate=0.2), noise.corrupt_instance(y, probs, rate=0.6)
+    assert np.all(high.mask[low.mask])
+    np.testing.assert_array_equal(high.labels[low.mask], low.labels[low.mask])
+
+
+def test_instance_bad_inputs() -> None:
+    y = make_labels(COUNTS)
+    with pytest.raises(ValueError, match="pred_probs"):
+        run(y, "instance", 0.4)  # no reference probabilities
+    with pytest.raises(ValueError, match="pred_probs"):
+        noise.corrupt_instance(y, random_probs(y.size - 1), rate=0.4)
+    with pytest.raises(ValueError, match="pred_probs"):
+        noise.corrupt_instance(y, np.full((y.size, K), np.nan), rate=0.4)
+    with pytest.raises(ValueError, match="noise.rate"):
+        noise.corrupt_instance(y, random_probs(y.size), rate=1.2)
+    with pytest.raises(ValueError, match="open_set"):
+        run(y, "open_set", 0.4)  # replaces images: a different function
+
+
+def digits_clean_and_train(n_clean: int = 150, n_train: int = 300):
+    """Digits (1, 8, 8) split into a small clean subset and a small train pool, class-stratified enough."""
+    from labelnoise.datasets import _load_digits
+
+    images, labels, _, classes = _load_digits()
+    order = np.random.default_rng(0).permutation(len(labels))
+    clean, train = order[:n_clean], order[n_clean : n_clean + n_train]
+    return images[clean], labels[clean], images[train], labels[train], classes
+
+
+def test_reference_classifier_is_seeded_and_bit_identical(one_thread) -> None:
+    import torch
+
+    x_fit, y_fit, x_train, y_train, classes = digits_clean_and_train()
+    kw = dict(classes=classes, dataset="digits", epochs=4, lr=0.1, batch_size=32)
+    torch.manual_seed(0)
+    a = noise.reference_probabilities(x_fit, y_fit, x_train, seed=4, **kw)
+    torch.manual_seed(1)  # the global RNG (seeded by base.seed in a stage) must not matter
+    b = noise.reference_probabilities(x_fit, y_fit, x_train, seed=4, **kw)
+    c = noise.reference_probabilities(x_fit, y_fit, x_train, seed=5, **kw)
+    assert a.shape == (len(x_train), K) and a.dtype == np.float64
+    np.testing.assert_allclose(a.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(a, b)  # same seed: bit-identical probabilities, hence labels
+    assert not np.array_equal(a, c)
+    assert (a.argmax(axis=1) == y_train).mean() > 0.5  # it learned something from 150 clean digits
+    la, lb = noise.corrupt_instance(y_train, a, rate=0.4), noise.corrupt_instance(y_train, b, rate=0.4)
+    np.testing.assert_array_equal(la.labels, lb.labels)
+
+
+# ----------------------------------------------------------------------------- open-set noise
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.45, 1.0])
+def test_open_set_keeps_labels_and_replaces_exactly_round_rate_n(rate: float) -> None:
+    y = make_labels(COUNTS)
+    nl = noise.open_set(y, rate=rate, num_classes=K, rng=np.random.default_rng(1), image_shape=(1, 6, 5))
+    np.testing.assert_array_equal(nl.labels, y)
+    assert nl.labels.dtype == np.int64
+    for c, n_c in enumerate(COUNTS):
+        assert nl.mask[y == c].sum() == expected_changes(rate, n_c), f"class {c}"
+    assert nl.images.shape == (nl.n_changed, 1, 6, 5) and nl.images.dtype == np.uint8
+    # the same examples as the label models of this seed and rate
+    np.testing.assert_array_equal(nl.mask, run(y, "symmetric", rate).mask)
+
+
+def test_open_set_white_noise_is_seeded_and_uniform() -> None:
+    y = make_labels([400] * K)
+    kw = dict(rate=0.5, num_classes=K, image_shape=(3, 8, 8))
+    a = noise.open_set(y, rng=np.random.default_rng(7), **kw)
+    b = noise.open_set(y, rng=np.random.default_rng(7), **kw)
+    c = noise.open_set(y, rng=np.random.default_rng(8), **kw)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.images, c.images)
+    counts = np.bincount(a.images.ravel(), minlength=256)  # 2000 * 192 pixels, expected 1500 per value
+    assert counts.min() > 1500 - 5 * math.sqrt(1500) and counts.max() < 1500 + 5 * math.sqrt(1500)
+
+
+def test_open_set_draws_from_the_source_with_replacement_only_when_short() -> None:
+    y = make_labels(COUNTS)
+    pool = np.zeros((300, 1, 2, 2), dtype=np.uint8)  # 300 distinct source images
+    pool[:, 0, 0, 0], pool[:, 0, 0, 1] = np.arange(300) % 256, np.arange(300) // 256
+    keys = {img.tobytes(): i for i, img in enumerate(pool)}
+    assert len(keys) == 300
+    nl = noise.open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 2, 2),
+                        source_images=pool)
+    picked = [keys[img.tobytes()] for img in nl.images]  # every replacement is a source image
+    assert len(set(picked)) == len(picked) == nl.n_changed  # 139 < 300: no repeats
+    small = pool[:20]
+    nl = noise.open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 2, 2),
+                        source_images=small)
+    assert all(img.tobytes() in keys and keys[img.tobytes()] < 20 for img in nl.images)
+    with pytest.raises(ValueError, match="noise.open_set_source"):
+        noise.open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 3, 3),
+                       source_images=pool)
+
+
+def test_resolve_open_set_source() -> None:
+    assert noise.resolve_open_set_source("fashion_mnist", "auto") == "digits"
+    assert noise.resolve_open_set_source("mnist", "auto") == "fashion_mnist"
+    assert noise.resolve_open_set_source("cifar10", "auto") == "cifar100"
+    assert noise.resolve_open_set_source("digits", "auto") == "white_noise"
+    assert noise.resolve_open_set_source("cifar10", "white_noise") == "white_noise"
+    for dataset, source in [("mnist", "digits"), ("digits", "digits"), ("cifar100", "cifar100")]:
+        with pytest.raises(ValueError, match="noise.open_set_source: .* show classes of the dataset"):
+            noise.resolve_open_set_source(dataset, source)
+    with pytest.raises(ValueError, match="noise.open_set_source: must be one of"):
+        noise.resolve_open_set_source("cifar10", "svhn")
+
+
+def test_save_and_load_round_trip_with_images(tmp_path) -> None:
+    y = make_labels(COUNTS)
+    nl = noise.open_set(y, rate=0.3, num_classes=K, rng=np.random.default_rng(0), image_shape=(1, 4, 4))
+    back = noise.load_noisy(noise.save_noisy(tmp_path / "noisy.npz", nl))
+    np.testing.assert_array_equal(back.images, nl.images)
+    np.testing.assert_array_equal(back.mask, nl.mask)
+    assert noise.load_noisy(noise.save_noisy(tmp_path / "plain.npz", run(y, "pair", 0.3))).images is None
+    with pytest.raises(ValueError, match="images"):
+        noise.NoisyLabels(y, nl.mask, nl.images[:-1])
+
+
+def test_train_view_uses_the_open_set_images_and_nothing_else_changes() -> None:
+    from labelnoise.datasets import make_train_view
+
+    p = tiny_prepared(n_per_class=20)
+    true = p.labels[p.train_idx]
+    nl = noise.open_set(true, rate=0.5, num_classes=4, rng=np.random.default_rng(3), image_shape=(1, 4, 4))
+    view = make_train_view(p, nl)
+    x = view.x_train.numpy()
+    np.testing.assert_array_equal(x[nl.mask], nl.images)
+    np.testing.assert_array_equal(x[~nl.mask], p.images[p.train_idx][~nl.mask])
+    assert not np.array_equal(x, p.images[p.train_idx])
+    np.testing.assert_array_equal(view.y_train.numpy(), true)  # labels kept
+    np.testing.assert_array_equal(view.x_clean.numpy(), p.images[p.clean_idx])  # clean and test untouched
+    np.testing.assert_array_equal(view.x_test.numpy(), p.images[p.test_idx])
+    wrong = noise.NoisyLabels(nl.labels, nl.mask, np.zeros((nl.n_changed, 1, 5, 5), dtype=np.uint8))
+    with pytest.raises(ValueError, match="re-run inject_noise"):
+        make_train_view(p, wrong)
+
+
+def test_fit_images_shapes_channels_and_values() -> None:
+    from labelnoise.datasets import _load_digits, fit_images
+
+    digits = _load_digits()[0]  # (1797, 1, 8, 8)
+    up = fit_images(digits[:50], (1, 28, 28))
+    assert up.shape == (50, 1, 28, 28) and up.dtype == np.uint8
+    assert abs(float(up.mean()) - float(digits[:50].mean())) < 3.0  # resampling keeps the brightness
+    flat = np.full((2, 3, 32, 32), 77, dtype=np.uint8)
+    np.testing.assert_array_equal(fit_images(flat, (1, 28, 28)), 77)  # luma of grey is grey
+    rgb = fit_images(digits[:3], (3, 32, 32))
+    assert rgb.shape == (3, 3, 32, 32)
+    np.testing.assert_array_equal(rgb[:, 0], rgb[:, 2])
+
+
+def test_open_set_pool_digits_and_missing_cifar100(tmp_path) -> None:
+    from labelnoise.config import DataConfig
+    from labelnoise.datasets import DataUnavailable, open_set_pool
+
+    data = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "raw"), mirrors={}, download=False, clean_size=0,
+                      val_size=0, test_size=0, train_limit=0, split_seed=0)
+    pool = open_set_pool("digits", data, (1, 28, 28))
+    assert pool.shape == (1797, 1, 28, 28) and pool.dtype == np.uint8
+    with pytest.raises(DataUnavailable, match=r"^noise.open_set_source: cifar100 images are not available") as e:
+        open_set_pool("cifar100", data, (3, 32, 32))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("noise.reference_epochs=0", "noise.reference_epochs: must be >= 1"),
+    ("noise.reference_lr=0", "noise.reference_lr: must be > 0.0"),
+    ("noise.reference_batch_size=1.5", "noise.reference_batch_size: must be an integer"),
+    ("noise.reference_seed=-1", "noise.reference_seed: must be >= 0"),
+    ("noise.open_set_source=svhn", "noise.open_set_source: must be one of"),
+    ("noise.kind=label_flip", "noise.kind: must be one of"),
+])
+def test_bad_noise_params_one_clear_line(override: str, message: str) -> None:
+    from labelnoise.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(REPO / "params.yaml", [override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_open_set_source_of_the_same_classes_is_a_config_error() -> None:
+    from labelnoise.config import ConfigError, load_config
+
+    base = ["noise.kind=open_set", "data.dataset=mnist"]
+    with pytest.raises(ConfigError, match="noise.open_set_source: digits images show classes of the dataset mnist"):
+        load_config(REPO / "params.yaml", [*base, "noise.open_set_source=digits"])
+    assert load_config(REPO / "params.yaml", [*base, "noise.open_set_source=auto"]).noise.open_set_source == "auto"
+    # only checked for open_set: the source is unused otherwise
+    load_config(REPO / "params.yaml", ["data.dataset=mnist", "noise.open_set_source=digits"])
+
+
+# ----------------------------------------------------------------------------- the stage: instance, open_set
+def stage_config(tmp_path, monkeypatch, noise_overlay: dict, **sections):
+    from labelnoise.config import from_dict, merge, read_yaml
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return from_dict(merge(read_yaml(REPO / "params.yaml"),
+                           {"base": {"threads": 1}, "noise": noise_overlay, **sections}))
+
+
+def test_stage_instance_trains_the_reference_on_the_clean_subset_only(tmp_path, monkeypatch) -> None:
+    from labelnoise import io
+    from labelnoise.datasets import save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "instance", "rate": 0.4})
+    prepared = tiny_prepared(n_per_class=20)
+    save_prepared(PATHS.prepared, prepared)
+    true = prepared.labels[prepared.train_idx]
+    probs = np.random.default_rng(9).dirichlet(np.ones(4), size=true.size)
+    seen = {}
+
+    def fake_reference(x_fit, y_fit, x_score, **kw):  # the stage's only way to the reference classifier
+        seen.update(x_fit=x_fit, y_fit=y_fit, x_score=x_score, **kw)
+        return probs
+
+    monkeypatch.setattr(noise, "reference_probabilities", fake_reference)
+    metrics = inject_noise.run(cfg)
+    np.testing.assert_array_equal(seen["x_fit"], prepared.images[prepared.clean_idx])
+    np.testing.assert_array_equal(seen["y_fit"], prepared.labels[prepared.clean_idx])  # clean labels, nothing else
+    np.testing.assert_array_equal(seen["x_score"], prepared.images[prepared.train_idx])
+    assert all(not (isinstance(v, np.ndarray) and v.shape == true.shape) for v in seen.values())  # no train labels
+    assert (seen["epochs"], seen["seed"]) == (cfg.noise.reference_epochs, cfg.noise.reference_seed)
+
+    nl = noise.load_noisy(PATHS.noisy)
+    np.testing.assert_array_equal(nl.labels, noise.corrupt_instance(true, probs, rate=0.4).labels)
+    report = io.load_json(PATHS.noise_report)
+    assert report["kind"] == "instance" and report["confusable_fraction"] == 1.0
+    assert report["realised_rate"] == pytest.approx(metrics["realised_rate"]) == pytest.approx(nl.mask.mean())
+    assert report["per_class_rate"] == {f"c{c}": expected_changes(0.4, int((true == c).sum())) / (true == c).sum()
+                                        for c in range(4)}
+    assert report["reference"]["trained_on"] == "clean subset" and 0.0 <= report["top_target_fraction"] <= 1.0
+
+
+def test_stage_instance_real_reference_is_deterministic(tmp_path, monkeypatch) -> None:
+    from labelnoise import io
+    from labelnoise.datasets import save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "instance", "rate": 0.3, "reference_epochs": 2,
+                                               "reference_batch_size": 16})
+    prepared = tiny_prepared(n_per_class=20)
+    save_prepared(PATHS.prepared, prepared)
+    inject_noise.run(cfg)
+    first = noise.load_noisy(PATHS.noisy)
+    true = prepared.labels[prepared.train_idx]
+    for c in range(4):
+        assert first.mask[true == c].sum() == expected_changes(0.3, int((true == c).sum()))
+    inject_noise.run(cfg)
+    np.testing.assert_array_equal(noise.load_noisy(PATHS.noisy).labels, first.labels)  # bit-identical
+    assert io.load_json(PATHS.noise_report)["reference"]["epochs"] == 2
+
+
+def test_stage_open_set_writes_images_the_train_view_uses(tmp_path, monkeypatch) -> None:
+    from labelnoise import io
+    from labelnoise.datasets import load_prepared, make_train_view, save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "rate": 0.5, "open_set_source": "auto"})
+    prepared = tiny_prepared(n_per_class=20)  # dataset "digits": auto is white noise
+    save_prepared(PATHS.prepared, prepared)
+    metrics = inject_noise.run(cfg)
+    nl = noise.load_noisy(PATHS.noisy)
+    true = prepared.labels[prepared.train_idx]
+    np.testing.assert_array_equal(nl.labels, true)
+    assert nl.images.shape == (nl.n_changed, 1, 4, 4) and nl.images.dtype == np.uint8
+    report = io.load_json(PATHS.noise_report)
+    assert report["open_set_source"] == "white_noise" and report["open_set_source_param"] == "auto"
+    assert report["realised_rate"] == pytest.approx(metrics["realised_rate"]) == pytest.approx(nl.mask.mean())
+    assert report["realised_rate"] > 0.4 and set(report["per_class_rate"].values()) == {0.5}
+    np.testing.assert_allclose(report["transition"], np.eye(4))  # labels kept
+    view = make_train_view(load_prepared(PATHS.prepared), nl)
+    np.testing.assert_array_equal(view.x_train.numpy()[nl.mask], nl.images)
+    np.testing.assert_array_equal(load_prepared(PATHS.prepared).images, prepared.images)  # the input untouched
+
+
+def test_stage_open_set_digits_source_resized(tmp_path, monkeypatch) -> None:
+    from labelnoise.datasets import Prepared, _load_digits, fit_images, save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "rate": 0.25, "open_set_source": "auto"})
+    p = tiny_prepared(n_per_class=20)
+    images = np.random.default_rng(1).integers(0, 256, size=(len(p.labels), 1, 28, 28), dtype=np.uint8)
+    p = Prepared(**{**vars(p), "images": images, "dataset": "fashion_mnist"})  # MNIST-shaped
+    save_prepared(PATHS.prepared, p)
+    inject_noise.run(cfg)
+    nl = noise.load_noisy(PATHS.noisy)
+    assert nl.images.shape == (nl.n_changed, 1, 28, 28) and nl.images.dtype == np.uint8
+    pool = {img.tobytes() for img in fit_images(_load_digits()[0], (1, 28, 28))}
+    assert all(img.tobytes() in pool for img in nl.images)  # each replacement is an upsampled digit
+
+
+def test_stage_open_set_missing_cifar100_fails_in_one_line_before_writing(tmp_path, monkeypatch) -> None:
+    from labelnoise.datasets import DataUnavailable, Prepared, save_prepared
+    from stages import inject_noise
+    from stages.common import PATHS
+
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "open_set_source": "auto"},
+                       data={"dataset": "cifar10", "root": str(tmp_path / "raw"), "download": False,
+                             "mirrors": {"fashion_mnist": [], "mnist": [], "cifar10": [], "cifar100": []}})
+    p = tiny_prepared()
+    images = np.zeros((len(p.labels), 3, 32, 32), dtype=np.uint8)
+    save_prepared(PATHS.prepared, Prepared(**{**vars(p), "images": images, "dataset": "cifar10"}))
+    with pytest.raises(DataUnavailable, match="noise.open_set_source: cifar100 images are not available") as e:
+        inject_noise.run(cfg)
+    assert "\n" not in str(e.value)
     assert not PATHS.noisy.exists() and not PATHS.noise_report.exists() and not PATHS.noise_plot.exists()
