@@ -420,7 +420,7 @@ class SpadeTask:
     @torch.no_grad()
     def mentor_weights(self, loss: Tensor, label: Tensor, *, step: int,
                        percentile: MovingPercentile) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """The weights v (B,) of examples with losses ``loss`` (B,, detached) and int labels ``label`` (B,).
+        """The weights v (B,) of examples with losses ``loss`` (B,) (detached) and int labels ``label`` (B,).
 
         Updates ``percentile`` (l_pt) first, then uses it. During burn-in v ~ Bernoulli(``burn_in_keep``) and
         the mentor is not called; after it v = mentor(l, l − l_pt, label, progress %), then the optional
