@@ -84,8 +84,8 @@ _stage_command("inject-noise", "inject_noise",
 _stage_command("pretrain-mentor", "pretrain_mentor",
                "Stage 3 (params `mentor`): fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).")
 _stage_command("train-student", "train_student",
-               "Stage 4 (params `student`): train the student on the noisy labels: ce, or spade with the mentor "
-               "(resumes from its checkpoint).")
+               "Stage 4 (params `student`): train the student on the noisy labels: ce, or spade / mentormix with "
+               "the mentor (resumes from its checkpoint).")
 _stage_command("correct-labels", "correct_labels",
                "Stage 5 (params `correction`): joint optimization of network and labels, then retrain on them.")
 _stage_command("evaluate", "evaluate",

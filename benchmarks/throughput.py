@@ -1,17 +1,19 @@
 """Training throughput: the project's loop (``train_one_epoch``) against a bare PyTorch loop, and the
-SPADE student step (MentorNet weighting) against the plain cross-entropy step.
+SPADE student step (MentorNet weighting) and the MentorMix student step against the plain cross-entropy step.
 
 All train the default student model with the default params (batch size, SGD settings, schedule,
 precision and memory format as ``fit`` resolves them on this machine) on the same Fashion-MNIST-shaped
 uint8 data: the first images of the prepared file when present, else random uint8. Repeats are
 interleaved (the order rotates every repeat) so load from other processes hits all alike.
-Prints img/s for each, the ratio project/bare (target >= 0.95) and the SPADE step time over the CE
-step time (target <= 1.15), and writes reports/bench.json.
+Prints img/s for each, the ratio project/bare (target >= 0.95), the SPADE step time over the CE
+step time (target <= 1.15) and the MentorMix step time over the CE step time (no target: it runs a
+second, gradient-free forward pass on the batch before the mixed one), and writes reports/bench.json.
 
 SPADE is timed after burn-in (every step calls the mentor: the costlier path), with
 ``student.sample_weights`` as configured and no mentor refits (those run a few times per training, not
 per step). The mentor is models/mentor.pt when present (10 classes), else a freshly initialised one
-(its weights do not change its speed).
+(its weights do not change its speed). MentorMix is timed the same way (after burn-in, same mentor),
+with ``student.mixup_alpha`` and ``student.second_reweight`` as configured.
 
     python benchmarks/throughput.py                 # make bench
     python benchmarks/throughput.py --batches 30 --repeats 3
@@ -126,11 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     p_model, p_opt, p_sched, p_gen = setup()
     b_model, b_opt, b_sched, b_gen = setup()
     s_model, s_opt, s_sched, s_gen = setup()
+    m_model, m_opt, m_sched, m_gen = setup()
     mentor, mentor_source = bench_mentor(cfg, device)
     spade_cfg = dataclasses.replace(s, method="spade", burn_in=0.0, mentor_update="none")
     spade_task = training.make_task(spade_cfg, mentor=mentor, mentor_cfg=cfg.mentor,
                                     total_steps=args.batches * (args.repeats + 1), steps_per_epoch=args.batches,
                                     device=device, seed=cfg.base.seed, num_classes=10)
+    mix_cfg = dataclasses.replace(s, method="mentormix", burn_in=0.0, mentor_update="none")
+    mix_task = training.make_task(mix_cfg, mentor=mentor, mentor_cfg=cfg.mentor,
+                                  total_steps=args.batches * (args.repeats + 1), steps_per_epoch=args.batches,
+                                  device=device, seed=cfg.base.seed, num_classes=10)
 
     def project() -> None:
         training.train_one_epoch(p_model, x, y, optimizer=p_opt, scheduler=p_sched, batch_size=s.batch_size,
@@ -146,22 +153,28 @@ def main(argv: list[str] | None = None) -> dict:
                                  device=device, generator=s_gen, task=spade_task, autocast_dtype=amp_dtype,
                                  channels_last=channels_last)
 
+    def mentormix() -> None:
+        training.train_one_epoch(m_model, x, y, optimizer=m_opt, scheduler=m_sched, batch_size=s.batch_size,
+                                 device=device, generator=m_gen, task=mix_task, autocast_dtype=amp_dtype,
+                                 channels_last=channels_last)
+
     def timed(fn) -> float:
         t0 = time.perf_counter()
         fn()
         return n / (time.perf_counter() - t0)
 
-    loops = {"project": project, "bare": bare, "spade": spade}
+    loops = {"project": project, "bare": bare, "spade": spade, "mentormix": mentormix}
     for fn in loops.values():  # warm-up: allocator, oneDNN primitive caches
         fn()
     rates: dict[str, list[float]] = {name: [] for name in loops}
     names = list(loops)
     for r in range(args.repeats):
-        for name in names[r % 3 :] + names[: r % 3]:  # rotate the order: each loop runs first, middle, last
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: each loop runs first, ..., last
             rates[name].append(timed(loops[name]))
     ratios = [p / b for p, b in zip(rates["project"], rates["bare"], strict=True)]
     # step time ratio SPADE / CE = (img/s of CE) / (img/s of SPADE), per repeat
     spade_ratios = [c / sp for c, sp in zip(rates["project"], rates["spade"], strict=True)]
+    mix_ratios = [c / m for c, m in zip(rates["project"], rates["mentormix"], strict=True)]  # MentorMix / CE
     result = {
         "device": str(device), "threads": threads, "model": s.model, "batch_size": s.batch_size,
         "batches_per_repeat": args.batches, "repeats": args.repeats, "data": source,
@@ -171,8 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
         "spade_img_s": statistics.median(rates["spade"]), "spade_step_ratio": statistics.median(spade_ratios),
         "spade_target_ratio": SPADE_TARGET, "spade_mentor": mentor_source,
         "spade_sample_weights": spade_cfg.sample_weights,
+        "mentormix_img_s": statistics.median(rates["mentormix"]),
+        "mentormix_step_ratio": statistics.median(mix_ratios),
+        "mentormix_second_reweight": mix_cfg.second_reweight, "mentormix_alpha": mix_cfg.mixup_alpha,
         "per_repeat": {"project_img_s": rates["project"], "bare_img_s": rates["bare"], "ratio": ratios,
-                       "spade_img_s": rates["spade"], "spade_step_ratio": spade_ratios},
+                       "spade_img_s": rates["spade"], "spade_step_ratio": spade_ratios,
+                       "mentormix_img_s": rates["mentormix"], "mentormix_step_ratio": mix_ratios},
     }
     print(f"{s.model} batch {s.batch_size}, {result['precision']}, channels_last={channels_last}, {threads} threads, "
           f"{device}, data: {source}")
@@ -185,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = "ok" if result["spade_step_ratio"] <= SPADE_TARGET else f"above target {SPADE_TARGET}"
     print(f"step time spade/ce:             {result['spade_step_ratio']:8.3f}  ({verdict}; median of "
           f"{args.repeats} interleaved repeats)")
+    print(f"mentormix loop:                 {result['mentormix_img_s']:8.0f} img/s")
+    print(f"step time mentormix/ce:         {result['mentormix_step_ratio']:8.3f}  (median of {args.repeats} "
+          f"interleaved repeats; second_reweight={mix_cfg.second_reweight})")
     save_json(args.out, result)
     print(f"wrote {args.out}")
     return result

@@ -96,7 +96,7 @@ class MentorConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    method: Literal["ce", "spade"]
+    method: Literal["ce", "spade", "mentormix"]
     model: Literal["cnn", "preact_resnet32", "resnet18"]
     pretrained: bool
     epochs: int = _rng(1, 10_000)
@@ -116,15 +116,18 @@ class StudentConfig:
     precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: Literal["auto", "on", "off"]  # auto: on (measured faster on CUDA and on CPU for the CNN)
     label_smoothing: float = _rng(0.0, 1.0)
-    burn_in: float = _rng(0.0, 1.0)  # spade: fraction of training with v ~ Bernoulli(burn_in_keep)
-    burn_in_keep: float = _rng(0.0, 1.0)  # spade: keep probability p during burn-in (example dropout)
-    weight_norm: Literal["batch", "sum"]  # spade: weighted loss over B (official) or over the sum of weights
+    burn_in: float = _rng(0.0, 1.0)  # spade, mentormix: fraction of training with v ~ Bernoulli(burn_in_keep)
+    burn_in_keep: float = _rng(0.0, 1.0)  # spade, mentormix: keep probability p during burn-in (example dropout)
+    weight_norm: Literal["batch", "sum"]  # spade (mentormix: 2nd reweighting): weighted loss over B or sum of weights
     sample_weights: bool  # spade: probabilistic sampling layer, v <- Bernoulli(v)
     mentor_update: Literal["none", "lr_change", "every_k"]  # spade: when the mentor is refitted
     mentor_update_every: int = _rng(1)  # every_k: epochs between mentor updates
     mentor_update_steps: int = _rng(1)  # spade: Adam steps of one mentor refit (mentor.fit_* settings otherwise)
     mentor_update_batches: int = _rng(1)  # spade, pd mentor: recent mini-batches whose mentor inputs a refit uses
     weights_at: list[float]  # spade: fractions of training at which per-example weights are saved
+    mixup_alpha: float = _rng(0.0, 1000.0, lo_open=True)  # mentormix: λ ~ Beta(α, α)
+    mix_temperature: float = _rng(0.0, 1000.0, lo_open=True)  # mentormix: partners drawn from softmax(v / T)
+    second_reweight: bool  # mentormix: weight the mixed examples' losses by the mentor again
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ def mentor_trust(weights: Mapping[str, np.ndarray] | None, *, threshold: float, 
     ``correction.trust_mentor``) when there are no weights or they are all 1 (a ``ce`` student, where every
     example would be trusted and nothing corrected).
     """
-    hint = "train the student with student.method=spade, or set correction.trust_mentor=false"
+    hint = "train the student with student.method=spade or mentormix, or set correction.trust_mentor=false"
     if weights is None or "weight" not in weights or np.asarray(weights["weight"]).size == 0:
         raise ConfigError(f"correction.trust_mentor: the student's weight file has no per-example mentor weights; "
                           f"{hint}")

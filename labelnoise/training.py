@@ -1,13 +1,15 @@
-"""Student training on the noisy labels: plain cross-entropy (method ``ce``, the baseline) or MentorNet
-weighting with burn-in and joint mentor updates (method ``spade``, Jiang et al. 2018).
+"""Student training on the noisy labels: plain cross-entropy (method ``ce``, the baseline), MentorNet
+weighting with burn-in and joint mentor updates (method ``spade``, Jiang et al. 2018), or MentorNet-guided
+mixup (method ``mentormix``, Jiang et al. 2020).
 
 Read :func:`fit` top to bottom: per epoch it goes schedule → forward/backward → evaluate → log →
 checkpoint → stop. The pieces it uses are small functions above it:
 
 - LR schedules (:func:`lr_factor`), stepped once per optimiser step;
 - CIFAR augmentation (:func:`crop_flip`): random crop + horizontal flip on a uint8 batch, seeded;
-- tasks (timm style): :class:`CrossEntropyTask` / :class:`SpadeTask` own one mini-batch's forward pass
-  and loss, returning {"loss", "logits", named parts}; SPADE's mentor updates run between steps;
+- tasks (timm style): :class:`CrossEntropyTask` / :class:`SpadeTask` / :class:`MentorMixTask` own one
+  mini-batch's forward pass and loss, returning {"loss", "logits", named parts}; mentor updates run between
+  steps;
 - :class:`WeightLog`: per-example loss and weight of every train example in chosen epochs;
 - :func:`train_one_epoch` (timm style, returns a dict) and :func:`evaluate_accuracy` / :func:`validate`;
 - checkpoints: a dict with everything needed to resume bit-for-bit (weights, optimiser, scheduler,
@@ -47,8 +49,10 @@ from labelnoise.io import save_torch
 if TYPE_CHECKING:
     from labelnoise.config import MentorConfig, StudentConfig
     from labelnoise.datasets import TrainView
+    from labelnoise.mentornet import MovingPercentile
 
 CIFAR = ("cifar10", "cifar100")
+MENTOR_METHODS = ("spade", "mentormix")  # student methods that use the MentorNet
 
 
 class NonFiniteLossError(RuntimeError):
@@ -404,32 +408,50 @@ class SpadeTask:
 
     # ---- one mini-batch
     def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int) -> dict[str, Tensor]:
-        from labelnoise.mentornet import progress_percent
-
         logits = model(xb)  # (B, K)
         per_example = F.cross_entropy(logits.float(), yb, reduction="none",
                                       label_smoothing=self.cfg.label_smoothing)  # (B,)
         loss = per_example.detach()  # (B,) the mentor's input; no gradient flows through v
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # the mentor runs in fp32
-            l_pt = self.percentile.update(loss)  # () EMA of the batch's p-th percentile, updated then used
+        v, loss_diff, parts = self.mentor_weights(loss, yb, step=step, percentile=self.percentile)
+        self._remember(loss, loss_diff, yb, step=step)
+        return {"loss": self.weighted_mean(v, per_example), "logits": logits, "per_example": loss,
+                "loss_diff": loss_diff, "weight": v, **parts}
+
+    @torch.no_grad()
+    def mentor_weights(self, loss: Tensor, label: Tensor, *, step: int,
+                       percentile: MovingPercentile) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The weights v (B,) of examples with losses ``loss`` (B,) (detached) and int labels ``label`` (B,).
+
+        Updates ``percentile`` (l_pt) first, then uses it. During burn-in v ~ Bernoulli(``burn_in_keep``) and
+        the mentor is not called; after it v = mentor(l, l − l_pt, label, progress %), then the optional
+        sampling layer. Returns (v, loss_diff (B,), {"mentor_weight": the mentor's v} after burn-in, else {}).
+        """
+        from labelnoise.mentornet import progress_percent
+
+        with torch.autocast(self.device.type, enabled=False):  # the mentor runs in fp32
+            l_pt = percentile.update(loss)  # () EMA of the batch's p-th percentile, updated then used
             loss_diff = loss - l_pt  # (B,)
-            progress = progress_percent(step, self.total_steps)
-            parts: dict[str, Tensor] = {}
             if step < self.burn_in_steps:  # burn-in: example dropout, no mentor
                 keep = torch.full_like(loss, self.cfg.burn_in_keep)
-                v = torch.bernoulli(keep, generator=self.generator)  # (B,) 0/1
-            else:
-                progress_b = torch.full_like(yb, progress)  # (B,) int64
-                v = self.mentor(loss, loss_diff, yb, progress_b).float()  # (B,) in (0, 1)
-                parts["mentor_weight"] = v
-                if self.cfg.sample_weights:  # probabilistic sampling layer
-                    v = torch.bernoulli(v, generator=self.generator)
-            if self._recent is not None:
-                self._recent.add(loss, loss_diff, yb, progress)
+                return torch.bernoulli(keep, generator=self.generator), loss_diff, {}  # (B,) 0/1
+            progress_b = torch.full_like(label, progress_percent(step, self.total_steps))  # (B,) int64
+            v = self.mentor(loss, loss_diff, label, progress_b).float()  # (B,) in (0, 1)
+            parts = {"mentor_weight": v}
+            if self.cfg.sample_weights:  # probabilistic sampling layer
+                v = torch.bernoulli(v, generator=self.generator)
+        return v, loss_diff, parts
+
+    def weighted_mean(self, v: Tensor, per_example: Tensor) -> Tensor:
+        """Σ v·l / Σ v (``student.weight_norm: sum``) or Σ v·l / B (``batch``, official); v (B,) is a constant."""
         norm = v.sum().clamp_min(1e-8) if self.cfg.weight_norm == "sum" else per_example.shape[0]
-        weighted = (v * per_example).sum() / norm  # Σ v·l / B (official) or Σ v·l / Σ v
-        return {"loss": weighted, "logits": logits, "per_example": loss, "loss_diff": loss_diff, "weight": v,
-                **parts}
+        return (v * per_example).sum() / norm
+
+    def _remember(self, loss: Tensor, loss_diff: Tensor, label: Tensor, *, step: int) -> None:
+        """Keep the batch's mentor inputs for PD refits (only when refits are on)."""
+        from labelnoise.mentornet import progress_percent
+
+        if self._recent is not None:
+            self._recent.add(loss, loss_diff, label, progress_percent(step, self.total_steps))
 
     # ---- mentor updates
     def _refit_due(self, *, step: int, lr: float, next_lr: float) -> bool:
@@ -505,6 +527,116 @@ class SpadeTask:
             self._recent.load_state_dict(state["recent"])
 
 
+def mentor_mix(x: Tensor, y: Tensor, v: Tensor, *, alpha: float, temperature: float,
+               generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MentorMix's "sample" and "mixup" steps (Jiang et al. 2020, Alg. 1; official ``mentor_mix_up``).
+
+    x: (B, C, H, W) images (any dtype), y: (B, K) float label distributions (one-hot), v: (B,) mentor weights.
+    Each example i draws a partner j ~ softmax(v / T) over the batch (importance sampling, with replacement,
+    so examples the mentor trusts are picked more often), and λ_i ~ Beta(α, α), λ_i = max(λ_i, 1 − λ_i);
+    λ_i is kept where v_i >= 0.5 and replaced by 1 − λ_i otherwise, so a trusted example dominates its own
+    mix and a distrusted one is mostly replaced by its partner. Returns (x̃ = λ·x + (1 − λ)·x_j float32,
+    ỹ = λ·y + (1 − λ)·y_j (B, K), λ (B,), partner index j (B,)). All randomness comes from ``generator``.
+    """
+    b = x.shape[0]
+    probs = torch.softmax(v.float() / temperature, dim=0)  # (B,)
+    partner = torch.multinomial(probs, b, replacement=True, generator=generator)  # (B,)
+    # torch.distributions.Beta takes no generator: Beta(α, α) = G1 / (G1 + G2) with G1, G2 ~ Gamma(α, 1).
+    g = torch._standard_gamma(torch.full((2, b), alpha, dtype=torch.float64, device=v.device), generator=generator)
+    lam = (g[0] / (g[0] + g[1])).nan_to_num(nan=1.0).float()  # (B,); both draws 0 (tiny α) → no mixing
+    lam = torch.maximum(lam, 1.0 - lam)
+    lam = torch.where(v >= 0.5, lam, 1.0 - lam)  # (B,)
+    lam_x = lam.view(b, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
+    xf = x.float()
+    x_mix = lam_x * xf + (1.0 - lam_x) * xf[partner]  # (B, C, H, W)
+    y_mix = lam[:, None] * y + (1.0 - lam[:, None]) * y[partner]  # (B, K)
+    return x_mix, y_mix, lam, partner
+
+
+@contextmanager
+def _batch_stats_only(model: nn.Module) -> Iterator[None]:
+    """Batch norm uses the batch's statistics without updating its running averages (train mode only).
+
+    MentorMix's first forward pass only measures losses for the mentor; as in the official code (whose
+    running averages are updated by the mixed pass alone), the running statistics describe the inputs
+    the network is trained on.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+class MentorMixTask(SpadeTask):
+    """Method ``mentormix`` (Jiang et al. 2020, "Beyond Synthetic Noise", Alg. 1; official
+    ``cifar_train_mentormix.py``): weight, sample, mixup, weight again.
+
+    One mini-batch (``__call__``):
+      weight: forward with no gradient → per-example cross-entropy l (B,) on the noisy labels → v as SPADE
+        (:meth:`SpadeTask.mentor_weights`: l_pt, burn-in v ~ Bernoulli(``burn_in_keep``), mentor, sampling
+        layer). v only steers the mixing: the official code never puts v·l into the loss.
+      sample + mixup: :func:`mentor_mix` with ``student.mixup_alpha`` and ``student.mix_temperature``.
+      forward/loss on the mixed batch: l̃ (B,) = cross-entropy against the soft mixed labels;
+        loss = mean l̃ (official ``reduce_mean``), or with ``student.second_reweight``:
+      weight again: v2 = mentor weights of l̃ with their own moving percentile (same p and decay; official
+        avg_name "mixed"), the label input being the mixed example's dominant label (the official code feeds
+        label 0 to both calls), and loss = Σ v2·l̃ / B (``weight_norm: batch``, official) or / Σ v2 (``sum``).
+    The official code drops weight decay under second_reweight (its regulariser collection is empty there);
+    here the optimiser's weight decay always applies (the presets set 0 where the official run had none).
+    Mentor refits (``student.mentor_update``) work as for SPADE on the first weighting's inputs.
+    """
+
+    method = "mentormix"
+
+    def __init__(self, mentor: nn.Module, **kwargs: Any) -> None:
+        from labelnoise.mentornet import MovingPercentile
+
+        super().__init__(mentor, **kwargs)
+        self.mix_percentile = MovingPercentile(self.mentor_cfg.percentile, self.mentor_cfg.ema_decay)
+
+    def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int) -> dict[str, Tensor]:
+        ls = self.cfg.label_smoothing
+        # ---- weight: losses of the batch as it is; no gradient (official: stop_gradient on loss and logits)
+        with torch.no_grad(), _batch_stats_only(model):
+            logits = model(xb)  # (B, K)
+        loss = F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=ls)  # (B,)
+        v, loss_diff, parts = self.mentor_weights(loss, yb, step=step, percentile=self.percentile)
+        self._remember(loss, loss_diff, yb, step=step)
+
+        # ---- sample + mixup (no gradient into v, λ or the partners)
+        onehot = F.one_hot(yb, logits.shape[1]).float()  # (B, K)
+        x_mix, y_mix, lam, partner = mentor_mix(xb, onehot, v, alpha=self.cfg.mixup_alpha,
+                                                temperature=self.cfg.mix_temperature, generator=self.generator)
+        if xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous():
+            x_mix = x_mix.contiguous(memory_format=torch.channels_last)
+
+        # ---- forward on the mixed batch, soft-label cross-entropy
+        mixed = F.cross_entropy(model(x_mix).float(), y_mix, reduction="none", label_smoothing=ls)  # (B,)
+        if self.cfg.second_reweight:  # ---- weight again
+            dominant = torch.where(lam >= 0.5, yb, yb[partner])  # (B,) label of the larger share
+            v2, _, _ = self.mentor_weights(mixed.detach(), dominant, step=step, percentile=self.mix_percentile)
+            total, parts["mix_weight"] = self.weighted_mean(v2, mixed), v2
+        else:
+            total = mixed.mean()
+        return {"loss": total, "logits": logits, "per_example": loss, "loss_diff": loss_diff, "weight": v, **parts}
+
+    def summary(self) -> dict[str, float]:
+        """SPADE's extras, plus the second weighting's l_pt when it is on."""
+        extra = {"l_pt_mix": float(self.mix_percentile.value)} if self.cfg.second_reweight else {}
+        return {**super().summary(), **extra}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mix_percentile": self.mix_percentile.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.mix_percentile.load_state_dict(state["mix_percentile"])
+
+
 StudentTask = CrossEntropyTask | SpadeTask
 
 
@@ -512,15 +644,17 @@ def make_task(
     cfg: StudentConfig, *, mentor: nn.Module | None, mentor_cfg: MentorConfig | None, total_steps: int,
     steps_per_epoch: int, device: torch.device, seed: int, num_classes: int, data: TrainView | None = None,
 ) -> StudentTask:
-    """The task for ``cfg.method``: ``ce`` ignores the mentor; ``spade`` needs it and ``mentor_cfg``."""
+    """The task for ``cfg.method``: ``ce`` ignores the mentor; ``spade`` and ``mentormix`` need it and
+    ``mentor_cfg``."""
     if cfg.method == "ce":
         return CrossEntropyTask(label_smoothing=cfg.label_smoothing)
     if mentor is None or mentor_cfg is None:
-        raise ValueError("student.method 'spade' needs a mentor (run stage pretrain_mentor first)")
+        raise ValueError(f"student.method {cfg.method!r} needs a mentor (run stage pretrain_mentor first)")
     clean = (data.x_clean, data.y_clean) if data is not None else None
-    return SpadeTask(mentor, cfg=cfg, mentor_cfg=mentor_cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                     device=device, seed=seed, num_classes=num_classes, clean=clean,
-                     dataset=data.dataset if data is not None else "")
+    task_cls = MentorMixTask if cfg.method == "mentormix" else SpadeTask
+    return task_cls(mentor, cfg=cfg, mentor_cfg=mentor_cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                    device=device, seed=seed, num_classes=num_classes, clean=clean,
+                    dataset=data.dataset if data is not None else "")
 
 
 # ----------------------------------------------------------------------------- per-example weight log
@@ -775,11 +909,12 @@ def checkpoint_config(
     mentor_cfg: MentorConfig | None = None,
 ) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: the student params, the seed and the data; for
-    ``spade`` also the mentor params and the mentor's starting weights (another mentor.pt is refused)."""
+    ``spade`` / ``mentormix`` also the mentor params and the mentor's starting weights (another mentor.pt is
+    refused)."""
     out: dict[str, Any] = {"student": dataclasses.asdict(cfg), "seed": seed}
     if data is not None:
         out["data"] = data_fingerprint(data)
-    if cfg.method == "spade":
+    if cfg.method in MENTOR_METHODS:
         out["mentor"] = dataclasses.asdict(mentor_cfg) if mentor_cfg is not None else {}
         if mentor is not None:
             out["mentor"]["weights"] = module_fingerprint(mentor)
@@ -915,8 +1050,9 @@ def fit(
     mentor_cfg: MentorConfig | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data.y_train`` (noisy labels) for ``cfg.epochs`` epochs with ``cfg.method``:
-    ``ce`` (mean cross-entropy) or ``spade`` (examples weighted by ``mentor``, see :class:`SpadeTask`;
-    ``mentor_cfg`` gives the moving percentile and the refit settings). The mentor is changed in place
+    ``ce`` (mean cross-entropy), ``spade`` (examples weighted by ``mentor``, see :class:`SpadeTask`;
+    ``mentor_cfg`` gives the moving percentile and the refit settings) or ``mentormix`` (the mentor's weights
+    steer mixup, see :class:`MentorMixTask`). The mentor is changed in place
     when ``student.mentor_update`` refits it.
 
     ``data`` is a TrainView: it carries the noisy train labels, the trusted clean subset and the test

@@ -7,11 +7,12 @@ Reports three test numbers, never choosing anything on test data: the student's 
 (PATHS.final_model, `corrected_test_acc`, predicted here exactly like the student; its label recovery
 `label_acc_before` / `recovered_label_acc` is copied from PATHS.correction_report). The corruption mask
 and the true train labels are read here only (the evaluation path), for the noise summary and for how
-well the student's per-example weights single out the corrupted labels (spade: the last recorded epoch's
-mentor weights v in PATHS.student_weights; AUROC, and precision / recall of v < `evaluate.detection_threshold`;
+well the student's per-example weights single out the corrupted labels (spade, mentormix: the last recorded
+epoch's mentor weights v in PATHS.student_weights; AUROC, and precision / recall of v < `evaluate.detection_threshold`;
 null for ce, whose weights are all 1), plus a figure of weight against loss (plots/weights.png).
 
-PATHS.methods_table (markdown): CE, SPADE-PD and SPADE-DD, each with and without label correction, on this
+PATHS.methods_table (markdown): CE, SPADE-PD, SPADE-DD, MentorMix-PD and MentorMix-DD, each with and without
+label correction, on this
 run's setting (data.*, noise.*, student.model, student.epochs). This run's method comes from the numbers
 computed here; the other methods from the newest FINISHED pipeline run in the MLflow store with the same
 setting (:func:`labelnoise.tracking.matching_pipelines`), so the table fills in as the methods are run.
@@ -38,7 +39,7 @@ from labelnoise.io import load_json, save_json, write_atomic
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.training import load_weights, predict_logits
+from labelnoise.training import MENTOR_METHODS, load_weights, predict_logits
 from stages.common import PATHS, require, setup
 
 # Metrics that also go on the pipeline's parent run: the headline numbers `cli.py compare` reads.
@@ -64,7 +65,9 @@ DETECTION = (
 # Label recovery, copied from PATHS.correction_report (NaN in metrics, null in JSON, when absent there).
 CORRECTION = ("label_acc_before", "recovered_label_acc")
 # Method variants of the table, in its row order; each also gets a "<variant> + correction" row.
-VARIANTS = ("CE", "SPADE-PD", "SPADE-DD")
+VARIANTS = ("CE", "SPADE-PD", "SPADE-DD", "MentorMix-PD", "MentorMix-DD")
+# Table name of each mentor method; the mentor's kind (PD / DD) is appended.
+MENTOR_VARIANT = {"spade": "SPADE", "mentormix": "MentorMix"}
 # Params that define a setting: runs of different methods are comparable only when all of these agree.
 SETTING_SECTIONS = ("data", "noise")
 SETTING_KEYS = ("student.model", "student.epochs")
@@ -120,8 +123,11 @@ def correction_summary(report: Mapping[str, Any]) -> dict[str, float]:
 
 
 def method_variant(method: str, mentor_kind: str | None) -> str:
-    """Table name of a method: "CE", or "SPADE-PD" / "SPADE-DD" by the mentor's kind."""
-    return "CE" if method == "ce" else f"SPADE-{(mentor_kind or '?').upper()}"
+    """Table name of a method: "CE", or "SPADE-PD" / "SPADE-DD" / "MentorMix-PD" / "MentorMix-DD" by the
+    mentor's kind (an unknown method keeps its name)."""
+    if method == "ce":
+        return "CE"
+    return f"{MENTOR_VARIANT.get(method, method)}-{(mentor_kind or '?').upper()}"
 
 
 def setting_params(cfg: Config) -> dict[str, Any]:
@@ -243,10 +249,11 @@ def run(cfg: Config) -> dict[str, float]:
         info[name] = _checkpoint_info(path)
         del model
 
-    # ---- per-example weights of the training stage (ce: all ones, so detection does not apply)
+    # ---- per-example weights of the training stage (ce: all ones, so detection does not apply; mentormix:
+    # the first weighting's v, the one that picks partners and mixing ratios)
     weights = load_weights(PATHS.student_weights)
     method = weights["method"] or cfg.student.method
-    spade = method == "spade" and weights["epochs"].size > 0
+    spade = method in MENTOR_METHODS and weights["epochs"].size > 0  # mentor weights to judge
     found = (
         detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold)
         if spade

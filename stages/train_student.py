@@ -1,14 +1,18 @@
 """Stage `train_student`: train the student network on the noisy labels, with plain cross-entropy
-(`student.method: ce`, the baseline) or MentorNet weighting (`spade`: burn-in, then every mini-batch's
-examples weighted by the mentor, which may be refitted during training; see labelnoise.training.SpadeTask).
+(`student.method: ce`, the baseline), MentorNet weighting (`spade`: burn-in, then every mini-batch's
+examples weighted by the mentor, which may be refitted during training; see labelnoise.training.SpadeTask)
+or MentorMix (`mentormix`: the mentor's weights pick mixup partners and ratios; see
+labelnoise.training.MentorMixTask).
 
-Inputs: PATHS.prepared, PATHS.noisy, and for spade PATHS.mentor_model (stage pretrain_mentor). The student
+Inputs: PATHS.prepared, PATHS.noisy, and for spade / mentormix PATHS.mentor_model (stage pretrain_mentor). The student
 sees a TrainView (noisy train labels, the trusted clean subset, test images for monitoring), never the true
 train labels; the corruption mask is not read here.
 Outputs: PATHS.student_model (last epoch), PATHS.student_best (best clean-subset accuracy; test accuracy is
-never used to choose), PATHS.curves (one CSV row per epoch; spade adds mean_weight, l_pt, mentor_updates),
+never used to choose), PATHS.curves (one CSV row per epoch; spade and mentormix add mean_weight, l_pt,
+mentor_updates, and mentormix with second_reweight l_pt_mix),
 PATHS.student_weights (npz: epochs (E,), loss / loss_diff / weight (E, n_train) of every train example in the
-epochs chosen by `student.weights_at`, NaN where not seen, and the method; for ce the weights are 1).
+epochs chosen by `student.weights_at`, NaN where not seen, and the method; for ce the weights are 1; for
+mentormix the first weighting's v, the one that steers the mixing).
 
 Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out).
 An unfinished checkpoint with the same student params, seed and data is resumed and the run ends
@@ -31,15 +35,15 @@ from labelnoise.io import atomic_path, save_torch
 from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.training import checkpoint_config, fit, save_weights
+from labelnoise.training import MENTOR_METHODS, checkpoint_config, fit, save_weights
 from stages.common import PATHS, require, setup
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 
 
 def write_curves(path: Any, history: list[dict[str, float]]) -> None:
-    """Per-epoch CSV: ``CURVE_COLUMNS``, then any method-specific columns of the history (spade:
-    mean_weight, l_pt, mentor_updates); an undefined value (no clean subset) is an empty cell."""
+    """Per-epoch CSV: ``CURVE_COLUMNS``, then any method-specific columns of the history (spade, mentormix:
+    mean_weight, l_pt, mentor_updates, ...); an undefined value (no clean subset) is an empty cell."""
     extra = [c for c in (history[0] if history else {}) if c not in CURVE_COLUMNS]
     columns = [*CURVE_COLUMNS, *extra]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -57,11 +61,12 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
 def run(cfg: Config) -> dict[str, float]:
     """Train the student; write PATHS.student_model, PATHS.student_best, PATHS.curves, PATHS.student_weights."""
     s = cfg.student
-    require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if s.method == "spade" else []))
+    uses_mentor = s.method in MENTOR_METHODS
+    require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if uses_mentor else []))
     setup(cfg)
     device = resolve_device(cfg.base.device)
     mentor = None
-    if s.method == "spade":  # ce never reads the mentor
+    if uses_mentor:  # ce never reads the mentor
         from labelnoise.mentornet import load_mentor
 
         mentor = load_mentor(PATHS.mentor_model, device)
@@ -78,7 +83,7 @@ def run(cfg: Config) -> dict[str, float]:
 
     with tracking.stage_run("train_student", cfg, sections=("student",)) as tracked:
         tracked.set_tags({"method": s.method, "model": s.model,
-                          **({"mentor": cfg.mentor.kind} if s.method == "spade" else {})})
+                          **({"mentor": cfg.mentor.kind} if uses_mentor else {})})
         result = fit(
             model, view, cfg=s, seed=cfg.base.seed, device=device, checkpoint_path=PATHS.student_ckpt,
             on_epoch=lambda row: tracked.log_metrics(
@@ -105,7 +110,7 @@ def run(cfg: Config) -> dict[str, float]:
             "best_epoch": float(result.best_epoch),
             "epochs": float(len(result.history)),
         }
-        if s.method == "spade":
+        if uses_mentor:
             metrics["final_mean_weight"] = last["mean_weight"]  # fraction of the data the last epoch used
             metrics["mentor_updates"] = float(len(result.extra["mentor_updates"]))
         tracked.log_metrics(_finite(metrics))

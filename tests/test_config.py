@@ -36,6 +36,10 @@ def test_default_params_and_presets_validate() -> None:
         ("noise.kind=gaussian", "noise.kind: must be one of"),
         ("data.clean_size=-5", "data.clean_size: must be >= 0"),
         ("student.milestones=[0.8,0.2]", "student.milestones"),
+        ("student.mixup_alpha=0", "student.mixup_alpha: must be > 0.0"),
+        ("student.mix_temperature=-1", "student.mix_temperature: must be > 0.0"),
+        ("student.second_reweight=sometimes", "student.second_reweight: must be true or false"),
+        ("student.method=mentormix", None),
         ("noise.transition=[[0.5,0.6],[0,1]]", None),  # only checked when kind=transition
     ],
 )

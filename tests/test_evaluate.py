@@ -284,6 +284,10 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
         "SPADE-PD + correction",
         "SPADE-DD",
         "SPADE-DD + correction",
+        "MentorMix-PD",
+        "MentorMix-PD + correction",
+        "MentorMix-DD",
+        "MentorMix-DD + correction",
     ]
     ce, ce_corr = rows["CE"], rows["CE + correction"]
     assert _pct(ce["test accuracy"]) == pytest.approx(acc_final, abs=5e-5)
@@ -292,7 +296,7 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert _pct(ce_corr["recovered-label accuracy"]) == pytest.approx(recovered, abs=5e-5)
     assert ce["noise-detection AUROC"] == "—" and ce["recovered-label accuracy"] == "—"
     assert ce["run"] == ce_corr["run"] == f"`{parent.info.run_id[:8]}` (this run)"
-    for name in ("SPADE-PD", "SPADE-PD + correction", "SPADE-DD", "SPADE-DD + correction"):
+    for name in list(rows)[2:]:
         assert rows[name]["test accuracy"] == "—" and rows[name]["run"] == "no finished run"
 
 
@@ -481,6 +485,10 @@ def test_methods_table_takes_other_methods_from_the_store(in_tmp: Path) -> None:
             status=status,
         )
     _fake_pipeline(client, exp_id, _config(in_tmp, spade_dd), {}, start=now - 10_000)  # a lone stage: no numbers
+    # a MentorMix-DD execution of the same setting gets its own row (MentorMix-PD has none)
+    mix_dd = {"student": {"method": "mentormix"}, "mentor": {"kind": "dd"}}
+    mix_id = _fake_pipeline(client, exp_id, _config(in_tmp, mix_dd), {"test_acc": 0.43, "detection_auroc": 0.7},
+                            start=now - 55_000)
     # an older CE execution of the same setting: this run's own numbers win
     _fake_pipeline(client, exp_id, cfg, {"test_acc": 0.99, "corrected_test_acc": 0.99}, start=now - 5_000)
 
@@ -509,6 +517,9 @@ def test_methods_table_takes_other_methods_from_the_store(in_tmp: Path) -> None:
         "—",
     )
     assert (dd_corr["test accuracy"], dd_corr["recovered-label accuracy"]) == ("51.00%", "81.00%")
+    mix = rows["MentorMix-DD"]
+    assert (mix["run"], mix["test accuracy"], mix["noise-detection AUROC"]) == (f"`{mix_id[:8]}`", "43.00%", "0.700")
+    assert rows["MentorMix-PD"]["run"] == "no finished run"
 
     # the table is also an artifact of the evaluate run
     (child,) = client.search_runs(
@@ -527,10 +538,13 @@ def test_correction_summary_and_method_variant() -> None:
     }
     missing = correction_summary({"label_acc_before": None})
     assert all(np.isnan(v) for v in missing.values()) and list(missing) == ["label_acc_before", "recovered_label_acc"]
-    assert [method_variant("ce", "dd"), method_variant("spade", "pd"), method_variant("spade", "dd")] == [
+    assert [method_variant("ce", "dd"), method_variant("spade", "pd"), method_variant("spade", "dd"),
+            method_variant("mentormix", "pd"), method_variant("mentormix", "dd")] == [
         "CE",
         "SPADE-PD",
         "SPADE-DD",
+        "MentorMix-PD",
+        "MentorMix-DD",
     ]
 
 
