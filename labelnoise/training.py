@@ -342,7 +342,7 @@ class SpadeTask:
     ``batch`` is the paper's objective and the official code (``reduce_mean(loss * v)`` in
     cifar_train_mentornet.py): a batch the mentor mostly rejects moves the student less, so with a mean weight
     of ~0.6 the effective learning rate is ~0.6x that of the CE baseline. ``sum`` keeps the baseline's step
-    size for the examples the mentor keeps (measured: +0.45 points at symmetric 40 %; see README).
+    size for the examples the mentor keeps.
     Burn-in: for the first ``student.burn_in`` fraction of the steps, v ~ Bernoulli(``burn_in_keep``) per
     example (example dropout) and the mentor is not called; l_pt keeps updating.
     Weight decay is the optimiser's own (the official code scales it by Σv/B; we do not).
