@@ -28,6 +28,7 @@ from tests.test_spade import (
     new_model,
     noisy_view,
     run_fit,
+    stage_workspace,
 )
 from tests.test_spade import config as spade_config
 
@@ -331,23 +332,10 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
 
     from mlflow.tracking import MlflowClient
 
-    from labelnoise.datasets import Prepared, save_prepared
-    from labelnoise.noise import NoisyLabels, save_noisy
     from stages import correct_labels, evaluate, train_student
     from stages.common import PATHS
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
-        monkeypatch.delenv(var, raising=False)
-    view, y_true, mask = noisy_view(n_train=60, n_clean=24, n_test=24, rate=0.4)
-    images = torch.cat([view.x_train, view.x_clean, view.x_test]).numpy()
-    labels = torch.cat([y_true, view.y_clean, view.y_test]).numpy()
-    idx = np.arange(108, dtype=np.int64)
-    save_prepared(PATHS.prepared, Prepared(images=images, labels=labels, train_idx=idx[:60], clean_idx=idx[60:84],
-                                           val_idx=idx[:0], test_idx=idx[84:], classes=["a", "b", "c"],
-                                           dataset="digits"))
-    save_noisy(PATHS.noisy, NoisyLabels(labels=view.y_train.numpy(), mask=mask.numpy()))
+    view, y_true, mask = stage_workspace(tmp_path, monkeypatch)
     tiny = read_yaml(REPO / "presets" / "tiny.yaml")
     cfg = from_dict(merge(merge(read_yaml(REPO / "params.yaml"), tiny), {
         "base": {"device": "cpu", "threads": 1, "experiment": "test-mix"},

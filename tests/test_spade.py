@@ -456,15 +456,12 @@ def test_weights_file_round_trip(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------- stages
-def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> None:
-    import csv
-    import json
-
-    from mlflow.tracking import MlflowClient
-
+def stage_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[TrainView, torch.Tensor, torch.Tensor]:
+    """Make ``tmp_path`` a stage workspace: its own MLflow store, no DVC/pipeline env, and the prepared and
+    noisy inputs of a 3-class digits-shaped problem (60 train at 40 % noise, 24 clean, 24 test) written where
+    the stages read them. Returns (view, true train labels, corruption mask)."""
     from labelnoise.datasets import Prepared, save_prepared
     from labelnoise.noise import NoisyLabels, save_noisy
-    from stages import correct_labels, evaluate, train_student
     from stages.common import PATHS
 
     monkeypatch.chdir(tmp_path)
@@ -479,6 +476,19 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
                                            val_idx=idx[:0], test_idx=idx[84:], classes=["a", "b", "c"],
                                            dataset="digits"))
     save_noisy(PATHS.noisy, NoisyLabels(labels=view.y_train.numpy(), mask=mask.numpy()))
+    return view, y_true, mask
+
+
+def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> None:
+    import csv
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from stages import correct_labels, evaluate, train_student
+    from stages.common import PATHS
+
+    view, y_true, mask = stage_workspace(tmp_path, monkeypatch)
     cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {
         "base": {"device": "cpu", "threads": 1, "experiment": "test-spade"},
         "data": {"dataset": "digits"},
