@@ -18,7 +18,6 @@ from torch import nn
 from labelnoise import mentornet as mn
 from labelnoise import training
 from labelnoise.config import Config, from_dict, merge, read_yaml
-from labelnoise.datasets import TrainView
 from tests.test_spade import (
     ForbiddenMentor,
     SigintAt,
@@ -29,6 +28,7 @@ from tests.test_spade import (
     noisy_view,
     run_fit,
     stage_workspace,
+    view_fields_only,
 )
 from tests.test_spade import config as spade_config
 
@@ -241,14 +241,7 @@ def test_mentormix_never_receives_true_train_labels() -> None:
 
     cfg = config({"epochs": 2, "burn_in": 0.25, "second_reweight": True})
     view, y_true, mask = noisy_view(rate=0.4)
-    fields = set(TrainView.__dataclass_fields__)
-
-    class Exactly:  # only the TrainView fields: no true train labels anywhere
-        __slots__ = tuple(fields)
-
-    data = Exactly()
-    for name in fields:
-        setattr(data, name, getattr(view, name))
+    data = view_fields_only(view)  # only the TrainView fields: no true train labels anywhere
     position = {bytes(x.numpy().tobytes()): i for i, x in enumerate(view.x_train)}
     batches: list[torch.Tensor] = []
 

@@ -40,6 +40,19 @@ def config(student: dict[str, Any] | None = None, mentor: dict[str, Any] | None 
     return from_dict(raw)
 
 
+def view_fields_only(view: TrainView) -> Any:
+    """An object with exactly the TrainView fields (no room for true train labels or the mask)."""
+    fields = set(TrainView.__dataclass_fields__)
+
+    class Exactly:
+        __slots__ = tuple(fields)
+
+    data = Exactly()
+    for name in fields:
+        setattr(data, name, getattr(view, name))
+    return data
+
+
 def noisy_view(n_train: int = 96, n_clean: int = 30, n_test: int = 30, k: int = 3, rate: float = 0.0,
                seed: int = 0) -> tuple[TrainView, torch.Tensor, torch.Tensor]:
     """8x8 grey images, class c lights up row block c (linearly separable); a ``rate`` fraction of the
@@ -293,14 +306,7 @@ def test_spade_never_receives_true_train_labels() -> None:
                  {"kind": "dd"})
     view, y_true, mask = noisy_view(rate=0.4)
     assert (view.y_train != y_true).sum() == mask.sum() > 0
-    fields = set(TrainView.__dataclass_fields__)
-
-    class Exactly:  # only the TrainView fields: no true train labels anywhere
-        __slots__ = tuple(fields)
-
-    data = Exactly()
-    for name in fields:
-        setattr(data, name, getattr(view, name))
+    data = view_fields_only(view)  # only the TrainView fields: no true train labels anywhere
 
     position = {bytes(x.numpy().tobytes()): i for i, x in enumerate(view.x_train)}
     batches: list[torch.Tensor] = []
