@@ -70,6 +70,7 @@ class MentorConfig:
     curriculum: Literal["self_paced", "linear", "mixture", "official_pd", "focal"]  # pd target
     percentile: float = _rng(0.0, 1.0)  # p of the moving p-th percentile l_pt of mini-batch losses
     ema_decay: float = _rng(0.0, 1.0)  # moving-average decay of l_pt (paper 0.95, official code 0.5)
+    class_percentile: bool  # one l_pt per noisy label instead of one for the batch (our addition)
     lambda1: float = _rng(0.0)  # mixture: loss threshold
     lambda2: float = _rng(0.0)  # mixture: width of the linear part (0 = hard threshold)
     gamma: float = _rng(0.0, lo_open=True)  # linear curricula: v = clip(1 - diff / gamma, 0, 1)

@@ -137,37 +137,63 @@ class MovingPercentile:
     Starts at 0 with no bias correction, as the official code; each :meth:`update` first moves the
     average, and the caller then uses loss − (the updated value) as the loss-difference feature.
     The value lives on the device of the losses it was last updated with (no host synchronisation).
+
+    With ``num_classes`` > 0 (``mentor.class_percentile``, our addition) there is one moving percentile
+    per (noisy) label: each class's value moves with the p-th percentile of that class's losses in the
+    batch (classes absent from the batch keep theirs), and every example is compared with its own label's
+    value. A global threshold keeps the easy classes' examples and drops whole hard classes once few
+    examples pass (at 80 % symmetric noise the student then collapses onto a few classes); per class,
+    each label keeps about the same fraction p.
     """
 
-    def __init__(self, p: float, decay: float) -> None:
+    def __init__(self, p: float, decay: float, num_classes: int = 0) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"mentor.percentile: must be in [0, 1], got {p}")
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"mentor.ema_decay: must be in [0, 1], got {decay}")
-        self.p, self.decay = float(p), float(decay)
-        self._value = torch.zeros(())
+        self.p, self.decay, self.num_classes = float(p), float(decay), int(num_classes)
+        self._value = torch.zeros(max(self.num_classes, 1)) if self.num_classes else torch.zeros(())
 
-    def update(self, losses: Tensor) -> Tensor:
-        """losses (B,) → the updated l_pt, a detached () float32 tensor on the losses' device.
+    @classmethod
+    def from_config(cls, m: Any, *, num_classes: int) -> MovingPercentile:
+        """From a MentorConfig: per class when ``m.class_percentile``, else one global value."""
+        return cls(m.percentile, m.ema_decay, num_classes if m.class_percentile else 0)
+
+    def update(self, losses: Tensor, labels: Tensor | None = None) -> Tensor:
+        """losses (B,) (and their int labels (B,) when per class) → the updated l_pt, detached float32 on
+        the losses' device: a () tensor, or (B,) with each example's class value when per class.
 
         l_pt ← decay · l_pt + (1 − decay) · quantile(losses, p) (linear interpolation).
         """
         if losses.numel() == 0:
             raise ValueError("MovingPercentile.update: empty batch of losses")
-        q = torch.quantile(losses.detach().float().reshape(-1), self.p)
-        self._value = self.decay * self._value.to(q.device) + (1.0 - self.decay) * q
-        return self._value
+        losses = losses.detach().float().reshape(-1)
+        value = self._value.to(losses.device)
+        if not self.num_classes:
+            self._value = self.decay * value + (1.0 - self.decay) * torch.quantile(losses, self.p)
+            return self._value
+        if labels is None or labels.shape != losses.shape:
+            raise ValueError("MovingPercentile.update: a per-class percentile needs one label per loss")
+        labels = labels.reshape(-1).to(losses.device)
+        value = value.clone()
+        for c in torch.unique(labels).tolist():
+            q = torch.quantile(losses[labels == c], self.p)
+            value[c] = self.decay * value[c] + (1.0 - self.decay) * q
+        self._value = value
+        return value[labels]
 
     @property
     def value(self) -> float:
-        return float(self._value)
+        """l_pt (per class: the mean over classes), for logs."""
+        return float(self._value.mean())
 
-    def state_dict(self) -> dict[str, float]:
-        return {"p": self.p, "decay": self.decay, "value": self.value}
+    def state_dict(self) -> dict[str, Any]:
+        return {"p": self.p, "decay": self.decay, "num_classes": self.num_classes,
+                "value": self._value.detach().cpu().tolist()}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.p, self.decay = float(d["p"]), float(d["decay"])
-        self._value = torch.tensor(float(d["value"]), dtype=torch.float32, device=self._value.device)
+        self.p, self.decay, self.num_classes = float(d["p"]), float(d["decay"]), int(d.get("num_classes", 0))
+        self._value = torch.tensor(d["value"], dtype=torch.float32, device=self._value.device)
 
 
 def progress_percent(step: int, total_steps: int) -> int:
@@ -330,7 +356,7 @@ def collect_features(
             idx = order[start : start + batch_size]  # (b,)
             xb, yb = x[idx].to(device, non_blocking=True), y_noisy[idx].to(device, non_blocking=True)
             lb = F.cross_entropy(model(xb).float(), yb, reduction="none")  # (b,)
-            lpt = percentile.update(lb)
+            lpt = percentile.update(lb, yb)
             loss[idx] = lb.cpu()
             diff[idx] = (lb - lpt).cpu()
     finally:

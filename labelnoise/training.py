@@ -380,9 +380,9 @@ class SpadeTask:
         self.mentor = mentor.to(device).eval()  # called under no_grad: the student's backward never reaches it
         self.cfg, self.mentor_cfg = cfg, mentor_cfg
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
-        self.device, self.seed = device, seed
+        self.device, self.seed, self.num_classes = device, seed, num_classes
         self.burn_in_steps = round(cfg.burn_in * total_steps)
-        self.percentile = MovingPercentile(mentor_cfg.percentile, mentor_cfg.ema_decay)
+        self.percentile = MovingPercentile.from_config(mentor_cfg, num_classes=num_classes)
         self.generator = torch.Generator(device=device).manual_seed(derived_seed(seed, _SPADE_STREAM))
         self.refits: list[dict[str, float]] = []  # one row per mentor update: step, progress, fit statistics
         self._lr_ref = 0.0  # lr_change: the lr at the previous refit (before the first: the highest lr so far)
@@ -429,7 +429,7 @@ class SpadeTask:
         from labelnoise.mentornet import progress_percent
 
         with torch.autocast(self.device.type, enabled=False):  # the mentor runs in fp32
-            l_pt = percentile.update(loss)  # () EMA of the batch's p-th percentile, updated then used
+            l_pt = percentile.update(loss, label)  # EMA of the batch's p-th percentile, updated then used
             loss_diff = loss - l_pt  # (B,)
             if step < self.burn_in_steps:  # burn-in: example dropout, no mentor
                 keep = torch.full_like(loss, self.cfg.burn_in_keep)
@@ -596,7 +596,7 @@ class MentorMixTask(SpadeTask):
         from labelnoise.mentornet import MovingPercentile
 
         super().__init__(mentor, **kwargs)
-        self.mix_percentile = MovingPercentile(self.mentor_cfg.percentile, self.mentor_cfg.ema_decay)
+        self.mix_percentile = MovingPercentile.from_config(self.mentor_cfg, num_classes=self.num_classes)
 
     def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int) -> dict[str, Tensor]:
         ls = self.cfg.label_smoothing

@@ -186,7 +186,7 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
     student = create_model(cfg.student.model, num_classes=k, in_channels=channels, image_size=max(height, width),
                            mean=mean, std=std)
     student_cfg = dataclasses.replace(cfg.student, epochs=m.dd_epochs)
-    percentile = mn.MovingPercentile(m.percentile, m.ema_decay)
+    percentile = mn.MovingPercentile.from_config(m, num_classes=k)
     record = mn.record_training_features(student, x, y_noisy, correct, cfg=student_cfg, percentile=percentile,
                                          dataset=prepared.dataset, device=device, generator=generator)
 

@@ -100,6 +100,28 @@ def test_moving_percentile_matches_numpy_ema() -> None:
         mp.update(torch.empty(0))
 
 
+def test_class_percentile_keeps_one_ema_per_label() -> None:
+    rng = np.random.default_rng(1)
+    p, decay, k = 0.3, 0.8, 4
+    mp = mn.MovingPercentile(p, decay, num_classes=k)
+    expected = np.zeros(k)
+    for size in (40, 9, 64):
+        losses = rng.exponential(1.0, size=size) + rng.integers(0, k, size=size)  # classes differ in level
+        labels = rng.integers(0, 3, size=size)  # class 3 never appears: its value stays 0
+        for c in np.unique(labels):
+            expected[c] = decay * expected[c] + (1 - decay) * np.quantile(losses[labels == c], p)
+        out = mp.update(torch.tensor(losses, dtype=torch.float32), torch.from_numpy(labels))
+        assert out.shape == (size,)  # each example gets its own label's l_pt
+        np.testing.assert_allclose(out.numpy(), expected[labels], rtol=1e-5)
+    assert expected[3] == 0.0 and mp.value == pytest.approx(expected.mean(), rel=1e-5)
+    other = mn.MovingPercentile(0.5, 0.5)
+    other.load_state_dict(mp.state_dict())  # resumes per class
+    labels = torch.tensor([0, 1, 2, 3])
+    assert torch.equal(other.update(torch.ones(4), labels), mp.update(torch.ones(4), labels))
+    with pytest.raises(ValueError, match="one label per loss"):
+        mp.update(torch.ones(3))
+
+
 def test_progress_percent() -> None:
     assert [mn.progress_percent(s, 200) for s in (0, 1, 2, 199, 200, 500, -3)] == [0, 0, 1, 99, 99, 99, 0]
     assert mn.progress_percent(33, 100) == 33
