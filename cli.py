@@ -44,8 +44,9 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     """Validate params at the edge, then run ``stages.<stage_module>.run(cfg)``.
 
     Known failures become one line on stderr: bad params exit 2, anything else the stage
-    reports (missing input, bad data, unusable store) exits 1. Nothing is half-written:
-    stages write their outputs atomically.
+    reports (missing input, bad data, unusable store, a non-finite loss) exits 1. Nothing is
+    half-written: each file is written atomically, and the stage's outputs (as dvc.yaml declares them)
+    are replaced together only when the stage succeeds.
     """
     import importlib
 
@@ -55,9 +56,13 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
         cfg = load_config(params, overrides)
     except ConfigError as e:
         _fail(str(e), 2)
+    from labelnoise.io import all_or_nothing
+    from stages.common import stage_outputs
+
     module = importlib.import_module(f"stages.{stage_module}")
     try:
-        return module.run(cfg)
+        with all_or_nothing(stage_outputs(stage_module)):  # a failed stage changes none of its outputs
+            return module.run(cfg)
     except ConfigError as e:
         _fail(str(e), 2)
     except KeyboardInterrupt:

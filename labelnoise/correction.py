@@ -273,8 +273,8 @@ class CorrectionCheckpoint:
     """One resume file for both phases: ``{"config", "phases": {"joint": state, "retrain": state},
     "finished"}``, written atomically after every epoch.
 
-    Loaded once: a file of another config (each differing key is logged), an unreadable one or a finished
-    run's is not resumed (training starts fresh and overwrites it).
+    Loaded once: a file of another config (each differing key is logged) or a finished run's is not resumed
+    (training starts fresh and overwrites it); an unreadable one is refused with an error (kept as it is).
     """
 
     def __init__(self, path: str | Path, config: Mapping[str, Any], *,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,22 +13,85 @@ from typing import Any
 import numpy as np
 
 
+# (temporary, final) renames held back by :func:`all_or_nothing`, and the output roots it covers
+_held: list[tuple[Path, Path]] | None = None
+_held_roots: tuple[Path, ...] = ()
+
+
+def _is_held(path: Path) -> bool:
+    if _held is None:
+        return False
+    path = path.resolve()
+    return any(path == root or root in path.parents for root in _held_roots)
+
+
+def _temp_pattern(path: Path) -> str:
+    return f".{path.name}.*.tmp{path.suffix}"
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Temporaries of ``path`` left behind by a killed process are removed first. Inside
+    :func:`all_or_nothing`, a path under its outputs is renamed only when that whole block succeeds.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    held_now = {tmp for tmp, _ in _held or []}
+    for stale in path.parent.glob(_temp_pattern(path)):  # SIGKILL between write and rename
+        if stale not in held_now:
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual mode
+    keep = False
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        if _held is not None and _is_held(path):
+            _held.append((tmp_path, path))
+            keep = True
+        else:
+            os.replace(tmp_path, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if not keep:
+            tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def all_or_nothing(outputs: Iterable[str | Path]) -> Iterator[None]:
+    """A stage's outputs change together or not at all.
+
+    Inside the block, files written with :func:`atomic_path` (and the helpers below) under any of
+    ``outputs`` (files or folders) stay under their temporary names; when the block succeeds they
+    replace their final paths, and when it raises they are deleted, so a failed stage leaves the
+    previous outputs exactly as they were. Other files (checkpoints) are written at once, as usual.
+    Inside the block, read a just-written output through :func:`readable`.
+    """
+    global _held, _held_roots
+    if _held is not None:
+        raise RuntimeError("all_or_nothing blocks do not nest")
+    _held, _held_roots = [], tuple(Path(p).resolve() for p in outputs)
+    try:
+        yield
+        for tmp, final in _held:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in _held:
+            tmp.unlink(missing_ok=True)
+        _held, _held_roots = None, ()
+
+
+def readable(path: str | Path) -> Path:
+    """Where the newest content of ``path`` is: its held temporary inside :func:`all_or_nothing`, else itself."""
+    path = Path(path)
+    for tmp, final in reversed(_held or []):
+        if final == path or final.resolve() == path.resolve():
+            return tmp
+    return path
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:

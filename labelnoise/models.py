@@ -48,14 +48,26 @@ class Normalize(nn.Module):
 
 
 class ImageClassifier(nn.Module):
-    """``normalize`` (uint8 → standardised float) followed by ``net`` (logits (B, K))."""
+    """``normalize`` (uint8 → standardised float) followed by ``net`` (logits (B, K)).
 
-    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+    ``name``, ``in_channels`` and ``image_size`` (when given) are what the network was built for: images of
+    another shape (data re-prepared after the model was trained, say) fail with one clear ``ValueError``
+    instead of a shape error deep inside a layer, or silently wrong logits after global pooling.
+    """
+
+    def __init__(self, normalize: Normalize, net: nn.Module, *, name: str = "model",
+                 in_channels: int | None = None, image_size: int | None = None) -> None:
         super().__init__()
         self.normalize = normalize
         self.net = net
+        self.name, self.in_channels, self.image_size = name, in_channels, image_size
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) uint8 → (B, K)
+        if self.in_channels is not None and (
+                x.dim() != 4 or x.shape[1] != self.in_channels or max(x.shape[2:]) != self.image_size):
+            raise ValueError(f"{self.name} was built for images (B, {self.in_channels}, {self.image_size}, "
+                             f"{self.image_size}), got {tuple(x.shape)}: the data changed after the model was "
+                             "trained; re-run the stages from train_student (dvc repro)")
         return self.net(self.normalize(x))
 
 
@@ -266,7 +278,7 @@ def create_model(
         raise ValueError(f"mean/std need {in_channels} values (one per channel), got {len(mean)}/{len(std)}")
     build = _REGISTRY[name]
     net = build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=pretrained)
-    return ImageClassifier(Normalize(mean, std), net)
+    return ImageClassifier(Normalize(mean, std), net, name=name, in_channels=in_channels, image_size=image_size)
 
 
 # ----------------------------------------------------------------------------- saved models

@@ -136,7 +136,21 @@ class StageRun:
             self.client.log_batch(run_id, metrics=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Log the file ``path``; an output the stage has written but not yet committed (see
+        :func:`labelnoise.io.all_or_nothing`) is logged under its final name."""
+        import shutil
+        import tempfile
+
+        from labelnoise.io import readable
+
+        source = readable(path)
+        if source == Path(path):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            named = Path(tmp) / Path(path).name
+            shutil.copyfile(source, named)
+            self.client.log_artifact(self.run_id, str(named), artifact_path)
 
     def set_tags(self, tags: dict[str, str], *, on_parent: bool = False) -> None:
         for run_id in (self.run_id, self.parent_id) if on_parent else (self.run_id,):
@@ -170,6 +184,39 @@ def _find_or_create_parent(client: Any, exp_id: str, key: str | None, cfg: Confi
                                tags={**tags, KIND_TAG: "pipeline", KEY_TAG: key or f"standalone:{time.time_ns()}"})
     _log_params(client, parent.info.run_id, flatten(cfg.to_dict()))
     return parent.info.run_id
+
+
+# A store check must fail in seconds, not after MLflow's default HTTP retries (7, with back-off).
+_CHECK_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def check_store(cfg: Config) -> str:
+    """Raise ``TrackingError`` (one line) unless the MLflow store can be reached and written; returns its URI.
+
+    Stages call this before any work, so an unusable store never costs a training run. A SQLite store
+    needs its folder writable (journal files) and the file, if present; any store must answer the
+    experiment lookup (and create the experiment when it is new).
+    """
+    root = repo_root()
+    uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        db = Path(uri[len("sqlite:///"):])
+        folder = db.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            what = "is not writable" if folder.is_dir() else "is in a folder that does not exist"
+            raise TrackingError(f"MLflow store {uri} {what}: fix base.tracking_uri or MLFLOW_TRACKING_URI")
+    saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
+    os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
+    try:
+        _experiment_id(_client(uri), cfg.base.experiment, root)
+    except Exception as e:  # noqa: BLE001 - any store failure becomes one line
+        reason = str(e).splitlines()[0][:300] if str(e) else ""
+        raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+    return uri
 
 
 @contextmanager

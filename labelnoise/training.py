@@ -963,16 +963,20 @@ def load_checkpoint(path: str | Path | None, expected_config: Mapping[str, Any],
                     log: Callable[[str], None]) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it can be resumed, else None with the reason logged.
 
-    Refused: unreadable, a different config (each differing key is named), or already finished
-    (a finished run is kept for inspection but a new run starts from scratch).
+    Not resumed (the reason logged, training starts fresh): a different config (each differing key is
+    named) or an already finished run (kept for inspection). Refused with an error (``ValueError``), so
+    nothing is overwritten: an unreadable (corrupt or foreign) file, which atomic writes never produce.
     """
     if path is None or not Path(path).is_file():
         return None
     try:
         ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file: training from scratch is always safe
-        log(f"checkpoint {path} not resumed: unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); starting fresh")
-        return None
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"a {type(ckpt).__name__}, not a checkpoint dict")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {reason[:200]}); "
+                         "delete it to train from scratch") from None
     diffs = config_diff(ckpt.get("config"), dict(expected_config))
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")

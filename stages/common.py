@@ -10,6 +10,9 @@ from labelnoise import runtime
 from labelnoise.config import Config
 
 
+DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
+
+
 def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:
     """Output paths as declared once in dvc.yaml's ``vars`` (relative to the working directory)."""
     spec = yaml.safe_load(Path(dvc_file).read_text())
@@ -19,11 +22,26 @@ def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:
     return paths
 
 
+def stage_outputs(stage: str, dvc_file: str | Path = DVC_FILE) -> list[Path]:
+    """Every path stage ``stage`` declares in dvc.yaml (outs, metrics, plots), ``${var}`` resolved."""
+    spec = yaml.safe_load(Path(dvc_file).read_text())
+    variables = {k: str(v) for k, v in _load_paths(dvc_file).items()}
+    declared = spec["stages"][stage]
+    paths = []
+    for section in ("outs", "metrics", "plots"):
+        for entry in declared.get(section, []):
+            name = next(iter(entry)) if isinstance(entry, dict) else entry
+            for key, value in variables.items():
+                name = name.replace("${" + key + "}", value)
+            paths.append(Path(name))
+    return paths
+
+
 class _Paths:
     """Lazy view of dvc.yaml's vars, so importing a stage never touches the disk."""
 
     def __getattr__(self, name: str) -> Path:
-        paths = _load_paths(Path(__file__).resolve().parent.parent / "dvc.yaml")
+        paths = _load_paths(DVC_FILE)
         if name not in paths:
             raise AttributeError(name)
         return paths[name]
@@ -40,6 +58,9 @@ def require(*paths: Path) -> None:
 
 
 def setup(cfg: Config) -> None:
-    """Threads and seeds, once per stage."""
+    """Once per stage, before any work: the MLflow store must be usable; then threads and seeds."""
+    from labelnoise import tracking
+
+    tracking.check_store(cfg)
     runtime.set_threads(cfg.base.threads)
     runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)

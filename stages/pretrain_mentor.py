@@ -71,7 +71,7 @@ def run(cfg: Config) -> dict[str, Any]:
                        info={k: v for k, v in report.items() if k != "per_epoch"})
         plot_dir = Path(PATHS.mentor_plots)
         written = [result.plot(plot_dir)]
-        for stale in plot_dir.glob("*.png"):  # the folder is this stage's: drop figures of the other kind
+        for stale in plot_dir.glob("[!.]*.png"):  # the folder is this stage's: drop figures of the other kind
             if stale not in written:
                 stale.unlink()
         save_json(PATHS.mentor_report, _finite_or_none(report))

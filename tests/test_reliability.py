@@ -1,0 +1,223 @@
+"""Crash safety on the tiny preset, in real processes: SIGKILL at random points then resume ends with the
+same model and numbers as an uninterrupted run (train_student and correct_labels); Ctrl-C saves a
+checkpoint and exits 130; a failing stage changes none of its outputs; a corrupt checkpoint is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from labelnoise import io
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+STUDENT_CKPT = "models/checkpoints/train_student.pt"
+CORRECTION_CKPT = "models/checkpoints/correct_labels.pt"
+# what each stage writes (its dvc.yaml outputs that hold numbers), compared between runs
+STUDENT_OUTPUTS = ["models/student.pt", "models/student_best.pt", "models/student_weights.npz",
+                   "reports/curves/train_student.csv"]
+CORRECTION_OUTPUTS = ["models/final.pt", "data/corrected.npz"]
+
+
+def _env(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    return env
+
+
+def _cli(workdir: Path, *args: str) -> None:
+    """One stage in this process (set-up only: fast, no interpreter start)."""
+    cwd = os.getcwd()
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(workdir)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    try:
+        result = runner.invoke(app, list(args))
+    finally:
+        os.chdir(cwd)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny preset (one thread, more epochs so kills land mid-training) up to a trained student."""
+    root = tmp_path_factory.mktemp("prepared")
+    _cli(root, "preset", "tiny", "--params", str(REPO / "params.yaml"), "--out", str(root / "params.yaml"))
+    overrides = ["-S", "base.threads=1", "-S", "student.epochs=10", "-S", "correction.epochs=5",
+                 "-S", "correction.retrain_epochs=6"]
+    (root / "overrides").write_text("\n".join(overrides))
+    previous = torch.get_num_threads()
+    for stage in ("download", "inject-noise", "pretrain-mentor", "train-student"):
+        _cli(root, stage, *overrides)
+    torch.set_num_threads(previous)
+    yield root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "models" / "checkpoints", ignore_errors=True)
+    return dst
+
+
+def _command(workdir: Path, stage: str) -> list[str]:
+    return [sys.executable, str(REPO / "cli.py"), stage, *(workdir / "overrides").read_text().split("\n")]
+
+
+def _run(workdir: Path, stage: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(_command(workdir, stage), cwd=workdir, env=_env(workdir), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _interrupt(workdir: Path, stage: str, checkpoint: Path, *, delay: float, sig: int) -> tuple[int | None, str]:
+    """Start ``stage``; once it has saved a checkpoint of its own, wait ``delay`` s and send ``sig``.
+
+    Returns (exit code, stderr); the code is None when the run finished before the signal."""
+    before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+    proc = subprocess.Popen(_command(workdir, stage), cwd=workdir, env=_env(workdir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists() and checkpoint.stat().st_mtime_ns != before:
+            time.sleep(delay)
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:  # finished (or failed) before the signal
+        err = proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode == 0, err[-3000:]
+        return None, err
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def _digest(path: Path) -> str:
+    """A digest of what a file holds: tensors / arrays by value (not by container bytes), else the bytes."""
+    h = hashlib.sha256()
+    if path.suffix == ".pt":
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        for key, value in sorted(record["state_dict"].items()):
+            h.update(key.encode() + value.numpy().tobytes())
+        h.update(repr({k: v for k, v in record.items() if k not in ("state_dict", "config")}).encode())
+    elif path.suffix == ".npz":
+        with np.load(path) as z:
+            for key in sorted(z.files):
+                h.update(key.encode() + z[key].tobytes())
+    else:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(("stage", "checkpoint", "outputs"), [
+    ("train-student", STUDENT_CKPT, STUDENT_OUTPUTS),
+    ("correct-labels", CORRECTION_CKPT, CORRECTION_OUTPUTS),
+])
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
+        prepared: Path, tmp_path: Path, stage: str, checkpoint: str, outputs: list[str]) -> None:
+    straight = _copy(prepared, tmp_path / "straight")
+    _run(straight, stage)
+    expected = {rel: _digest(straight / rel) for rel in outputs}
+
+    killed = _copy(prepared, tmp_path / "killed")
+    for rel in outputs:  # the outputs of the previous stage run must not be mistaken for this one's
+        (killed / rel).unlink(missing_ok=True)
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):
+        code, _ = _interrupt(killed, stage, killed / checkpoint, delay=rng.uniform(0.0, 0.4), sig=signal.SIGKILL)
+        if code is None:
+            break
+        assert code == -signal.SIGKILL
+        kills += 1
+        assert not any((killed / rel).exists() for rel in outputs)  # killed: no output written, none half-written
+    assert kills >= 2, "the runs finished before the kills: make the tiny run longer"
+    log = _run(killed, stage).stderr
+    assert "resuming from" in log
+    assert {rel: _digest(killed / rel) for rel in outputs} == expected
+    leftovers = [p.name for p in killed.rglob(".*.tmp*")]
+    assert leftovers == [], leftovers  # temporaries of killed writes are cleaned up by the next write
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(prepared: Path, tmp_path: Path) -> None:
+    straight = _copy(prepared, tmp_path / "straight")
+    _run(straight, "train-student")
+    expected = {rel: _digest(straight / rel) for rel in STUDENT_OUTPUTS}
+
+    work = _copy(prepared, tmp_path / "interrupted")
+    ckpt = work / STUDENT_CKPT
+    code, err = _interrupt(work, "train-student", ckpt, delay=0.05, sig=signal.SIGINT)
+    assert code == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted; the last checkpoint is kept")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert not saved["finished"] and 1 <= saved["epoch"] < 10
+    log = _run(work, "train-student").stderr
+    assert "resuming from" in log
+    assert {rel: _digest(work / rel) for rel in STUDENT_OUTPUTS} == expected
+
+
+def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_student writes four outputs; a crash while writing the last leaves all four as they were."""
+    import stages.train_student as stage
+
+    work = _copy(prepared, tmp_path / "work")
+    before = {rel: (work / rel).read_bytes() for rel in STUDENT_OUTPUTS}
+
+    def broken(path: object, history: object) -> None:
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(stage, "write_curves", broken)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    args = ["train-student", *(work / "overrides").read_text().split("\n"), "-S", "student.epochs=2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == "error: disk full (simulated)"
+    assert {rel: (work / rel).read_bytes() for rel in STUDENT_OUTPUTS} == before
+    assert [p.name for p in work.rglob(".*.tmp*")] == []
+
+
+def test_all_or_nothing_commits_together_or_not_at_all(tmp_path: Path) -> None:
+    a, b, other = tmp_path / "out" / "a.json", tmp_path / "out" / "sub" / "b.json", tmp_path / "ckpt.json"
+    io.save_json(a, {"v": 0})
+    with pytest.raises(RuntimeError, match="boom"), io.all_or_nothing([tmp_path / "out"]):
+        io.save_json(a, {"v": 1})
+        io.save_json(other, {"v": 1})  # not an output: written at once
+        assert io.load_json(a) == {"v": 0} and io.load_json(io.readable(a)) == {"v": 1}
+        raise RuntimeError("boom")
+    assert io.load_json(a) == {"v": 0} and not b.exists() and io.load_json(other) == {"v": 1}
+    with io.all_or_nothing([a, b]):
+        io.save_json(a, {"v": 2})
+        io.save_json(b, {"v": 2})
+        assert not b.exists()
+    assert io.load_json(a) == io.load_json(b) == {"v": 2}
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["a.json", "b.json", "sub"]
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    stale = tmp_path / ".model.pt.abc123.tmp.pt"  # what a SIGKILL between write and rename leaves
+    stale.write_bytes(b"half")
+    unrelated = tmp_path / ".other.pt.abc123.tmp.pt"
+    unrelated.write_bytes(b"x")
+    io.save_torch(target, {"w": torch.ones(2)})
+    assert not stale.exists() and unrelated.exists() and target.exists()
