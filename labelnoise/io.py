@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-
 # (temporary, final) renames held back by :func:`all_or_nothing`, and the output roots it covers
 _held: list[tuple[Path, Path]] | None = None
 _held_roots: tuple[Path, ...] = ()

@@ -9,7 +9,6 @@ import yaml
 from labelnoise import runtime
 from labelnoise.config import Config
 
-
 DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
 
 

@@ -17,9 +17,9 @@ mentormix the first weighting's v, the one that steers the mixing).
 Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out).
 An unfinished checkpoint with the same student params, seed and data is resumed and the run ends
 with the same numbers as an uninterrupted one; a different config is not resumed (the differing keys are
-printed) and training starts fresh; a corrupt checkpoint stops the stage with one line (delete it to start over). After a successful run the checkpoint is kept, marked finished,
-for inspection (history, RNG states); a finished checkpoint is never resumed: the next run starts
-from scratch and overwrites it.
+printed) and training starts fresh; a corrupt checkpoint stops the stage with one line (delete it to
+start over). After a successful run the checkpoint is kept, marked finished, for inspection (history,
+RNG states); a finished checkpoint is never resumed: the next run starts from scratch and overwrites it.
 """
 
 from __future__ import annotations
