@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,11 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
         _fail("interrupted; the last checkpoint is kept and the next run resumes from it", 130)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 1)
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen input: still one line, unless asked
+        if os.environ.get("LABELNOISE_TRACEBACK"):
+            raise
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        _fail(f"unexpected {type(e).__name__}: {first} (set LABELNOISE_TRACEBACK=1 to see where)", 1)
     return {}
 
 

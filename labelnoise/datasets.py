@@ -26,7 +26,6 @@ import shutil
 import struct
 import tarfile
 import tempfile
-import zipfile
 import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from labelnoise.config import DataConfig
-from labelnoise.io import save_npz, write_atomic
+from labelnoise.io import one_line, read_npz, save_npz, write_atomic
 from labelnoise.noise import NoisyLabels
 
 log = logging.getLogger(__name__)
@@ -200,10 +199,6 @@ def _staging(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 # ----------------------------------------------------------------------------- MNIST family (IDX .gz)
 _IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x0803: uint8, 3 dims; 0x0801: uint8, 1 dim
 
@@ -359,7 +354,7 @@ class _IdxFamily(_Family):
                     if got != md5:  # torchvision leaves the rejected download behind: report it (staging goes)
                         urls = ", ".join(f"{m}{gz}" for m in cls.mirrors)
                         notes.reject(f"download {gz} (from {urls}): md5 expected {md5}, got {got}")
-                return _one_line(e)
+                return one_line(e)
             staged = staging / cls.__name__ / "raw"
             payloads = {}
             for gz, _, stem in self._resources(spec):
@@ -442,7 +437,7 @@ class _CifarFamily(_Family):
             try:
                 extract_archive(str(path), str(staging))
             except _FETCH_ERRORS as e:
-                notes.reject(f"{path}: cannot be extracted ({_one_line(e)})")
+                notes.reject(f"{path}: cannot be extracted ({one_line(e)})")
                 return f"rejected {cls.filename}"
             why = self._verify_tree(cls, staging / cls.base_folder, notes, f"{cls.filename} member", delete=False)
             if why is not None:
@@ -464,7 +459,7 @@ class _CifarFamily(_Family):
                     notes.reject(f"download {cls.url}: md5 expected {cls.tgz_md5}, got {_md5(archive.read_bytes())}")
                 else:
                     self._verify_tree(cls, staging / cls.base_folder, notes, "downloaded", delete=False)
-                return _one_line(e)
+                return one_line(e)
             why = self._verify_tree(cls, staging / cls.base_folder, notes, "downloaded", delete=False)
             if why is not None:
                 return why
@@ -634,18 +629,10 @@ def save_prepared(path: str | Path, p: Prepared) -> Path:
 
 def load_prepared(path: str | Path) -> Prepared:
     """Read a file written by ``save_prepared``; one clear line when it is missing or corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run the download stage first (dvc repro download)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("images", "labels", *_INDEX_FIELDS, "classes", "dataset")}
-        return Prepared(images=arrays["images"], labels=arrays["labels"],
-                        **{k: arrays[k] for k in _INDEX_FIELDS},
-                        classes=[str(c) for c in arrays["classes"]], dataset=str(arrays["dataset"]))
-    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a valid prepared-data file ({_one_line(e)}); "
-                         "re-run the download stage") from None
+    arrays = read_npz(path, remedy="run the download stage (dvc repro download)",
+                      keys=("images", "labels", *_INDEX_FIELDS, "classes", "dataset"))
+    return Prepared(images=arrays["images"], labels=arrays["labels"], **{k: arrays[k] for k in _INDEX_FIELDS},
+                    classes=[str(c) for c in arrays["classes"]], dataset=str(arrays["dataset"]))
 
 
 def data_report(p: Prepared, *, source: str, rejected: list[str]) -> dict[str, Any]:

@@ -124,6 +124,48 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, lambda p: torch.save(obj, p))
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line of text: its message with whitespace collapsed, else its type."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _unreadable(path: Path, e: BaseException, remedy: str) -> ValueError:
+    return ValueError(f"{path} is corrupt or unreadable ({type(e).__name__}: {one_line(e)[:200]}); {remedy}")
+
+
+def read_npz(path: str | Path, *, remedy: str, keys: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """Every array of the npz at ``path`` (no pickles); a missing file, an unreadable one or one without
+    ``keys`` is one line ending in ``remedy`` (what to run to make it again)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {remedy}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted(set(keys) - set(z.files))
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - truncated, not a zip, pickled, missing arrays: one line
+        raise _unreadable(path, e, remedy) from None
+
+
+def read_torch(path: str | Path, *, remedy: str) -> dict[str, Any]:
+    """The dict saved with :func:`save_torch` at ``path`` (tensors and plain types only); a missing or
+    unreadable file is one line ending in ``remedy``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {remedy}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise TypeError(f"holds a {type(obj).__name__}, not a dict")
+    except Exception as e:  # noqa: BLE001 - truncated, foreign format: one line
+        raise _unreadable(path, e, remedy) from None
+    return obj
+
+
 def _to_builtin(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()

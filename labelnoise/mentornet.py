@@ -614,12 +614,10 @@ def save_mentor(path: str | Path, mentor: MentorNet, *, cfg: MentorConfig, num_c
 
 def load_mentor(path: str | Path, device: torch.device | str = "cpu") -> MentorNet:
     """Rebuild a mentor written by :func:`save_mentor`, in eval mode on ``device``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run the pretrain_mentor stage first "
-                                "(dvc repro pretrain_mentor)")
+    from labelnoise.io import read_torch
+
+    record = read_torch(path, remedy="run the pretrain_mentor stage (dvc repro pretrain_mentor)")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
         c = record["config"]
         mentor = MentorNet(num_classes=int(record["num_classes"]), label_dim=int(c["label_dim"]),
                            epoch_dim=int(c["epoch_dim"]), hidden=int(c["hidden"]),

@@ -308,7 +308,9 @@ def model_record(
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model saved by the student stage (:func:`model_record`); returns it in eval mode on ``device``."""
-    record = torch.load(Path(path), map_location="cpu", weights_only=True)
+    from labelnoise.io import read_torch
+
+    record = read_torch(path, remedy="re-run the stage that trained it (dvc repro)")
     kwargs = {**record["model_kwargs"], "pretrained": False}
     model = create_model(record["model_name"], **kwargs)
     model.load_state_dict(record["state_dict"])

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labelnoise.io import save_npz
+from labelnoise.io import read_npz, save_npz
 
 NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set"]
 KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set")
@@ -175,12 +175,9 @@ def save_noisy(path: str | Path, nl: NoisyLabels) -> Path:
 
 def load_noisy(path: str | Path) -> NoisyLabels:
     """Read what ``save_noisy`` wrote."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"labels", "mask"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path}: not a noisy-labels file (missing {', '.join(sorted(missing))})")
-        return NoisyLabels(labels=z["labels"].astype(np.int64, copy=False), mask=z["mask"].astype(bool, copy=False),
-                           images=z["images"] if "images" in z.files else None)
+    z = read_npz(path, remedy="run the inject_noise stage (dvc repro inject_noise)", keys=("labels", "mask"))
+    return NoisyLabels(labels=z["labels"].astype(np.int64, copy=False), mask=z["mask"].astype(bool, copy=False),
+                       images=z.get("images"))
 
 
 # ----------------------------------------------------------------------------- corruption

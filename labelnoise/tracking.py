@@ -199,12 +199,23 @@ def check_store(cfg: Config) -> str:
     """
     root = repo_root()
     uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
-    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":  # checked directly: MLflow retries for minutes
+        import sqlite3
+
         db = Path(uri[len("sqlite:///"):])
-        folder = db.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-            what = "is not writable" if folder.is_dir() else "is in a folder that does not exist"
-            raise TrackingError(f"MLflow store {uri} {what}: fix base.tracking_uri or MLFLOW_TRACKING_URI")
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow store {uri} is in a folder that does not exist: "
+                                "fix base.tracking_uri or MLFLOW_TRACKING_URI")
+        try:
+            con = sqlite3.connect(db, timeout=60)
+            try:
+                con.execute("BEGIN IMMEDIATE")  # takes the write lock: fails unless the file can be written
+                con.rollback()
+            finally:
+                con.close()
+        except sqlite3.Error as e:
+            raise TrackingError(f"MLflow store {uri} is not writable ({e}): "
+                                "fix base.tracking_uri or MLFLOW_TRACKING_URI") from None
     saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
     os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
     try:

@@ -723,12 +723,11 @@ def save_weights(path: str | Path, weights: Mapping[str, np.ndarray], *, method:
 
 def load_weights(path: str | Path) -> dict[str, Any]:
     """Read :func:`save_weights`' file: {"epochs" (E,), "loss", "loss_diff", "weight" (E, N), "method" str}."""
-    with np.load(Path(path), allow_pickle=False) as z:
-        out: dict[str, Any] = {k: z[k] for k in z.files}
+    from labelnoise.io import read_npz
+
+    out: dict[str, Any] = read_npz(path, remedy="run the train_student stage (dvc repro train_student)",
+                                   keys=("epochs", "loss", "weight"))
     out["method"] = str(out["method"]) if "method" in out else ""
-    for key in ("epochs", "loss", "weight"):
-        if key not in out:
-            raise ValueError(f"{path}: no {key!r} array (not a student weights file; re-run train_student)")
     return out
 
 
@@ -967,16 +966,11 @@ def load_checkpoint(path: str | Path | None, expected_config: Mapping[str, Any],
     named) or an already finished run (kept for inspection). Refused with an error (``ValueError``), so
     nothing is overwritten: an unreadable (corrupt or foreign) file, which atomic writes never produce.
     """
+    from labelnoise.io import read_torch
+
     if path is None or not Path(path).is_file():
         return None
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict):
-            raise TypeError(f"a {type(ckpt).__name__}, not a checkpoint dict")
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-        reason = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {reason[:200]}); "
-                         "delete it to train from scratch") from None
+    ckpt = read_torch(path, remedy="it is a resume checkpoint: delete it to train from scratch")
     diffs = config_diff(ckpt.get("config"), dict(expected_config))
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")

@@ -42,7 +42,7 @@ from torch import nn
 from labelnoise import correction, plots, tracking
 from labelnoise.config import Config
 from labelnoise.datasets import TrainView, load_prepared, make_train_view
-from labelnoise.io import save_json, save_npz, save_torch
+from labelnoise.io import read_torch, save_json, save_npz, save_torch
 from labelnoise.models import create_model, load_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
@@ -84,7 +84,7 @@ def run(cfg: Config) -> dict[str, float]:
     noisy = noisy_labels.labels  # (n,) int64
     view = make_train_view(load_prepared(PATHS.prepared), noisy_labels)
     n = view.x_train.shape[0]
-    record = torch.load(PATHS.student_model, map_location="cpu", weights_only=True)
+    record = read_torch(PATHS.student_model, remedy="run the train_student stage (dvc repro train_student)")
     name, kwargs = record["model_name"], dict(record["model_kwargs"])
     trusted = (correction.mentor_trust(load_weights(PATHS.student_weights), threshold=c.trust_threshold, n=n)
                if c.trust_mentor else None)  # (n,) bool

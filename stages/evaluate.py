@@ -35,7 +35,7 @@ import torch
 from labelnoise import metrics, plots, tracking
 from labelnoise.config import Config, flatten
 from labelnoise.datasets import load_prepared
-from labelnoise.io import load_json, save_json, write_atomic
+from labelnoise.io import load_json, read_torch, save_json, write_atomic
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
@@ -84,7 +84,7 @@ def read_curves(path: str | Path) -> dict[str, np.ndarray]:
 
 def _checkpoint_info(path: Path) -> dict[str, Any]:
     """Epoch and clean-subset accuracy stored in a student checkpoint (metadata only)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_torch(path, remedy="re-run the stage that wrote it (dvc repro)")
     return {"epoch": int(ckpt["epoch"]), "clean_acc": float(ckpt.get("clean_acc", math.nan))}
 
 

@@ -1,0 +1,214 @@
+"""The bad-input matrix: each row is one mistake a user can make, run through the CLI on a finished tiny
+pipeline. Every row must give one clear line on stderr (``error: ...`` naming the problem), a non-zero exit,
+and write nothing: every file of the workspace is byte-for-byte as before (the MLflow store may record
+the failed run; it is not a stage output)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from labelnoise.datasets import load_prepared, save_prepared
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+STORE_FILES = ("mlflow.db", "mlflow.db-journal", "mlartifacts")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    args: list[str]  # the CLI call
+    code: int  # expected exit status
+    says: str  # the error line contains this
+    setup: Callable[[Path], None] | None = None  # damages the workspace before the call
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (MLflow store)
+
+
+def _edit_params(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        raw = yaml.safe_load((work / "params.yaml").read_text())
+        change(raw)
+        (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return setup
+
+
+def _write(rel: str, data: bytes) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        (work / rel).write_bytes(data)
+    return setup
+
+
+def _truncate(rel: str) -> Callable[[Path], None]:
+    def setup(work: Path) -> None:
+        data = (work / rel).read_bytes()
+        (work / rel).write_bytes(data[: len(data) // 2])
+    return setup
+
+
+def _remove(rel: str) -> Callable[[Path], None]:
+    return lambda work: (work / rel).unlink()
+
+
+def _mirror(kind: str) -> Callable[[Path], None]:
+    """An MNIST mirror folder whose archives are truncated, or whole gzip files of the wrong content."""
+    def setup(work: Path) -> None:
+        folder = work / "mirror"
+        folder.mkdir()
+        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                     "t10k-labels-idx1-ubyte"):
+            data = gzip.compress(b"\x00\x00\x08\x01" + bytes(1000), mtime=0)
+            (folder / f"{stem}.gz").write_bytes(data[:20] if kind == "truncated" else data)
+    return setup
+
+
+def _prepared_with(transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+                   ) -> Callable[[Path], None]:
+    """Rewrite data/prepared.npz with (images, labels) transformed (a different dataset under the same name)."""
+    def setup(work: Path) -> None:
+        p = load_prepared(work / "data/prepared.npz")
+        images, labels = transform(p.images, p.labels)
+        save_prepared(work / "data/prepared.npz", dataclasses.replace(p, images=images, labels=labels))
+    return setup
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+MIRROR = ["-S", "data.dataset=mnist", "-S", "data.download=false", "-S", "data.mirrors.mnist=[mirror]"]
+DIVERGE = ["-S", "student.method=ce", "-S", "student.lr=10", "-S", "student.schedule=constant",
+           "-S", "student.momentum=0.99"]
+
+ROWS = [
+    # ---- params
+    Row("unknown key on the command line", ["train-student", "-S", "student.learning_rate=0.1"], 2,
+        "student.learning_rate: unknown parameter"),
+    Row("unknown key in params.yaml", ["inject-noise"], 2, "noise.sigma: unknown parameter",
+        setup=_edit_params(lambda p: p["noise"].update(sigma=0.1))),
+    Row("wrong type (int)", ["download", "-S", "data.clean_size=abc"], 2, "data.clean_size: must be an integer"),
+    Row("wrong type (bool)", ["train-student", "-S", "student.nesterov=maybe"], 2,
+        "student.nesterov: must be true or false"),
+    Row("noise rate below 0", ["inject-noise", "-S", "noise.rate=-0.1"], 2, "noise.rate: must be >= 0.0"),
+    Row("noise rate above 1", ["inject-noise", "-S", "noise.rate=1.5"], 2, "noise.rate: must be <= 1.0"),
+    Row("rate the class map cannot reach", ["inject-noise", "-S", "noise.kind=asymmetric", "-S",
+                                             "noise.class_map={7: 1, 9: 4}"], 1, "cannot be reached",
+        setup=_prepared_with(lambda x, y: (x, np.where(y >= 5, y - 5, y)))),  # classes 5..9 never occur
+    Row("transition matrix not row-stochastic", ["inject-noise", "-S", "noise.kind=transition", "-S",
+                                                  f"noise.transition={[[0.5] * 10] * 10}"], 2,
+        "noise.transition[0]: row must be non-negative and sum to 1"),
+    Row("transition matrix not square", ["inject-noise", "-S", "noise.kind=transition", "-S",
+                                          "noise.transition=[[1.0, 0.0]]"], 2,
+        "noise.transition: must be a square K x K matrix"),
+    Row("transition matrix of the wrong size", ["inject-noise", "-S", "noise.kind=transition", "-S",
+                                                 "noise.transition=[[1.0, 0.0], [0.0, 1.0]]"], 1, "noise.transition"),
+    Row("unknown dataset", ["download", "-S", "data.dataset=imagenet"], 2, "data.dataset: must be one of"),
+    Row("unknown model", ["train-student", "-S", "student.model=vgg16"], 2, "student.model: must be one of"),
+    Row("unknown method", ["train-student", "-S", "student.method=coteaching"], 2, "student.method: must be one of"),
+    Row("unknown noise model", ["inject-noise", "-S", "noise.kind=gaussian"], 2, "noise.kind: must be one of"),
+    Row("batch size out of range", ["train-student", "-S", "student.batch_size=0"], 2,
+        "student.batch_size: must be >= 1"),
+    Row("epochs out of range", ["train-student", "-S", "student.epochs=-3"], 2, "student.epochs: must be >= 1"),
+    Row("unknown preset", ["preset", "huge"], 2, "unknown preset 'huge'"),
+    # ---- data
+    Row("clean_size larger than the data", ["download", "-S", "data.clean_size=100000"], 1,
+        "data.clean_size (100000)"),
+    Row("stage run before its inputs exist", ["train-student"], 1, "data/noisy.npz does not exist",
+        setup=_remove("data/noisy.npz")),
+    Row("truncated data archive", ["download", *MIRROR], 1, "mnist: no source delivered verified data",
+        setup=_mirror("truncated")),
+    Row("archive checksum mismatch", ["download", *MIRROR], 1, "mnist: no source delivered verified data",
+        setup=_mirror("wrong content")),
+    Row("corrupt stage input (truncated npz)", ["train-student"], 1, "data/noisy.npz is corrupt or unreadable",
+        setup=_truncate("data/noisy.npz")),
+    Row("image tensor of the wrong shape for the model", ["evaluate"], 1, "cnn was built for images (B, 1, 8, 8)",
+        setup=_prepared_with(lambda x, y: (np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), y))),
+    # ---- tracking
+    Row("unwritable MLflow store", ["inject-noise"], 1, "MLflow store sqlite:////proc/labelnoise.db is not writable",
+        env={"MLFLOW_TRACKING_URI": "sqlite:////proc/labelnoise.db"}),
+    Row("MLflow store in a missing folder", ["inject-noise"], 1, "is in a folder that does not exist",
+        env={"MLFLOW_TRACKING_URI": "sqlite:////nonexistent/folder/mlflow.db"}),
+    Row("unreachable MLflow server", ["train-student"], 1, "is not usable",
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}),
+    # ---- training
+    Row("NaN / infinite loss", ["train-student", *DIVERGE], 1, "non-finite loss at epoch 1, step"),
+    Row("corrupt student checkpoint", ["train-student"], 1,
+        "models/checkpoints/train_student.pt is corrupt or unreadable",
+        setup=_write("models/checkpoints/train_student.pt", b"not a checkpoint")),
+    Row("corrupt correction checkpoint", ["correct-labels"], 1,
+        "models/checkpoints/correct_labels.pt is corrupt or unreadable",
+        setup=_truncate("models/checkpoints/correct_labels.pt")),
+    Row("corrupt mentor", ["train-student"], 1, "models/mentor.pt is corrupt or unreadable",
+        setup=_truncate("models/mentor.pt")),
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A workspace where the whole tiny pipeline has run (one thread), so every stage has its inputs.
+
+    Each stage's checkpoint is kept as a finished one, as after a real run."""
+    root = tmp_path_factory.mktemp("finished")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    previous = torch.get_num_threads()
+    try:
+        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw["base"]["threads"] = 1
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        for stage in ("download", "inject-noise", "pretrain-mentor", "train-student", "correct-labels", "evaluate"):
+            result = runner.invoke(app, [stage])
+            assert result.exit_code == 0, f"{stage}: {result.output}"
+    finally:
+        mp.undo()
+        torch.set_num_threads(previous)
+    yield root
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in STORE_FILES}
+
+
+def test_the_matrix_has_at_least_twenty_rows() -> None:
+    assert len(ROWS) >= 20 and len({r.name for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_bad_input_is_one_line_nonzero_exit_nothing_written(row: Row, finished: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(finished, work)
+    if row.setup is not None:
+        row.setup(work)
+    before = _snapshot(work)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    for key, value in row.env.items():
+        monkeypatch.setenv(key, value)
+    previous = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, row.args)
+    finally:
+        torch.set_num_threads(previous)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == row.code, result.output[-2000:]
+    assert len(errors) == 1 and row.says in errors[0], result.output[-2000:]
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert _snapshot(work) == before  # nothing written, nothing half-written, nothing lost
