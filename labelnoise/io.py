@@ -121,7 +121,11 @@ def save_npz(path: str | Path, **arrays: Any) -> Path:
 def save_torch(path: str | Path, obj: Any) -> Path:
     import torch
 
-    return write_atomic(path, lambda p: torch.save(obj, p))
+    def _write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: torch names the archive's folder after a path's stem,
+            torch.save(obj, f)  # so saving to the temporary name would make equal content differ in bytes
+
+    return write_atomic(path, _write)
 
 
 def one_line(e: BaseException) -> str:

@@ -68,7 +68,8 @@ def run(cfg: Config) -> dict[str, Any]:
     with tracking.stage_run("pretrain_mentor", cfg, sections=sections) as tracked:
         tracked.set_tags({"mentor": cfg.mentor.kind})
         mn.save_mentor(PATHS.mentor_model, result.mentor, cfg=cfg.mentor, num_classes=result.num_classes,
-                       info={k: v for k, v in report.items() if k != "per_epoch"})
+                       info={k: v for k, v in report.items()  # no timing: same params, same bytes
+                             if k not in ("per_epoch", "time_s")})
         plot_dir = Path(PATHS.mentor_plots)
         written = [result.plot(plot_dir)]
         for stale in plot_dir.glob("[!.]*.png"):  # the folder is this stage's: drop figures of the other kind

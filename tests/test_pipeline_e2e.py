@@ -6,11 +6,14 @@ Checks the outputs and the MLflow records through the MLflow client, that a seco
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +30,8 @@ def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
     return out
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("project")
+def _new_project(root: Path) -> dict[str, str]:
+    """A git + DVC copy of the repository at ``root`` on the tiny preset, after one `dvc repro`; returns its env."""
     for name in COPY:
         src = REPO / name
         if src.is_dir():
@@ -46,7 +48,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     _sh(["git", "add", "-A"], root, env)
     _sh(["git", "commit", "-qm", "tiny"], root, env)
     _sh(["dvc", "repro"], root, env)
-    return root, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("project")
+    return root, _new_project(root)
 
 
 def _client(root: Path) -> tuple[MlflowClient, str]:
@@ -74,6 +82,61 @@ def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
     assert abs(noise["realised_rate"] - 0.4) < 0.01
     for png in (root / "reports").rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Timing and machine facts in the reports: the only values allowed to differ between two identical runs.
+VOLATILE_KEYS = ("time_s", "seconds", "timings", "throughput", "device")
+# methods.md quotes each row's MLflow run id and start time
+VOLATILE_TEXT = re.compile(r"`[0-9a-f]{8}`|\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
+
+
+def _output_digests(root: Path) -> dict[str, str]:
+    """sha256 of every output file (data/, models/ without resume checkpoints, reports/); JSON reports
+    without their timing keys."""
+    digests = {}
+    for top in ("data", "models", "reports"):
+        for path in sorted((root / top).rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if not path.is_file() or rel.startswith(("models/checkpoints/", "data/raw/")):
+                continue
+            data = path.read_bytes()
+            if path.suffix == ".json":
+                data = json.dumps(_without_volatile(json.loads(data)), sort_keys=True).encode()
+            elif path.suffix == ".md":
+                data = VOLATILE_TEXT.sub("", data.decode()).encode()
+            digests[rel] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def _without_volatile(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _without_volatile(v) for k, v in obj.items() if not any(w in k for w in VOLATILE_KEYS)}
+    if isinstance(obj, list):
+        return [_without_volatile(v) for v in obj]
+    return obj
+
+
+def _pipeline_metrics(root: Path) -> dict[str, dict[str, float]]:
+    """Every metric of every run of the (only) pipeline execution, by stage; timing metrics left out."""
+    client, exp_id = _client(root)
+    (parent,) = client.search_runs([exp_id], "tags.`labelnoise.kind` = 'pipeline'")
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {run.info.run_name: {k: v for k, v in run.data.metrics.items() if not any(w in k for w in VOLATILE_KEYS)}
+            for run in [parent, *children]}
+
+
+def test_same_params_and_seeds_give_identical_outputs_and_metrics(
+        project: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Determinism: a second, independent `dvc repro` of the same params in a fresh copy gives bit-identical
+    data, noisy labels, mentor, models, plots and reports, and the same value of every MLflow metric."""
+    first, _ = project
+    second = tmp_path / "second"
+    second.mkdir()
+    _new_project(second)
+    a, b = _output_digests(first), _output_digests(second)
+    assert len(a) >= 20 and a.keys() == b.keys()
+    assert [rel for rel in a if a[rel] != b[rel]] == []
+    assert _pipeline_metrics(first) == _pipeline_metrics(second)
 
 
 def test_mlflow_parent_and_stage_runs(project: tuple[Path, dict[str, str]]) -> None:
@@ -119,3 +182,38 @@ def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None
     children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
     # the data split and the mentor's inputs did not change, so DVC skips `download` and `pretrain_mentor`
     assert sorted(r.info.run_name for r in children) == ["correct_labels", "evaluate", "inject_noise", "train_student"]
+
+
+def test_two_queue_workers_share_the_store_and_lose_no_run(project: tuple[Path, dict[str, str]]) -> None:
+    """Two `dvc exp` queue workers at once, both writing the repo-root SQLite store: both executions are
+    recorded completely (parent and the stages that ran, all FINISHED, with their test accuracy)."""
+    root, env = project
+    names = {"queued-a": "0.2", "queued-b": "0.3"}
+    for name, rate in names.items():
+        _sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"noise.rate={rate}"], root, env)
+    _sh(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = _sh(["dvc", "queue", "status"], root, env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(2)
+    assert status.count("Success") >= 2, status
+    client, exp_id = _client(root)
+    spans = []
+    for name, rate in names.items():
+        runs = client.search_runs([exp_id], f"tags.dvc_exp_name = '{name}' and tags.`labelnoise.kind` = 'pipeline'")
+        assert len(runs) == 1, name
+        parent = runs[0]
+        spans.append((parent.info.start_time, parent.info.end_time))
+        assert parent.info.status == "FINISHED" and parent.data.params["noise.rate"] == rate
+        assert 0.0 < parent.data.metrics["test_acc"] <= 1.0
+        children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        # the stages that depend on noise.rate ran (others may be re-run or restored from DVC's run cache)
+        assert {"inject_noise", "train_student", "correct_labels", "evaluate"} <= {r.info.run_name for r in children}
+        assert all(r.info.status == "FINISHED" for r in children)
+        history = client.get_metric_history(next(r for r in children if r.info.run_name == "train_student").info.run_id,
+                                            "clean_acc")
+        assert [m.step for m in history] == [1, 2, 3, 4]
+    (start_a, end_a), (start_b, end_b) = spans
+    assert start_a < end_b and start_b < end_a  # the two executions really overlapped in time
