@@ -142,6 +142,93 @@ def compare(
         typer.echo("(all params equal across these runs)")
 
 
+STUDY_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+def _study_name(study: str) -> str:
+    import re
+
+    if not re.fullmatch(STUDY_NAME, study):
+        _fail(f"study name {study!r}: use letters, digits, '_', '-', '.' "
+              "(at most 64, starting with a letter or digit)", 2)
+    return study
+
+
+@app.command()
+def sweep(
+    study: Annotated[str, typer.Argument(help="Study name: tagged on every run (param base.study).")],
+    grid: Annotated[list[str], typer.Argument(
+        metavar="KEY=V1,V2...",
+        help="Param values to sweep, e.g. noise.rate=0.2,0.4 student.lr=0.05,0.1; every combination is one point.")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0,
+                                      help="Start this many `dvc queue` workers after queueing (0: queue only).")] = 0,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Queue one `dvc exp run` per grid point (named STUDY-NNN, tagged study=STUDY in MLflow); run them
+    with --jobs N or `dvc queue start -j N`, then `python cli.py report STUDY`."""
+    import subprocess
+
+    from labelnoise.config import ConfigError, load_config
+    from labelnoise.studies import grid_points, parse_grid
+
+    _study_name(study)
+    try:
+        points = grid_points(parse_grid(grid))
+        for overrides in points:  # every point is valid before anything is queued
+            load_config(params, [f"base.study={study}", *overrides])
+    except (ConfigError, ValueError) as e:
+        _fail(str(e), 2)
+    for i, overrides in enumerate(points, 1):
+        name = f"{study}-{i:03d}"
+        args = ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"base.study={study}"]
+        for o in overrides:
+            args += ["-S", o]
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            _fail(f"dvc could not queue {name} ({i - 1} of {len(points)} queued): {reason[-1] if reason else ''}", 1)
+        typer.echo(f"queued {name}: {' '.join(overrides)}")
+    if jobs:
+        started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, capture_output=True, text=True)
+        if started.returncode != 0:
+            _fail(f"dvc queue start failed: {started.stderr.strip().splitlines()[-1:]}", 1)
+        typer.echo(f"started {jobs} worker(s): `dvc queue status` shows progress")
+    else:
+        typer.echo("run them with `dvc queue start -j 1`")
+    typer.echo(f"then: python cli.py report {study}")
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name (the MLflow tag `study`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for STUDY.md and STUDY/*.png.")] = Path("reports"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Write OUT/STUDY.md and OUT/STUDY/*.png from the study's finished runs in the MLflow store."""
+    from labelnoise import tracking
+    from labelnoise.config import ConfigError, load_config
+    from labelnoise.studies import write_report
+
+    _study_name(study)
+    try:
+        cfg = load_config(params)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
+    try:
+        runs = tracking.study_runs(uri, cfg.base.experiment, study)
+    except Exception as e:  # noqa: BLE001 - an unreadable store is one line
+        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
+    if not runs:
+        _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
+    swept = [k for k in tracking.differing_params(runs) if k != "base.study"]
+    try:
+        written = write_report(runs, study=study, swept=swept, out_dir=out)
+    except ValueError as e:
+        _fail(str(e), 1)
+    typer.echo(f"{len(runs)} runs → " + ", ".join(str(p) for p in written))
+
+
 @app.command()
 def preset(
     name: Annotated[str, typer.Argument(help="Preset name: a file presets/NAME.yaml (e.g. tiny).")],

@@ -34,6 +34,7 @@ class BaseConfig:
     device: Literal["auto", "cpu", "cuda"]
     threads: int = _rng(0)  # 0: all cores
     deterministic: bool
+    study: str  # study name tagged on the MLflow runs (set by `cli.py sweep`); no stage depends on it
     tracking_uri: str  # relative sqlite paths resolve against the repo root (DVC_ROOT)
     experiment: str
 

@@ -314,3 +314,49 @@ def plot_label_changes(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_study(
+    series: Mapping[str, Sequence[tuple[str, Mapping[str, float]]]],
+    *,
+    x: str,
+    metrics: Sequence[str],
+    numeric: bool,
+    path: str | Path,
+    title: str,
+) -> Path:
+    """One panel per metric, the metric against the swept param ``x``, one line per series.
+
+    ``series`` maps a label (the other swept params' values) to its points (x value as text, metrics).
+    Numeric x values are placed on a number line (log scale when they span more than 50x and are
+    positive); other values are categories in the order first seen.
+    """
+    if not metrics:
+        raise ValueError("plot_study: the runs have none of the metrics to plot")
+    categories = list(dict.fromkeys(v for points in series.values() for v, _ in points))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + 0.8, 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label, points in series.items():
+            pts = [(v, m[metric]) for v, m in points if metric in m]
+            if not pts:
+                continue
+            xs = [float(v) if numeric else categories.index(v) for v, _ in pts]
+            order = np.argsort(xs, kind="stable")
+            ax.plot(np.asarray(xs)[order], np.asarray([y for _, y in pts])[order], marker="o", markersize=4,
+                    linewidth=1.6, label=label)
+        if numeric:
+            values = [float(v) for v in categories]
+            if min(values) > 0 and max(values) / min(values) > 50:
+                ax.set_xscale("log")
+        else:
+            ax.set_xticks(range(len(categories)), categories, rotation=20)
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        if len(series) > 1:
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -106,8 +106,8 @@ def run_tags(cfg: Config, root: Path) -> dict[str, str]:
     }
     if name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = name
-    if study := os.environ.get("LABELNOISE_STUDY"):
-        tags["study"] = study
+    if cfg.base.study:
+        tags["study"] = cfg.base.study
     return tags
 
 
@@ -277,6 +277,21 @@ def last_pipelines(uri: str, experiment: str, n: int) -> list[dict[str, Any]]:
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pipeline'",
                               order_by=["attributes.start_time DESC"], max_results=n)
     return [{"run_id": r.info.run_id, "start": r.info.start_time, "status": r.info.status,
+             "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+
+
+def study_runs(uri: str, experiment: str, study: str) -> list[dict[str, Any]]:
+    """The finished pipeline executions tagged ``study`` (newest first), as :func:`last_pipelines` gives them,
+    plus 'end' (ms) and the DVC experiment name in 'tags'."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    quoted = study.replace("'", "\\'")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=50_000,
+                              filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and tags.study = '{quoted}' "
+                                            "and attributes.status = 'FINISHED'")
+    return [{"run_id": r.info.run_id, "start": r.info.start_time, "end": r.info.end_time, "status": r.info.status,
              "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
 
 

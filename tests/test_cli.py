@@ -79,3 +79,40 @@ def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch:
     assert "student.lr" in result.output and "0.02" in result.output
     assert "0.6000" in result.output and "0.5000" in result.output
     assert "data.dataset" not in result.output  # equal params are not shown
+
+
+def test_sweep_grid_parsing_and_points() -> None:
+    from labelnoise.studies import grid_points, parse_grid
+
+    grid = parse_grid(["noise.rate=0.2,0.4", "noise.transition=[[1, 0], [0, 1]],[[0, 1], [1, 0]]",
+                       "student.batch_size= 32 "])
+    assert grid == {"noise.rate": ["0.2", "0.4"], "noise.transition": ["[[1, 0], [0, 1]]", "[[0, 1], [1, 0]]"],
+                    "student.batch_size": ["32"]}
+    points = grid_points(grid)
+    assert len(points) == 4 and points[0] == ["noise.rate=0.2", "noise.transition=[[1, 0], [0, 1]]",
+                                              "student.batch_size=32"]
+    assert points[1][1] == "noise.transition=[[0, 1], [1, 0]]"  # the last key varies fastest
+    for bad in (["rate=1,2"], ["noise.rate"], ["noise.rate=0.1,,0.2"], ["noise.rate=1", "noise.rate=2"], []):
+        with pytest.raises(ValueError, match="sweep"):
+            parse_grid(bad)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["sweep", "s1", "noise.rate=0.2,1.5"], "noise.rate: must be <= 1.0"),  # every point validated first
+    (["sweep", "s1", "noise.ratio=0.2"], "noise.ratio: unknown parameter"),
+    (["sweep", "bad name", "noise.rate=0.2"], "study name 'bad name'"),
+    (["sweep", "s1", "rate=0.2"], "not section.key=value1,value2"),
+])
+def test_sweep_bad_input_queues_nothing(workdir: Path, args: list[str], says: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and says in result.output
+    assert "queued" not in result.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
+
+
+def test_report_without_runs_is_one_line(workdir: Path) -> None:
+    result = runner.invoke(app, ["report", "nothing-here"])
+    assert result.exit_code == 1
+    assert [line for line in result.output.splitlines() if " INFO " not in line] == [
+        f"error: no finished pipeline runs tagged study='nothing-here' in experiment 'labelnoise' at "
+        f"sqlite:///{workdir / 'mlflow.db'}"]

@@ -454,7 +454,7 @@ def test_prepared_round_trip_and_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="download"):
         datasets.load_prepared(tmp_path / "missing.npz")
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match="not a valid prepared-data file"):
+    with pytest.raises(ValueError, match="prepared.npz is corrupt or unreadable .*download"):
         datasets.load_prepared(path)
     with pytest.raises(ValueError, match="overlaps"):
         Prepared(**{**vars(p), "val_idx": p.train_idx[:2].copy()})

@@ -361,7 +361,7 @@ def test_load_mentor_errors(tmp_path: Path) -> None:
         mn.load_mentor(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a valid MentorNet file"):
+    with pytest.raises(ValueError, match="bad.pt is corrupt or unreadable .*pretrain_mentor"):
         mn.load_mentor(bad)
     torch.save({"state_dict": {}, "config": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="not a valid MentorNet file"):

@@ -184,14 +184,13 @@ def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None
     assert sorted(r.info.run_name for r in children) == ["correct_labels", "evaluate", "inject_noise", "train_student"]
 
 
-def test_two_queue_workers_share_the_store_and_lose_no_run(project: tuple[Path, dict[str, str]]) -> None:
-    """Two `dvc exp` queue workers at once, both writing the repo-root SQLite store: both executions are
-    recorded completely (parent and the stages that ran, all FINISHED, with their test accuracy)."""
+def test_sweep_through_two_queue_workers_loses_no_run_and_reports(project: tuple[Path, dict[str, str]]) -> None:
+    """`cli.py sweep` queues one `dvc exp` per point and starts two queue workers at once, both writing the
+    repo-root SQLite store: both executions are recorded completely under the study tag (parent and the
+    stages that ran, all FINISHED, with their test accuracy), and `cli.py report` builds the study report."""
     root, env = project
-    names = {"queued-a": "0.2", "queued-b": "0.3"}
-    for name, rate in names.items():
-        _sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"noise.rate={rate}"], root, env)
-    _sh(["dvc", "queue", "start", "-j", "2"], root, env)
+    out = _sh([sys.executable, "cli.py", "sweep", "twoworkers", "noise.rate=0.25,0.35", "--jobs", "2"], root, env)
+    assert out.stdout.count("queued twoworkers-") == 2
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = _sh(["dvc", "queue", "status"], root, env).stdout
@@ -200,20 +199,23 @@ def test_two_queue_workers_share_the_store_and_lose_no_run(project: tuple[Path, 
         time.sleep(2)
     assert status.count("Success") >= 2, status
     client, exp_id = _client(root)
-    spans = []
-    for name, rate in names.items():
-        runs = client.search_runs([exp_id], f"tags.dvc_exp_name = '{name}' and tags.`labelnoise.kind` = 'pipeline'")
-        assert len(runs) == 1, name
-        parent = runs[0]
-        spans.append((parent.info.start_time, parent.info.end_time))
-        assert parent.info.status == "FINISHED" and parent.data.params["noise.rate"] == rate
-        assert 0.0 < parent.data.metrics["test_acc"] <= 1.0
+    runs = client.search_runs([exp_id], "tags.study = 'twoworkers' and tags.`labelnoise.kind` = 'pipeline'")
+    assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == ["twoworkers-001", "twoworkers-002"]
+    assert sorted(r.data.params["noise.rate"] for r in runs) == ["0.25", "0.35"]
+    for parent in runs:
+        assert parent.info.status == "FINISHED" and 0.0 < parent.data.metrics["test_acc"] <= 1.0
         children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        # the stages that depend on noise.rate ran (others may be re-run or restored from DVC's run cache)
+        # the stages that depend on noise.rate ran (rates no earlier run used: DVC's run cache has none of them)
         assert {"inject_noise", "train_student", "correct_labels", "evaluate"} <= {r.info.run_name for r in children}
         assert all(r.info.status == "FINISHED" for r in children)
-        history = client.get_metric_history(next(r for r in children if r.info.run_name == "train_student").info.run_id,
-                                            "clean_acc")
-        assert [m.step for m in history] == [1, 2, 3, 4]
-    (start_a, end_a), (start_b, end_b) = spans
-    assert start_a < end_b and start_b < end_a  # the two executions really overlapped in time
+        train = next(r for r in children if r.info.run_name == "train_student")
+        assert [m.step for m in client.get_metric_history(train.info.run_id, "clean_acc")] == [1, 2, 3, 4]
+    (a, b) = [(r.info.start_time, r.info.end_time) for r in runs]
+    assert a[0] < b[1] and b[0] < a[1]  # the two executions really overlapped in time
+
+    _sh([sys.executable, "cli.py", "report", "twoworkers"], root, env)
+    text = (root / "reports" / "twoworkers.md").read_text()
+    assert "2 points from 2 finished pipeline runs" in text and "| noise.rate |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 0.")]  # points in param order
+    assert [row.split("|")[1].strip() for row in rows] == ["0.25", "0.35"]
+    assert (root / "reports" / "twoworkers" / "noise_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
