@@ -99,7 +99,7 @@ class MentorConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    method: Literal["ce", "spade", "mentormix"]
+    method: Literal["ce", "spade", "mentormix", "cleanlab"]
     model: Literal["cnn", "preact_resnet32", "resnet18"]
     pretrained: bool
     epochs: int = _rng(1, 10_000)
@@ -131,6 +131,9 @@ class StudentConfig:
     mixup_alpha: float = _rng(0.0, 1000.0, lo_open=True)  # mentormix: λ ~ Beta(α, α)
     mix_temperature: float = _rng(0.0, 1000.0, lo_open=True)  # mentormix: partners drawn from softmax(v / T)
     second_reweight: bool  # mentormix: weight the mixed examples' losses by the mentor again
+    cleanlab_folds: int = _rng(2, 100)  # cleanlab: cross-validation folds for the out-of-sample probabilities
+    cleanlab_filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+                                "predicted_neq_given"]  # cleanlab: find_label_issues' filter_by
 
 
 @dataclass(frozen=True)

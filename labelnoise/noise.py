@@ -375,7 +375,7 @@ REFERENCE_RECIPE: dict[str, Any] = {
     "channels_last": "auto", "label_smoothing": 0.0, "burn_in": 0.0, "burn_in_keep": 1.0, "weight_norm": "batch",
     "sample_weights": False, "mentor_update": "none", "mentor_update_every": 1, "mentor_update_steps": 1,
     "mentor_update_batches": 1, "weights_at": [], "mixup_alpha": 1.0, "mix_temperature": 1.0,
-    "second_reweight": False,
+    "second_reweight": False, "cleanlab_folds": 2, "cleanlab_filter_by": "prune_by_noise_rate",
 }
 
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 CIFAR = ("cifar10", "cifar100")
 MENTOR_METHODS = ("spade", "mentormix")  # student methods that use the MentorNet
+SCORED_METHODS = (*MENTOR_METHODS, "cleanlab")  # methods that score every train label (noise detection)
 
 
 class NonFiniteLossError(RuntimeError):

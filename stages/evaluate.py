@@ -8,10 +8,11 @@ Reports three test numbers, never choosing anything on test data: the student's 
 `label_acc_before` / `recovered_label_acc` is copied from PATHS.correction_report). The corruption mask
 and the true train labels are read here only (the evaluation path), for the noise summary and for how
 well the student's per-example weights single out the corrupted labels (spade, mentormix: the last recorded
-epoch's mentor weights v in PATHS.student_weights; AUROC, and precision / recall of v < `evaluate.detection_threshold`;
-null for ce, whose weights are all 1), plus a figure of weight against loss (plots/weights.png).
+epoch's mentor weights v in PATHS.student_weights; cleanlab: its label-quality scores; AUROC, and precision / recall
+of v < `evaluate.detection_threshold`; null for ce, whose weights are all 1), plus for the mentor methods a figure of
+weight against loss (plots/weights.png).
 
-PATHS.methods_table (markdown): CE, SPADE-PD, SPADE-DD, MentorMix-PD and MentorMix-DD, each with and without
+PATHS.methods_table (markdown): CE, Cleanlab, SPADE-PD, SPADE-DD, MentorMix-PD and MentorMix-DD, each with and without
 label correction, on this
 run's setting (data.*, noise.*, student.model, student.epochs). This run's method comes from the numbers
 computed here; the other methods from the newest FINISHED pipeline run in the MLflow store with the same
@@ -39,7 +40,7 @@ from labelnoise.io import load_json, read_torch, save_json, write_atomic
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.training import MENTOR_METHODS, load_weights, predict_logits
+from labelnoise.training import SCORED_METHODS, load_weights, predict_logits
 from stages.common import PATHS, require, setup
 
 # Metrics that also go on the pipeline's parent run: the headline numbers `cli.py compare` reads.
@@ -65,7 +66,7 @@ DETECTION = (
 # Label recovery, copied from PATHS.correction_report (NaN in metrics, null in JSON, when absent there).
 CORRECTION = ("label_acc_before", "recovered_label_acc")
 # Method variants of the table, in its row order; each also gets a "<variant> + correction" row.
-VARIANTS = ("CE", "SPADE-PD", "SPADE-DD", "MentorMix-PD", "MentorMix-DD")
+VARIANTS = ("CE", "Cleanlab", "SPADE-PD", "SPADE-DD", "MentorMix-PD", "MentorMix-DD")
 # Table name of each mentor method; the mentor's kind (PD / DD) is appended.
 MENTOR_VARIANT = {"spade": "SPADE", "mentormix": "MentorMix"}
 # Params that define a setting: runs of different methods are comparable only when all of these agree.
@@ -127,6 +128,8 @@ def method_variant(method: str, mentor_kind: str | None) -> str:
     mentor's kind (an unknown method keeps its name)."""
     if method == "ce":
         return "CE"
+    if method == "cleanlab":
+        return "Cleanlab"
     return f"{MENTOR_VARIANT.get(method, method)}-{(mentor_kind or '?').upper()}"
 
 
@@ -253,7 +256,7 @@ def run(cfg: Config) -> dict[str, float]:
     # the first weighting's v, the one that picks partners and mixing ratios)
     weights = load_weights(PATHS.student_weights)
     method = weights["method"] or cfg.student.method
-    spade = method in MENTOR_METHODS and weights["epochs"].size > 0  # mentor weights to judge
+    spade = method in SCORED_METHODS and weights["epochs"].size > 0  # mentor weights (cleanlab: scores) to judge
     found = (
         detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold)
         if spade
@@ -347,7 +350,7 @@ def run(cfg: Config) -> dict[str, float]:
                 title=f"Per-class test accuracy: {what}",
             ),
         ]
-        if spade:  # the mask colours the points; nothing here feeds back into training
+        if spade and np.isfinite(weights["loss"]).any():  # mask colours the points; nothing feeds back into training
             rows = _panel_rows(weights["epochs"].size)
             figures.append(
                 plots.plot_weight_vs_loss(

@@ -2,7 +2,8 @@
 (`student.method: ce`, the baseline), MentorNet weighting (`spade`: burn-in, then every mini-batch's
 examples weighted by the mentor, which may be refitted during training; see labelnoise.training.SpadeTask)
 or MentorMix (`mentormix`: the mentor's weights pick mixup partners and ratios; see
-labelnoise.training.MentorMixTask).
+labelnoise.training.MentorMixTask), or the confident-learning baseline (`cleanlab`: cross-validated
+probabilities, cleanlab flags label issues, a fresh student retrains on the rest; see labelnoise.confident).
 
 Inputs: PATHS.prepared, PATHS.noisy, and for spade / mentormix PATHS.mentor_model (stage pretrain_mentor). The student
 sees a TrainView (noisy train labels, the trusted clean subset, test images for monitoring), never the true
@@ -12,7 +13,8 @@ never used to choose), PATHS.curves (one CSV row per epoch; spade and mentormix 
 mentor_updates, and mentormix with second_reweight l_pt_mix),
 PATHS.student_weights (npz: epochs (E,), loss / loss_diff / weight (E, n_train) of every train example in the
 epochs chosen by `student.weights_at`, NaN where not seen, and the method; for ce the weights are 1; for
-mentormix the first weighting's v, the one that steers the mixing).
+mentormix the first weighting's v, the one that steers the mixing; for cleanlab one row of cleanlab's
+label-quality scores, losses NaN).
 
 Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out).
 An unfinished checkpoint with the same student params, seed and data is resumed and the run ends
@@ -26,7 +28,10 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from labelnoise import tracking
 from labelnoise.config import Config
@@ -84,12 +89,25 @@ def run(cfg: Config) -> dict[str, float]:
     with tracking.stage_run("train_student", cfg, sections=("student",)) as tracked:
         tracked.set_tags({"method": s.method, "model": s.model,
                           **({"mentor": cfg.mentor.kind} if uses_mentor else {})})
-        result = fit(
-            model, view, cfg=s, seed=cfg.base.seed, device=device, checkpoint_path=PATHS.student_ckpt,
-            on_epoch=lambda row: tracked.log_metrics(
-                _finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"])),
-            mentor=mentor, mentor_cfg=cfg.mentor,
-        )
+        def on_epoch(row: dict[str, float]) -> None:
+            tracked.log_metrics(_finite({k: v for k, v in row.items() if k != "epoch"}), step=int(row["epoch"]))
+
+        extra: dict[str, float] = {}
+        if s.method == "cleanlab":  # cross-validated probabilities, prune the flagged labels, retrain
+            from labelnoise.confident import prune_and_retrain
+
+            cl = prune_and_retrain(lambda: create_model(s.model, pretrained=s.pretrained, **model_kwargs), view,
+                                   cfg=s, seed=cfg.base.seed, device=device, checkpoint_path=Path(PATHS.student_ckpt),
+                                   on_epoch=on_epoch)
+            result = cl.fit
+            n = cl.quality.shape[0]  # the label-quality score stands in for the weight (low = likely wrong)
+            weights = {"epochs": np.array([s.epochs], dtype=np.int64), "loss": np.full((1, n), np.nan),
+                       "loss_diff": np.full((1, n), np.nan), "weight": cl.quality[None].astype(np.float64)}
+            extra = {"cleanlab_flagged": float(cl.issues.sum()), "cleanlab_flagged_rate": float(cl.issues.mean())}
+        else:
+            result = fit(model, view, cfg=s, seed=cfg.base.seed, device=device, checkpoint_path=PATHS.student_ckpt,
+                         on_epoch=on_epoch, mentor=mentor, mentor_cfg=cfg.mentor)
+            weights = result.weights
         last = result.history[-1]
         config = checkpoint_config(s, seed=cfg.base.seed, mentor_cfg=cfg.mentor)
         save_torch(PATHS.student_model, model_record(result.model, model_name=s.model, model_kwargs=model_kwargs,
@@ -100,7 +118,7 @@ def run(cfg: Config) -> dict[str, float]:
                                                     epoch=result.best_epoch, clean_acc=result.best_clean_acc,
                                                     config=config))
         write_curves(PATHS.curves, result.history)
-        save_weights(PATHS.student_weights, result.weights, method=s.method)
+        save_weights(PATHS.student_weights, weights, method=s.method)
 
         metrics = {
             "final_clean_acc": last["clean_acc"],
@@ -113,6 +131,7 @@ def run(cfg: Config) -> dict[str, float]:
         if uses_mentor:
             metrics["final_mean_weight"] = last["mean_weight"]  # fraction of the data the last epoch used
             metrics["mentor_updates"] = float(len(result.extra["mentor_updates"]))
+        metrics |= extra
         tracked.log_metrics(_finite(metrics))
         tracked.log_artifact(PATHS.curves)
     return metrics

@@ -1,0 +1,83 @@
+"""Method `cleanlab` (confident learning, the peer baseline): folds, the flagged labels against the truth,
+prune and retrain on the tiny preset, evaluate's detection numbers from cleanlab's scores, fold resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from labelnoise.confident import stratified_folds
+from labelnoise.io import load_json
+from labelnoise.noise import load_noisy
+from labelnoise.training import load_weights
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+CLEANLAB = ["-S", "student.method=cleanlab", "-S", "student.cleanlab_folds=2", "-S", "base.threads=1"]
+
+
+def test_stratified_folds_are_balanced_seeded_and_complete() -> None:
+    labels = np.repeat(np.arange(3), [10, 7, 5])
+    fold = stratified_folds(labels, 3, seed=0)
+    assert fold.shape == labels.shape and set(fold.tolist()) == {0, 1, 2}
+    for c in range(3):
+        counts = np.bincount(fold[labels == c], minlength=3)
+        assert counts.max() - counts.min() <= 1  # every class spread evenly over the folds
+    assert np.bincount(fold).max() - np.bincount(fold).min() <= 1
+    np.testing.assert_array_equal(fold, stratified_folds(labels, 3, seed=0))
+    assert not np.array_equal(fold, stratified_folds(labels, 3, seed=1))
+    with pytest.raises(ValueError, match="cleanlab_folds"):
+        stratified_folds(labels, 1, seed=0)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    previous = torch.get_num_threads()
+    assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
+    for stage in ("download", "inject-noise"):
+        result = runner.invoke(app, [stage, "-S", "base.threads=1"])
+        assert result.exit_code == 0, result.output
+    yield tmp_path
+    torch.set_num_threads(previous)
+
+
+def test_cleanlab_prunes_mostly_wrong_labels_and_evaluate_scores_it(workdir: Path) -> None:
+    result = runner.invoke(app, ["train-student", *CLEANLAB])
+    assert result.exit_code == 0, result.output
+    assert "cleanlab fold 2/2" in result.output and "labels flagged" in result.output
+    weights = load_weights("models/student_weights.npz")
+    mask = load_noisy("data/noisy.npz").mask  # read here only, to judge; training never sees it
+    quality = weights["weight"][-1]
+    assert weights["method"] == "cleanlab" and quality.shape == mask.shape and np.isnan(weights["loss"]).all()
+    # cleanlab's label-quality scores rank the corrupted labels low (40 % symmetric noise on digits)
+    assert quality[mask].mean() < quality[~mask].mean() - 0.2
+
+    for stage in ("correct-labels", "evaluate"):
+        done = runner.invoke(app, [stage, *CLEANLAB])
+        assert done.exit_code == 0, done.output
+    metrics = load_json("reports/metrics.json")
+    assert metrics["method"] == "cleanlab" and 0.5 < metrics["test_acc"] <= 1.0
+    assert metrics["detection_auroc"] > 0.8
+    assert "| Cleanlab | " in Path("reports/methods.md").read_text()
+
+
+def test_cleanlab_restores_finished_folds_and_ends_identically(workdir: Path) -> None:
+    first = runner.invoke(app, ["train-student", *CLEANLAB])
+    assert first.exit_code == 0, first.output
+    model = torch.load("models/student.pt", weights_only=True)["state_dict"]
+    flagged = load_weights("models/student_weights.npz")["weight"]
+    again = runner.invoke(app, ["train-student", *CLEANLAB])  # as after a kill in the final fit
+    assert again.exit_code == 0, again.output
+    assert again.output.count("predictions restored") == 2
+    for key, value in torch.load("models/student.pt", weights_only=True)["state_dict"].items():
+        assert torch.equal(value, model[key]), key
+    np.testing.assert_array_equal(load_weights("models/student_weights.npz")["weight"], flagged)
+    changed = runner.invoke(app, ["train-student", *CLEANLAB, "-S", "student.lr=0.04"])  # another config
+    assert changed.exit_code == 0 and "predictions restored" not in changed.output
