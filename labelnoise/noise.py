@@ -19,6 +19,11 @@ Models (``kind``):
   class ``c`` exactly ``round((1 - T[c, c]) n_c)`` labels change, and their new classes are
   allotted in exact counts, by largest-remainder rounding of ``T[c, j] / (1 - T[c, c])``,
   ``j != c``. ``rate`` is ignored: the matrix says how much changes.
+- ``structured``: structured noise after Rolnick et al. 2017 ("Deep learning is robust to massive
+  label noise"), the skew set by ``delta`` (δ): in class ``c``, ``round(rate n_c)`` labels change and a
+  changed label goes to class ``j != c`` with probability ``q_c(j) = (1 - δ) / (K - 1) + δ·[j = c + 1 mod K]``
+  (exact counts, as ``transition``): δ = 0 is ``symmetric``, δ = 1 is ``pair``, in between the noisy
+  labels concentrate on one confusing class per class. See ``structured_transition``.
 - ``instance``: instance-dependent noise (the hardest examples of each class are flipped to the
   class they look most like), from a reference classifier's probabilities ``P`` (n, K) of the
   true examples; see ``corrupt_instance`` for the exact rule and ``reference_probabilities`` for
@@ -44,8 +49,9 @@ import numpy as np
 
 from labelnoise.io import read_npz, save_npz
 
-NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set"]
-KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "instance", "open_set")
+NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set"]
+KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance",
+                          "open_set")
 
 # ----------------------------------------------------------------------------- class maps
 # Asymmetric ("class-dependent") noise maps {true class: noisy class}, by class index in the
@@ -255,8 +261,10 @@ def corrupt(
     class_map: Mapping[int, int] | None = None,
     transition: Any = None,
     pred_probs: np.ndarray | None = None,
+    delta: float = 0.0,
 ) -> NoisyLabels:
     """Corrupt ``labels`` (n,) ints in [0, K) with the noise model ``kind`` (see the module docstring).
+    ``delta`` is the skew of ``structured`` noise.
 
     ``rate`` in [0, 1] is the exact per-class fraction changed (ignored for ``none`` and
     ``transition``). ``class_map`` ({src: dst}) is for ``asymmetric``, ``transition`` (K, K)
@@ -286,6 +294,8 @@ def corrupt(
 
     # Validate the model's own parameter before drawing anything.
     t = _check_transition(transition, k) if kind == "transition" else None
+    if kind == "structured":  # a transition matrix of its own: one piece of code allots the targets
+        t = structured_transition(k, rate=rate, delta=delta)
     cmap = _check_class_map(class_map, k) if kind == "asymmetric" else None
     if cmap is not None and rate > 0 and not np.isin(list(cmap), y).any():
         present = sorted(set(np.unique(y).tolist()))
@@ -309,7 +319,7 @@ def corrupt(
             if c in cmap:
                 m = n_to_change(rate, idx.size)
                 noisy[idx[:m]] = cmap[c]
-        else:  # transition
+        else:  # transition, structured
             off = t[c].copy()
             off[c] = 0.0
             m = n_to_change(1.0 - t[c, c], idx.size)
@@ -317,6 +327,20 @@ def corrupt(
             # The permutation is random, so giving consecutive blocks to each target is too.
             noisy[idx[:m]] = np.repeat(np.arange(k), counts)
     return NoisyLabels(noisy, noisy != y)
+
+
+def structured_transition(num_classes: int, *, rate: float, delta: float) -> np.ndarray:
+    """The (K, K) row-stochastic matrix of ``structured`` noise: ``T = (1 - rate) I + rate Q`` with
+    ``Q[c, j] = (1 - δ) / (K - 1) + δ [j = c + 1 mod K]`` for ``j != c`` and ``Q[c, c] = 0``."""
+    k = int(num_classes)
+    if k < 2:
+        raise ValueError(f"structured noise needs at least 2 classes, got {k}")
+    if not 0.0 <= delta <= 1.0:
+        raise ValueError(f"noise.delta: must be in [0, 1], got {delta}")
+    q = np.full((k, k), (1.0 - delta) / (k - 1))
+    np.fill_diagonal(q, 0.0)
+    q[np.arange(k), (np.arange(k) + 1) % k] += delta
+    return (1.0 - rate) * np.eye(k) + rate * q
 
 
 # ----------------------------------------------------------------------------- instance-dependent noise

@@ -58,7 +58,9 @@ def run(cfg: Config) -> dict[str, Any]:
         extra["top_target_fraction"] = _top_target_fraction(true[nl.mask], flipped, k)
     else:
         nl = noise.corrupt(true, kind=nc.kind, rate=nc.rate, num_classes=k, rng=rng,
-                           class_map=class_map, transition=transition)
+                           class_map=class_map, transition=transition, delta=nc.delta)
+        if nc.kind == "structured":
+            extra["delta"] = nc.delta
 
     matrix = noise.realised_transition(true, nl.labels, k)  # (K, K); identity for open_set (labels kept)
     per_class = _per_class_corrupted(true, nl.mask, k)  # (K,)

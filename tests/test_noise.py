@@ -783,3 +783,37 @@ def test_stage_open_set_missing_cifar100_fails_in_one_line_before_writing(tmp_pa
         inject_noise.run(cfg)
     assert "\n" not in str(e.value)
     assert not PATHS.noisy.exists() and not PATHS.noise_report.exists() and not PATHS.noise_plot.exists()
+
+
+# ----------------------------------------------------------------------------- structured (Rolnick et al.)
+def test_structured_interpolates_symmetric_and_pair_with_exact_counts() -> None:
+    y = make_labels([300] * 10)
+    k = 10
+    pair = run(y, "pair", 0.4)
+    one = run(y, "structured", 0.4, delta=1.0)
+    np.testing.assert_array_equal(one.labels, pair.labels)  # delta = 1 is pair noise, same changed set
+    for delta in (0.0, 0.5):
+        nl = run(y, "structured", 0.4, delta=delta)
+        check_result(y, nl)
+        np.testing.assert_array_equal(nl.mask, pair.mask)  # which examples change does not depend on delta
+        q = noise.structured_transition(k, rate=0.4, delta=delta)
+        for c in range(k):
+            m = expected_changes(0.4, 300)
+            targets = np.bincount(nl.labels[(y == c) & nl.mask], minlength=k)
+            np.testing.assert_array_equal(targets, noise.largest_remainder(q[c] * (1 - np.eye(k)[c]), m))
+            assert targets[c] == 0
+            if delta == 0.0:
+                assert targets.max() - targets[targets > 0].min() <= 1  # uniform over the other classes
+            else:
+                assert targets[(c + 1) % k] == round(m * (0.5 + 0.5 / 9))  # 60 + 7 of 120
+    np.testing.assert_array_equal(run(y, "structured", 0.4, delta=0.5).labels,
+                                  run(y, "structured", 0.4, delta=0.5).labels)  # seeded: bit-identical
+
+
+def test_structured_transition_is_row_stochastic_and_checks_delta() -> None:
+    t = noise.structured_transition(4, rate=0.3, delta=0.25)
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    assert t[0, 0] == pytest.approx(0.7) and t[0, 1] == pytest.approx(0.3 * (0.75 / 3 + 0.25))
+    assert t[0, 2] == pytest.approx(0.3 * 0.25) and t[3, 0] == t[0, 1]
+    with pytest.raises(ValueError, match="noise.delta"):
+        noise.structured_transition(4, rate=0.3, delta=1.5)
