@@ -54,9 +54,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    kind: Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set"]
+    kind: Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
+                  "massive"]
     rate: float = _rng(0.0, 1.0)
     delta: float = _rng(0.0, 1.0)  # structured: skew of the noisy labels (0 uniform, 1 all to class c + 1)
+    alpha: float = _rng(0.0, 10_000.0)  # massive: noisy (random-label) examples added per clean example
+    n_clean: int = _rng(0)  # massive: clean examples kept (0: as many as the train split allows)
     seed: int = _rng(0)
     class_map: str | dict[int, int]  # asymmetric: "auto" (shipped map for the dataset) or {src: dst}
     transition: list[list[float]]  # transition: row-stochastic K x K matrix

@@ -675,6 +675,11 @@ class TrainView:
         return len(self.classes)
 
 
+def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray:
+    """The true labels of the examples ``noisy`` labels, (m,) int64: for evaluation code only."""
+    return prepared.labels[prepared.train_idx[noisy.positions(len(prepared.train_idx))]]
+
+
 def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
     """The training inputs: the noisy labels ``noisy.labels`` (int64 (n_train,), aligned with
     ``prepared.train_idx``) replace the true train labels, which this view does not carry; for open-set
@@ -684,7 +689,8 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
         raise TypeError("make_train_view: pass the NoisyLabels object (load_noisy(...)), not its labels: "
                         "open-set noise replaces train images too")
     labels = noisy.labels
-    if labels.shape != prepared.train_idx.shape:
+    positions = noisy.positions(len(prepared.train_idx))  # massive noise trains on part of the split
+    if labels.shape != positions.shape or (positions.size and positions[-1] >= len(prepared.train_idx)):
         raise ValueError(f"noisy labels: {labels.shape[0] if labels.ndim else 0} values for "
                          f"{len(prepared.train_idx)} train examples (re-run inject_noise after download)")
     if labels.size and (labels.min() < 0 or labels.max() >= len(prepared.classes)):
@@ -699,7 +705,7 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
     def y(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(prepared.labels[idx].astype(np.int64))
 
-    x_train = x(prepared.train_idx)
+    x_train = x(prepared.train_idx[positions])
     if noisy.images is not None:  # open-set noise: the masked examples' images are replaced (in index order)
         x_train[torch.from_numpy(noisy.mask)] = torch.from_numpy(noisy.images)
     return TrainView(

@@ -28,6 +28,9 @@ Models (``kind``):
   class they look most like), from a reference classifier's probabilities ``P`` (n, K) of the
   true examples; see ``corrupt_instance`` for the exact rule and ``reference_probabilities`` for
   the classifier (the project's ``cnn``, trained briefly on the trusted clean subset only).
+- ``massive``: Rolnick et al. 2017's setting: ``n_clean`` examples keep their labels and ``alpha`` times
+  as many other examples of the split get uniformly random labels; the rest of the split is unused
+  (``NoisyLabels.index``). See ``massive``.
 - ``open_set``: the label stays, the *image* is replaced by one that belongs to no class of the
   dataset (web noise; Wang et al. 2018, "Iterative learning with open-set noisy labels"). See
   ``open_set``; the replacement images travel in ``NoisyLabels.images``.
@@ -49,9 +52,10 @@ import numpy as np
 
 from labelnoise.io import read_npz, save_npz
 
-NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set"]
+NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
+                    "massive"]
 KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance",
-                          "open_set")
+                          "open_set", "massive")
 
 # ----------------------------------------------------------------------------- class maps
 # Asymmetric ("class-dependent") noise maps {true class: noisy class}, by class index in the
@@ -151,11 +155,15 @@ class NoisyLabels:
     replace the masked examples' images, in increasing example order (``images[j]`` replaces example
     ``np.flatnonzero(mask)[j]``). There the labels are unchanged and the mask marks replaced images; for
     every other model ``mask == (labels != true labels)`` and ``images`` is None.
+
+    ``index``: only for ``massive`` noise, int64 (m,) increasing positions in the train split of the
+    examples that make up the training set (labels and mask are theirs, (m,)); None = all of it, in order.
     """
 
     labels: np.ndarray
     mask: np.ndarray
     images: np.ndarray | None = None
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.labels.ndim != 1 or self.mask.shape != self.labels.shape:
@@ -167,6 +175,13 @@ class NoisyLabels:
                                         or len(self.images) != int(self.mask.sum())):
             raise ValueError(f"NoisyLabels: images must be uint8 (m, C, H, W) with m = {int(self.mask.sum())} "
                              f"masked examples, got {self.images.dtype} {self.images.shape}")
+        if self.index is not None and (self.index.dtype != np.int64 or self.index.shape != self.labels.shape
+                                       or (self.index.size and (np.diff(self.index) <= 0).any())):
+            raise ValueError("NoisyLabels: index must be increasing int64 positions, one per label")
+
+    def positions(self, n_train: int) -> np.ndarray:
+        """(m,) positions in the train split of the training examples: ``index``, or all ``n_train``."""
+        return self.index if self.index is not None else np.arange(n_train, dtype=np.int64)
 
     @property
     def n_changed(self) -> int:
@@ -176,6 +191,8 @@ class NoisyLabels:
 def save_noisy(path: str | Path, nl: NoisyLabels) -> Path:
     """Write ``nl`` as an npz with arrays ``labels``, ``mask`` and, for open-set noise, ``images`` (atomically)."""
     extra = {"images": nl.images} if nl.images is not None else {}
+    if nl.index is not None:
+        extra["index"] = nl.index
     return save_npz(path, labels=nl.labels, mask=nl.mask, **extra)
 
 
@@ -183,7 +200,7 @@ def load_noisy(path: str | Path) -> NoisyLabels:
     """Read what ``save_noisy`` wrote."""
     z = read_npz(path, remedy="run the inject_noise stage (dvc repro inject_noise)", keys=("labels", "mask"))
     return NoisyLabels(labels=z["labels"].astype(np.int64, copy=False), mask=z["mask"].astype(bool, copy=False),
-                       images=z.get("images"))
+                       images=z.get("images"), index=z.get("index"))
 
 
 # ----------------------------------------------------------------------------- corruption
@@ -478,6 +495,39 @@ def resolve_open_set_source(dataset: str, source: str) -> str:
         raise ValueError(f"noise.open_set_source: {resolved} images show classes of the dataset {dataset}, so they "
                          "are not open-set noise for it; choose white_noise or another dataset")
     return resolved
+
+
+def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int,
+            rng: np.random.Generator) -> NoisyLabels:
+    """Massive noise (Rolnick et al. 2017): ``alpha`` noisy examples per clean one.
+
+    From the train split (``labels`` (n,), the true labels), ``n_clean`` examples keep their labels,
+    stratified (per class ``largest_remainder`` of the class sizes, the first of each class's seeded
+    permutation); ``m = round(alpha · n_clean)`` other examples of the split, drawn at random, get labels
+    drawn uniformly from all K classes (so about 1/K of them are right by chance); the rest of the split
+    is not used. ``n_clean = 0`` keeps as many as the split allows, ``floor(n / (1 + alpha))``. Returns
+    NoisyLabels over the (1 + alpha) · n_clean training examples, with ``index`` their positions.
+    """
+    y = _check_labels(labels, num_classes)
+    n, k = y.shape[0], int(num_classes)
+    if alpha < 0:
+        raise ValueError(f"noise.alpha: must be >= 0, got {alpha}")
+    keep = n_clean if n_clean > 0 else int(n // (1.0 + alpha))
+    extra = int(np.floor(round(alpha * keep, 9) + 0.5))  # round(alpha * keep), halves up
+    if keep < 1 or keep + extra > n:
+        raise ValueError(f"noise.n_clean ({keep}) + noise.alpha ({alpha:g}) x n_clean ({extra}) needs "
+                         f"{keep + extra} train examples, the split has {n}: lower noise.alpha or noise.n_clean")
+    perms = _class_permutations(y, k, rng)
+    counts = largest_remainder(np.array([p.size for p in perms], dtype=float), keep)  # (K,) stratified
+    clean = np.concatenate([p[:c] for p, c in zip(perms, counts, strict=True)])
+    rest = np.setdiff1d(np.arange(n), clean)
+    added = rng.permutation(rest)[:extra]
+    random_labels = rng.integers(0, k, size=extra)
+    index = np.sort(np.concatenate([clean, added])).astype(np.int64)
+    noisy = y.copy()
+    noisy[added] = random_labels
+    labels_out = noisy[index]
+    return NoisyLabels(labels_out, labels_out != y[index], index=index)
 
 
 def open_set(

@@ -41,7 +41,7 @@ from torch import nn
 
 from labelnoise import correction, plots, tracking
 from labelnoise.config import Config
-from labelnoise.datasets import TrainView, load_prepared, make_train_view
+from labelnoise.datasets import TrainView, load_prepared, make_train_view, true_train_labels
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
 from labelnoise.models import create_model, load_model, model_record
 from labelnoise.noise import load_noisy
@@ -141,7 +141,7 @@ def _report(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Label recovery against the true train labels, and the final model's accuracy (evaluation only)."""
     prepared = load_prepared(PATHS.prepared)
-    true = prepared.labels[prepared.train_idx]  # (n,) the only read of the true train labels
+    true = true_train_labels(prepared, load_noisy(PATHS.noisy))  # (n,) the only read of the true train labels
     k = view.num_classes
     rec = correction.recovery_report(noisy, hard, true, num_classes=k, hard_history=joint.hard_history)
     last, best = final.history[-1], final.history[final.best_epoch - 1]

@@ -35,7 +35,7 @@ import torch
 
 from labelnoise import metrics, plots, tracking
 from labelnoise.config import Config, flatten
-from labelnoise.datasets import load_prepared
+from labelnoise.datasets import load_prepared, true_train_labels
 from labelnoise.io import load_json, read_torch, save_json, write_atomic
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
@@ -233,7 +233,7 @@ def run(cfg: Config) -> dict[str, float]:
         raise ValueError(f"{PATHS.prepared}: the test split is empty")
     x_test = torch.from_numpy(prepared.images[prepared.test_idx])  # (N, C, H, W) uint8
     y_test = prepared.labels[prepared.test_idx]  # (N,)
-    true_train = prepared.labels[prepared.train_idx]  # evaluation path only
+    true_train = true_train_labels(prepared, noisy)  # evaluation path only
     if noisy.labels.shape != true_train.shape:
         raise ValueError(f"{PATHS.noisy}: {noisy.labels.size} labels for {true_train.size} train samples")
 

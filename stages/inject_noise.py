@@ -49,6 +49,11 @@ def run(cfg: Config) -> dict[str, Any]:
         extra = {"open_set_source": source, "open_set_source_param": nc.open_set_source,
                  "source_pool_size": None if pool is None else len(pool),
                  "source_with_replacement": pool is not None and nl.n_changed > len(pool)}
+    elif nc.kind == "massive":
+        nl = noise.massive(true, alpha=nc.alpha, n_clean=nc.n_clean, num_classes=k, rng=rng)
+        keep = nc.n_clean or int(true.size // (1.0 + nc.alpha))  # as noise.massive chose it
+        extra = {"alpha": nc.alpha, "n_clean": keep, "n_noisy_added": int(nl.labels.size - keep),
+                 "n_train_split": int(true.size)}
     elif nc.kind == "instance":
         probs, extra = _reference(cfg, prepared, true)
         nl = noise.corrupt(true, kind="instance", rate=nc.rate, num_classes=k, rng=rng, pred_probs=probs)
@@ -62,6 +67,7 @@ def run(cfg: Config) -> dict[str, Any]:
         if nc.kind == "structured":
             extra["delta"] = nc.delta
 
+    true = true[nl.positions(true.size)]  # massive noise: the examples of the training set only
     matrix = noise.realised_transition(true, nl.labels, k)  # (K, K); identity for open_set (labels kept)
     per_class = _per_class_corrupted(true, nl.mask, k)  # (K,)
     realised = float(nl.mask.mean()) if nl.mask.size else 0.0
@@ -108,6 +114,9 @@ def _requested_rate(cfg: Config, true: np.ndarray, k: int) -> float:
     """
     if cfg.noise.kind == "none":
         return 0.0
+    if cfg.noise.kind == "massive":  # added examples over all; a random label is right 1 time in K
+        a = cfg.noise.alpha
+        return a / (1.0 + a) * (k - 1) / k
     if cfg.noise.kind == "transition":
         diag = np.diag(np.asarray(cfg.noise.transition, dtype=float))
         prior = np.bincount(true, minlength=k) / max(true.size, 1)  # (K,)

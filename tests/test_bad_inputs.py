@@ -125,6 +125,9 @@ ROWS = [
     Row("epochs out of range", ["train-student", "-S", "student.epochs=-3"], 2, "student.epochs: must be >= 1"),
     Row("unknown preset", ["preset", "huge"], 2, "unknown preset 'huge'"),
     # ---- data
+    Row("massive noise larger than the train split", ["inject-noise", "-S", "noise.kind=massive", "-S",
+                                                      "noise.alpha=50", "-S", "noise.n_clean=1000"], 1,
+        "lower noise.alpha or noise.n_clean"),
     Row("clean_size larger than the data", ["download", "-S", "data.clean_size=100000"], 1,
         "data.clean_size (100000)"),
     Row("stage run before its inputs exist", ["train-student"], 1, "data/noisy.npz does not exist",

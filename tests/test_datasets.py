@@ -501,3 +501,19 @@ def test_download_stage_tiny(tiny_config: Config, tmp_path: Path, monkeypatch: p
     assert sum(report["clean_per_class"].values()) == d.clean_size
     assert report["sha256"]["labels"] == hashlib.sha256(p.labels.tobytes()).hexdigest()
     assert list(tmp_path.glob("mlartifacts/**/data.json"))  # the report is the run's artifact
+
+
+def test_train_view_of_massive_noise_holds_only_its_examples(tmp_path: Path) -> None:
+    from labelnoise import noise
+
+    p = _prepared()
+    true = p.labels[p.train_idx]
+    nl = noise.massive(true, alpha=1.0, n_clean=8, num_classes=4, rng=np.random.default_rng(0))
+    path = noise.save_noisy(tmp_path / "noisy.npz", nl)
+    again = noise.load_noisy(path)
+    np.testing.assert_array_equal(again.index, nl.index)
+    view = datasets.make_train_view(p, again)
+    np.testing.assert_array_equal(view.x_train.numpy(), p.images[p.train_idx[nl.index]])
+    np.testing.assert_array_equal(view.y_train.numpy(), nl.labels)
+    np.testing.assert_array_equal(datasets.true_train_labels(p, again), true[nl.index])
+    np.testing.assert_array_equal(datasets.true_train_labels(p, NoisyLabels(true, true != true)), true)

@@ -817,3 +817,30 @@ def test_structured_transition_is_row_stochastic_and_checks_delta() -> None:
     assert t[0, 2] == pytest.approx(0.3 * 0.25) and t[3, 0] == t[0, 1]
     with pytest.raises(ValueError, match="noise.delta"):
         noise.structured_transition(4, rate=0.3, delta=1.5)
+
+
+# ----------------------------------------------------------------------------- massive (Rolnick et al.)
+def test_massive_keeps_n_clean_stratified_and_adds_alpha_random_labels() -> None:
+    y = make_labels(COUNTS)  # 278 examples
+    nl = noise.massive(y, alpha=2.5, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
+    assert nl.labels.shape == nl.index.shape == (40 + 100,)
+    assert (np.diff(nl.index) > 0).all() and nl.index.max() < y.size
+    np.testing.assert_array_equal(nl.mask, nl.labels != y[nl.index])
+    kept_true = nl.labels == y[nl.index]
+    # the clean part: exactly the stratified counts of each class keep their label
+    clean_counts = noise.largest_remainder(np.array(COUNTS, dtype=float), 40)
+    assert kept_true.sum() >= 40 and kept_true.sum() < 40 + 100  # random labels are right ~1 time in 10
+    assert nl.mask.sum() > 100 * 0.75
+    again = noise.massive(y, alpha=2.5, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
+    np.testing.assert_array_equal(again.labels, nl.labels)  # seeded: bit-identical
+    np.testing.assert_array_equal(again.index, nl.index)
+    per_class_kept = np.bincount(y[nl.index][kept_true], minlength=K)
+    assert (per_class_kept >= clean_counts).all()
+    auto = noise.massive(y, alpha=1.0, n_clean=0, num_classes=K, rng=np.random.default_rng(3))
+    assert auto.labels.size == 2 * (y.size // 2)  # n_clean = floor(n / (1 + alpha))
+    with pytest.raises(ValueError, match="lower noise.alpha or noise.n_clean"):
+        noise.massive(y, alpha=10.0, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
+    big = noise.massive(make_labels([2000] * 10), alpha=4.0, n_clean=1000, num_classes=K,
+                        rng=np.random.default_rng(0))
+    added_labels = np.bincount(big.labels[~(big.labels == make_labels([2000] * 10)[big.index])], minlength=K)
+    assert added_labels.min() > 0.8 * added_labels.mean()  # uniform over the classes
