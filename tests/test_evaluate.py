@@ -280,6 +280,8 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert list(rows) == [
         "CE",
         "CE + correction",
+        "Cleanlab",
+        "Cleanlab + correction",
         "SPADE-PD",
         "SPADE-PD + correction",
         "SPADE-DD",
