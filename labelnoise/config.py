@@ -60,6 +60,7 @@ class NoiseConfig:
     delta: float = _rng(0.0, 1.0)  # structured: skew of the noisy labels (0 uniform, 1 all to class c + 1)
     alpha: float = _rng(0.0, 10_000.0)  # massive: noisy (random-label) examples added per clean example
     n_clean: int = _rng(0)  # massive: clean examples kept (0: as many as the train split allows)
+    massive_source: Literal["train", "other"]  # massive: added images from the train split or open_set_source
     seed: int = _rng(0)
     class_map: str | dict[int, int]  # asymmetric: "auto" (shipped map for the dataset) or {src: dst}
     transition: list[list[float]]  # transition: row-stochastic K x K matrix

@@ -497,8 +497,9 @@ def resolve_open_set_source(dataset: str, source: str) -> str:
     return resolved
 
 
-def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int,
-            rng: np.random.Generator) -> NoisyLabels:
+def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int, rng: np.random.Generator,
+            other_source: bool = False, image_shape: tuple[int, ...] = (), source_images: np.ndarray | None = None,
+            ) -> NoisyLabels:
     """Massive noise (Rolnick et al. 2017): ``alpha`` noisy examples per clean one.
 
     From the train split (``labels`` (n,), the true labels), ``n_clean`` examples keep their labels,
@@ -507,6 +508,10 @@ def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int,
     drawn uniformly from all K classes (so about 1/K of them are right by chance); the rest of the split
     is not used. ``n_clean = 0`` keeps as many as the split allows, ``floor(n / (1 + alpha))``. Returns
     NoisyLabels over the (1 + alpha) · n_clean training examples, with ``index`` their positions.
+
+    ``other_source``: the added examples' images come from another source instead (:func:`draw_images`
+    from ``source_images``, or white noise), as in Rolnick et al.'s "noise from another dataset"; then
+    ``mask`` marks the added examples and ``images`` holds their images (the open-set convention).
     """
     y = _check_labels(labels, num_classes)
     n, k = y.shape[0], int(num_classes)
@@ -527,6 +532,10 @@ def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int,
     noisy = y.copy()
     noisy[added] = random_labels
     labels_out = noisy[index]
+    if other_source:
+        mask = np.isin(index, added)
+        return NoisyLabels(labels_out, mask, draw_images(int(mask.sum()), image_shape, rng, source_images),
+                           index=index)
     return NoisyLabels(labels_out, labels_out != y[index], index=index)
 
 
@@ -551,22 +560,28 @@ def open_set(
     y = _check_labels(labels, num_classes)
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"noise.rate: must be in [0, 1], got {rate}")
+    perms = _class_permutations(y, int(num_classes), rng)
+    mask = np.zeros(y.shape, dtype=bool)
+    for idx in perms:
+        mask[idx[: n_to_change(rate, idx.size)]] = True
+    images = draw_images(int(mask.sum()), image_shape, rng, source_images)
+    return NoisyLabels(y.copy(), mask, images)
+
+
+def draw_images(m: int, image_shape: tuple[int, ...], rng: np.random.Generator,
+                source_images: np.ndarray | None) -> np.ndarray:
+    """``m`` images from another source, uint8 (m, *image_shape): drawn from ``source_images`` (uint8
+    (M, *image_shape), already fitted to the shape) without replacement, or with replacement when M < m;
+    white noise (i.i.d. uniform pixels) when ``source_images`` is None."""
     shape = tuple(int(d) for d in image_shape)
     if source_images is not None and (source_images.dtype != np.uint8 or source_images.shape[1:] != shape
                                       or len(source_images) == 0):
         raise ValueError(f"noise.open_set_source: need uint8 source images (M >= 1, {', '.join(map(str, shape))}), "
                          f"got {source_images.dtype} {source_images.shape}")
-    perms = _class_permutations(y, int(num_classes), rng)
-    mask = np.zeros(y.shape, dtype=bool)
-    for idx in perms:
-        mask[idx[: n_to_change(rate, idx.size)]] = True
-    m = int(mask.sum())
     if source_images is None:
-        images = rng.integers(0, 256, size=(m, *shape), dtype=np.uint8)  # (m, C, H, W)
-    else:
-        pick = rng.choice(len(source_images), size=m, replace=m > len(source_images))  # (m,)
-        images = np.ascontiguousarray(source_images[pick])
-    return NoisyLabels(y.copy(), mask, images)
+        return rng.integers(0, 256, size=(m, *shape), dtype=np.uint8)  # (m, C, H, W)
+    pick = rng.choice(len(source_images), size=m, replace=m > len(source_images))  # (m,)
+    return np.ascontiguousarray(source_images[pick])
 
 
 # ----------------------------------------------------------------------------- diagnostics

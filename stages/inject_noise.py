@@ -41,19 +41,21 @@ def run(cfg: Config) -> dict[str, Any]:
     class_map = noise.class_map_for(prepared.dataset, nc.class_map) if nc.kind == "asymmetric" else None
     transition = np.asarray(nc.transition, dtype=float) if nc.kind == "transition" else None
     extra: dict[str, Any] = {}
+    other = nc.kind == "open_set" or (nc.kind == "massive" and nc.massive_source == "other")
+    shape = tuple(prepared.images.shape[1:])  # (C, H, W)
+    source = noise.resolve_open_set_source(prepared.dataset, nc.open_set_source) if other else None
+    pool = open_set_pool(source, cfg.data, shape) if other and source != "white_noise" else None
     if nc.kind == "open_set":
-        shape = tuple(prepared.images.shape[1:])  # (C, H, W)
-        source = noise.resolve_open_set_source(prepared.dataset, nc.open_set_source)
-        pool = None if source == "white_noise" else open_set_pool(source, cfg.data, shape)
         nl = noise.open_set(true, rate=nc.rate, num_classes=k, rng=rng, image_shape=shape, source_images=pool)
         extra = {"open_set_source": source, "open_set_source_param": nc.open_set_source,
                  "source_pool_size": None if pool is None else len(pool),
                  "source_with_replacement": pool is not None and nl.n_changed > len(pool)}
     elif nc.kind == "massive":
-        nl = noise.massive(true, alpha=nc.alpha, n_clean=nc.n_clean, num_classes=k, rng=rng)
+        nl = noise.massive(true, alpha=nc.alpha, n_clean=nc.n_clean, num_classes=k, rng=rng, other_source=other,
+                           image_shape=shape, source_images=pool)
         keep = nc.n_clean or int(true.size // (1.0 + nc.alpha))  # as noise.massive chose it
         extra = {"alpha": nc.alpha, "n_clean": keep, "n_noisy_added": int(nl.labels.size - keep),
-                 "n_train_split": int(true.size)}
+                 "n_train_split": int(true.size), "massive_source": source or "train"}
     elif nc.kind == "instance":
         probs, extra = _reference(cfg, prepared, true)
         nl = noise.corrupt(true, kind="instance", rate=nc.rate, num_classes=k, rng=rng, pred_probs=probs)

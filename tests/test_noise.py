@@ -844,3 +844,17 @@ def test_massive_keeps_n_clean_stratified_and_adds_alpha_random_labels() -> None
                         rng=np.random.default_rng(0))
     added_labels = np.bincount(big.labels[~(big.labels == make_labels([2000] * 10)[big.index])], minlength=K)
     assert added_labels.min() > 0.8 * added_labels.mean()  # uniform over the classes
+
+
+def test_massive_from_another_source_replaces_the_added_images_only() -> None:
+    y = make_labels(COUNTS)
+    same = noise.massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5))
+    other = noise.massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5), other_source=True,
+                          image_shape=(1, 4, 4), source_images=None)  # white noise
+    np.testing.assert_array_equal(other.index, same.index)  # same examples and labels, other images
+    np.testing.assert_array_equal(other.labels, same.labels)
+    assert other.mask.sum() == 80 and other.images.shape == (80, 1, 4, 4) and other.images.dtype == np.uint8
+    pool = np.full((3, 1, 4, 4), 7, dtype=np.uint8)
+    drawn = noise.massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5), other_source=True,
+                          image_shape=(1, 4, 4), source_images=pool)
+    assert (drawn.images == 7).all()  # a pool smaller than needed is drawn with replacement
