@@ -103,6 +103,23 @@ _stage_command("evaluate", "evaluate",
                "Stage 6 (params `evaluate`): test accuracy, per-class accuracy, plots, metrics.json.")
 
 
+def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]]) -> tuple[Any, str, list[Any]]:
+    """(config, store URI, ``query(uri, experiment)``): bad params exit 2, an unreadable store exits 1."""
+    from labelnoise import tracking
+    from labelnoise.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(params)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
+    try:
+        return cfg, uri, query(uri, cfg.base.experiment)
+    except Exception as e:  # noqa: BLE001 - an unreadable store is one line
+        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
+    raise AssertionError("unreachable")  # _fail exits
+
+
 @app.command()
 def compare(
     n: Annotated[int, typer.Option("--last", "-n", min=1, help="How many pipeline executions to show.")] = 5,
@@ -113,17 +130,8 @@ def compare(
     from rich.table import Table
 
     from labelnoise import tracking
-    from labelnoise.config import ConfigError, load_config
 
-    try:
-        cfg = load_config(params)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
-    try:
-        runs = tracking.last_pipelines(uri, cfg.base.experiment, n)
-    except Exception as e:  # noqa: BLE001 - an unreadable store is one line
-        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
+    cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.last_pipelines(uri, experiment, n))
     if not runs:
         typer.echo(f"no pipeline runs in experiment {cfg.base.experiment!r} at {uri}")
         return
@@ -206,19 +214,10 @@ def report(
 ) -> None:
     """Write OUT/STUDY.md and OUT/STUDY/*.png from the study's finished runs in the MLflow store."""
     from labelnoise import tracking
-    from labelnoise.config import ConfigError, load_config
     from labelnoise.studies import write_report
 
     _study_name(study)
-    try:
-        cfg = load_config(params)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
-    try:
-        runs = tracking.study_runs(uri, cfg.base.experiment, study)
-    except Exception as e:  # noqa: BLE001 - an unreadable store is one line
-        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
+    cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study))
     if not runs:
         _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
     swept = [k for k in tracking.differing_params(runs) if k != "base.study"]
