@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -36,7 +36,7 @@ SetOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -117,7 +117,6 @@ def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]])
         return cfg, uri, query(uri, cfg.base.experiment)
     except Exception as e:  # noqa: BLE001 - an unreadable store is one line
         _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
-    raise AssertionError("unreachable")  # _fail exits
 
 
 @app.command()

@@ -105,8 +105,9 @@ def prune_and_retrain(
         part = subset_view(data, rest)
         key = _config_hash({**checkpoint_config(ce, seed=seed + f, data=part), "held": held.tolist()})
         done = checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}.npz")
-        if done.is_file() and str(read_npz(done, remedy="delete it").get("key", "")) == key:
-            pred_probs[held] = read_npz(done, remedy="delete it")["probs"]
+        saved = read_npz(done, remedy="delete it") if done.is_file() else {}
+        if str(saved.get("key", "")) == key:
+            pred_probs[held] = saved["probs"]
             log(f"cleanlab fold {f + 1}/{cfg.cleanlab_folds}: predictions restored from {done}")
             continue
         log(f"cleanlab fold {f + 1}/{cfg.cleanlab_folds}: training on {rest.size} examples, predicting {held.size}")

@@ -152,7 +152,7 @@ class MovingPercentile:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"mentor.ema_decay: must be in [0, 1], got {decay}")
         self.p, self.decay, self.num_classes = float(p), float(decay), int(num_classes)
-        self._value = torch.zeros(max(self.num_classes, 1)) if self.num_classes else torch.zeros(())
+        self._value = torch.zeros(self.num_classes) if self.num_classes else torch.zeros(())
 
     @classmethod
     def from_config(cls, m: Any, *, num_classes: int) -> MovingPercentile:

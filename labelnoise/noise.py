@@ -497,6 +497,19 @@ def resolve_open_set_source(dataset: str, source: str) -> str:
     return resolved
 
 
+def massive_sizes(n: int, *, alpha: float, n_clean: int) -> tuple[int, int]:
+    """(clean examples kept, random-label examples added) of ``massive`` noise on a split of ``n``:
+    ``n_clean`` (0: ``floor(n / (1 + alpha))``) and ``round(alpha · n_clean)``, halves up."""
+    if alpha < 0:
+        raise ValueError(f"noise.alpha: must be >= 0, got {alpha}")
+    keep = n_clean if n_clean > 0 else int(n // (1.0 + alpha))
+    extra = int(np.floor(round(alpha * keep, 9) + 0.5))
+    if keep < 1 or keep + extra > n:
+        raise ValueError(f"noise.n_clean ({keep}) + noise.alpha ({alpha:g}) x n_clean ({extra}) needs "
+                         f"{keep + extra} train examples, the split has {n}: lower noise.alpha or noise.n_clean")
+    return keep, extra
+
+
 def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int, rng: np.random.Generator,
             other_source: bool = False, image_shape: tuple[int, ...] = (), source_images: np.ndarray | None = None,
             ) -> NoisyLabels:
@@ -515,13 +528,7 @@ def massive(labels: np.ndarray, *, alpha: float, n_clean: int, num_classes: int,
     """
     y = _check_labels(labels, num_classes)
     n, k = y.shape[0], int(num_classes)
-    if alpha < 0:
-        raise ValueError(f"noise.alpha: must be >= 0, got {alpha}")
-    keep = n_clean if n_clean > 0 else int(n // (1.0 + alpha))
-    extra = int(np.floor(round(alpha * keep, 9) + 0.5))  # round(alpha * keep), halves up
-    if keep < 1 or keep + extra > n:
-        raise ValueError(f"noise.n_clean ({keep}) + noise.alpha ({alpha:g}) x n_clean ({extra}) needs "
-                         f"{keep + extra} train examples, the split has {n}: lower noise.alpha or noise.n_clean")
+    keep, extra = massive_sizes(n, alpha=alpha, n_clean=n_clean)
     perms = _class_permutations(y, k, rng)
     counts = largest_remainder(np.array([p.size for p in perms], dtype=float), keep)  # (K,) stratified
     clean = np.concatenate([p[:c] for p, c in zip(perms, counts, strict=True)])

@@ -256,10 +256,10 @@ def run(cfg: Config) -> dict[str, float]:
     # the first weighting's v, the one that picks partners and mixing ratios)
     weights = load_weights(PATHS.student_weights)
     method = weights["method"] or cfg.student.method
-    spade = method in SCORED_METHODS and weights["epochs"].size > 0  # mentor weights (cleanlab: scores) to judge
+    scored = method in SCORED_METHODS and weights["epochs"].size > 0  # mentor weights (cleanlab: scores) to judge
     found = (
         detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold)
-        if spade
+        if scored
         else dict.fromkeys(DETECTION, math.nan)
     )
 
@@ -350,7 +350,7 @@ def run(cfg: Config) -> dict[str, float]:
                 title=f"Per-class test accuracy: {what}",
             ),
         ]
-        if spade and np.isfinite(weights["loss"]).any():  # mask colours the points; nothing feeds back into training
+        if scored and np.isfinite(weights["loss"]).any():  # mask colours the points; nothing feeds back into training
             rows = _panel_rows(weights["epochs"].size)
             figures.append(
                 plots.plot_weight_vs_loss(

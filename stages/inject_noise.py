@@ -53,8 +53,8 @@ def run(cfg: Config) -> dict[str, Any]:
     elif nc.kind == "massive":
         nl = noise.massive(true, alpha=nc.alpha, n_clean=nc.n_clean, num_classes=k, rng=rng, other_source=other,
                            image_shape=shape, source_images=pool)
-        keep = nc.n_clean or int(true.size // (1.0 + nc.alpha))  # as noise.massive chose it
-        extra = {"alpha": nc.alpha, "n_clean": keep, "n_noisy_added": int(nl.labels.size - keep),
+        keep, added = noise.massive_sizes(true.size, alpha=nc.alpha, n_clean=nc.n_clean)
+        extra = {"alpha": nc.alpha, "n_clean": keep, "n_noisy_added": added,
                  "n_train_split": int(true.size), "massive_source": source or "train"}
     elif nc.kind == "instance":
         probs, extra = _reference(cfg, prepared, true)
