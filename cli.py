@@ -161,26 +161,14 @@ def _study_name(study: str) -> str:
     return study
 
 
-@app.command()
-def sweep(
-    study: Annotated[str, typer.Argument(help="Study name: tagged on every run (param base.study).")],
-    grid: Annotated[list[str], typer.Argument(
-        metavar="KEY=V1,V2...",
-        help="Param values to sweep, e.g. noise.rate=0.2,0.4 student.lr=0.05,0.1; every combination is one point.")],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=0,
-                                      help="Start this many `dvc queue` workers after queueing (0: queue only).")] = 0,
-    params: ParamsOpt = Path("params.yaml"),
-) -> None:
-    """Queue one `dvc exp run` per grid point (named STUDY-NNN, tagged study=STUDY in MLflow); run them
-    with --jobs N or `dvc queue start -j N`, then `python cli.py report STUDY`."""
+def _queue(study: str, points: list[list[str]], jobs: int, params: Path) -> None:
+    """Validate every point, then queue one `dvc exp run` per point (STUDY-NNN, base.study=STUDY) and start
+    ``jobs`` queue workers. A bad point: one line, exit 2, nothing queued."""
     import subprocess
 
     from labelnoise.config import ConfigError, load_config
-    from labelnoise.studies import grid_points, parse_grid
 
-    _study_name(study)
     try:
-        points = grid_points(parse_grid(grid))
         for overrides in points:  # every point is valid before anything is queued
             load_config(params, [f"base.study={study}", *overrides])
     except (ConfigError, ValueError) as e:
@@ -205,15 +193,78 @@ def sweep(
     typer.echo(f"then: python cli.py report {study}")
 
 
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=0,
+                                      help="Start this many `dvc queue` workers after queueing (0: queue only).")]
+
+
+@app.command()
+def sweep(
+    study: Annotated[str, typer.Argument(help="Study name: tagged on every run (param base.study).")],
+    grid: Annotated[list[str], typer.Argument(
+        metavar="KEY=V1,V2...",
+        help="Param values to sweep, e.g. noise.rate=0.2,0.4 student.lr=0.05,0.1; every combination is one point.")],
+    jobs: JobsOpt = 0,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Queue one `dvc exp run` per grid point (named STUDY-NNN, tagged study=STUDY in MLflow); run them
+    with --jobs N or `dvc queue start -j N`, then `python cli.py report STUDY`."""
+    from labelnoise.studies import grid_points, parse_grid
+
+    _study_name(study)
+    try:
+        points = grid_points(parse_grid(grid))
+    except ValueError as e:
+        _fail(str(e), 2)
+    _queue(study, points, jobs, params)
+
+
+STUDIES = ROOT / "studies"
+
+
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="A study file studies/NAME.yaml (e.g. comparison, massive_noise).")],
+    variant: Annotated[str, typer.Option("--variant", "-v", help="small (runs here in under 30 min on 2 CPU "
+                                         "cores; tag NAME) or another the file names (tag NAME-VARIANT).")] = "small",
+    jobs: JobsOpt = 0,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Queue every point of a study file's sweeps (its variant's params first), then
+    `python cli.py report TAG` writes reports/TAG.md with the study's own tables, plots and findings."""
+    from labelnoise.config import ConfigError, flatten, load_config
+    from labelnoise.studies import load_study, study_points, study_tag
+
+    path = STUDIES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
+        _fail(f"unknown study {name!r} (known: {known})", 2)
+    try:
+        spec = load_study(path)
+    except ValueError as e:
+        _fail(str(e), 2)
+    if variant not in spec["variants"]:
+        _fail(f"study {name} has no variant {variant!r} (known: {', '.join(spec['variants'])})", 2)
+    def canonical(overrides: list[str]) -> str:
+        return repr(sorted(flatten(load_config(params, overrides).to_dict()).items()))
+
+    try:
+        points = study_points(spec, variant, canonical)
+    except (ConfigError, ValueError) as e:
+        _fail(str(e), 2)
+    _queue(_study_name(study_tag(name, variant)), points, jobs, params)
+
+
 @app.command()
 def report(
     study: Annotated[str, typer.Argument(help="Study name (the MLflow tag `study`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for STUDY.md and STUDY/*.png.")] = Path("reports"),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write OUT/STUDY.md and OUT/STUDY/*.png from the study's finished runs in the MLflow store."""
+    """Write OUT/STUDY.md and OUT/STUDY/*.png from the study's finished runs in the MLflow store (with the
+    tables and findings of its study file when it was queued by `cli.py study`)."""
     from labelnoise import tracking
-    from labelnoise.studies import write_report
+    from labelnoise.config import flatten
+    from labelnoise.studies import find_study, load_study, write_report
 
     _study_name(study)
     cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study))
@@ -221,7 +272,10 @@ def report(
         _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
     swept = [k for k in tracking.differing_params(runs) if k != "base.study"]
     try:
-        written = write_report(runs, study=study, swept=swept, out_dir=out)
+        found = find_study(study, STUDIES)
+        spec, variant = (load_study(found[0]), found[1]) if found else (None, "small")
+        written = write_report(runs, study=study, swept=swept, out_dir=out, spec=spec, variant=variant,
+                               defaults=flatten(cfg.to_dict()) if found else None)
     except ValueError as e:
         _fail(str(e), 1)
     typer.echo(f"{len(runs)} runs → " + ", ".join(str(p) for p in written))
