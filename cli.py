@@ -41,6 +41,9 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+DISTRIBUTED_STAGES = ("train_student",)  # stages that run under `torchrun --nproc_per_node N cli.py ...`
+
+
 def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> dict[str, Any]:
     """Validate params at the edge, then run ``stages.<stage_module>.run(cfg)``.
 
@@ -57,12 +60,19 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
         cfg = load_config(params, overrides)
     except ConfigError as e:
         _fail(str(e), 2)
+    from contextlib import nullcontext
+
+    from labelnoise.distributed import is_main, world_size
     from labelnoise.io import all_or_nothing
     from stages.common import stage_outputs
 
+    if world_size() > 1 and stage_module not in DISTRIBUTED_STAGES:
+        _fail(f"stage {stage_module} runs in one process: start it without torchrun "
+              f"(torchrun runs: {', '.join(DISTRIBUTED_STAGES)})", 2)
+
     module = importlib.import_module(f"stages.{stage_module}")
-    try:
-        with all_or_nothing(stage_outputs(stage_module)):  # a failed stage changes none of its outputs
+    try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them)
+        with all_or_nothing(stage_outputs(stage_module)) if is_main() else nullcontext():
             return module.run(cfg)
     except ConfigError as e:
         _fail(str(e), 2)

@@ -22,16 +22,17 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's intra-op thread count (0 = all cores); returns the count in use."""
-    n = threads or os.cpu_count() or 1
+    """Set torch's intra-op thread count (0 = all cores, shared out among torchrun's processes on this
+    machine); returns the count in use."""
+    n = threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(n)
     return n
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU. ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("base.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):  # torchrun: this process's GPU
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")

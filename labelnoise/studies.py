@@ -206,20 +206,23 @@ def load_study(path: Path) -> dict[str, Any]:
     variants = spec.setdefault("variants", {"small": []})
     if not isinstance(variants, dict) or "small" not in variants:
         raise ValueError(f"study file {path}: `variants` needs a `small` entry (section.key=value ...)")
-    for overrides in variants.values():
-        if _items(overrides):
-            parse_grid(_items(overrides))
     names = set()
-    for sweep in spec["sweeps"]:
-        if not isinstance(sweep, dict) or "name" not in sweep or ("grid" in sweep) == ("grids" in sweep):
-            raise ValueError(f"study file {path}: every sweep needs a `name` and a `grid` or a list of `grids`")
-        if sweep["name"] in names:
-            raise ValueError(f"study file {path}: sweep name {sweep['name']!r} is given twice")
-        names.add(sweep["name"])
-        for grid in sweep.get("grids", [sweep.get("grid")]):
-            parse_grid(_items(grid))
-    if spec.get("common"):
-        parse_grid(_items(spec["common"]))
+    try:
+        for overrides in variants.values():
+            if _items(overrides):
+                parse_grid(_items(overrides))
+        if spec.get("common"):
+            parse_grid(_items(spec["common"]))
+        for sweep in spec["sweeps"]:
+            if not isinstance(sweep, dict) or "name" not in sweep or ("grid" in sweep) == ("grids" in sweep):
+                raise ValueError("every sweep needs a `name` and a `grid` or a list of `grids`")
+            if sweep["name"] in names:
+                raise ValueError(f"sweep name {sweep['name']!r} is given twice")
+            names.add(sweep["name"])
+            for grid in sweep.get("grids", [sweep.get("grid")]):
+                parse_grid(_items(grid))
+    except ValueError as e:
+        raise ValueError(f"study file {path}: {e}") from None
     return spec
 
 

@@ -158,6 +158,19 @@ class StageRun:
                 self.client.set_tag(run_id, k, str(v))
 
 
+class NullRun:
+    """A StageRun that records nothing: the ranks other than 0 under torchrun."""
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_artifact(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_tags(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 def _experiment_id(client: Any, name: str, root: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -240,6 +253,11 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
     """
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+    from labelnoise.distributed import is_main
+
+    if not is_main():  # torchrun: rank 0 alone records the stage
+        yield NullRun()
+        return
     root = repo_root()
     uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
     tags = run_tags(cfg, root)

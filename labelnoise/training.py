@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from labelnoise import distributed
 from labelnoise.io import save_torch
 
 if TYPE_CHECKING:
@@ -413,10 +414,20 @@ class SpadeTask:
         per_example = F.cross_entropy(logits.float(), yb, reduction="none",
                                       label_smoothing=self.cfg.label_smoothing)  # (B,)
         loss = per_example.detach()  # (B,) the mentor's input; no gradient flows through v
-        v, loss_diff, parts = self.mentor_weights(loss, yb, step=step, percentile=self.percentile)
-        self._remember(loss, loss_diff, yb, step=step)
-        return {"loss": self.weighted_mean(v, per_example), "logits": logits, "per_example": loss,
-                "loss_diff": loss_diff, "weight": v, **parts}
+        v, loss_diff, parts, own = self.global_weights(loss, yb, step=step, percentile=self.percentile)
+        return {"loss": self.weighted_mean(v, per_example, own), "logits": logits, "per_example": loss,
+                "loss_diff": loss_diff[own], "weight": v[own], **{k: t[own] for k, t in parts.items()}}
+
+    def global_weights(self, loss: Tensor, label: Tensor, *, step: int, percentile: MovingPercentile,
+                       remember: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor], slice]:
+        """:meth:`mentor_weights` of the whole global mini-batch (under torchrun: every rank's losses and labels,
+        gathered, so l_pt, v and the refit inputs are the same on all ranks), and this rank's slice of it."""
+        loss_all, own = distributed.gather(loss)
+        label_all, _ = distributed.gather(label)
+        v, loss_diff, parts = self.mentor_weights(loss_all, label_all, step=step, percentile=percentile)
+        if remember:
+            self._remember(loss_all, loss_diff, label_all, step=step)
+        return v, loss_diff, parts, own
 
     @torch.no_grad()
     def mentor_weights(self, loss: Tensor, label: Tensor, *, step: int,
@@ -442,10 +453,12 @@ class SpadeTask:
                 v = torch.bernoulli(v, generator=self.generator)
         return v, loss_diff, parts
 
-    def weighted_mean(self, v: Tensor, per_example: Tensor) -> Tensor:
-        """Σ v·l / Σ v (``student.weight_norm: sum``) or Σ v·l / B (``batch``, official); v (B,) is a constant."""
-        norm = v.sum().clamp_min(1e-8) if self.cfg.weight_norm == "sum" else per_example.shape[0]
-        return (v * per_example).sum() / norm
+    def weighted_mean(self, v: Tensor, per_example: Tensor, own: slice = slice(None)) -> Tensor:
+        """Σ v·l / Σ v (``student.weight_norm: sum``) or Σ v·l / B (``batch``, official); v (B,) is a constant.
+        Under torchrun v is the global batch's and ``per_example`` this rank's ``own`` part: the sums run over
+        the global batch once DistributedDataParallel averages the ranks' gradients (hence × world size)."""
+        norm = v.sum().clamp_min(1e-8) if self.cfg.weight_norm == "sum" else v.shape[0]
+        return (v[own] * per_example).sum() / norm * distributed.world_size()
 
     def _remember(self, loss: Tensor, loss_diff: Tensor, label: Tensor, *, step: int) -> None:
         """Keep the batch's mentor inputs for PD refits (only when refits are on)."""
@@ -605,8 +618,8 @@ class MentorMixTask(SpadeTask):
         with torch.no_grad(), _batch_stats_only(model):
             logits = model(xb)  # (B, K)
         loss = F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=ls)  # (B,)
-        v, loss_diff, parts = self.mentor_weights(loss, yb, step=step, percentile=self.percentile)
-        self._remember(loss, loss_diff, yb, step=step)
+        v_all, diff_all, parts_all, own = self.global_weights(loss, yb, step=step, percentile=self.percentile)
+        v, loss_diff, parts = v_all[own], diff_all[own], {k: t[own] for k, t in parts_all.items()}
 
         # ---- sample + mixup (no gradient into v, λ or the partners)
         onehot = F.one_hot(yb, logits.shape[1]).float()  # (B, K)
@@ -619,8 +632,9 @@ class MentorMixTask(SpadeTask):
         mixed = F.cross_entropy(model(x_mix).float(), y_mix, reduction="none", label_smoothing=ls)  # (B,)
         if self.cfg.second_reweight:  # ---- weight again
             dominant = torch.where(lam >= 0.5, yb, yb[partner])  # (B,) label of the larger share
-            v2, _, _ = self.mentor_weights(mixed.detach(), dominant, step=step, percentile=self.mix_percentile)
-            total, parts["mix_weight"] = self.weighted_mean(v2, mixed), v2
+            v2, _, _, own2 = self.global_weights(mixed.detach(), dominant, step=step, percentile=self.mix_percentile,
+                                                 remember=False)
+            total, parts["mix_weight"] = self.weighted_mean(v2, mixed, own2), v2[own2]
         else:
             total = mixed.mean()
         return {"loss": total, "logits": logits, "per_example": loss, "loss_diff": loss_diff, "weight": v, **parts}
@@ -698,6 +712,11 @@ class WeightLog:
         if loss_diff is not None:
             self.loss_diff[row, idx] = loss_diff.float()
         self.weight[row, idx] = weight.float() if weight is not None else 1.0
+
+    def merge(self, row: int) -> None:
+        """Under torchrun: combine every rank's entries of ``row`` (each example was seen by one rank)."""
+        for t in (self.loss, self.loss_diff, self.weight):
+            t[row] = distributed.merge_seen(t[row])
 
     def arrays(self) -> dict[str, np.ndarray]:
         """{"epochs" (E,) int64, "loss", "loss_diff", "weight" (E, N) float32}: what PATHS.student_weights holds."""
@@ -817,11 +836,11 @@ def train_one_epoch(
     weighted = False
     model.train()
     while state.batch < num_batches:
-        if should_stop is not None and should_stop():
+        if should_stop is not None and distributed.any_rank(should_stop()):  # torchrun: all ranks stop together
             break
-        # ---- batch: the next slice of this epoch's permutation
+        # ---- batch: the next slice of this epoch's permutation (torchrun: this rank's share of it)
         global_step = step + state.batch
-        idx = perm[state.batch * batch_size : (state.batch + 1) * batch_size]  # (B,) positions in the train pool
+        idx = distributed.shard(perm[state.batch * batch_size : (state.batch + 1) * batch_size])  # (B,) positions
         xb, yb = x[idx], y[idx]  # (B, C, H, W) uint8, (B,) int64
         if augment is not None:
             xb = augment(xb)
@@ -861,23 +880,27 @@ def train_one_epoch(
         state.batch += 1
 
         # ---- mentor update (spade, at its cadence; nothing for ce)
-        task.after_step(model, step=global_step, lr=lr, next_lr=optimizer.param_groups[0]["lr"])
+        task.after_step(getattr(model, "module", model), step=global_step, lr=lr,
+                        next_lr=optimizer.param_groups[0]["lr"])
         if on_step is not None:
             on_step()
 
     if not check_on_host and (bad_step := int(state.first_bad)) >= 0:
         raise NonFiniteLossError(epoch, bad_step)
-    seen = max(state.seen, 1)
+    totals = distributed.all_sum(torch.stack([state.loss_sum.float(), state.correct.float(),
+                                              torch.as_tensor(float(state.seen), device=state.loss_sum.device),
+                                              state.weight_sum.float()]))  # torchrun: over all ranks
+    seen = max(float(totals[2]), 1.0)
     stats = {
-        "train_loss": state.loss_sum.item() / seen,
-        "train_acc_noisy": state.correct.item() / seen,
+        "train_loss": float(totals[0]) / seen,
+        "train_acc_noisy": float(totals[1]) / seen,
         "lr": lr,
         "steps": state.batch - first_batch,
         "complete": state.batch == num_batches,
         "state": state,
     }
     if weighted or task.method != "ce":
-        stats["mean_weight"] = state.weight_sum.item() / seen
+        stats["mean_weight"] = float(totals[3]) / seen
     return stats
 
 
@@ -1074,6 +1097,13 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    trained = model  # torchrun: DistributedDataParallel around it (gradients averaged over the ranks)
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    main = distributed.is_main()  # only rank 0 writes the checkpoint and the log
+    log = log if main else (lambda line: None)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)  # whole split on the device, uint8
     n = x_train.shape[0]
     if n == 0:
@@ -1120,7 +1150,7 @@ def fit(
 
     def save(epoch_done: int, partial_state: EpochState | None, *, finished: bool = False) -> None:
         nonlocal last_saved
-        if checkpoint_path is None:
+        if checkpoint_path is None or not main:
             return
         save_torch(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -1135,7 +1165,7 @@ def fit(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and main
     bar = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[total_epochs]}"), BarColumn(),
                    MofNCompleteColumn(), TimeRemainingColumn(), transient=True, disable=not show)
     with _sigint_flag(log) as interrupted, bar:
@@ -1150,7 +1180,7 @@ def fit(
             # ---- forward / backward over the epoch
             try:
                 stats = train_one_epoch(
-                    model, x_train, y_train, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size,
+                    trained, x_train, y_train, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size,
                     device=device, generator=generator, epoch=epoch + 1, step=step, state=state, task=task,
                     weight_log=weight_log, augment=augment, autocast_dtype=amp_dtype, channels_last=channels_last,
                     should_stop=interrupted, on_step=(lambda: bar.advance(bar_task)) if show else None,
@@ -1163,6 +1193,8 @@ def fit(
                 save(epoch, state)
                 _interrupted(f"epoch {epoch + 1}, batch {state.batch}/{steps_per_epoch}", checkpoint_path, log)
             step += steps_per_epoch
+            if (row_index := weight_log.row(epoch + 1)) is not None:
+                weight_log.merge(row_index)  # torchrun: each rank saw its share of the examples
 
             # ---- evaluate: clean subset (selection signal), test (monitoring only)
             clean = evaluate_accuracy(model, data.x_clean, data.y_clean, **evaluate)

@@ -57,9 +57,12 @@ def require(*paths: Path) -> None:
 
 
 def setup(cfg: Config) -> None:
-    """Once per stage, before any work: the MLflow store must be usable; then threads and seeds."""
-    from labelnoise import tracking
+    """Once per stage, before any work: under torchrun join the process group; the MLflow store must be
+    usable (rank 0 talks to it); then threads and seeds."""
+    from labelnoise import distributed, tracking
 
-    tracking.check_store(cfg)
+    distributed.init(runtime.resolve_device(cfg.base.device).type)
+    if distributed.is_main():
+        tracking.check_store(cfg)
     runtime.set_threads(cfg.base.threads)
     runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)

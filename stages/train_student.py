@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import tracking
-from labelnoise.config import Config
+from labelnoise import distributed, tracking
+from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import load_prepared, make_train_view
 from labelnoise.io import atomic_path, save_torch
 from labelnoise.models import channel_stats, create_model, model_record
@@ -69,6 +69,8 @@ def run(cfg: Config) -> dict[str, float]:
     uses_mentor = s.method in MENTOR_METHODS
     require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if uses_mentor else []))
     setup(cfg)
+    if s.method == "cleanlab" and distributed.active():
+        raise ConfigError("student.method cleanlab runs in one process: start it without torchrun")
     device = resolve_device(cfg.base.device)
     mentor = None
     if uses_mentor:  # ce never reads the mentor
@@ -109,6 +111,8 @@ def run(cfg: Config) -> dict[str, float]:
                          on_epoch=on_epoch, mentor=mentor, mentor_cfg=cfg.mentor)
             weights = result.weights
         last = result.history[-1]
+        if not distributed.is_main():  # torchrun: rank 0 writes the outputs
+            return {}
         config = checkpoint_config(s, seed=cfg.base.seed, mentor_cfg=cfg.mentor)
         save_torch(PATHS.student_model, model_record(result.model, model_name=s.model, model_kwargs=model_kwargs,
                                                epoch=int(last["epoch"]), clean_acc=last["clean_acc"], config=config))

@@ -1,0 +1,146 @@
+"""Study files (studies/*.yaml) and their reports: points, matching runs to sweeps, the comparison and
+Rolnick et al. views, built from synthetic MLflow-like runs whose metrics follow known rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from labelnoise.config import flatten, load_config
+from labelnoise.studies import clean_needed, find_study, load_study, study_points, sweep_runs, write_report
+from labelnoise.tracking import differing_params
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS = REPO / "params.yaml"
+
+
+def canonical(overrides: list[str]) -> str:
+    return repr(sorted(flatten(load_config(PARAMS, overrides).to_dict()).items()))
+
+
+def fake_runs(name: str, variant: str, acc: Callable[[dict[str, str]], float]) -> list[dict[str, Any]]:
+    """One finished 'run' per point of the shipped study, params as MLflow logs them, newest first."""
+    spec = load_study(REPO / "studies" / f"{name}.yaml")
+    runs = []
+    for i, point in enumerate(study_points(spec, variant, canonical)):
+        params = {k: str(v) for k, v in flatten(load_config(PARAMS, [f"base.study={name}", *point]).to_dict()).items()}
+        runs.append({"run_id": f"{i:032x}", "start": 60_000 * i, "end": 60_000 * i + 50_000, "params": params,
+                     "metrics": {"test_acc": acc(params), "detection_auroc": 0.9, "corrected_test_acc": 0.95},
+                     "tags": {"dvc_exp_name": f"{name}-{i + 1:03d}"}})
+    return runs[::-1]
+
+
+def report(name: str, runs: list[dict[str, Any]], out: Path, variant: str = "small") -> str:
+    spec = load_study(REPO / "studies" / f"{name}.yaml")
+    swept = [k for k in differing_params(runs) if k != "base.study"]
+    written = write_report(runs, study=name, swept=swept, out_dir=out, spec=spec, variant=variant,
+                           defaults=flatten(load_config(PARAMS).to_dict()))
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    assert all(p.suffix == ".png" for p in written[1:]) and written[0] == out / f"{name}.md"
+    return written[0].read_text()
+
+
+def test_shipped_studies_give_valid_distinct_points() -> None:
+    for name, count in (("comparison", 21), ("massive_noise", 22)):
+        spec = load_study(REPO / "studies" / f"{name}.yaml")
+        for variant in spec["variants"]:
+            points = study_points(spec, variant, canonical)
+            assert len(points) == count
+            assert len({canonical(p) for p in points}) == count  # shared points of two sweeps run once
+    # without the params, points differing only in a default written out stay apart
+    massive = load_study(REPO / "studies" / "massive_noise.yaml")
+    assert len(study_points(massive, "small")) > 22
+    assert find_study("massive_noise", REPO / "studies")[1] == "small"
+    assert find_study("comparison-full", REPO / "studies")[1] == "full"
+    assert find_study("adhoc", REPO / "studies") is None
+
+
+def test_comparison_report_tables_and_verdicts(tmp_path: Path) -> None:
+    rates = {"0.2": 0.9, "0.4": 0.85, "0.8": 0.6, "0.45": 0.8}
+    bonus = {"ce": 0.0, "cleanlab": 0.01, "spade": 0.02, "mentormix": 0.03}
+
+    def acc(p: dict[str, str]) -> float:
+        if p["noise.kind"] == "none":
+            return 0.93
+        return rates[p["noise.rate"]] + bonus[p["student.method"]] - 0.015 * (p["mentor.kind"] == "pd")
+
+    text = report("comparison", fake_runs("comparison", "small", acc), tmp_path)
+    assert "| method | symmetric 20 % | symmetric 40 % | symmetric 80 % | pair 45 % |" in text
+    assert "| CE | 90.00 % | 85.00 % | 60.00 % | 80.00 % |" in text
+    assert "| SPADE-PD | 90.50 % | 85.50 % | 60.50 % | 80.50 % |" in text
+    assert "| SPADE-DD + correction | 95.00 % | 95.00 % | 95.00 % | 95.00 % |" in text
+    assert "| Oracle (CE, clean labels) | 93.00 % | 93.00 % | 93.00 % | 93.00 % |" in text
+    assert "- symmetric 80 %: our best, SPADE-DD + correction, 95.00 % against Cleanlab 61.00 %: ahead by 34.00" \
+           in text
+    assert "| Cleanlab | 0.900 |" in text  # detection AUROC table (CE and the oracle have none)
+    assert "21 points from 21 finished pipeline runs" in text and "`data.train_limit=10000`" in text
+    assert (tmp_path / "comparison" / "methods.png").is_file()
+
+
+def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None:
+    def acc(p: dict[str, str]) -> float:
+        if p["noise.kind"] == "structured":
+            return 0.9 - 0.2 * float(p["noise.delta"])  # falls with delta: holds
+        alpha, n = float(p["noise.alpha"]), int(p["noise.n_clean"])
+        value = 0.9 - alpha * 3.0 / n  # more clean examples: a smaller drop
+        value += 0.02 * (p["noise.massive_source"] == "other")  # other source hurts less: holds
+        value += 0.01 * (int(p["student.batch_size"]) == 32)  # larger batches do NOT help
+        return value - 0.05 * (float(p["student.lr"]) == 0.01)  # smaller lr does NOT help
+
+    runs = fake_runs("massive_noise", "small", acc)
+    spec = load_study(REPO / "studies" / "massive_noise.yaml")
+    defaults = flatten(load_config(PARAMS).to_dict())
+    by_name = {s["name"]: sweep_runs(runs, spec, "small", s, defaults) for s in spec["sweeps"]}
+    assert {k: len(v) for k, v in by_name.items()} == {"alpha": 7, "clean": 9, "delta": 4, "batch_lr": 6}
+    text = report("massive_noise", runs, tmp_path)
+    assert "**Accuracy stays high as α grows, given enough clean examples** — holds" in text
+    assert "with 1000 clean examples 90.00 % → 75.00 % (-15.00 points)" in text
+    assert "**Noise from another source hurts less than same-dataset noise** — holds (3 of 3 α values)" in text
+    assert "**Structured noise hurts more as δ grows** — holds (accuracy falls at 3 of 3 steps)" in text
+    assert "**Larger batches help under noise** — does not hold (0 of 2)" in text
+    assert "**Smaller learning rates help under noise** — does not hold (0 of 3)" in text
+    assert "| 0 | 100 |" in text  # alpha 0: the smallest size already reaches 80 %
+    for png in ("alpha", "clean", "delta", "batch_lr", "clean_needed"):
+        assert (tmp_path / "massive_noise" / f"{png}.png").is_file()
+
+
+def test_clean_needed_interpolates_on_log_size() -> None:
+    runs = [{"params": {"noise.alpha": str(a), "noise.n_clean": str(n)}, "metrics": {"test_acc": acc}}
+            for a, n, acc in ((10, 100, 0.6), (10, 1000, 0.9), (50, 100, 0.5), (50, 1000, 0.7), (0, 100, 0.85))]
+    needed = clean_needed(runs, 0.75)
+    assert needed[0.0] == pytest.approx(100.0)
+    assert needed[10.0] == pytest.approx(10 ** 2.5)  # halfway between 0.6 and 0.9 on log10 n: 2 → 3
+    assert needed[50.0] is None
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("view: comparison\n", "non-empty list `sweeps`"),
+    ("sweeps: [{name: a, grid: noise.rate=0.2}]\nview: pie\n", "view 'pie'"),
+    ("sweeps: [{name: a, grid: noise.rate=0.2}, {name: a, grid: noise.rate=0.4}]\n", "given twice"),
+    ("sweeps: [{name: a, grid: rate=0.2}]\n", "not section.key=value"),
+    ("sweeps: [{name: a}]\n", "a `grid` or a list of `grids`"),
+    ("sweeps: [{name: a, grid: noise.rate=0.2}]\nvariants: {full: ''}\n", "needs a `small` entry"),
+    ("sweeps: [\n", "study file"),
+])
+def test_bad_study_files_are_one_clear_error(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="study file") as e:
+        load_study(path)
+    assert says in str(e.value)
+
+
+def test_study_command_refuses_unknown_names_and_variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["study", "nope"])
+    assert unknown.exit_code == 2 and "unknown study 'nope' (known: comparison, massive_noise)" in unknown.output
+    variant = runner.invoke(app, ["study", "comparison", "--variant", "huge"])
+    assert variant.exit_code == 2 and "has no variant 'huge' (known: small, full)" in variant.output
+    assert "queued" not in unknown.output + variant.output
+    assert list(tmp_path.iterdir()) == []
