@@ -46,7 +46,7 @@ ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: setup
-	$(BIN)/python benchmarks/throughput.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/suite.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,42 +16,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parent.parent
-COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", ".dvcignore", ".gitignore"]
+from labelnoise.scaffold import sh, tiny_project
+
 STAGES = ["download", "inject_noise", "pretrain_mentor", "train_student", "correct_labels", "evaluate"]
-
-
-def _sh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
-
-
-def _new_project(root: Path) -> dict[str, str]:
-    """A git + DVC copy of the repository at ``root`` on the tiny preset, after one `dvc repro`; returns its env."""
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    _sh(["git", "init", "-q"], root, env)
-    _sh([sys.executable, "cli.py", "preset", "tiny"], root, env)
-    _sh(["dvc", "init", "-q"], root, env)
-    _sh(["dvc", "config", "core.analytics", "false"], root, env)
-    _sh(["git", "add", "-A"], root, env)
-    _sh(["git", "commit", "-qm", "tiny"], root, env)
-    _sh(["dvc", "repro"], root, env)
-    return env
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("project")
-    return root, _new_project(root)
+    return root, tiny_project(root)
 
 
 def _client(root: Path) -> tuple[MlflowClient, str]:
@@ -132,7 +102,7 @@ def test_same_params_and_seeds_give_identical_outputs_and_metrics(
     first, _ = project
     second = tmp_path / "second"
     second.mkdir()
-    _new_project(second)
+    tiny_project(second)
     a, b = _output_digests(first), _output_digests(second)
     assert len(a) >= 20 and a.keys() == b.keys()
     assert [rel for rel in a if a[rel] != b[rel]] == []
@@ -167,14 +137,14 @@ def test_second_repro_reruns_nothing(project: tuple[Path, dict[str, str]]) -> No
     root, env = project
     client, exp_id = _client(root)
     before = len(client.search_runs([exp_id]))
-    out = _sh(["dvc", "repro"], root, env)
+    out = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in out.stdout
     assert len(client.search_runs([exp_id])) == before
 
 
 def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
-    _sh(["dvc", "exp", "run", "-n", "lower-noise", "-S", "noise.rate=0.2"], root, env)
+    sh(["dvc", "exp", "run", "-n", "lower-noise", "-S", "noise.rate=0.2"], root, env)
     client, exp_id = _client(root)
     runs = client.search_runs([exp_id], "tags.dvc_exp_name = 'lower-noise' and tags.`labelnoise.kind` = 'pipeline'")
     assert len(runs) == 1
@@ -189,11 +159,11 @@ def test_sweep_through_two_queue_workers_loses_no_run_and_reports(project: tuple
     repo-root SQLite store: both executions are recorded completely under the study tag (parent and the
     stages that ran, all FINISHED, with their test accuracy), and `cli.py report` builds the study report."""
     root, env = project
-    out = _sh([sys.executable, "cli.py", "sweep", "twoworkers", "noise.rate=0.25,0.35", "--jobs", "2"], root, env)
+    out = sh([sys.executable, "cli.py", "sweep", "twoworkers", "noise.rate=0.25,0.35", "--jobs", "2"], root, env)
     assert out.stdout.count("queued twoworkers-") == 2
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        status = _sh(["dvc", "queue", "status"], root, env).stdout
+        status = sh(["dvc", "queue", "status"], root, env).stdout
         if not any(word in status for word in ("Queued", "Running")):
             break
         time.sleep(2)
@@ -213,7 +183,7 @@ def test_sweep_through_two_queue_workers_loses_no_run_and_reports(project: tuple
     (a, b) = [(r.info.start_time, r.info.end_time) for r in runs]
     assert a[0] < b[1] and b[0] < a[1]  # the two executions really overlapped in time
 
-    _sh([sys.executable, "cli.py", "report", "twoworkers"], root, env)
+    sh([sys.executable, "cli.py", "report", "twoworkers"], root, env)
     text = (root / "reports" / "twoworkers.md").read_text()
     assert "2 points from 2 finished pipeline runs" in text and "| noise.rate |" in text
     rows = [line for line in text.splitlines() if line.startswith("| 0.")]  # points in param order

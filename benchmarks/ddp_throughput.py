@@ -1,0 +1,77 @@
+"""Training throughput of one process group: the project's loop (``train_one_epoch``) on the default student,
+params and Fashion-MNIST-shaped data of ``throughput.py``, each global mini-batch of ``student.batch_size``
+split across the ranks when started by torchrun. Rank 0 prints one JSON line: {"img_s" (median of the
+repeats, global images per second), "world", "threads"}. ``benchmarks/suite.py`` runs it with one process
+and with ``torchrun --nproc_per_node 2`` on the same cores.
+
+    python benchmarks/ddp_throughput.py
+    torchrun --standalone --nproc_per_node 2 benchmarks/ddp_throughput.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.throughput import bench_data  # noqa: E402
+from labelnoise import distributed, runtime, training  # noqa: E402
+from labelnoise.config import load_config  # noqa: E402
+from labelnoise.models import channel_stats, create_model  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--batches", type=int, default=60, help="global mini-batches per timed repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.params)
+    s = cfg.student
+    device = runtime.resolve_device(cfg.base.device)
+    distributed.init(device.type)
+    threads = runtime.set_threads(cfg.base.threads)
+    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
+    amp_dtype = training.resolve_precision(s.precision, device)
+    channels_last = training.resolve_channels_last(s.channels_last, device)
+    n = args.batches * s.batch_size
+    x, y, _ = bench_data(n, seed=cfg.base.seed)
+    mean, std = channel_stats(x)
+    x, y = x.to(device), y.to(device)
+    model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=mean, std=std).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    trained = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = training.make_optimizer(model, s)
+    scheduler = training.make_scheduler(optimizer, s, steps_per_epoch=args.batches * (args.repeats + 1))
+    generator = torch.Generator().manual_seed(cfg.base.seed)
+    rates = []
+    for r in range(args.repeats + 1):  # the first is the warm-up
+        t0 = time.perf_counter()
+        training.train_one_epoch(trained, x, y, optimizer=optimizer, scheduler=scheduler, batch_size=s.batch_size,
+                                 device=device, generator=generator, autocast_dtype=amp_dtype,
+                                 channels_last=channels_last)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r:
+            rates.append(n / (time.perf_counter() - t0))
+    result = {"img_s": statistics.median(rates), "world": distributed.world_size(), "threads": threads}
+    if distributed.is_main():
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
