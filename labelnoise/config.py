@@ -105,7 +105,7 @@ class MentorConfig:
 @dataclass(frozen=True)
 class StudentConfig:
     method: Literal["ce", "spade", "mentormix", "cleanlab"]
-    model: Literal["cnn", "preact_resnet32", "resnet18"]
+    model: Literal["cnn", "preact_resnet32", "wrn56_10", "resnet18"]
     pretrained: bool
     epochs: int = _rng(1, 10_000)
     batch_size: int = _rng(1, 65_536)

@@ -12,6 +12,9 @@ Models:
   accuracy at the same cost (92.8% vs 91.9%, 15 epochs, clean labels).
 - ``preact_resnet32``: the CIFAR pre-activation ResNet-32 (He et al. 2016b, "Identity Mappings"):
   3 stages x 5 basic blocks, 16/32/64 channels; the network MentorNet uses on CIFAR.
+- ``wrn56_10``: the wide ResNet of the official MentorNet code on CIFAR (its ``resnet101`` student:
+  pre-activation, 3 stages x 9 basic blocks, 16-channel stem then 160/320/640 channels, leaky ReLU 0.1;
+  shortcuts here are 1x1 projections where the shape changes, the official code pads an average-pooled input).
 - ``resnet18``: torchvision's ResNet-18; for small images (<= 64 px) the stem becomes a stride-1
   conv without max-pool, as is standard on CIFAR.
 """
@@ -140,8 +143,9 @@ class SmallCNN(nn.Module):
 class PreActBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut (He et al. 2016b, Fig. 4e)."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, leak: float = 0.0) -> None:
         super().__init__()
+        self.leak = leak
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
@@ -151,31 +155,38 @@ class PreActBlock(nn.Module):
             nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
         )
 
+    def act(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.leaky_relu(x, self.leak) if self.leak else torch.relu(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(x))
+        out = self.act(self.bn1(x))
         # The shortcut branches off after the first pre-activation when it projects (as in the paper).
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv2(self.act(self.bn2(out)))
         return out + shortcut
 
 
 class PreActResNet(nn.Module):
-    """CIFAR PreAct ResNet: stem conv3x3(16), 3 stages of ``blocks`` blocks (16/32/64 ch), BN-ReLU, GAP, linear.
+    """CIFAR PreAct ResNet: stem conv3x3 (``stem`` channels, default the first width), 3 stages of ``blocks``
+    blocks (``widths``, default 16/32/64), BN-ReLU, GAP, linear; ``leak`` > 0: leaky ReLUs.
 
-    Depth = 6 * blocks + 2 (blocks=5 → ResNet-32).
+    Depth = 6 * blocks + 2 (blocks=5 → ResNet-32; blocks=9, widths 160/320/640 → the wide ResNet-56-10).
     """
 
     def __init__(
-        self, *, num_classes: int, in_channels: int, blocks: int = 5, widths: Sequence[int] = (16, 32, 64)
+        self, *, num_classes: int, in_channels: int, blocks: int = 5, widths: Sequence[int] = (16, 32, 64),
+        stem: int | None = None, leak: float = 0.0,
     ) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.leak = leak
+        cin = stem or widths[0]
+        self.stem = nn.Conv2d(in_channels, cin, 3, padding=1, bias=False)
         stages: list[nn.Module] = []
-        cin = widths[0]
         for i, width in enumerate(widths):
             stride = 1 if i == 0 else 2
-            stage = [PreActBlock(cin, width, stride)] + [PreActBlock(width, width, 1) for _ in range(blocks - 1)]
+            stage = [PreActBlock(cin, width, stride, leak)] + [PreActBlock(width, width, 1, leak)
+                                                               for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*stage))
             cin = width
         self.stages = nn.Sequential(*stages)
@@ -187,8 +198,8 @@ class PreActResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) → (B, K)
-        out = self.stages(self.stem(x))
-        out = torch.relu(self.bn(out))
+        out = self.bn(self.stages(self.stem(x)))
+        out = torch.nn.functional.leaky_relu(out, self.leak) if self.leak else torch.relu(out)
         return self.head(torch.flatten(self.pool(out), 1))
 
 
@@ -243,6 +254,9 @@ _REGISTRY: dict[str, Builder] = {
     ),
     "preact_resnet32": lambda *, num_classes, in_channels, image_size, pretrained: PreActResNet(
         num_classes=num_classes, in_channels=in_channels, blocks=5
+    ),
+    "wrn56_10": lambda *, num_classes, in_channels, image_size, pretrained: PreActResNet(
+        num_classes=num_classes, in_channels=in_channels, blocks=9, widths=(160, 320, 640), stem=16, leak=0.1
     ),
     "resnet18": _resnet18,
 }
