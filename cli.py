@@ -41,7 +41,7 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-DISTRIBUTED_STAGES = ("train_student",)  # stages that run under `torchrun --nproc_per_node N cli.py ...`
+DISTRIBUTED_STAGES = ("pretrain_mentor", "train_student")  # run under `torchrun --nproc_per_node N cli.py ...`
 
 
 def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelnoise import distributed
 from labelnoise.io import save_torch
 
 if TYPE_CHECKING:
@@ -425,6 +426,11 @@ def record_training_features(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     x_dev, y_dev = x.to(device), y_noisy.to(device)
+    trained = model  # torchrun: data-parallel training, the features then recorded by every rank alike
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     optimizer = training.make_optimizer(model, cfg)
     scheduler = training.make_scheduler(optimizer, cfg, steps_per_epoch=steps_per_epoch)
@@ -435,7 +441,7 @@ def record_training_features(
     for epoch in range(cfg.epochs):
         # ---- one epoch of plain cross-entropy on the noisy labels
         stats = training.train_one_epoch(
-            model, x_dev, y_dev, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size, device=device,
+            trained, x_dev, y_dev, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size, device=device,
             generator=generator, epoch=epoch + 1, step=step, augment=augment, autocast_dtype=amp_dtype,
             channels_last=channels_last,
         )

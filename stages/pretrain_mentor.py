@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from labelnoise import distributed, noise, runtime, tracking
 from labelnoise import mentornet as mn
-from labelnoise import noise, runtime, tracking
 from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import Prepared, load_prepared
 from labelnoise.io import save_json
@@ -63,6 +63,8 @@ def run(cfg: Config) -> dict[str, Any]:
         result = _pretrain_dd(cfg, prepared, generator=generator, device=device)
     report = {"dataset": prepared.dataset, **result.report, "device": str(device),
               "time_s": round(time.perf_counter() - t0, 2)}
+    if not distributed.is_main():  # torchrun: rank 0 writes the outputs
+        return {}
 
     sections = ("mentor",) if cfg.mentor.kind == "pd" else ("mentor", "student")  # dd also trains a student
     with tracking.stage_run("pretrain_mentor", cfg, sections=sections) as tracked:

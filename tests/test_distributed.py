@@ -1,4 +1,5 @@
-"""Data-parallel training through torchrun: 2 CPU processes (gloo) on the tiny preset against 1 process."""
+"""Data-parallel training through torchrun: 2 CPU processes (gloo) on the tiny preset against 1 process
+(train-student), the DD mentor's pretraining under torchrun, and the stages that refuse it."""
 
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def test_two_processes_reach_the_accuracy_of_one(workspace: Path) -> None:
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'train_student'")
     assert len(runs) == 2 * len(SEEDS) and all(r.info.status == "FINISHED" for r in runs)
     assert not list(workspace.rglob("*.tmp*"))
+
+
+def test_the_dd_mentor_pretrains_under_torchrun(workspace: Path, tmp_path: Path) -> None:
+    """The DD mentor's feature-recording student trains data-parallel; rank 0 alone writes and logs."""
+    root = tmp_path / "copy"
+    shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("mlflow.db", "mentor*", "checkpoints"))
+    out = _cli(root, "pretrain-mentor", procs=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (root / "models" / "mentor.pt").is_file() and (root / "reports" / "mentor.json").is_file()
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("labelnoise").experiment_id])[:1]
+    runs = client.search_runs([run.info.experiment_id], filter_string="attributes.run_name = 'pretrain_mentor'")
+    assert len(runs) == 1 and 0.0 <= runs[0].data.metrics["auroc"] <= 1.0
 
 
 def test_stages_without_distributed_support_refuse_torchrun(workspace: Path) -> None:
