@@ -41,7 +41,8 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-DISTRIBUTED_STAGES = ("pretrain_mentor", "train_student")  # run under `torchrun --nproc_per_node N cli.py ...`
+# stages that run under `torchrun --nproc_per_node N cli.py STAGE` (the others train nothing)
+DISTRIBUTED_STAGES = ("pretrain_mentor", "train_student", "correct_labels")
 
 
 def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> dict[str, Any]:

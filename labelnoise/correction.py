@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelnoise import distributed
 from labelnoise.config import ConfigError
 from labelnoise.io import save_torch
 from labelnoise.training import (
@@ -291,7 +292,8 @@ class CorrectionCheckpoint:
 
     def save(self, phase: str, state: dict[str, Any], *, finished: bool = False) -> None:
         self.phases[phase] = state
-        save_torch(self.path, {"config": self.config, "phases": self.phases, "finished": finished})
+        if distributed.is_main():  # torchrun: rank 0 writes
+            save_torch(self.path, {"config": self.config, "phases": self.phases, "finished": finished})
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -319,6 +321,20 @@ class _Runtime:
                                  channels_last=self.channels_last)["acc"]
 
 
+def _placed(model: nn.Module, rt: _Runtime) -> nn.Module:
+    """``model`` on the device (channels_last when chosen); under torchrun the DistributedDataParallel around it
+    (the ranks' gradients averaged; each rank's batch-level loss terms, such as the prior term, see its share
+    of the mini-batch)."""
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if not distributed.active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+
 def _train_epoch(
     model: nn.Module, x: Tensor, targets: Tensor, *, loss_fn: Callable[[Tensor, Tensor], dict[str, Tensor]],
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
@@ -332,6 +348,7 @@ def _train_epoch(
     argmax) and "lr" (of the last step). Raises NonFiniteLossError (epoch 1-based, global step 0-based).
     """
     n = x.shape[0]
+    distributed.same_generator(generator)  # torchrun: one batch order on every rank
     perm = torch.randperm(n, generator=generator).to(rt.device)  # (N,) this epoch's order
     sums: Tensor | None = None
     names: list[str] = []
@@ -339,8 +356,8 @@ def _train_epoch(
     lr = optimizer.param_groups[0]["lr"]
     model.train()
     for b in range(math.ceil(n / batch_size)):
-        # ---- batch
-        idx = perm[b * batch_size : (b + 1) * batch_size]  # (B,) positions in the train pool
+        # ---- batch (torchrun: this rank's share of it)
+        idx = distributed.shard(perm[b * batch_size : (b + 1) * batch_size])  # (B,) positions in the train pool
         xb, yb = x[idx], targets[idx]  # (B, C, H, W) uint8, (B, K)
         if rt.augment == "crop_flip":
             xb = crop_flip(xb, padding=rt.padding, generator=generator)
@@ -371,6 +388,11 @@ def _train_epoch(
                 sums = torch.zeros(len(names), device=rt.device)
             sums += torch.stack([parts[k].detach() for k in names]) * idx.shape[0]
             correct += (logits.argmax(dim=1) == yb.argmax(dim=1)).sum()
+    if record is not None and distributed.active():  # every example's row was written by one rank
+        record.copy_(distributed.all_sum(record))
+    if sums is not None:
+        sums = distributed.all_sum(sums)
+    correct = distributed.all_sum(correct)
     totals = (sums / n).tolist() if sums is not None else []
     if not all(math.isfinite(v) for v in totals):  # CUDA: checked once per epoch (no sync per step)
         raise NonFiniteLossError(epoch, step, f"non-finite loss in epoch {epoch}")
@@ -428,9 +450,8 @@ def joint_optimize(
     keep = torch.as_tensor(trusted, dtype=torch.bool, device=rt.device) if trusted is not None else None
     prior = class_prior(cfg.prior, num_classes=k, clean_labels=data.y_clean).to(rt.device)  # (C,)
 
-    model.to(rt.device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
+    trained = _placed(model, rt)
+    log = log if distributed.is_main() else (lambda line: None)
     steps_per_epoch = math.ceil(n / student.batch_size)
     opt_cfg = phase_optim_config(student, lr=cfg.lr, schedule="constant", epochs=cfg.epochs)
     optimizer = make_optimizer(model, opt_cfg)
@@ -476,7 +497,7 @@ def joint_optimize(
         epoch_probs = torch.zeros(n, k, device=rt.device)  # (N, C) softmax of this epoch's training passes
         try:
             stats = _train_epoch(
-                model, x, labels, loss_fn=lambda logits, y: joint_loss(logits, y, prior=prior, alpha=cfg.alpha,
+                trained, x, labels, loss_fn=lambda logits, y: joint_loss(logits, y, prior=prior, alpha=cfg.alpha,
                                                                        beta=cfg.beta),
                 optimizer=optimizer, scheduler=scheduler, generator=generator, batch_size=student.batch_size,
                 rt=rt, epoch=epoch, step=(epoch - 1) * steps_per_epoch, record=epoch_probs)
@@ -560,9 +581,8 @@ def retrain(
     if soft_labels.shape != (n, len(data.classes)):
         raise ValueError(f"soft labels of shape {tuple(soft_labels.shape)}, expected ({n}, {len(data.classes)})")
     x, targets = data.x_train.to(rt.device), soft_labels.float().to(rt.device)
-    model.to(rt.device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
+    trained = _placed(model, rt)
+    log = log if distributed.is_main() else (lambda line: None)
     steps_per_epoch = math.ceil(n / student.batch_size)
     opt_cfg = phase_optim_config(student, lr=cfg.retrain_lr, schedule=cfg.retrain_schedule,
                                  epochs=cfg.retrain_epochs)
@@ -592,7 +612,7 @@ def retrain(
         t0 = time.perf_counter()
         # ---- one epoch of soft-target cross-entropy on the corrected labels
         try:
-            stats = _train_epoch(model, x, targets, loss_fn=soft_cross_entropy, optimizer=optimizer,
+            stats = _train_epoch(trained, x, targets, loss_fn=soft_cross_entropy, optimizer=optimizer,
                                  scheduler=scheduler, generator=generator, batch_size=student.batch_size, rt=rt,
                                  epoch=epoch, step=(epoch - 1) * steps_per_epoch)
         except NonFiniteLossError as e:

@@ -102,6 +102,16 @@ def merge_seen(values: Tensor) -> Tensor:
     return torch.where(count > 0, total / count.clamp_min(1.0), torch.nan)
 
 
+def same_generator(generator: torch.Generator) -> None:
+    """Give every rank rank 0's state of a CPU ``generator`` (its draws per epoch, e.g. the batch order, must
+    agree; a rank's share of the augmentation draws may differ in length and so shift its state)."""
+    if not active():
+        return
+    state = generator.get_state().to(_DEVICE)
+    dist.broadcast(state, 0)
+    generator.set_state(state.cpu())
+
+
 def any_rank(flag: bool) -> bool:
     """True when ``flag`` is true on some rank (all ranks stop at the same step)."""
     if not active():

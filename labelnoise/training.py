@@ -771,6 +771,7 @@ class EpochState:
 
     @classmethod
     def start(cls, n: int, *, generator: torch.Generator, device: torch.device) -> EpochState:
+        distributed.same_generator(generator)  # torchrun: one batch order on every rank
         return cls(
             perm=torch.randperm(n, generator=generator),
             loss_sum=torch.zeros((), device=device),

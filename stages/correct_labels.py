@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelnoise import correction, plots, tracking
+from labelnoise import correction, distributed, plots, tracking
 from labelnoise.config import Config
 from labelnoise.datasets import TrainView, load_prepared, make_train_view, true_train_labels
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
@@ -111,7 +111,9 @@ def run(cfg: Config) -> dict[str, float]:
         final = correction.retrain(final_model, view, joint.soft_labels, cfg=c, student=s, seed=cfg.base.seed,
                                    device=device, checkpoint=checkpoint, on_epoch=log_rows("retrain"))
 
-        # ---- outputs of training (nothing above has seen a true train label)
+        # ---- outputs of training (nothing above has seen a true train label); torchrun: rank 0 writes them
+        if not distributed.is_main():
+            return {}
         soft = joint.soft_labels.numpy().astype(np.float32)  # (n, C)
         hard = soft.argmax(axis=1).astype(np.int64)  # (n,)
         save_npz(PATHS.corrected, soft=soft, hard=hard, changed=hard != noisy,

@@ -1,5 +1,5 @@
 """Data-parallel training through torchrun: 2 CPU processes (gloo) on the tiny preset against 1 process
-(train-student), the DD mentor's pretraining under torchrun, and the stages that refuse it."""
+(train-student), the DD mentor's pretraining and label correction under torchrun, the stages that refuse it."""
 
 from __future__ import annotations
 
@@ -82,7 +82,25 @@ def test_the_dd_mentor_pretrains_under_torchrun(workspace: Path, tmp_path: Path)
     assert len(runs) == 1 and 0.0 <= runs[0].data.metrics["auroc"] <= 1.0
 
 
+def test_label_correction_under_torchrun(workspace: Path, tmp_path: Path) -> None:
+    """Both phases of joint optimization train data-parallel: every example's softmax merged into the label
+    buffer, rank 0 alone writes the corrected labels and the final model and logs one stage run."""
+    root = tmp_path / "copy"
+    shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("mlflow.db", "checkpoints"))
+    if not (root / "models" / "student.pt").is_file():  # run alone: the student first
+        assert _cli(root, "train-student", "-S", "base.threads=1").returncode == 0
+    out = _cli(root, "correct-labels", procs=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("retrain 4/4") == 1
+    corrected = np.load(root / "data" / "corrected.npz")
+    assert np.isfinite(corrected["soft"]).all() and np.allclose(corrected["soft"].sum(axis=1), 1.0, atol=1e-4)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("labelnoise")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'correct_labels'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
 def test_stages_without_distributed_support_refuse_torchrun(workspace: Path) -> None:
-    out = _cli(workspace, "correct-labels", procs=2)
+    out = _cli(workspace, "evaluate", procs=2)
     assert out.returncode != 0
-    assert "error: stage correct_labels runs in one process: start it without torchrun" in out.stderr
+    assert "error: stage evaluate runs in one process: start it without torchrun" in out.stderr
