@@ -46,7 +46,7 @@ def report(name: str, runs: list[dict[str, Any]], out: Path, variant: str = "sma
 
 
 def test_shipped_studies_give_valid_distinct_points() -> None:
-    for name, count in (("comparison", 21), ("massive_noise", 22)):
+    for name, count in (("comparison", 21), ("massive_noise", 14)):
         spec = load_study(REPO / "studies" / f"{name}.yaml")
         for variant in spec["variants"]:
             points = study_points(spec, variant, canonical)
@@ -54,7 +54,7 @@ def test_shipped_studies_give_valid_distinct_points() -> None:
             assert len({canonical(p) for p in points}) == count  # shared points of two sweeps run once
     # without the params, points differing only in a default written out stay apart
     massive = load_study(REPO / "studies" / "massive_noise.yaml")
-    assert len(study_points(massive, "small")) > 22
+    assert len(study_points(massive, "small")) > 14
     assert find_study("massive_noise", REPO / "studies")[1] == "small"
     assert find_study("comparison-full", REPO / "studies")[1] == "full"
     assert find_study("adhoc", REPO / "studies") is None
@@ -87,23 +87,24 @@ def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None
         if p["noise.kind"] == "structured":
             return 0.9 - 0.2 * float(p["noise.delta"])  # falls with delta: holds
         alpha, n = float(p["noise.alpha"]), int(p["noise.n_clean"])
-        value = 0.9 - alpha * 3.0 / n  # more clean examples: a smaller drop
+        value = 0.9 - alpha * 0.3 / n  # more clean examples: a smaller drop
         value += 0.02 * (p["noise.massive_source"] == "other")  # other source hurts less: holds
-        value += 0.01 * (int(p["student.batch_size"]) == 32)  # larger batches do NOT help
-        return value - 0.05 * (float(p["student.lr"]) == 0.01)  # smaller lr does NOT help
+        value -= 0.01 * (int(p["student.batch_size"]) == 512)  # larger batches do NOT help
+        return value - 0.05 * (float(p["student.lr"]) == 0.02)  # smaller lr does NOT help
 
     runs = fake_runs("massive_noise", "small", acc)
     spec = load_study(REPO / "studies" / "massive_noise.yaml")
     defaults = flatten(load_config(PARAMS).to_dict())
     by_name = {s["name"]: sweep_runs(runs, spec, "small", s, defaults) for s in spec["sweeps"]}
-    assert {k: len(v) for k, v in by_name.items()} == {"alpha": 7, "clean": 9, "delta": 4, "batch_lr": 6}
+    assert {k: len(v) for k, v in by_name.items()} == {"alpha": 5, "clean": 6, "delta": 3, "batch_lr": 4}
     text = report("massive_noise", runs, tmp_path)
     assert "**Accuracy stays high as α grows, given enough clean examples** — holds" in text
-    assert "with 1000 clean examples 90.00 % → 75.00 % (-15.00 points)" in text
-    assert "**Noise from another source hurts less than same-dataset noise** — holds (3 of 3 α values)" in text
-    assert "**Structured noise hurts more as δ grows** — holds (accuracy falls at 3 of 3 steps)" in text
+    assert "with 100 clean examples 90.00 % → 75.00 % (-15.00 points)" in text
+    assert "with 1000 clean examples 90.00 % → 88.50 % (-1.50 points)" in text
+    assert "**Noise from another source hurts less than same-dataset noise** — holds (2 of 2 α values)" in text
+    assert "**Structured noise hurts more as δ grows** — holds (accuracy falls at 2 of 2 steps)" in text
     assert "**Larger batches help under noise** — does not hold (0 of 2)" in text
-    assert "**Smaller learning rates help under noise** — does not hold (0 of 3)" in text
+    assert "**Smaller learning rates help under noise** — does not hold (0 of 2)" in text
     assert "| 0 | 100 |" in text  # alpha 0: the smallest size already reaches 80 %
     for png in ("alpha", "clean", "delta", "batch_lr", "clean_needed"):
         assert (tmp_path / "massive_noise" / f"{png}.png").is_file()
