@@ -22,10 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.throughput import bench_data  # noqa: E402
+from benchmarks.throughput import bench_setup  # noqa: E402
 from labelnoise import distributed, runtime, training  # noqa: E402
 from labelnoise.config import load_config  # noqa: E402
-from labelnoise.models import channel_stats, create_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,19 +35,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     s = cfg.student
-    device = runtime.resolve_device(cfg.base.device)
-    distributed.init(device.type)
-    threads = runtime.set_threads(cfg.base.threads)
-    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
-    amp_dtype = training.resolve_precision(s.precision, device)
-    channels_last = training.resolve_channels_last(s.channels_last, device)
+    distributed.init(runtime.resolve_device(cfg.base.device).type)
     n = args.batches * s.batch_size
-    x, y, _ = bench_data(n, seed=cfg.base.seed)
-    mean, std = channel_stats(x)
-    x, y = x.to(device), y.to(device)
-    model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=mean, std=std).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    b = bench_setup(args.params, n)
+    device, model = b.device, b.model()
     trained = model
     if distributed.active():
         from torch.nn.parallel import DistributedDataParallel
@@ -60,14 +50,14 @@ def main(argv: list[str] | None = None) -> dict:
     rates = []
     for r in range(args.repeats + 1):  # the first is the warm-up
         t0 = time.perf_counter()
-        training.train_one_epoch(trained, x, y, optimizer=optimizer, scheduler=scheduler, batch_size=s.batch_size,
-                                 device=device, generator=generator, autocast_dtype=amp_dtype,
-                                 channels_last=channels_last)
+        training.train_one_epoch(trained, b.x, b.y, optimizer=optimizer, scheduler=scheduler,
+                                 batch_size=s.batch_size, device=device, generator=generator, autocast_dtype=b.amp,
+                                 channels_last=b.channels_last)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if r:
             rates.append(n / (time.perf_counter() - t0))
-    result = {"img_s": statistics.median(rates), "world": distributed.world_size(), "threads": threads}
+    result = {"img_s": statistics.median(rates), "world": distributed.world_size(), "threads": b.threads}
     if distributed.is_main():
         print(json.dumps(result))
     return result

@@ -23,10 +23,9 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.throughput import bench_data, bench_mentor  # noqa: E402
-from labelnoise import runtime, training  # noqa: E402
+from benchmarks.throughput import bench_mentor, bench_setup  # noqa: E402
+from labelnoise import training  # noqa: E402
 from labelnoise.config import load_config  # noqa: E402
-from labelnoise.models import channel_stats, create_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,21 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
     s = cfg.student
-    threads = runtime.set_threads(cfg.base.threads)
-    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
-    device = runtime.resolve_device(cfg.base.device)
-    amp = training.resolve_precision(s.precision, device)
-    channels_last = training.resolve_channels_last(s.channels_last, device)
-    x, y, source = bench_data(args.steps * s.batch_size, seed=cfg.base.seed)
-    mean, std = channel_stats(x)
+    b = bench_setup(args.params, args.steps * s.batch_size)
+    threads, device, amp, channels_last, x, y, source = b.threads, b.device, b.amp, b.channels_last, b.x, b.y, b.source
     print(f"{s.model}, batch {s.batch_size}, {amp or 'fp32'}, channels_last={channels_last}, {threads} threads, "
           f"{device}, data: {source}")
     mentor, _ = bench_mentor(cfg, device)
     for method in ("ce", "spade"):
-        torch.manual_seed(cfg.base.seed)
-        model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=mean, std=std).to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        model = b.model()
         opt = training.make_optimizer(model, s)
         sched = training.make_scheduler(opt, s, steps_per_epoch=10 * args.steps)
         task = training.make_task(dataclasses.replace(s, method=method, burn_in=0.0, mentor_update="none"),

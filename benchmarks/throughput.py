@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,44 @@ def bench_data(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         if p.images.shape[1:] == (1, 28, 28) and len(p.train_idx) >= n:
             return torch.from_numpy(np.ascontiguousarray(p.images[p.train_idx[:n]])), y, f"{p.dataset} ({prepared})"
     return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), y, "random uint8"
+
+
+@dataclasses.dataclass
+class Bench:
+    """The default student's set-up on this machine, as ``fit`` resolves it, and the benchmark data on the device."""
+
+    cfg: Any
+    threads: int
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    x: torch.Tensor
+    y: torch.Tensor
+    source: str
+    mean: list[float]
+    std: list[float]
+
+    def model(self) -> torch.nn.Module:
+        """A fresh default student (seeded), on the device, in the chosen memory format."""
+        torch.manual_seed(self.cfg.base.seed)
+        s = self.cfg.student
+        model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=self.mean, std=self.std)
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def bench_setup(params: str | Path, n: int) -> Bench:
+    """Threads, seeds, device, precision and memory format from ``params``; ``n`` images of :func:`bench_data`."""
+    cfg = load_config(params)
+    s = cfg.student
+    threads = runtime.set_threads(cfg.base.threads)
+    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
+    device = runtime.resolve_device(cfg.base.device)
+    x, y, source = bench_data(n, seed=cfg.base.seed)
+    mean, std = channel_stats(x)
+    return Bench(cfg=cfg, threads=threads, device=device, amp=training.resolve_precision(s.precision, device),
+                 channels_last=training.resolve_channels_last(s.channels_last, device), x=x.to(device),
+                 y=y.to(device), source=source, mean=mean, std=std)
 
 
 def bench_mentor(cfg, device: torch.device) -> tuple[torch.nn.Module, str]:
@@ -105,21 +144,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = load_config(args.params)
     s = cfg.student
-    threads = runtime.set_threads(cfg.base.threads)
-    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
-    device = runtime.resolve_device(cfg.base.device)
-    amp_dtype = training.resolve_precision(s.precision, device)
-    channels_last = training.resolve_channels_last(s.channels_last, device)
     n = args.batches * s.batch_size
-    x, y, source = bench_data(n, seed=cfg.base.seed)
-    x, y = x.to(device), y.to(device)
-    mean, std = channel_stats(x.cpu())
+    b = bench_setup(args.params, n)
+    threads, device, amp_dtype, channels_last, x, y, source = (b.threads, b.device, b.amp, b.channels_last, b.x,
+                                                               b.y, b.source)
 
     def setup() -> tuple:
-        torch.manual_seed(cfg.base.seed)
-        model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=mean, std=std).to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        model = b.model()
         opt = training.make_optimizer(model, s)
         # The schedule spans a long run so the lr stays sane over all repeats.
         sched = training.make_scheduler(opt, s, steps_per_epoch=args.batches * (args.repeats + 1))
