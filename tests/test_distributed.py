@@ -100,7 +100,13 @@ def test_label_correction_under_torchrun(workspace: Path, tmp_path: Path) -> Non
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
-def test_stages_without_distributed_support_refuse_torchrun(workspace: Path) -> None:
-    out = _cli(workspace, "evaluate", procs=2)
-    assert out.returncode != 0
-    assert "error: stage evaluate runs in one process: start it without torchrun" in out.stderr
+def test_stages_without_distributed_support_refuse_torchrun(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets for every rank
+    result = CliRunner().invoke(app, ["evaluate"])
+    assert result.exit_code == 2
+    assert "error: stage evaluate runs in one process: start it without torchrun" in result.output
