@@ -18,7 +18,8 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         # That also fills every new tensor's memory (NaN / max int) to catch reads of uninitialised memory: a
-        # debugging aid, not needed for identical results, that cost ~15 % of a CPU training step (profiled).
+        # debugging aid, not needed for identical results; off, the default CPU step runs 4.5 % faster
+        # (6653 against 6364 img/s, 2 cores, interleaved repeats).
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
