@@ -39,11 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = args.batches * s.batch_size
     b = bench_setup(args.params, n)
     device, model = b.device, b.model()
-    trained = model
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trained = distributed.wrap(model, device)
     optimizer = training.make_optimizer(model, s)
     scheduler = training.make_scheduler(optimizer, s, steps_per_epoch=args.batches * (args.repeats + 1))
     generator = torch.Generator().manual_seed(cfg.base.seed)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import throughput  # noqa: E402
 from labelnoise.io import save_json  # noqa: E402
-from labelnoise.scaffold import sh, tiny_project  # noqa: E402
+from labelnoise.scaffold import clean_env, sh, tiny_project  # noqa: E402
 
 TARGETS = {"project_over_bare": (">=", 0.95), "spade_over_ce_step": ("<=", 1.15),
            "mentormix_over_ce_step": ("<=", 2.2), "train_student_peak_rss_gib": ("<=", 2.0)}
@@ -69,19 +69,18 @@ def noop_repro_seconds() -> float:
 def peak_rss_gib(epochs: int) -> float:
     """Max RSS of `cli.py train-student` on the default params (its inputs made first in the same folder)."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        env = {**clean_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
         fast_mentor = ["-S", "mentor.kind=pd", "-S", "mentor.fit_steps=50", "-S", "mentor.grid_size=1000"]
         for stage, extra in (("download", []), ("inject-noise", []), ("pretrain-mentor", fast_mentor),
                              ("train-student", ["-S", f"student.epochs={epochs}", *fast_mentor])):
-            proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), stage, "--params",
-                                     str(ROOT / "params.yaml"), *extra], cwd=tmp, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            _, status, usage = os.wait4(proc.pid, 0)
-            err = proc.stderr.read() if proc.stderr else ""
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{stage} failed: {err.strip().splitlines()[-1:]}")
+            log = Path(tmp) / f"{stage}.log"  # a file, not a pipe: wait4 must not wait on a full pipe
+            with open(log, "w") as err:
+                proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), stage, "--params",
+                                         str(ROOT / "params.yaml"), *extra], cwd=tmp, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=err)
+                _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"{stage} failed: {log.read_text().strip().splitlines()[-1:]}")
         return usage.ru_maxrss * 1024 / 2**30  # ru_maxrss is in KiB on Linux
 
 

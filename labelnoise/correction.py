@@ -328,11 +328,7 @@ def _placed(model: nn.Module, rt: _Runtime) -> nn.Module:
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    if not distributed.active():
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    return distributed.wrap(model, rt.device)
 
 
 def _train_epoch(
@@ -451,7 +447,7 @@ def joint_optimize(
     prior = class_prior(cfg.prior, num_classes=k, clean_labels=data.y_clean).to(rt.device)  # (C,)
 
     trained = _placed(model, rt)
-    log = log if distributed.is_main() else (lambda line: None)
+    log = distributed.main_only(log)
     steps_per_epoch = math.ceil(n / student.batch_size)
     opt_cfg = phase_optim_config(student, lr=cfg.lr, schedule="constant", epochs=cfg.epochs)
     optimizer = make_optimizer(model, opt_cfg)
@@ -582,7 +578,7 @@ def retrain(
         raise ValueError(f"soft labels of shape {tuple(soft_labels.shape)}, expected ({n}, {len(data.classes)})")
     x, targets = data.x_train.to(rt.device), soft_labels.float().to(rt.device)
     trained = _placed(model, rt)
-    log = log if distributed.is_main() else (lambda line: None)
+    log = distributed.main_only(log)
     steps_per_epoch = math.ceil(n / student.batch_size)
     opt_cfg = phase_optim_config(student, lr=cfg.retrain_lr, schedule=cfg.retrain_schedule,
                                  epochs=cfg.retrain_epochs)

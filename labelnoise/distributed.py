@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -55,6 +56,21 @@ def init(device: str) -> None:
 
 def active() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` itself in one process; under torchrun the DistributedDataParallel around it (the ranks'
+    gradients averaged; ``model`` keeps the weights, for state dicts and evaluation)."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def main_only(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` on rank 0 (or without torchrun); a no-op on the other ranks."""
+    return log if is_main() else (lambda line: None)
 
 
 def shard(idx: Tensor) -> Tensor:

@@ -426,11 +426,7 @@ def record_training_features(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     x_dev, y_dev = x.to(device), y_noisy.to(device)
-    trained = model  # torchrun: data-parallel training, the features then recorded by every rank alike
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trained = distributed.wrap(model, device)  # torchrun: data-parallel; every rank then records alike
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     optimizer = training.make_optimizer(model, cfg)
     scheduler = training.make_scheduler(optimizer, cfg, steps_per_epoch=steps_per_epoch)

@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", "studies", ".dvcignore", ".gitignore"]
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without MLflow, DVC and project variables (a run elsewhere must not reach the
+    caller's store), with this interpreter's bin first on PATH (dvc, torchrun)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def sh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run ``args`` in ``cwd``; a non-zero exit raises RuntimeError with the end of stdout and stderr."""
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -35,8 +43,7 @@ def tiny_project(root: Path, *, repro: bool = True) -> dict[str, str]:
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, root / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = clean_env()
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     sh(["git", "init", "-q"], root, env)
     sh([sys.executable, "cli.py", "preset", "tiny"], root, env)

@@ -114,8 +114,8 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
     from labelnoise.io import write_atomic
     from labelnoise.plots import plot_study
 
-    for r in runs:  # derived labels a study file may plot by
-        r["params"] = {**r["params"], "method": method_label(r["params"]), "level": level_label(r["params"])}
+    runs = [{**r, "params": {**r["params"], "method": method_label(r["params"]),  # derived labels to plot by
+                             "level": level_label(r["params"])}} for r in runs]
     points = latest_per_point(runs, swept)
     metrics = [m for m in REPORT_METRICS if any(m in r["metrics"] for r in points)]
     starts, ends = [r["start"] for r in runs], [r["end"] or r["start"] for r in runs]
@@ -143,10 +143,12 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
             others = [k for k in swept if k != x]
             figure(_series(points, x, others, study), x, x.replace(".", "_"), f"study {study}: metrics against {x}")
     else:
+        by_sweep = {s["name"]: latest_per_point(sweep_runs(points, spec, variant, s, defaults or {}), swept)
+                    for s in spec["sweeps"]}
         for sweep in spec["sweeps"]:
             if "x" not in sweep:  # queued for the view only
                 continue
-            mine = latest_per_point(sweep_runs(points, spec, variant, sweep, defaults or {}), swept)
+            mine = by_sweep[sweep["name"]]
             x, by = sweep["x"], sweep.get("lines")
             lines += ["", f"## {sweep.get('title', sweep['name'])}", ""]
             lines += [sweep["about"].strip(), ""] if sweep.get("about") else []
@@ -160,8 +162,7 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
         if spec.get("view") == "comparison":
             comparison_section(points, lines, figure)
         elif spec.get("view") == "massive":
-            massive_section({s["name"]: latest_per_point(sweep_runs(points, spec, variant, s, defaults or {}), swept)
-                             for s in spec["sweeps"]}, spec, lines, figure)
+            massive_section(by_sweep, spec, lines, figure)
         lines += ["", "## Every point", "", *_table(points, swept, metrics)]
     report = write_atomic(out_dir / f"{study}.md", lambda p: p.write_text("\n".join(lines) + "\n"))
     return [report, *figures]

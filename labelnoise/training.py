@@ -1098,13 +1098,9 @@ def fit(
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    trained = model  # torchrun: DistributedDataParallel around it (gradients averaged over the ranks)
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    trained = distributed.wrap(model, device)  # torchrun: DDP around it (gradients averaged over the ranks)
     main = distributed.is_main()  # only rank 0 writes the checkpoint and the log
-    log = log if main else (lambda line: None)
+    log = distributed.main_only(log)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)  # whole split on the device, uint8
     n = x_train.shape[0]
     if n == 0:

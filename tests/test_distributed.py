@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,14 +12,15 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from labelnoise.scaffold import clean_env
+
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 SEEDS = (0, 1, 2, 3)
 
 
 def _env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
-    return env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    return clean_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
 
 
 def _cli(root: Path, *args: str, procs: int = 1) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from labelnoise import io
+from labelnoise.scaffold import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -35,9 +36,7 @@ CORRECTION_OUTPUTS = ["models/final.pt", "data/corrected.npz"]
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    return env
+    return clean_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
 
 
 def _cli(workdir: Path, *args: str) -> None:
