@@ -324,23 +324,31 @@ def plot_study(
     numeric: bool,
     path: str | Path,
     title: str,
+    bars: bool = False,
 ) -> Path:
     """One panel per metric, the metric against the swept param ``x``, one line per series.
 
     ``series`` maps a label (the other swept params' values) to its points (x value as text, metrics).
     Numeric x values are placed on a number line (log scale when they span more than 50x and are
-    positive); other values are categories in the order first seen.
+    positive); other values are categories in the order first seen. ``bars``: categories that are not
+    steps of one scale (e.g. symmetric and pair noise) as groups of bars, one bar per series.
     """
     if not metrics:
         raise ValueError("plot_study: the runs have none of the metrics to plot")
     categories = list(dict.fromkeys(v for points in series.values() for v, _ in points))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + 0.8, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + (2.6 if bars else 0.8), 3.8),
+                             squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for label, points in series.items():
             pts = [(v, m[metric]) for v, m in points if metric in m]
             if not pts:
                 continue
             xs = [float(v) if numeric else categories.index(v) for v, _ in pts]
+            if bars and not numeric:
+                width = 0.8 / len(series)
+                offset = (list(series).index(label) - (len(series) - 1) / 2) * width
+                ax.bar(np.asarray(xs) + offset, [y for _, y in pts], width=width, label=label)
+                continue
             order = np.argsort(xs, kind="stable")
             ax.plot(np.asarray(xs)[order], np.asarray([y for _, y in pts])[order], marker="o", markersize=4,
                     linewidth=1.6, label=label)
@@ -356,7 +364,7 @@ def plot_study(
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
         if len(series) > 1:
-            ax.legend(fontsize=7, frameon=False)
+            ax.legend(fontsize=7, frameon=False, **({"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if bars else {}))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -132,9 +132,10 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
     ]
     figures = []
 
-    def figure(series: dict[str, Any], x: str, name: str, title: str, shown: Sequence[str] = metrics) -> None:
+    def figure(series: dict[str, Any], x: str, name: str, title: str, shown: Sequence[str] = metrics,
+               bars: bool = False) -> None:
         figures.append(plot_study(series, x=x, metrics=shown, numeric=_numeric(series),
-                                  path=out_dir / study / f"{name}.png", title=title))
+                                  path=out_dir / study / f"{name}.png", title=title, bars=bars))
         lines.extend(["", f"![{name}]({study}/{name}.png)"])
 
     if spec is None:
@@ -360,7 +361,7 @@ def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: A
     if oracle is not None:
         series["Oracle (CE, clean labels)"] = [(lv, {"test_acc": oracle}) for lv in levels]
     if any(series.values()):
-        figure(series, "noise", "methods", "test accuracy against noise, per method", ["test_acc"])
+        figure(series, "noise", "methods", "test accuracy at each noise level, per method", ["test_acc"], bars=True)
 
 
 def _acc(runs: list[dict[str, Any]], **where: Any) -> float | None:

@@ -232,7 +232,8 @@ def check_store(cfg: Config) -> str:
     saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
     os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
     try:
-        _experiment_id(_client(uri), cfg.base.experiment, root)
+        with _sqlite_setup_lock(uri):  # MLflow creates a new store's tables without a lock of its own
+            _experiment_id(_client(uri), cfg.base.experiment, root)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         reason = str(e).splitlines()[0][:300] if str(e) else ""
         raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
@@ -241,6 +242,24 @@ def check_store(cfg: Config) -> str:
             if v is None:
                 os.environ.pop(k, None)
     return uri
+
+
+@contextmanager
+def _sqlite_setup_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive flock on a SQLite store's file, so that processes starting at once (two DVC queue
+    workers on a fresh store) create its tables and the experiment one after the other: unlocked, the
+    second fails with "table ... already exists". flock does not touch SQLite's own fcntl locks."""
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        yield
+        return
+    import fcntl
+
+    with open(uri[len("sqlite:///"):], "rb") as f:  # check_store's connect made the file
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager

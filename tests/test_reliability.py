@@ -220,3 +220,28 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path: Path) -> None
     unrelated.write_bytes(b"x")
     io.save_torch(target, {"w": torch.ones(2)})
     assert not stale.exists() and unrelated.exists() and target.exists()
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two DVC queue workers start their first stage together on a store that does not exist yet: each
+    stage's check_store creates the MLflow tables and experiment; none may fail ("table ... already exists")."""
+    db = tmp_path / "fresh.db"
+    go = time.time() + 8  # every process has imported MLflow by then; they call check_store together
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from labelnoise.config import load_config\n"
+        "from labelnoise.tracking import check_store\n"
+        f"cfg = load_config(Path({str(REPO / 'params.yaml')!r}), ['base.tracking_uri=sqlite:///{db}'])\n"
+        "import mlflow.store.tracking.sqlalchemy_store  # imported before the start\n"
+        f"time.sleep(max(0.0, {go} - time.time()))\n"
+        "check_store(cfg)\n"
+    )
+    env = clean_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=f"sqlite:///{db}").get_experiment_by_name("labelnoise") is not None

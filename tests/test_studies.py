@@ -79,7 +79,7 @@ def test_comparison_report_tables_and_verdicts(tmp_path: Path) -> None:
     assert "- symmetric 80 %: our best, SPADE-DD + correction, 95.00 % against Cleanlab 61.00 %: ahead by 34.00" \
            in text
     assert "| Cleanlab | 0.900 |" in text  # detection AUROC table (CE and the oracle have none)
-    assert "21 points from 21 finished pipeline runs" in text and "`data.train_limit=10000`" in text
+    assert "21 points from 21 finished pipeline runs" in text and "`data.train_limit=8000`" in text
     assert (tmp_path / "comparison" / "methods.png").is_file()
 
 
