@@ -364,7 +364,8 @@ def plot_study(
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
         if len(series) > 1:
-            ax.legend(fontsize=7, frameon=False, **({"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if bars else {}))
+            outside = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)} if bars else {}
+            ax.legend(fontsize=7, frameon=False, **outside)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
