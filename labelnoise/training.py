@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.v2 import functional as TF
 
 from labelnoise import distributed
 from labelnoise.io import save_torch
@@ -176,7 +175,7 @@ def crop_flip(x: Tensor, *, padding: int, generator: torch.Generator) -> Tensor:
     call (the whole batch would share it), so the per-image offsets are gathered here.
     """
     b, c, h, w = x.shape
-    padded = TF.pad(x, [padding, padding, padding, padding], fill=0)  # (B, C, H+2p, W+2p)
+    padded = F.pad(x, (padding, padding, padding, padding), value=0)  # (B, C, H+2p, W+2p)
     offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(x.device)  # (B, 2) row, col
     flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)  # (B,)
     rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (B, H)
@@ -187,7 +186,7 @@ def crop_flip(x: Tensor, *, padding: int, generator: torch.Generator) -> Tensor:
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]  # (B, C, H, W)
-    return torch.where(flip[:, None, None, None], TF.horizontal_flip(out), out)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
 # ----------------------------------------------------------------------------- evaluation
