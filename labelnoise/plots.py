@@ -339,14 +339,14 @@ def plot_study(
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + (2.6 if bars else 0.8), 3.8),
                              squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for label, points in series.items():
+        for i, (label, points) in enumerate(series.items()):
             pts = [(v, m[metric]) for v, m in points if metric in m]
             if not pts:
                 continue
             xs = [float(v) if numeric else categories.index(v) for v, _ in pts]
             if bars and not numeric:
                 width = 0.8 / len(series)
-                offset = (list(series).index(label) - (len(series) - 1) / 2) * width
+                offset = (i - (len(series) - 1) / 2) * width
                 ax.bar(np.asarray(xs) + offset, [y for _, y in pts], width=width, label=label)
                 continue
             order = np.argsort(xs, kind="stable")

@@ -212,10 +212,10 @@ def check_store(cfg: Config) -> str:
     """
     root = repo_root()
     uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
-    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":  # checked directly: MLflow retries for minutes
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:" else None
+    if db is not None:  # a SQLite file, checked directly: MLflow retries for minutes
         import sqlite3
 
-        db = Path(uri[len("sqlite:///"):])
         if not db.parent.is_dir():
             raise TrackingError(f"MLflow store {uri} is in a folder that does not exist: "
                                 "fix base.tracking_uri or MLFLOW_TRACKING_URI")
@@ -232,7 +232,7 @@ def check_store(cfg: Config) -> str:
     saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
     os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
     try:
-        with _sqlite_setup_lock(uri):  # MLflow creates a new store's tables without a lock of its own
+        with _setup_lock(db):  # MLflow creates a new store's tables without a lock of its own
             _experiment_id(_client(uri), cfg.base.experiment, root)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         reason = str(e).splitlines()[0][:300] if str(e) else ""
@@ -245,16 +245,17 @@ def check_store(cfg: Config) -> str:
 
 
 @contextmanager
-def _sqlite_setup_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive flock on a SQLite store's file, so that processes starting at once (two DVC queue
-    workers on a fresh store) create its tables and the experiment one after the other: unlocked, the
-    second fails with "table ... already exists". flock does not touch SQLite's own fcntl locks."""
-    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+def _setup_lock(db: Path | None) -> Iterator[None]:
+    """Hold an exclusive flock on a SQLite store's file ``db`` (None: no file, no lock), so that processes
+    starting at once (two DVC queue workers on a fresh store) create its tables and the experiment one after
+    the other: unlocked, the second fails with "table ... already exists". flock does not touch SQLite's own
+    fcntl locks."""
+    if db is None:
         yield
         return
     import fcntl
 
-    with open(uri[len("sqlite:///"):], "rb") as f:  # check_store's connect made the file
+    with open(db, "rb") as f:  # check_store's connect made the file
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -228,7 +228,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Path
     db = tmp_path / "fresh.db"
     go = time.time() + 8  # every process has imported MLflow by then; they call check_store together
     code = (
-        "import sys, time; from pathlib import Path\n"
+        "import time; from pathlib import Path\n"
         "from labelnoise.config import load_config\n"
         "from labelnoise.tracking import check_store\n"
         f"cfg = load_config(Path({str(REPO / 'params.yaml')!r}), ['base.tracking_uri=sqlite:///{db}'])\n"
@@ -236,9 +236,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Path
         f"time.sleep(max(0.0, {go} - time.time()))\n"
         "check_store(cfg)\n"
     )
-    env = clean_env()
-    env.pop("MLFLOW_TRACKING_URI", None)
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(4)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
