@@ -35,15 +35,20 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def _sqlite_file(uri: str) -> str | None:
+    """The file of a ``sqlite:///PATH`` store as written in the URI; None for other stores and ``:memory:``."""
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return uri[len("sqlite:///"):]
+    return None
+
+
 def resolve_tracking_uri(uri: str, root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` overrides ``uri``; a relative sqlite or file store resolves against ``root``."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     root = root or repo_root()
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        if not path.startswith("/") and path != ":memory:":
-            return f"sqlite:///{(root / path).resolve()}"
-        return uri
+    path = _sqlite_file(uri)
+    if path is not None and not path.startswith("/"):
+        return f"sqlite:///{(root / path).resolve()}"
     if "://" not in uri:  # a plain folder: MLflow's file store
         return str((root / uri).resolve())
     return uri
@@ -212,7 +217,7 @@ def check_store(cfg: Config) -> str:
     """
     root = repo_root()
     uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
-    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:" else None
+    db = Path(path) if (path := _sqlite_file(uri)) is not None else None
     if db is not None:  # a SQLite file, checked directly: MLflow retries for minutes
         import sqlite3
 

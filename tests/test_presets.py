@@ -36,7 +36,7 @@ def tiny_counterpart(preset: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_tiny_counterpart_runs_every_stage(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      one_thread: None) -> None:
+                                                  one_thread: None) -> None:
     import yaml
 
     monkeypatch.chdir(tmp_path)
