@@ -19,8 +19,10 @@ COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", 
 
 def clean_env() -> dict[str, str]:
     """This process's environment without MLflow, DVC and project variables (a run elsewhere must not reach the
-    caller's store), with this interpreter's bin first on PATH (dvc, torchrun)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_"))}
+    caller's store), with this interpreter's bin first on PATH (dvc, torchrun). ``LABELNOISE_CPU_BF16`` (what
+    precision ``auto`` means on this CPU) is kept: it describes the machine, not a run."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_", "LABELNOISE_")) or k == "LABELNOISE_CPU_BF16"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -44,7 +46,9 @@ def tiny_project(root: Path, *, repro: bool = True) -> dict[str, str]:
         else:
             shutil.copy2(src, root / name)
     env = clean_env()
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    # a git identity of its own, and none of the machine's git settings (a global commit.gpgsign, hooks)
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
     sh(["git", "init", "-q"], root, env)
     sh([sys.executable, "cli.py", "preset", "tiny"], root, env)
     sh(["dvc", "init", "-q"], root, env)

@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import os
 import random
 import signal
 import sys
@@ -89,6 +90,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def _cpu_has_native_bf16() -> bool:
+    """oneDNN's answer, unless ``LABELNOISE_CPU_BF16`` (0 / 1) overrides it: with 0 ``auto`` resolves to fp32 on
+    any CPU, so a machine with native bf16 runs (and tests) what a CPU without it runs."""
+    forced = os.environ.get("LABELNOISE_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"LABELNOISE_CPU_BF16 must be 0 or 1, got {forced!r}")
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -1026,9 +1034,10 @@ class FitResult:
 @contextmanager
 def _sigint_flag(log: Callable[[str], None]) -> Iterator[Callable[[], bool]]:
     """First Ctrl-C sets a flag the loop polls between steps (then a checkpoint is saved);
-    a second one raises KeyboardInterrupt at once. Only the main thread can own signal handlers."""
+    a second one raises KeyboardInterrupt at once. Only the main thread can own signal handlers. An ignored
+    SIGINT (a job started in the background by a non-interactive shell, ``nohup``) stays ignored."""
     flag = {"set": False}
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield lambda: False
         return
 

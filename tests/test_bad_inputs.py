@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from labelnoise.datasets import load_prepared, save_prepared
+from tests.helpers import nan_from
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -35,6 +36,7 @@ class Row:
     says: str  # the error line contains this
     setup: Callable[[Path], None] | None = None  # damages the workspace before the call
     env: dict[str, str] = field(default_factory=dict)  # extra environment (MLflow store)
+    patch: Callable[[pytest.MonkeyPatch], None] | None = None  # changes the code under test (an injected fault)
 
 
 def _edit_params(change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -90,9 +92,18 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _student_nan_from(forward: int) -> Callable[[pytest.MonkeyPatch], None]:
+    """The student's output turns NaN from its ``forward``-th training forward: a divergence at a known step on
+    every CPU (a huge learning rate diverges at an epoch that depends on the CPU's floating point)."""
+    def patch(mp: pytest.MonkeyPatch) -> None:
+        import stages.train_student as stage
+
+        create = stage.create_model
+        mp.setattr(stage, "create_model", lambda *a, **kw: nan_from(create(*a, **kw), forward))
+    return patch
+
+
 MIRROR = ["-S", "data.dataset=mnist", "-S", "data.download=false", "-S", "data.mirrors.mnist=[mirror]"]
-DIVERGE = ["-S", "student.method=ce", "-S", "student.lr=10", "-S", "student.schedule=constant",
-           "-S", "student.momentum=0.99"]
 
 ROWS = [
     # ---- params
@@ -148,7 +159,8 @@ ROWS = [
     Row("unreachable MLflow server", ["train-student"], 1, "is not usable",
         env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}),
     # ---- training
-    Row("NaN / infinite loss", ["train-student", *DIVERGE], 1, "non-finite loss at epoch 1, step"),
+    Row("NaN / infinite loss", ["train-student", "-S", "student.method=ce"], 1,
+        "non-finite loss at epoch 1, step 3; no checkpoint saved", patch=_student_nan_from(4)),
     Row("corrupt student checkpoint", ["train-student"], 1,
         "models/checkpoints/train_student.pt is corrupt or unreadable",
         setup=_write("models/checkpoints/train_student.pt", b"not a checkpoint")),
@@ -205,6 +217,8 @@ def test_bad_input_is_one_line_nonzero_exit_nothing_written(row: Row, finished: 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     for key, value in row.env.items():
         monkeypatch.setenv(key, value)
+    if row.patch is not None:
+        row.patch(monkeypatch)
     previous = torch.get_num_threads()
     try:
         result = runner.invoke(app, row.args)

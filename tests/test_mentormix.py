@@ -18,9 +18,9 @@ from torch import nn
 from labelnoise import mentornet as mn
 from labelnoise import training
 from labelnoise.config import Config, from_dict, merge, read_yaml
+from tests.helpers import SigintAt, live_sigint
 from tests.test_spade import (
     ForbiddenMentor,
-    SigintAt,
     StubMentor,
     assert_same_result,
     new_mentor,
@@ -309,7 +309,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tmp_path) -> None:
     data, _, _ = noisy_view(rate=0.3)
     straight = run_fit(cfg, data, new_mentor(cfg), model=SigintAt(new_model(), at=-1))
     ckpt = tmp_path / "ckpt.pt"
-    with pytest.raises(training.TrainingInterrupted):  # 2 forwards per step: the 17th is epoch 2, batch 3 of 6
+    with live_sigint(), pytest.raises(training.TrainingInterrupted):  # 2 forwards a step: the 17th is epoch 2, batch 3
         run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(), at=17))
     assert torch.load(ckpt, weights_only=True)["partial"]["batch"] == 3
     resumed = run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(seed=3), at=-1))

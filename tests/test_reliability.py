@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise import io
 from labelnoise.scaffold import clean_env
+from tests.helpers import default_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -88,26 +89,57 @@ def _run(workdir: Path, stage: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def _interrupt(workdir: Path, stage: str, checkpoint: Path, *, delay: float, sig: int) -> tuple[int | None, str]:
-    """Start ``stage``; once it has saved a checkpoint of its own, wait ``delay`` s and send ``sig``.
+def _finished(checkpoint: Path) -> bool:
+    return bool(torch.load(checkpoint, map_location="cpu", weights_only=True)["finished"])
 
-    Returns (exit code, stderr); the code is None when the run finished before the signal."""
-    before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+
+def _interrupt(workdir: Path, stage: str, checkpoint: Path, *, after: int, fraction: float,
+               sig: int) -> tuple[int | None, str]:
+    """Start ``stage`` (SIGINT live, as from a terminal); after its ``after``-th checkpoint of this run, wait
+    ``fraction`` of the time between its last two checkpoints (so the signal lands inside an epoch), freeze it
+    (SIGSTOP), and send ``sig`` if the checkpoint on disk is still an unfinished run's.
+
+    Where the signal lands is measured in the run's own epochs, not in seconds, so a faster or slower CPU moves
+    it nowhere. Returns (exit code, stderr); the code is None when training had finished (the run then ends
+    normally, its outputs written)."""
+    seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
     proc = subprocess.Popen(_command(workdir, stage), cwd=workdir, env=_env(workdir), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if checkpoint.exists() and checkpoint.stat().st_mtime_ns != before:
-            time.sleep(delay)
-            break
-        time.sleep(0.02)
-    if proc.poll() is not None:  # finished (or failed) before the signal
-        err = proc.stderr.read() if proc.stderr else ""
-        assert proc.returncode == 0, err[-3000:]
-        return None, err
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    writes: list[float] = []  # when each new checkpoint of this run was first seen
+    while proc.poll() is None and len(writes) < max(after, 2):
+        if checkpoint.exists() and (mtime := checkpoint.stat().st_mtime_ns) != seen:
+            seen = mtime
+            writes.append(time.monotonic())
+        time.sleep(0.002)
+    if proc.poll() is None:
+        time.sleep(fraction * (writes[-1] - writes[-2]))
+        proc.send_signal(signal.SIGSTOP)
+        if not _finished(checkpoint):  # not finished: nothing of this run's outputs is written yet
+            proc.send_signal(sig)
+            proc.send_signal(signal.SIGCONT)
+            _, err = proc.communicate(timeout=300)
+            return proc.returncode, err
+        proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return None, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, list[str]], dict]:
+    """``uninterrupted(stage, outputs)``: the digests of ``outputs`` after ``stage`` ran without interruption
+    on a copy of ``prepared`` (run once per stage, shared by the tests that compare against it)."""
+    done: dict[str, dict[str, str]] = {}
+
+    def get(stage: str, outputs: list[str]) -> dict[str, str]:
+        if stage not in done:
+            straight = _copy(prepared, tmp_path_factory.mktemp("straight") / "work")
+            _run(straight, stage)
+            done[stage] = {rel: _digest(straight / rel) for rel in STUDENT_OUTPUTS + CORRECTION_OUTPUTS
+                           if (straight / rel).exists()}
+        return {rel: done[stage][rel] for rel in outputs}
+
+    return get
 
 
 def _digest(path: Path) -> str:
@@ -132,24 +164,19 @@ def _digest(path: Path) -> str:
     ("correct-labels", CORRECTION_CKPT, CORRECTION_OUTPUTS),
 ])
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
-        prepared: Path, tmp_path: Path, stage: str, checkpoint: str, outputs: list[str]) -> None:
-    straight = _copy(prepared, tmp_path / "straight")
-    _run(straight, stage)
-    expected = {rel: _digest(straight / rel) for rel in outputs}
+        prepared: Path, uninterrupted: Callable[[str, list[str]], dict], tmp_path: Path, stage: str, checkpoint: str,
+        outputs: list[str]) -> None:
+    expected = uninterrupted(stage, outputs)
 
     killed = _copy(prepared, tmp_path / "killed")
     for rel in outputs:  # the outputs of the previous stage run must not be mistaken for this one's
         (killed / rel).unlink(missing_ok=True)
     rng = random.Random(7)
-    kills = 0
-    for _ in range(3):
-        code, _ = _interrupt(killed, stage, killed / checkpoint, delay=rng.uniform(0.0, 0.4), sig=signal.SIGKILL)
-        if code is None:
-            break
-        assert code == -signal.SIGKILL
-        kills += 1
+    for _ in range(2):  # each kill 2-3 checkpoints into the (resumed) run, at a random point of an epoch
+        code, _ = _interrupt(killed, stage, killed / checkpoint, after=rng.choice([2, 3]),
+                             fraction=rng.uniform(0.1, 0.9), sig=signal.SIGKILL)
+        assert code == -signal.SIGKILL, "the run finished before the kill: make the tiny run longer"
         assert not any((killed / rel).exists() for rel in outputs)  # killed: no output written, none half-written
-    assert kills >= 2, "the runs finished before the kills: make the tiny run longer"
     log = _run(killed, stage).stderr
     assert "resuming from" in log
     assert {rel: _digest(killed / rel) for rel in outputs} == expected
@@ -157,14 +184,13 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
     assert leftovers == [], leftovers  # temporaries of killed writes are cleaned up by the next write
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(prepared: Path, tmp_path: Path) -> None:
-    straight = _copy(prepared, tmp_path / "straight")
-    _run(straight, "train-student")
-    expected = {rel: _digest(straight / rel) for rel in STUDENT_OUTPUTS}
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(
+        prepared: Path, uninterrupted: Callable[[str, list[str]], dict], tmp_path: Path) -> None:
+    expected = uninterrupted("train-student", STUDENT_OUTPUTS)
 
     work = _copy(prepared, tmp_path / "interrupted")
     ckpt = work / STUDENT_CKPT
-    code, err = _interrupt(work, "train-student", ckpt, delay=0.05, sig=signal.SIGINT)
+    code, err = _interrupt(work, "train-student", ckpt, after=2, fraction=0.5, sig=signal.SIGINT)
     assert code == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: interrupted; the last checkpoint is kept")
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -225,15 +251,16 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path: Path) -> None
 def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Path) -> None:
     """Two DVC queue workers start their first stage together on a store that does not exist yet: each
     stage's check_store creates the MLflow tables and experiment; none may fail ("table ... already exists")."""
-    db = tmp_path / "fresh.db"
-    go = time.time() + 8  # every process has imported MLflow by then; they call check_store together
-    code = (
-        "import time; from pathlib import Path\n"
+    db, ready = tmp_path / "fresh.db", tmp_path / "ready"
+    ready.mkdir()
+    code = (  # a barrier: each process has imported MLflow, then waits for all four before calling check_store
+        "import os, time; from pathlib import Path\n"
         "from labelnoise.config import load_config\n"
         "from labelnoise.tracking import check_store\n"
         f"cfg = load_config(Path({str(REPO / 'params.yaml')!r}), ['base.tracking_uri=sqlite:///{db}'])\n"
-        "import mlflow.store.tracking.sqlalchemy_store  # imported before the start\n"
-        f"time.sleep(max(0.0, {go} - time.time()))\n"
+        "import mlflow.store.tracking.sqlalchemy_store\n"
+        f"ready = Path({str(ready)!r}); (ready / str(os.getpid())).touch()\n"
+        "while len(list(ready.iterdir())) < 4: time.sleep(0.001)\n"
         "check_store(cfg)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,

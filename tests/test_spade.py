@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from labelnoise import training
 from labelnoise.config import Config, from_dict, merge, read_yaml
 from labelnoise.datasets import TrainView
 from labelnoise.models import create_model
+from tests.helpers import SigintAt, live_sigint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -340,21 +340,6 @@ def test_spade_never_receives_true_train_labels() -> None:
 
 
 # ----------------------------------------------------------------------------- resume
-class SigintAt(nn.Module):
-    """Sends SIGINT to this process at the n-th training forward (a user's Ctrl-C)."""
-
-    def __init__(self, model: nn.Module, at: int) -> None:
-        super().__init__()
-        self.model, self.at, self.calls = model, at, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at:
-                signal.raise_signal(signal.SIGINT)
-        return self.model(x)
-
-
 def assert_same_result(a: training.FitResult, b: training.FitResult) -> None:
     assert a.history == b.history
     for key in a.model.state_dict():
@@ -401,7 +386,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tmp_path) -> None:
     data, _, _ = noisy_view(rate=0.3)
     straight = run_fit(cfg, data, new_mentor(cfg), model=SigintAt(new_model(), at=-1))
     ckpt = tmp_path / "ckpt.pt"
-    with pytest.raises(training.TrainingInterrupted):
+    with live_sigint(), pytest.raises(training.TrainingInterrupted):
         run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(), at=9))  # epoch 2, batch 3 of 6
     assert torch.load(ckpt, weights_only=True)["partial"]["batch"] == 3
     resumed = run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(seed=3), at=-1))

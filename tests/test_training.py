@@ -16,6 +16,7 @@ from labelnoise import training
 from labelnoise.config import from_dict, merge, read_yaml
 from labelnoise.datasets import TrainView
 from labelnoise.models import create_model
+from tests.helpers import SigintAt, live_sigint, nan_from
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,6 +153,23 @@ def test_resolved_settings() -> None:
     assert training.resolve_channels_last("off", cuda) is False and training.resolve_channels_last("auto", cuda)
 
 
+def test_precision_auto_follows_the_cpu_unless_the_switch_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` on a CPU: bf16 autocast only with native bf16; ``LABELNOISE_CPU_BF16`` (0 / 1) decides instead,
+    so the suite runs the fp32 path of a CPU without bf16 on any machine (and the bf16 path on any)."""
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("LABELNOISE_CPU_BF16", raising=False)
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert training.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
+    monkeypatch.setenv("LABELNOISE_CPU_BF16", "0")
+    assert training.resolve_precision("auto", cpu) is None
+    assert training.resolve_precision("bf16", cpu) is torch.bfloat16  # an explicit choice stays
+    monkeypatch.setenv("LABELNOISE_CPU_BF16", "1")
+    assert training.resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setenv("LABELNOISE_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="LABELNOISE_CPU_BF16 must be 0 or 1"):
+        training.resolve_precision("auto", cpu)
+
+
 # ----------------------------------------------------------------------------- evaluation
 def test_predict_logits_and_evaluate() -> None:
     data = separable_view()
@@ -210,34 +228,41 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path) -> None:
     assert torch.load(ckpt, weights_only=True)["finished"] is True
 
 
-class SigintAt(nn.Module):
-    """Wraps a model; sends SIGINT to this process at the n-th training forward (a user's Ctrl-C)."""
-
-    def __init__(self, model: nn.Module, at: int) -> None:
-        super().__init__()
-        self.model, self.at, self.calls = model, at, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.calls += 1
-            if self.calls == self.at:
-                signal.raise_signal(signal.SIGINT)
-        return self.model(x)
-
-
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path) -> None:
     cfg, data = student_cfg(epochs=2, augment="crop_flip"), separable_view()
     straight = run_fit(cfg, data, model=SigintAt(new_model(), at=-1))
     ckpt = tmp_path / "ckpt.pt"
-    with pytest.raises(training.TrainingInterrupted, match="resume"):
-        run_fit(cfg, data, ckpt, model=SigintAt(new_model(), at=9))  # epoch 2, batch 3 of 6
+    with live_sigint():
+        before = signal.getsignal(signal.SIGINT)
+        with pytest.raises(training.TrainingInterrupted, match="resume"):
+            run_fit(cfg, data, ckpt, model=SigintAt(new_model(), at=9))  # epoch 2, batch 3 of 6
+        assert signal.getsignal(signal.SIGINT) is before  # the handler found is restored
     saved = torch.load(ckpt, weights_only=True)
     assert saved["epoch"] == 1 and saved["partial"]["batch"] == 3 and saved["step"] == 9
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     resumed = run_fit(cfg, data, ckpt, model=SigintAt(new_model(seed=5), at=-1))
     assert resumed.resumed_epochs == pytest.approx(1.5)
     assert resumed.history == straight.history
     assert_same_weights(resumed.model.state_dict(), straight.model.state_dict())
+
+
+def test_an_ignored_sigint_stays_ignored() -> None:
+    """A run started in the background (SIGINT ignored, as ``nohup`` or ``cmd &`` in a script leave it) is not
+    stopped by a SIGINT and does not make Ctrl-C live: the disposition is the one it found, throughout."""
+    cfg, data = student_cfg(epochs=1), separable_view()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen: list[object] = []
+
+        class Probe(SigintAt):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                seen.append(signal.getsignal(signal.SIGINT))
+                return super().forward(x)
+
+        result = run_fit(cfg, data, model=Probe(new_model(), at=2))  # SIGINT at the second step: ignored
+        assert len(result.history) == 1 and set(seen) == {signal.SIG_IGN}
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path) -> None:
@@ -274,26 +299,10 @@ def test_finished_checkpoint_starts_fresh(tmp_path) -> None:
     assert again.history == first.history
 
 
-class NanAfter(nn.Module):
-    """Wraps a model; its output turns NaN from the n-th training forward on."""
-
-    def __init__(self, model: nn.Module, after: int) -> None:
-        super().__init__()
-        self.model, self.after, self.calls = model, after, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if self.training:
-            self.calls += 1
-            if self.calls > self.after:
-                out = out * float("nan")
-        return out
-
-
 def test_nan_loss_stops_with_epoch_and_step(tmp_path) -> None:
     cfg, ckpt = student_cfg(epochs=3), tmp_path / "ckpt.pt"
     with pytest.raises(training.NonFiniteLossError, match=r"epoch 2, step 8\b") as info:
-        run_fit(cfg, separable_view(), ckpt, model=NanAfter(new_model(), after=8))  # 6 steps per epoch
+        run_fit(cfg, separable_view(), ckpt, model=nan_from(new_model(), 9))  # 6 steps per epoch
     assert (info.value.epoch, info.value.step) == (2, 8)
     assert "last good checkpoint" in str(info.value)
     saved = torch.load(ckpt, weights_only=True)
