@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelnoise.datasets import TrainView
 from labelnoise.io import read_npz, save_npz
+from labelnoise.views import TrainView
 
 _FOLD_STREAM = 41  # derived_seed stream of the fold assignment
 

@@ -20,7 +20,7 @@ Two phases, as in the official code (``DaikiTanaka-UT/JointOptimization``, ``fir
 2. :func:`retrain`: a fresh network of the same architecture is trained on the corrected SOFT labels with
    soft-target cross-entropy and its own lr schedule; it is the final model.
 
-Training never sees the true train labels: both phases take a :class:`~labelnoise.datasets.TrainView`
+Training never sees the true train labels: both phases take a :class:`~labelnoise.views.TrainView`
 (noisy train labels, trusted clean subset, test split). The clean subset is the model-selection signal
 (and, with ``correction.prior: clean``, the source of the class prior); test accuracy is monitoring only.
 :func:`recovery_report` is evaluation: it takes the true labels and is called after training only.
@@ -68,7 +68,7 @@ from labelnoise.training import (
 
 if TYPE_CHECKING:
     from labelnoise.config import CorrectionConfig, StudentConfig
-    from labelnoise.datasets import TrainView
+    from labelnoise.views import TrainView
 
 # Independent random streams derived from base.seed (training.derived_seed): batch order / augmentation of
 # each phase, and the initial weights of the networks this module creates.

@@ -1,5 +1,5 @@
-"""Datasets: fetch and verify the raw data, cut it into train / clean / val / test, and hand training
-a view that holds no true train labels.
+"""Datasets: fetch and verify the raw data, cut it into train / clean / val / test (what training may see of
+them is :mod:`labelnoise.views`).
 
 Sources, tried in order (``load_dataset``):
 
@@ -27,7 +27,7 @@ import struct
 import tarfile
 import tempfile
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,6 @@ import torch
 
 from labelnoise.config import DataConfig
 from labelnoise.io import one_line, read_npz, save_npz, write_atomic
-from labelnoise.noise import NoisyLabels
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ _FETCH_ERRORS = (RuntimeError, OSError, EOFError, ValueError, tarfile.TarError, 
 
 
 def _tv_class(spec: DatasetSpec) -> Any:
-    import torchvision.datasets  # lazy: training code imports this module for TrainView only
+    import torchvision.datasets  # lazy: only fetching needs it
 
     return getattr(torchvision.datasets, spec.tv_class or "")
 
@@ -651,72 +650,6 @@ def data_report(p: Prepared, *, source: str, rejected: list[str]) -> dict[str, A
     }
 
 
-# ----------------------------------------------------------------------------- what training sees
-@dataclass(frozen=True)
-class TrainView:
-    """Everything the training stages may see: noisy train labels, never the true ones.
-
-    x_* are uint8 (n, C, H, W) tensors, y_* int64 (n,). ``val`` may be empty: (0, C, H, W) / (0,).
-    """
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor  # noisy labels
-    x_clean: torch.Tensor
-    y_clean: torch.Tensor  # trusted subset, true labels
-    x_val: torch.Tensor
-    y_val: torch.Tensor  # held-out, true labels
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: list[str]
-    dataset: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray:
-    """The true labels of the examples ``noisy`` labels, (m,) int64: for evaluation code only."""
-    return prepared.labels[prepared.train_idx[noisy.positions(len(prepared.train_idx))]]
-
-
-def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
-    """The training inputs: the noisy labels ``noisy.labels`` (int64 (n_train,), aligned with
-    ``prepared.train_idx``) replace the true train labels, which this view does not carry; for open-set
-    noise the train images of the masked examples are replaced by ``noisy.images``. The clean subset, val
-    and test are never touched. The mask itself is not part of the view."""
-    if not isinstance(noisy, NoisyLabels):
-        raise TypeError("make_train_view: pass the NoisyLabels object (load_noisy(...)), not its labels: "
-                        "open-set noise replaces train images too")
-    labels = noisy.labels
-    positions = noisy.positions(len(prepared.train_idx))  # massive noise trains on part of the split
-    if labels.shape != positions.shape or (positions.size and positions[-1] >= len(prepared.train_idx)):
-        raise ValueError(f"noisy labels: {labels.shape[0] if labels.ndim else 0} values for "
-                         f"{len(prepared.train_idx)} train examples (re-run inject_noise after download)")
-    if labels.size and (labels.min() < 0 or labels.max() >= len(prepared.classes)):
-        raise ValueError(f"noisy labels must lie in [0, {len(prepared.classes)})")
-    if noisy.images is not None and noisy.images.shape[1:] != prepared.images.shape[1:]:
-        raise ValueError(f"open-set images are {noisy.images.shape[1:]}, the dataset's {prepared.images.shape[1:]} "
-                         "(re-run inject_noise after download)")
-
-    def x(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(prepared.images[idx]))  # (n, C, H, W) uint8, a copy
-
-    def y(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(prepared.labels[idx].astype(np.int64))
-
-    x_train = x(prepared.train_idx[positions])
-    if noisy.images is not None:  # open-set noise: the masked examples' images are replaced (in index order)
-        x_train[torch.from_numpy(noisy.mask)] = torch.from_numpy(noisy.images)
-    return TrainView(
-        x_train=x_train, y_train=torch.from_numpy(labels.astype(np.int64, copy=True)),
-        x_clean=x(prepared.clean_idx), y_clean=y(prepared.clean_idx),
-        x_val=x(prepared.val_idx), y_val=y(prepared.val_idx),
-        x_test=x(prepared.test_idx), y_test=y(prepared.test_idx),
-        classes=list(prepared.classes), dataset=prepared.dataset,
-    )
-
-
 # ----------------------------------------------------------------------------- open-set noise sources
 def fit_images(images: np.ndarray, shape: tuple[int, int, int], *, chunk: int = 4096) -> np.ndarray:
     """uint8 (M, C, H, W) images → uint8 (M, *shape): channels by repetition (1 → 3) or ITU-R 601 luma
@@ -756,10 +689,7 @@ def open_set_pool(source: str, data: DataConfig, shape: tuple[int, int, int]) ->
     return fit_images(raw.images, shape)
 
 
-TRAIN_VIEW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainView))
-
 __all__ = [
-    "DATASETS", "PAYLOAD_SHA256", "DataUnavailable", "DatasetSpec", "Prepared", "RawData", "Splits",
-    "TRAIN_VIEW_FIELDS", "TrainView", "data_report", "fit_images", "load_dataset", "load_prepared", "make_splits",
-    "make_train_view", "open_set_pool", "save_prepared",
+    "DATASETS", "PAYLOAD_SHA256", "DataUnavailable", "DatasetSpec", "Prepared", "RawData", "Splits", "data_report",
+    "fit_images", "load_dataset", "load_prepared", "make_splits", "open_set_pool", "save_prepared",
 ]

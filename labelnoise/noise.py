@@ -446,9 +446,9 @@ def reference_probabilities(
     import torch  # lazy: the label-only models need numpy alone, and training imports this module
 
     from labelnoise.config import StudentConfig
-    from labelnoise.datasets import TrainView
     from labelnoise.models import channel_stats, create_model
     from labelnoise.training import fit, predict_logits, resolve_channels_last
+    from labelnoise.views import TrainView
 
     cfg = StudentConfig(**{**REFERENCE_RECIPE, "epochs": epochs, "lr": lr, "batch_size": batch_size})
     xf, yf = torch.from_numpy(np.ascontiguousarray(x_fit)), torch.from_numpy(np.asarray(y_fit, dtype=np.int64))

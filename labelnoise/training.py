@@ -49,8 +49,8 @@ from labelnoise.io import save_torch
 
 if TYPE_CHECKING:
     from labelnoise.config import MentorConfig, StudentConfig
-    from labelnoise.datasets import TrainView
     from labelnoise.mentornet import MovingPercentile
+    from labelnoise.views import TrainView
 
 CIFAR = ("cifar10", "cifar100")
 MENTOR_METHODS = ("spade", "mentormix")  # student methods that use the MentorNet

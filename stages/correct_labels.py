@@ -41,12 +41,13 @@ from torch import nn
 
 from labelnoise import correction, distributed, plots, tracking
 from labelnoise.config import Config
-from labelnoise.datasets import TrainView, load_prepared, make_train_view, true_train_labels
+from labelnoise.datasets import load_prepared
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
 from labelnoise.models import create_model, load_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.training import derived_seed, evaluate_accuracy, load_weights, resolve_precision
+from labelnoise.views import TrainView, make_train_view, true_train_labels
 from stages.common import PATHS, require, setup
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).

@@ -35,12 +35,13 @@ import torch
 
 from labelnoise import metrics, plots, tracking
 from labelnoise.config import Config, flatten
-from labelnoise.datasets import load_prepared, true_train_labels
+from labelnoise.datasets import load_prepared
 from labelnoise.io import load_json, read_torch, save_json, write_atomic
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.training import SCORED_METHODS, load_weights, predict_logits
+from labelnoise.views import true_train_labels
 from stages.common import PATHS, require, setup
 
 # Metrics that also go on the pipeline's parent run: the headline numbers `cli.py compare` reads.

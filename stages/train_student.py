@@ -35,12 +35,13 @@ import numpy as np
 
 from labelnoise import distributed, tracking
 from labelnoise.config import Config, ConfigError
-from labelnoise.datasets import load_prepared, make_train_view
+from labelnoise.datasets import load_prepared
 from labelnoise.io import atomic_path, save_torch
 from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.training import MENTOR_METHODS, checkpoint_config, fit, save_weights
+from labelnoise.views import make_train_view
 from stages.common import PATHS, require, setup
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")

@@ -18,8 +18,8 @@ from torch import nn
 
 from labelnoise import correction
 from labelnoise.config import Config, ConfigError, from_dict, merge, read_yaml
-from labelnoise.datasets import TrainView
 from labelnoise.models import create_model
+from labelnoise.views import TrainView
 
 REPO = Path(__file__).resolve().parent.parent
 

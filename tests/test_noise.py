@@ -590,7 +590,7 @@ def test_save_and_load_round_trip_with_images(tmp_path) -> None:
 
 
 def test_train_view_uses_the_open_set_images_and_nothing_else_changes() -> None:
-    from labelnoise.datasets import make_train_view
+    from labelnoise.views import make_train_view
 
     p = tiny_prepared(n_per_class=20)
     true = p.labels[p.train_idx]
@@ -729,7 +729,8 @@ def test_stage_instance_real_reference_is_deterministic(tmp_path, monkeypatch) -
 
 def test_stage_open_set_writes_images_the_train_view_uses(tmp_path, monkeypatch) -> None:
     from labelnoise import io
-    from labelnoise.datasets import load_prepared, make_train_view, save_prepared
+    from labelnoise.datasets import load_prepared, save_prepared
+    from labelnoise.views import make_train_view
     from stages import inject_noise
     from stages.common import PATHS
 

@@ -17,8 +17,8 @@ from torch import nn
 from labelnoise import mentornet as mn
 from labelnoise import training
 from labelnoise.config import Config, from_dict, merge, read_yaml
-from labelnoise.datasets import TrainView
 from labelnoise.models import create_model
+from labelnoise.views import TrainView
 from tests.helpers import SigintAt, live_sigint
 
 REPO = Path(__file__).resolve().parent.parent

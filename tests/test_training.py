@@ -14,8 +14,8 @@ from torch import nn
 
 from labelnoise import training
 from labelnoise.config import from_dict, merge, read_yaml
-from labelnoise.datasets import TrainView
 from labelnoise.models import create_model
+from labelnoise.views import TrainView
 from tests.helpers import SigintAt, live_sigint, nan_from
 
 REPO = Path(__file__).resolve().parent.parent

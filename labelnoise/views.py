@@ -1,0 +1,80 @@
+"""What training sees: a :class:`TrainView` of the prepared data with the noisy train labels in place of the true
+ones, which it does not carry. The true train labels reach evaluation code only (:func:`true_train_labels`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from labelnoise.datasets import Prepared
+from labelnoise.noise import NoisyLabels
+
+
+@dataclass(frozen=True)
+class TrainView:
+    """Everything the training stages may see: noisy train labels, never the true ones.
+
+    x_* are uint8 (n, C, H, W) tensors, y_* int64 (n,). ``val`` may be empty: (0, C, H, W) / (0,).
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor  # noisy labels
+    x_clean: torch.Tensor
+    y_clean: torch.Tensor  # trusted subset, true labels
+    x_val: torch.Tensor
+    y_val: torch.Tensor  # held-out, true labels
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    dataset: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray:
+    """The true labels of the examples ``noisy`` labels, (m,) int64: for evaluation code only."""
+    return prepared.labels[prepared.train_idx[noisy.positions(len(prepared.train_idx))]]
+
+
+def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
+    """The training inputs: the noisy labels ``noisy.labels`` (int64 (n_train,), aligned with
+    ``prepared.train_idx``) replace the true train labels, which this view does not carry; for open-set
+    noise the train images of the masked examples are replaced by ``noisy.images``. The clean subset, val
+    and test are never touched. The mask itself is not part of the view."""
+    if not isinstance(noisy, NoisyLabels):
+        raise TypeError("make_train_view: pass the NoisyLabels object (load_noisy(...)), not its labels: "
+                        "open-set noise replaces train images too")
+    labels = noisy.labels
+    positions = noisy.positions(len(prepared.train_idx))  # massive noise trains on part of the split
+    if labels.shape != positions.shape or (positions.size and positions[-1] >= len(prepared.train_idx)):
+        raise ValueError(f"noisy labels: {labels.shape[0] if labels.ndim else 0} values for "
+                         f"{len(prepared.train_idx)} train examples (re-run inject_noise after download)")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(prepared.classes)):
+        raise ValueError(f"noisy labels must lie in [0, {len(prepared.classes)})")
+    if noisy.images is not None and noisy.images.shape[1:] != prepared.images.shape[1:]:
+        raise ValueError(f"open-set images are {noisy.images.shape[1:]}, the dataset's {prepared.images.shape[1:]} "
+                         "(re-run inject_noise after download)")
+
+    def x(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(prepared.images[idx]))  # (n, C, H, W) uint8, a copy
+
+    def y(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(prepared.labels[idx].astype(np.int64))
+
+    x_train = x(prepared.train_idx[positions])
+    if noisy.images is not None:  # open-set noise: the masked examples' images are replaced (in index order)
+        x_train[torch.from_numpy(noisy.mask)] = torch.from_numpy(noisy.images)
+    return TrainView(
+        x_train=x_train, y_train=torch.from_numpy(labels.astype(np.int64, copy=True)),
+        x_clean=x(prepared.clean_idx), y_clean=y(prepared.clean_idx),
+        x_val=x(prepared.val_idx), y_val=y(prepared.val_idx),
+        x_test=x(prepared.test_idx), y_test=y(prepared.test_idx),
+        classes=list(prepared.classes), dataset=prepared.dataset,
+    )
+
+
+TRAIN_VIEW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainView))
