@@ -11,20 +11,14 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A parameter is unknown, missing, of the wrong type or out of range (message names the key)."""
-
-
-def _rng(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
-    """Field with an allowed numeric range [lo, hi] (lo excluded when ``lo_open``)."""
-    return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
+from labelnoise.schema import ConfigError
+from labelnoise.schema import rng as _rng
 
 
 # ----------------------------------------------------------------------------- sections
