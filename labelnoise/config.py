@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+from labelnoise import datasets
+from labelnoise.datasets import DataConfig
+from labelnoise.noise import NoiseConfig
 from labelnoise.schema import ConfigError
 from labelnoise.schema import rng as _rng
 
@@ -31,38 +34,6 @@ class BaseConfig:
     study: str  # study name tagged on the MLflow runs (set by `cli.py sweep`); no stage depends on it
     tracking_uri: str  # relative sqlite paths resolve against the repo root (DVC_ROOT)
     experiment: str
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "digits"]
-    root: str  # cache of verified raw files
-    mirrors: dict[str, list[str]]  # per dataset: local folders searched before the network
-    download: bool  # allow the network as the last source
-    clean_size: int = _rng(0)  # trusted clean subset, stratified (MentorNet: 5000)
-    val_size: int = _rng(0)  # optional noisy validation split carved from the train pool
-    test_size: int = _rng(0)  # only for datasets without an official test split (digits)
-    train_limit: int = _rng(0)  # 0: whole train pool; else a stratified subsample (quick runs)
-    split_seed: int = _rng(0)
-
-
-@dataclass(frozen=True)
-class NoiseConfig:
-    kind: Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
-                  "massive"]
-    rate: float = _rng(0.0, 1.0)
-    delta: float = _rng(0.0, 1.0)  # structured: skew of the noisy labels (0 uniform, 1 all to class c + 1)
-    alpha: float = _rng(0.0, 10_000.0)  # massive: noisy (random-label) examples added per clean example
-    n_clean: int = _rng(0)  # massive: clean examples kept (0: as many as the train split allows)
-    massive_source: Literal["train", "other"]  # massive: added images from the train split or open_set_source
-    seed: int = _rng(0)
-    class_map: str | dict[int, int]  # asymmetric: "auto" (shipped map for the dataset) or {src: dst}
-    transition: list[list[float]]  # transition: row-stochastic K x K matrix
-    reference_epochs: int = _rng(1, 10_000)  # instance: epochs of the reference cnn on the clean subset
-    reference_lr: float = _rng(0.0, 10.0, lo_open=True)  # instance: its peak (one-cycle) learning rate
-    reference_batch_size: int = _rng(1, 65_536)  # instance: its mini-batch size
-    reference_seed: int = _rng(0)  # instance: its initial weights and batch order
-    open_set_source: Literal["auto", "white_noise", "digits", "fashion_mnist", "cifar100"]  # open_set images
 
 
 @dataclass(frozen=True)
@@ -329,11 +300,13 @@ def _cross_checks(cfg: Config) -> None:
     if s.warmup_epochs >= s.epochs:
         raise ConfigError(f"student.warmup_epochs: must be < student.epochs ({s.epochs})")
     n = cfg.noise
+    sources = datasets.open_set_sources()  # auto, white_noise and the registered datasets
+    if n.open_set_source not in sources:
+        raise ConfigError(f"noise.open_set_source: must be one of {', '.join(repr(x) for x in sources)}, "
+                          f"got {n.open_set_source!r}")
     if n.kind == "open_set":
-        from labelnoise.noise import resolve_open_set_source  # numpy only; noise does not import config
-
         try:
-            resolve_open_set_source(cfg.data.dataset, n.open_set_source)
+            datasets.resolve_open_set_source(cfg.data.dataset, n.open_set_source)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if n.kind == "transition":

@@ -14,7 +14,7 @@ Models (``kind``):
 - ``pair``: class ``k`` becomes ``k + 1 mod K`` (pair flipping, Han et al. 2018, Co-teaching).
 - ``asymmetric``: only the source classes of a class map ``{src: dst}`` change, each to its
   ``dst`` (Patrini et al. 2017); classes not in the map are untouched, so the overall realised
-  rate is below ``rate``. See ``SHIPPED_CLASS_MAPS`` and ``class_map_for``.
+  rate is below ``rate``. The caller passes the map (a dataset's shipped map: ``labelnoise.datasets.class_map_for``).
 - ``transition``: a row-stochastic K x K matrix ``T`` (``T[c, j]`` = P(noisy j | true c)); in
   class ``c`` exactly ``round((1 - T[c, c]) n_c)`` labels change, and their new classes are
   allotted in exact counts, by largest-remainder rounding of ``T[c, j] / (1 - T[c, c])``,
@@ -51,99 +51,34 @@ from typing import Any, Literal
 import numpy as np
 
 from labelnoise.io import read_npz, save_npz
+from labelnoise.schema import rng as _rng
 
 NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
                     "massive"]
 KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance",
                           "open_set", "massive")
 
-# ----------------------------------------------------------------------------- class maps
-# Asymmetric ("class-dependent") noise maps {true class: noisy class}, by class index in the
-# dataset's own class order. They mimic confusions between visually similar classes.
-CIFAR10_MAP: dict[int, int] = {
-    9: 1,  # truck -> automobile
-    2: 0,  # bird -> airplane
-    4: 7,  # deer -> horse
-    3: 5,  # cat -> dog
-    5: 3,  # dog -> cat
-}  # Patrini et al. 2017 (loss correction), also Co-teaching, Joint Optimization (Tanaka et al. 2018)
 
-MNIST_MAP: dict[int, int] = {
-    2: 7,
-    3: 8,
-    5: 6,
-    6: 5,
-    7: 1,
-}  # 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1: Patrini et al. 2017, Han et al. 2018
+# ----------------------------------------------------------------------------- params section `noise`
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Params section ``noise`` (stage inject_noise). Types and ranges are checked by :mod:`labelnoise.config`,
+    ``open_set_source`` against the dataset registry (``labelnoise.datasets.open_set_sources``)."""
 
-FASHION_MNIST_MAP: dict[int, int] = {
-    6: 0,  # shirt -> T-shirt/top
-    0: 6,  # T-shirt/top -> shirt
-    2: 4,  # pullover -> coat
-    4: 2,  # coat -> pullover
-    5: 7,  # sandal -> sneaker
-    7: 5,  # sneaker -> sandal
-}  # our analogue of the CIFAR-10 map: pairs of look-alike garments and shoes
-
-# CIFAR-100 superclass (coarse label, 0..19) of each fine label 0..99, as in the dataset's own
-# `coarse_labels` field; fine labels are in the order of `fine_label_names` (alphabetical).
-CIFAR100_COARSE: tuple[int, ...] = (
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3,
-    3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
-    6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
-    0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
-    5, 19, 8, 8, 15, 13, 14, 17, 18, 10,
-    16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-    10, 3, 2, 12, 12, 16, 12, 1, 9, 19,
-    2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-    16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
-    18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
-)
-
-
-def cifar100_superclass_map() -> dict[int, int]:
-    """Each CIFAR-100 class → the next class of its superclass (circularly, by fine label index).
-
-    This is the true superclass structure. Note: Patrini et al.'s and Co-teaching's reference code
-    flip within blocks of 5 *consecutive* fine indices instead, which are not superclasses.
-    """
-    coarse = np.asarray(CIFAR100_COARSE)
-    out: dict[int, int] = {}
-    for s in range(int(coarse.max()) + 1):
-        members = np.flatnonzero(coarse == s).tolist()  # 5 fine labels, increasing
-        out.update({a: b for a, b in zip(members, members[1:] + members[:1], strict=True)})
-    return out
-
-
-# The MNIST map for sklearn's 8x8 digits too: the same ten digit classes, the same confusions.
-SHIPPED_CLASS_MAPS: dict[str, dict[int, int]] = {
-    "cifar10": CIFAR10_MAP,
-    "mnist": MNIST_MAP,
-    "digits": MNIST_MAP,
-    "fashion_mnist": FASHION_MNIST_MAP,
-    "cifar100": cifar100_superclass_map(),
-}
-
-
-def class_map_for(dataset: str, class_map_param: str | Mapping[int, int]) -> dict[int, int]:
-    """Resolve ``noise.class_map``: ``"auto"`` → the shipped map of ``dataset``, a mapping → itself.
-
-    Raises ValueError naming ``noise.class_map`` for another string or a dataset without a map.
-    """
-    if isinstance(class_map_param, str):
-        if class_map_param != "auto":
-            raise ValueError(f"noise.class_map: must be 'auto' or a mapping {{src: dst}}, got {class_map_param!r}")
-        if dataset not in SHIPPED_CLASS_MAPS:
-            raise ValueError(f"noise.class_map: no shipped class map for dataset {dataset!r}; "
-                             "give an explicit mapping {src: dst}")
-        return dict(SHIPPED_CLASS_MAPS[dataset])
-    out: dict[int, int] = {}
-    for k, v in class_map_param.items():
-        if isinstance(k, bool) or isinstance(v, bool) or not isinstance(k, (int, np.integer)) \
-                or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"noise.class_map: keys and values must be class indices, got {k!r}: {v!r}")
-        out[int(k)] = int(v)
-    return out
+    kind: NoiseKind
+    rate: float = _rng(0.0, 1.0)
+    delta: float = _rng(0.0, 1.0)  # structured: skew of the noisy labels (0 uniform, 1 all to class c + 1)
+    alpha: float = _rng(0.0, 10_000.0)  # massive: noisy (random-label) examples added per clean example
+    n_clean: int = _rng(0)  # massive: clean examples kept (0: as many as the train split allows)
+    massive_source: Literal["train", "other"]  # massive: added images from the train split or open_set_source
+    seed: int = _rng(0)
+    class_map: str | dict[int, int]  # asymmetric: "auto" (the dataset's shipped map) or {src: dst}
+    transition: list[list[float]]  # transition: row-stochastic K x K matrix
+    reference_epochs: int = _rng(1, 10_000)  # instance: epochs of the reference cnn on the clean subset
+    reference_lr: float = _rng(0.0, 10.0, lo_open=True)  # instance: its peak (one-cycle) learning rate
+    reference_batch_size: int = _rng(1, 65_536)  # instance: its mini-batch size
+    reference_seed: int = _rng(0)  # instance: its initial weights and batch order
+    open_set_source: str  # open_set, massive other: auto | white_noise | a registered dataset
 
 
 # ----------------------------------------------------------------------------- result and files
@@ -471,32 +406,6 @@ def reference_probabilities(
 
 
 # ----------------------------------------------------------------------------- open-set noise
-# `noise.open_set_source: auto` per dataset: images of another dataset, none of whose classes is a class
-# of this one (CIFAR-100 and CIFAR-10 share no class by construction; garments are not digits), else noise.
-OPEN_SET_SOURCES: tuple[str, ...] = ("auto", "white_noise", "digits", "fashion_mnist", "cifar100")
-OPEN_SET_AUTO: dict[str, str] = {
-    "fashion_mnist": "digits",  # scikit-learn's bundled 8x8 digits, upsampled to 28x28: always offline
-    "mnist": "fashion_mnist",  # digits would be MNIST's own classes
-    "cifar10": "cifar100",
-    "cifar100": "white_noise",
-    "digits": "white_noise",
-}
-# Sources whose images show classes of the dataset (so replacing an image would be closed-set noise).
-_SAME_CLASSES: dict[str, set[str]] = {"digits": {"digits", "mnist"}, "mnist": {"digits", "mnist"}}
-
-
-def resolve_open_set_source(dataset: str, source: str) -> str:
-    """``noise.open_set_source`` for ``dataset``: ``auto`` → ``OPEN_SET_AUTO[dataset]``; a source whose images
-    belong to the dataset's classes (itself; digits for mnist and vice versa) is a ValueError naming the param."""
-    if source not in OPEN_SET_SOURCES:
-        raise ValueError(f"noise.open_set_source: must be one of {', '.join(OPEN_SET_SOURCES)}, got {source!r}")
-    resolved = OPEN_SET_AUTO.get(dataset, "white_noise") if source == "auto" else source
-    if resolved == dataset or resolved in _SAME_CLASSES.get(dataset, set()):
-        raise ValueError(f"noise.open_set_source: {resolved} images show classes of the dataset {dataset}, so they "
-                         "are not open-set noise for it; choose white_noise or another dataset")
-    return resolved
-
-
 def massive_sizes(n: int, *, alpha: float, n_clean: int) -> tuple[int, int]:
     """(clean examples kept, random-label examples added) of ``massive`` noise on a split of ``n``:
     ``n_clean`` (0: ``floor(n / (1 + alpha))``) and ``round(alpha · n_clean)``, halves up."""

@@ -407,7 +407,8 @@ class SpadeTask:
     def _corrupted_clean_copy(self, x: Tensor, y: Tensor, *, num_classes: int,
                               dataset: str) -> tuple[Tensor, Tensor, Tensor]:
         """(x, noisy copy of the clean labels, correct (bool)): DD's training signal with a known mask."""
-        from labelnoise.noise import class_map_for, corrupt
+        from labelnoise.datasets import class_map_for
+        from labelnoise.noise import corrupt
 
         m = self.mentor_cfg
         noisy = corrupt(y.cpu().numpy(), kind=m.dd_noise_kind, rate=m.dd_noise_rate, num_classes=num_classes,

@@ -19,7 +19,7 @@ import numpy as np
 
 from labelnoise import noise, tracking
 from labelnoise.config import Config
-from labelnoise.datasets import Prepared, load_prepared, open_set_pool
+from labelnoise.datasets import Prepared, class_map_for, load_prepared, open_set_pool, resolve_open_set_source
 from labelnoise.io import save_json
 from labelnoise.plots import plot_matrix
 from labelnoise.runtime import resolve_device
@@ -38,12 +38,12 @@ def run(cfg: Config) -> dict[str, Any]:
     # Corrupt before the run opens: a bad class map or matrix, or missing open-set images, fail with one
     # line and no run, no files. The noise seed is its own generator, independent of the training seed.
     rng = np.random.default_rng(nc.seed)
-    class_map = noise.class_map_for(prepared.dataset, nc.class_map) if nc.kind == "asymmetric" else None
+    class_map = class_map_for(prepared.dataset, nc.class_map) if nc.kind == "asymmetric" else None
     transition = np.asarray(nc.transition, dtype=float) if nc.kind == "transition" else None
     extra: dict[str, Any] = {}
     other = nc.kind == "open_set" or (nc.kind == "massive" and nc.massive_source == "other")
     shape = tuple(prepared.images.shape[1:])  # (C, H, W)
-    source = noise.resolve_open_set_source(prepared.dataset, nc.open_set_source) if other else None
+    source = resolve_open_set_source(prepared.dataset, nc.open_set_source) if other else None
     pool = open_set_pool(source, cfg.data, shape) if other and source != "white_noise" else None
     if nc.kind == "open_set":
         nl = noise.open_set(true, rate=nc.rate, num_classes=k, rng=rng, image_shape=shape, source_images=pool)

@@ -32,7 +32,7 @@ import torch
 from labelnoise import distributed, noise, runtime, tracking
 from labelnoise import mentornet as mn
 from labelnoise.config import Config, ConfigError
-from labelnoise.datasets import Prepared, load_prepared
+from labelnoise.datasets import Prepared, class_map_for, load_prepared
 from labelnoise.io import save_json
 from labelnoise.metrics import detection_quality
 from labelnoise.models import channel_stats, create_model
@@ -111,7 +111,7 @@ def _check(cfg: Config, prepared: Prepared) -> None:
         raise ConfigError("mentor.dd_noise_rate: must be > 0 (the dd mentor learns to tell corrupted labels apart)")
     if m.dd_noise_kind == "asymmetric":
         try:
-            noise.class_map_for(prepared.dataset, "auto")
+            class_map_for(prepared.dataset, "auto")
         except ValueError as e:
             raise ConfigError(f"mentor.dd_noise_kind: asymmetric uses the dataset's shipped class map ({e})") from None
 
@@ -177,7 +177,7 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
     # Only the trusted clean subset: its images and true labels. The train pool's labels are never read.
     x = torch.from_numpy(np.ascontiguousarray(prepared.images[prepared.clean_idx]))  # (N, C, H, W) uint8
     y_true = prepared.labels[prepared.clean_idx]  # (N,)
-    class_map = noise.class_map_for(prepared.dataset, "auto") if m.dd_noise_kind == "asymmetric" else None
+    class_map = class_map_for(prepared.dataset, "auto") if m.dd_noise_kind == "asymmetric" else None
     corrupted = noise.corrupt(y_true, kind=m.dd_noise_kind, rate=m.dd_noise_rate, num_classes=k,
                               rng=np.random.default_rng(m.dd_noise_seed), class_map=class_map)
     y_noisy = torch.from_numpy(corrupted.labels)

@@ -223,7 +223,7 @@ def test_idx_mirror_verified_by_payload_digest_then_cache_checked(
     mirror = tmp_path / "mirror"
     arrays = make_idx_arrays(seed=1)
     digests = write_idx_gz(mirror, arrays, level=1)  # recompressed: torchvision's md5 cannot match
-    monkeypatch.setitem(datasets.PAYLOAD_SHA256, "fashion_mnist", digests)
+    monkeypatch.setattr(datasets.get_dataset("fashion_mnist").source, "payload_sha256", digests)
 
     raw = datasets.load_dataset(data_cfg(mirrors=[str(mirror)]))
     assert raw.source == f"mirror:{mirror}" and raw.rejected == []
