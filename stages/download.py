@@ -1,8 +1,9 @@
 """Stage `download`: fetch and verify the dataset of params `data`, cut it into train / clean / val / test.
 
-Sources in order: the cache under ``data.root``, the mirror folders ``data.mirrors``, the network
-(torchvision's download, only when ``data.download``). Writes the prepared arrays (PATHS.prepared)
-and a report of where they came from and how they were cut (PATHS.data_report).
+The dataset's registered source (:mod:`labelnoise.datasets`, one file per dataset) delivers the arrays: for the
+torchvision families the cache under ``data.root``, the mirror folders ``data.mirrors``, then the network
+(torchvision's download, only when ``data.download``); bundled data (digits) comes from its library. Writes the
+prepared arrays (PATHS.prepared) and a report of where they came from and how they were cut (PATHS.data_report).
 """
 
 from __future__ import annotations

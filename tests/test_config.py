@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from labelnoise.config import ConfigError, apply_overrides, flatten, from_dict, load_config, merge, read_yaml
+from labelnoise.config import (
+    ConfigError,
+    DataConfig,
+    NoiseConfig,
+    apply_overrides,
+    flatten,
+    from_dict,
+    load_config,
+    merge,
+    read_yaml,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,6 +44,7 @@ def test_default_params_and_presets_validate() -> None:
         ("student.model=vgg", "student.model: must be one of"),
         ("student.method=magic", "student.method: must be one of"),
         ("noise.kind=gaussian", "noise.kind: must be one of"),
+        ("noise.open_set_source=svhn", "noise.open_set_source: must be one of"),
         ("data.clean_size=-5", "data.clean_size: must be >= 0"),
         ("student.milestones=[0.8,0.2]", "student.milestones"),
         ("student.mixup_alpha=0", "student.mixup_alpha: must be > 0.0"),
@@ -85,3 +96,11 @@ def test_ints_widen_to_float_and_flatten() -> None:
     flat = flatten(cfg.to_dict())
     assert flat["student.lr"] == 1.0 and flat["data.dataset"] == "fashion_mnist"
     assert "noise.class_map" in flat
+
+
+def test_data_and_noise_sections_are_typed_objects() -> None:
+    cfg = load_config(REPO / "params.yaml", ["data.dataset=digits", "noise.open_set_source=cifar10"])
+    assert isinstance(cfg.data, DataConfig) and isinstance(cfg.noise, NoiseConfig)
+    assert (cfg.data.dataset, cfg.noise.open_set_source) == ("digits", "cifar10")  # names from the dataset registry
+    with pytest.raises(ConfigError, match="data.dataset: must be a string, got 3"):
+        load_config(REPO / "params.yaml", ["data.dataset=3"])
