@@ -47,7 +47,7 @@ _RESERVED = ("auto", WHITE_NOISE)  # values of noise.open_set_source that no dat
 
 
 # ----------------------------------------------------------------------------- the facts of one dataset
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per dataset: compared and hashed by identity
 class Dataset:
     """What the project knows about one dataset; registered once, read wherever a fact is needed.
 
