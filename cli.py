@@ -1,7 +1,7 @@
 """Command line for the noisy-labels pipeline: one command per DVC stage, plus helpers.
 
     python cli.py --help
-    python cli.py train-student -S student.epochs=3      # one stage, params overridden
+    python cli.py train-student -S train.epochs=3      # one stage, params overridden
     python cli.py compare -n 5                             # last pipeline executions side by side
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+
+from stages import stage_params_help
 
 app = typer.Typer(
     add_completion=False,
@@ -99,19 +101,15 @@ def _stage_command(name: str, module: str, doc: str) -> Callable[..., None]:
     return command
 
 
-_stage_command("download", "download",
-               "Stage 1 (params `data`): fetch and verify the dataset, cut train / clean / val / test.")
-_stage_command("inject-noise", "inject_noise",
-               "Stage 2 (params `noise`): corrupt the train labels with a named noise model; record which changed.")
-_stage_command("pretrain-mentor", "pretrain_mentor",
-               "Stage 3 (params `mentor`): fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).")
-_stage_command("train-student", "train_student",
-               "Stage 4 (params `student`): train the student on the noisy labels: ce, or spade / mentormix with "
-               "the mentor (resumes from its checkpoint).")
-_stage_command("correct-labels", "correct_labels",
-               "Stage 5 (params `correction`): joint optimization of network and labels, then retrain on them.")
-_stage_command("evaluate", "evaluate",
-               "Stage 6 (params `evaluate`): test accuracy, per-class accuracy, plots, metrics.json.")
+for _number, (_name, _what) in enumerate({
+    "download": "fetch and verify the dataset, cut train / clean / val / test.",
+    "inject_noise": "corrupt the train labels with a named noise model; record which changed.",
+    "pretrain_mentor": "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).",
+    "train_student": "train the student on the noisy labels with `student.method` (resumes from its checkpoint).",
+    "correct_labels": "joint optimization of network and labels, then retrain on them.",
+    "evaluate": "test accuracy, per-class accuracy, noise detection, plots, metrics.json.",
+}.items(), start=1):
+    _stage_command(_name.replace("_", "-"), _name, f"Stage {_number}: {_what} Reads {stage_params_help(_name)}.")
 
 
 def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]]) -> tuple[Any, str, list[Any]]:
@@ -213,7 +211,7 @@ def sweep(
     study: Annotated[str, typer.Argument(help="Study name: tagged on every run (param base.study).")],
     grid: Annotated[list[str], typer.Argument(
         metavar="KEY=V1,V2...",
-        help="Param values to sweep, e.g. noise.rate=0.2,0.4 student.lr=0.05,0.1; every combination is one point.")],
+        help="Param values to sweep, e.g. noise.rate=0.2,0.4 train.lr=0.05,0.1; every combination is one point.")],
     jobs: JobsOpt = 0,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import bench_setup  # noqa: E402
-from labelnoise import distributed, runtime, training  # noqa: E402
+from labelnoise import distributed, engine, runtime  # noqa: E402
 from labelnoise.config import load_config  # noqa: E402
 
 
@@ -34,19 +34,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
-    s = cfg.student
+    s = cfg.train
     distributed.init(runtime.resolve_device(cfg.base.device).type)
     n = args.batches * s.batch_size
     b = bench_setup(args.params, n)
     device, model = b.device, b.model()
     trained = distributed.wrap(model, device)
-    optimizer = training.make_optimizer(model, s)
-    scheduler = training.make_scheduler(optimizer, s, steps_per_epoch=args.batches * (args.repeats + 1))
+    optimizer = engine.make_optimizer(model, s)
+    scheduler = engine.make_scheduler(optimizer, s, steps_per_epoch=args.batches * (args.repeats + 1))
     generator = torch.Generator().manual_seed(cfg.base.seed)
     rates = []
     for r in range(args.repeats + 1):  # the first is the warm-up
         t0 = time.perf_counter()
-        training.train_one_epoch(trained, b.x, b.y, optimizer=optimizer, scheduler=scheduler,
+        engine.train_one_epoch(trained, b.x, b.y, optimizer=optimizer, scheduler=scheduler,
                                  batch_size=s.batch_size, device=device, generator=generator, autocast_dtype=b.amp,
                                  channels_last=b.channels_last)
         if device.type == "cuda":

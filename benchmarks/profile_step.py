@@ -12,7 +12,6 @@ itself); then the operators with the most self CPU time.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.throughput import bench_mentor, bench_setup  # noqa: E402
-from labelnoise import training  # noqa: E402
+from benchmarks.throughput import bench_mentor, bench_setup, bench_task  # noqa: E402
+from labelnoise import engine  # noqa: E402
 from labelnoise.config import load_config  # noqa: E402
 
 
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args(argv)
     cfg = load_config(args.params)
-    s = cfg.student
+    s = cfg.train
     b = bench_setup(args.params, args.steps * s.batch_size)
     threads, device, amp, channels_last, x, y, source = b.threads, b.device, b.amp, b.channels_last, b.x, b.y, b.source
     print(f"{s.model}, batch {s.batch_size}, {amp or 'fp32'}, channels_last={channels_last}, {threads} threads, "
@@ -43,17 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     mentor, _ = bench_mentor(cfg, device)
     for method in ("ce", "spade"):
         model = b.model()
-        opt = training.make_optimizer(model, s)
-        sched = training.make_scheduler(opt, s, steps_per_epoch=10 * args.steps)
-        task = training.make_task(dataclasses.replace(s, method=method, burn_in=0.0, mentor_update="none"),
-                                  mentor=mentor, mentor_cfg=cfg.mentor, total_steps=10 * args.steps,
-                                  steps_per_epoch=args.steps, device=device, seed=cfg.base.seed, num_classes=10)
+        opt = engine.make_optimizer(model, s)
+        sched = engine.make_scheduler(opt, s, steps_per_epoch=10 * args.steps)
+        task = bench_task(b, method, steps_per_epoch=args.steps, epochs=10, mentor=mentor)
 
         def run(model=model, opt=opt, sched=sched, task=task) -> float:
             t0 = time.perf_counter()
-            training.train_one_epoch(model, x, y, optimizer=opt, scheduler=sched, batch_size=s.batch_size,
-                                     device=device, generator=torch.Generator().manual_seed(0), task=task,
-                                     autocast_dtype=amp, channels_last=channels_last)
+            engine.train_one_epoch(model, x, y, optimizer=opt, scheduler=sched, batch_size=s.batch_size,
+                                   device=device, generator=torch.Generator().manual_seed(0), task=task,
+                                   autocast_dtype=amp, channels_last=channels_last)
             return (time.perf_counter() - t0) / args.steps
 
         run()  # warm-up: allocator, oneDNN primitive caches

@@ -72,7 +72,7 @@ def peak_rss_gib(epochs: int) -> float:
         env = {**clean_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
         fast_mentor = ["-S", "mentor.kind=pd", "-S", "mentor.fit_steps=50", "-S", "mentor.grid_size=1000"]
         for stage, extra in (("download", []), ("inject-noise", []), ("pretrain-mentor", fast_mentor),
-                             ("train-student", ["-S", f"student.epochs={epochs}", *fast_mentor])):
+                             ("train-student", ["-S", f"train.epochs={epochs}", *fast_mentor])):
             log = Path(tmp) / f"{stage}.log"  # a file, not a pipe: wait4 must not wait on a full pipe
             with open(log, "w") as err:
                 proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), stage, "--params",

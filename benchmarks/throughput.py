@@ -10,10 +10,10 @@ step time (target <= 1.15) and the MentorMix step time over the CE step time (no
 second, gradient-free forward pass on the batch before the mixed one), and writes reports/bench.json.
 
 SPADE is timed after burn-in (every step calls the mentor: the costlier path), with
-``student.sample_weights`` as configured and no mentor refits (those run a few times per training, not
+``student.spade.sample_weights`` as configured and no mentor refits (those run a few times per training, not
 per step). The mentor is models/mentor.pt when present (10 classes), else a freshly initialised one
 (its weights do not change its speed). MentorMix is timed the same way (after burn-in, same mentor),
-with ``student.mixup_alpha`` and ``student.second_reweight`` as configured.
+with ``student.mentormix.mixup_alpha`` and ``student.mentormix.second_reweight`` as configured.
 
     python benchmarks/throughput.py                 # make bench
     python benchmarks/throughput.py --batches 30 --repeats 3
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labelnoise import runtime, training  # noqa: E402
+from labelnoise import engine, runtime  # noqa: E402
 from labelnoise.config import load_config  # noqa: E402
 from labelnoise.io import save_json  # noqa: E402
 from labelnoise.models import channel_stats, create_model  # noqa: E402
@@ -78,8 +78,8 @@ class Bench:
     def model(self) -> torch.nn.Module:
         """A fresh default student (seeded), on the device, in the chosen memory format."""
         torch.manual_seed(self.cfg.base.seed)
-        s = self.cfg.student
-        model = create_model(s.model, num_classes=10, in_channels=1, image_size=28, mean=self.mean, std=self.std)
+        model = create_model(self.cfg.train.model, num_classes=10, in_channels=1, image_size=28, mean=self.mean,
+                             std=self.std)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -87,14 +87,14 @@ class Bench:
 def bench_setup(params: str | Path, n: int) -> Bench:
     """Threads, seeds, device, precision and memory format from ``params``; ``n`` images of :func:`bench_data`."""
     cfg = load_config(params)
-    s = cfg.student
+    s = cfg.train
     threads = runtime.set_threads(cfg.base.threads)
     runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
     device = runtime.resolve_device(cfg.base.device)
     x, y, source = bench_data(n, seed=cfg.base.seed)
     mean, std = channel_stats(x)
-    return Bench(cfg=cfg, threads=threads, device=device, amp=training.resolve_precision(s.precision, device),
-                 channels_last=training.resolve_channels_last(s.channels_last, device), x=x.to(device),
+    return Bench(cfg=cfg, threads=threads, device=device, amp=runtime.resolve_precision(s.precision, device),
+                 channels_last=runtime.resolve_channels_last(s.channels_last, device), x=x.to(device),
                  y=y.to(device), source=source, mean=mean, std=std)
 
 
@@ -112,6 +112,21 @@ def bench_mentor(cfg, device: torch.device) -> tuple[torch.nn.Module, str]:
             pass
     torch.manual_seed(cfg.mentor.seed)
     return mentornet.MentorNet.from_config(cfg.mentor, num_classes=10).to(device), "fresh init"
+
+
+def bench_task(b: Bench, method: str, *, steps_per_epoch: int, epochs: int, mentor: torch.nn.Module) -> engine.Task:
+    """The engine task of ``method`` (from the method registry) for the benchmark data: the default student params
+    with no burn-in and no mentor refits, so every timed step is a full step of the method."""
+    from labelnoise.methods import MethodContext, get_method
+    from labelnoise.views import TrainView
+
+    block = dataclasses.replace(getattr(b.cfg.student, method), burn_in=0.0, mentor_update="none")
+    recipe = dataclasses.replace(b.cfg.train, batch_size=-(-b.x.shape[0] // steps_per_epoch), epochs=epochs)
+    view = TrainView(x_train=b.x, y_train=b.y, x_clean=b.x[:0], y_clean=b.y[:0], x_val=b.x[:0], y_val=b.y[:0],
+                     x_test=b.x[:0], y_test=b.y[:0], classes=[str(c) for c in range(10)], dataset="fashion_mnist")
+    ctx = MethodContext(name=method, params=block, recipe=recipe, data=view, model=b.model(), new_model=b.model,
+                        seed=b.cfg.base.seed, device=b.device, mentor=mentor, mentor_cfg=b.cfg.mentor)
+    return get_method(method).task(ctx)
 
 
 def bare_loop(model, x, y, *, optimizer, scheduler, batch_size, generator, amp_dtype, channels_last, device,
@@ -143,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.params)
-    s = cfg.student
+    s, spade_cfg, mix = cfg.train, cfg.student.spade, cfg.student.mentormix
     n = args.batches * s.batch_size
     b = bench_setup(args.params, n)
     threads, device, amp_dtype, channels_last, x, y, source = (b.threads, b.device, b.amp, b.channels_last, b.x,
@@ -151,9 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def setup() -> tuple:
         model = b.model()
-        opt = training.make_optimizer(model, s)
+        opt = engine.make_optimizer(model, s)
         # The schedule spans a long run so the lr stays sane over all repeats.
-        sched = training.make_scheduler(opt, s, steps_per_epoch=args.batches * (args.repeats + 1))
+        sched = engine.make_scheduler(opt, s, steps_per_epoch=args.batches * (args.repeats + 1))
         return model, opt, sched, torch.Generator().manual_seed(cfg.base.seed)
 
     p_model, p_opt, p_sched, p_gen = setup()
@@ -161,33 +176,28 @@ def main(argv: list[str] | None = None) -> dict:
     s_model, s_opt, s_sched, s_gen = setup()
     m_model, m_opt, m_sched, m_gen = setup()
     mentor, mentor_source = bench_mentor(cfg, device)
-    spade_cfg = dataclasses.replace(s, method="spade", burn_in=0.0, mentor_update="none")
-    spade_task = training.make_task(spade_cfg, mentor=mentor, mentor_cfg=cfg.mentor,
-                                    total_steps=args.batches * (args.repeats + 1), steps_per_epoch=args.batches,
-                                    device=device, seed=cfg.base.seed, num_classes=10)
-    mix_cfg = dataclasses.replace(s, method="mentormix", burn_in=0.0, mentor_update="none")
-    mix_task = training.make_task(mix_cfg, mentor=mentor, mentor_cfg=cfg.mentor,
-                                  total_steps=args.batches * (args.repeats + 1), steps_per_epoch=args.batches,
-                                  device=device, seed=cfg.base.seed, num_classes=10)
+    spade_task, mix_task = (bench_task(b, method, steps_per_epoch=args.batches, epochs=args.repeats + 1,
+                                       mentor=mentor) for method in ("spade", "mentormix"))
+    ce_task = engine.Task(label_smoothing=s.label_smoothing)
 
     def project() -> None:
-        training.train_one_epoch(p_model, x, y, optimizer=p_opt, scheduler=p_sched, batch_size=s.batch_size,
-                                 device=device, generator=p_gen, autocast_dtype=amp_dtype, channels_last=channels_last,
-                                 label_smoothing=s.label_smoothing)
+        engine.train_one_epoch(p_model, x, y, optimizer=p_opt, scheduler=p_sched, batch_size=s.batch_size,
+                               device=device, generator=p_gen, task=ce_task, autocast_dtype=amp_dtype,
+                               channels_last=channels_last)
 
     def bare() -> None:
         bare_loop(b_model, x, y, optimizer=b_opt, scheduler=b_sched, batch_size=s.batch_size, generator=b_gen,
                   amp_dtype=amp_dtype, channels_last=channels_last, device=device, label_smoothing=s.label_smoothing)
 
     def spade() -> None:
-        training.train_one_epoch(s_model, x, y, optimizer=s_opt, scheduler=s_sched, batch_size=s.batch_size,
-                                 device=device, generator=s_gen, task=spade_task, autocast_dtype=amp_dtype,
-                                 channels_last=channels_last)
+        engine.train_one_epoch(s_model, x, y, optimizer=s_opt, scheduler=s_sched, batch_size=s.batch_size,
+                               device=device, generator=s_gen, task=spade_task, autocast_dtype=amp_dtype,
+                               channels_last=channels_last)
 
     def mentormix() -> None:
-        training.train_one_epoch(m_model, x, y, optimizer=m_opt, scheduler=m_sched, batch_size=s.batch_size,
-                                 device=device, generator=m_gen, task=mix_task, autocast_dtype=amp_dtype,
-                                 channels_last=channels_last)
+        engine.train_one_epoch(m_model, x, y, optimizer=m_opt, scheduler=m_sched, batch_size=s.batch_size,
+                               device=device, generator=m_gen, task=mix_task, autocast_dtype=amp_dtype,
+                               channels_last=channels_last)
 
     def timed(fn) -> float:
         t0 = time.perf_counter()
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         "spade_sample_weights": spade_cfg.sample_weights,
         "mentormix_img_s": statistics.median(rates["mentormix"]),
         "mentormix_step_ratio": statistics.median(mix_ratios),
-        "mentormix_second_reweight": mix_cfg.second_reweight, "mentormix_alpha": mix_cfg.mixup_alpha,
+        "mentormix_second_reweight": mix.second_reweight, "mentormix_alpha": mix.mixup_alpha,
         "per_repeat": {"project_img_s": rates["project"], "bare_img_s": rates["bare"], "ratio": ratios,
                        "spade_img_s": rates["spade"], "spade_step_ratio": spade_ratios,
                        "mentormix_img_s": rates["mentormix"], "mentormix_step_ratio": mix_ratios},
@@ -235,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.repeats} interleaved repeats)")
     print(f"mentormix loop:                 {result['mentormix_img_s']:8.0f} img/s")
     print(f"step time mentormix/ce:         {result['mentormix_step_ratio']:8.3f}  (median of {args.repeats} "
-          f"interleaved repeats; second_reweight={mix_cfg.second_reweight})")
+          f"interleaved repeats; second_reweight={mix.second_reweight})")
     save_json(args.out, result)
     print(f"wrote {args.out}")
     return result

@@ -1,13 +1,17 @@
 """Typed, validated configuration: `params.yaml` → frozen dataclasses, checked once at the edge.
 
-`params.yaml` is the single source of default values: the dataclasses below carry types and
-ranges, not defaults. Every error names the offending key in one line (``ConfigError``).
+`params.yaml` is the single source of default values: the dataclasses carry types and ranges, not defaults.
+Each section's dataclass lives beside the code that reads it (``data`` with the datasets, ``noise`` with the noise
+models, ``mentor`` with the MentorNet, ``train`` with the engine, ``correction`` with joint optimization, each
+method's block ``student.<method>`` with the method); this module assembles them into :class:`Config` and checks
+what spans sections. Every error names the offending key in one line (``ConfigError``).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -19,6 +23,11 @@ import yaml
 
 from labelnoise import datasets
 from labelnoise.datasets import DataConfig
+from labelnoise.engine.recipe import Recipe
+from labelnoise.mentornet import MentorConfig
+from labelnoise.methods import method_names, registered
+from labelnoise.methods.joint_optimization import CorrectionConfig
+from labelnoise.models import list_models
 from labelnoise.noise import NoiseConfig
 from labelnoise.schema import ConfigError
 from labelnoise.schema import rng as _rng
@@ -37,99 +46,22 @@ class BaseConfig:
 
 
 @dataclass(frozen=True)
-class MentorConfig:
-    kind: Literal["pd", "dd"]  # pd: fit to a predefined curriculum; dd: learn from the trusted clean subset
-    curriculum: Literal["self_paced", "linear", "mixture", "official_pd", "focal"]  # pd target
-    percentile: float = _rng(0.0, 1.0)  # p of the moving p-th percentile l_pt of mini-batch losses
-    ema_decay: float = _rng(0.0, 1.0)  # moving-average decay of l_pt (paper 0.95, official code 0.5)
-    class_percentile: bool  # one l_pt per noisy label instead of one for the batch (our addition)
-    lambda1: float = _rng(0.0)  # mixture: loss threshold
-    lambda2: float = _rng(0.0)  # mixture: width of the linear part (0 = hard threshold)
-    gamma: float = _rng(0.0, lo_open=True)  # linear curricula: v = clip(1 - diff / gamma, 0, 1)
-    focal_gamma: float = _rng(0.0)  # focal weighting (1 - exp(-l)) ** gamma
-    pd_burn_in: float = _rng(0.0, 1.0)  # official_pd: all ones before this fraction of training
-    pd_linear_from: float = _rng(0.0, 1.0)  # official_pd: linear weighting from this fraction on
-    label_dim: int = _rng(1, 1024)  # label embedding size
-    epoch_dim: int = _rng(1, 1024)  # training-progress embedding size (100 x epoch_dim)
-    hidden: int = _rng(1, 4096)  # fully connected layer (tanh)
-    epoch_embedding_trainable: bool  # official code: a fixed random table
-    grid_size: int = _rng(100)  # pd: samples drawn from the (loss, diff, progress) grid
-    holdout: float = _rng(0.0, 1.0)  # fraction of mentor data held out for MAE / AUROC
-    fit_steps: int = _rng(1)  # mentor optimisation steps (Adam)
-    fit_batch_size: int = _rng(1, 1_000_000)
-    fit_lr: float = _rng(0.0, 10.0, lo_open=True)
-    fit_lr_decay: float = _rng(0.0, 1.0, lo_open=True)  # lr *= decay every fit_lr_decay_steps (official 0.9 / 1000)
-    fit_lr_decay_steps: int = _rng(1)
-    dd_noise_kind: Literal["symmetric", "pair", "asymmetric"]  # dd: noise put on a copy of the clean subset
-    dd_noise_rate: float = _rng(0.0, 1.0)
-    dd_noise_seed: int = _rng(0)
-    dd_epochs: int = _rng(1, 10_000)  # dd: epochs of the feature-recording student on the clean subset
-    seed: int = _rng(0)  # mentor initialisation and data sampling
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    method: Literal["ce", "spade", "mentormix", "cleanlab"]
-    model: Literal["cnn", "preact_resnet32", "wrn56_10", "resnet18"]
-    pretrained: bool
-    epochs: int = _rng(1, 10_000)
-    batch_size: int = _rng(1, 65_536)
-    eval_batch_size: int = _rng(1, 65_536)
-    lr: float = _rng(0.0, 10.0, lo_open=True)
-    momentum: float = _rng(0.0, 1.0)
-    nesterov: bool
-    weight_decay: float = _rng(0.0, 1.0)
-    schedule: Literal["constant", "multistep", "cosine", "onecycle"]
-    milestones: list[float]  # multistep: fractions of training, e.g. [0.5, 0.75]
-    gamma: float = _rng(0.0, 1.0, lo_open=True)  # multistep decay factor
-    warmup_epochs: float = _rng(0.0)  # linear warm-up (multistep, cosine)
-    onecycle_pct_start: float = _rng(0.0, 1.0, lo_open=True)
-    augment: Literal["auto", "none", "crop_flip"]  # auto: crop_flip for CIFAR, none otherwise
-    crop_padding: int = _rng(0, 64)
-    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
-    channels_last: Literal["auto", "on", "off"]  # auto: on (measured faster on CUDA and on CPU for the CNN)
-    label_smoothing: float = _rng(0.0, 1.0)
-    burn_in: float = _rng(0.0, 1.0)  # spade, mentormix: fraction of training with v ~ Bernoulli(burn_in_keep)
-    burn_in_keep: float = _rng(0.0, 1.0)  # spade, mentormix: keep probability p during burn-in (example dropout)
-    weight_norm: Literal["batch", "sum"]  # spade (mentormix: 2nd reweighting): weighted loss over B or sum of weights
-    sample_weights: bool  # spade: probabilistic sampling layer, v <- Bernoulli(v)
-    mentor_update: Literal["none", "lr_change", "every_k"]  # spade: when the mentor is refitted
-    mentor_update_every: int = _rng(1)  # every_k: epochs between mentor updates
-    mentor_update_steps: int = _rng(1)  # spade: Adam steps of one mentor refit (mentor.fit_* settings otherwise)
-    mentor_update_batches: int = _rng(1)  # spade, pd mentor: recent mini-batches whose mentor inputs a refit uses
-    weights_at: list[float]  # spade: fractions of training at which per-example weights are saved
-    mixup_alpha: float = _rng(0.0, 1000.0, lo_open=True)  # mentormix: λ ~ Beta(α, α)
-    mix_temperature: float = _rng(0.0, 1000.0, lo_open=True)  # mentormix: partners drawn from softmax(v / T)
-    second_reweight: bool  # mentormix: weight the mixed examples' losses by the mentor again
-    cleanlab_folds: int = _rng(2, 100)  # cleanlab: cross-validation folds for the out-of-sample probabilities
-    cleanlab_filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
-                                "predicted_neq_given"]  # cleanlab: find_label_issues' filter_by
-
-
-@dataclass(frozen=True)
-class CorrectionConfig:
-    init: Literal["student", "scratch"]  # phase 1 starts from the trained student or a fresh network
-    epochs: int = _rng(1, 10_000)  # phase 1: alternating optimisation of network and labels
-    lr: float = _rng(0.0, 10.0, lo_open=True)  # phase 1: high constant lr (paper 0.08 symmetric, 0.03 asymmetric)
-    alpha: float = _rng(0.0)  # weight of the prior term L_p (paper 1.2 sym / 0.8 asym; official code 1.0)
-    beta: float = _rng(0.0)  # weight of the entropy term L_e (paper 0.8 sym / 0.4 asym; official code 0.5)
-    prior: Literal["uniform", "clean"]  # class prior p: uniform, or estimated from the clean subset
-    buffer: int = _rng(1, 1000)  # K: epochs of softmax outputs averaged into the new labels
-    begin: int = _rng(1)  # first epoch (1-based) at which labels are updated
-    update: Literal["soft", "hard"]  # new label = buffer mean, or its argmax (one-hot)
-    update_every: int = _rng(1)  # epochs between label updates
-    noisy_label_weight: float = _rng(0.0, 1.0)  # w: y ∝ s̄ · (w·onehot(noisy) + (1−w)/C); 0 = the paper's y = s̄
-    trust_mentor: bool  # examples whose mentor weight exceeds trust_threshold keep their label
-    trust_threshold: float = _rng(0.0, 1.0)
-    retrain_epochs: int = _rng(1, 10_000)  # phase 2: a fresh network on the corrected labels
-    retrain_lr: float = _rng(0.0, 10.0, lo_open=True)
-    retrain_schedule: Literal["constant", "multistep", "cosine", "onecycle"]
-
-
-@dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = _rng(1, 65_536)
-    detection_threshold: float = _rng(0.0, 1.0)  # spade: an example with weight v < this is flagged as corrupted
+    detection_threshold: float = _rng(0.0, 1.0)  # an example whose score (weight v, label quality) < this is flagged
+
+
+def student_config_type() -> type:
+    """The ``student`` section's dataclass: the method, the records, and one block per registered method that has
+    params (``student.<method>``, its dataclass from the method's file), so a new method brings its own block."""
+    blocks = tuple((m.name, m.params) for m in registered() if m.params is not None)
+    return _student_type(blocks)
+
+
+@functools.cache
+def _student_type(blocks: tuple[tuple[str, type], ...]) -> type:
+    fields: list[Any] = [("method", str), ("weights_at", list[float]), *blocks]
+    return dataclasses.make_dataclass("StudentConfig", fields, frozen=True)
 
 
 @dataclass(frozen=True)
@@ -138,7 +70,8 @@ class Config:
     data: DataConfig
     noise: NoiseConfig
     mentor: MentorConfig
-    student: StudentConfig
+    train: Recipe
+    student: Any = dataclasses.field(metadata={"section": student_config_type})  # built from the registry
     correction: CorrectionConfig
     evaluate: EvaluateConfig
 
@@ -217,8 +150,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         key = _join(prefix, name)
         if name not in raw:
             raise ConfigError(f"{key}: missing")
-        if dataclasses.is_dataclass(hints[name]):
-            values[name] = _build(hints[name], raw[name], key)
+        section = f.metadata["section"]() if "section" in f.metadata else hints[name]
+        if dataclasses.is_dataclass(section):
+            values[name] = _build(section, raw[name], key)
             continue
         value = _check_type(raw[name], hints[name], key)
         lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
@@ -287,18 +221,21 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
 
 
 def _cross_checks(cfg: Config) -> None:
-    s = cfg.student
-    if any(not 0.0 < m < 1.0 for m in s.milestones) or list(s.milestones) != sorted(s.milestones):
-        raise ConfigError("student.milestones: must be increasing fractions of training in (0, 1)")
+    s, t = cfg.student, cfg.train
+    if s.method not in method_names():
+        raise ConfigError(f"student.method: must be one of {', '.join(repr(m) for m in method_names())}, "
+                          f"got {s.method!r}")
     if any(not 0.0 < w <= 1.0 for w in s.weights_at):
         raise ConfigError("student.weights_at: must be fractions of training in (0, 1]")
+    for key, model in (("train.model", t.model), ("noise.reference_model", cfg.noise.reference_model)):
+        if model not in list_models():
+            raise ConfigError(f"{key}: must be one of {', '.join(repr(m) for m in list_models())}, got {model!r}")
+    t.check("train")
     if cfg.correction.begin > cfg.correction.epochs:  # no label update would ever happen
         raise ConfigError(f"correction.begin: must be <= correction.epochs ({cfg.correction.epochs})")
     m = cfg.mentor
     if m.pd_linear_from < m.pd_burn_in:
         raise ConfigError(f"mentor.pd_linear_from: must be >= mentor.pd_burn_in ({m.pd_burn_in})")
-    if s.warmup_epochs >= s.epochs:
-        raise ConfigError(f"student.warmup_epochs: must be < student.epochs ({s.epochs})")
     n = cfg.noise
     sources = datasets.open_set_sources()  # auto, white_noise and the registered datasets
     if n.open_set_source not in sources:

@@ -101,7 +101,8 @@ def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
 
 
 def save_json(path: str | Path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_to_builtin) + "\n"
+    """``obj`` as indented JSON; an undefined number (NaN, infinity: JSON has neither) is written as null."""
+    text = json.dumps(finite_or_none(obj), indent=2, sort_keys=False, default=_to_builtin) + "\n"
     return write_atomic(path, lambda p: p.write_text(text))
 
 
@@ -167,6 +168,19 @@ def read_torch(path: str | Path, *, remedy: str) -> dict[str, Any]:
             raise TypeError(f"holds a {type(obj).__name__}, not a dict")
     except Exception as e:  # noqa: BLE001 - truncated, foreign format: one line
         raise _unreadable(path, e, remedy) from None
+    return obj
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite number (nested in dicts, lists, arrays) replaced by None."""
+    if isinstance(obj, float | np.floating):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return finite_or_none(obj.tolist())
     return obj
 
 

@@ -29,18 +29,50 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labelnoise import distributed
+from labelnoise.engine import Task, fit
 from labelnoise.io import save_torch
+from labelnoise.schema import rng
+from labelnoise.views import TrainView
 
-if TYPE_CHECKING:
-    from labelnoise.config import MentorConfig, StudentConfig
+
+# ----------------------------------------------------------------------------- params (section `mentor`)
+@dataclass(frozen=True)
+class MentorConfig:
+    kind: Literal["pd", "dd"]  # pd: fit to a predefined curriculum; dd: learn from the trusted clean subset
+    curriculum: Literal["self_paced", "linear", "mixture", "official_pd", "focal"]  # pd target
+    percentile: float = rng(0.0, 1.0)  # p of the moving p-th percentile l_pt of mini-batch losses
+    ema_decay: float = rng(0.0, 1.0)  # moving-average decay of l_pt (paper 0.95, official code 0.5)
+    class_percentile: bool  # one l_pt per noisy label instead of one for the batch (our addition)
+    lambda1: float = rng(0.0)  # mixture: loss threshold
+    lambda2: float = rng(0.0)  # mixture: width of the linear part (0 = hard threshold)
+    gamma: float = rng(0.0, lo_open=True)  # linear curricula: v = clip(1 - diff / gamma, 0, 1)
+    focal_gamma: float = rng(0.0)  # focal weighting (1 - exp(-l)) ** gamma
+    pd_burn_in: float = rng(0.0, 1.0)  # official_pd: all ones before this fraction of training
+    pd_linear_from: float = rng(0.0, 1.0)  # official_pd: linear weighting from this fraction on
+    label_dim: int = rng(1, 1024)  # label embedding size
+    epoch_dim: int = rng(1, 1024)  # training-progress embedding size (100 x epoch_dim)
+    hidden: int = rng(1, 4096)  # fully connected layer (tanh)
+    epoch_embedding_trainable: bool  # official code: a fixed random table
+    grid_size: int = rng(100)  # pd: samples drawn from the (loss, diff, progress) grid
+    holdout: float = rng(0.0, 1.0)  # fraction of mentor data held out for MAE / AUROC
+    fit_steps: int = rng(1)  # mentor optimisation steps (Adam)
+    fit_batch_size: int = rng(1, 1_000_000)
+    fit_lr: float = rng(0.0, 10.0, lo_open=True)
+    fit_lr_decay: float = rng(0.0, 1.0, lo_open=True)  # lr *= decay every fit_lr_decay_steps (official 0.9 / 1000)
+    fit_lr_decay_steps: int = rng(1)
+    dd_noise_kind: Literal["symmetric", "pair", "asymmetric"]  # dd: noise put on a copy of the clean subset
+    dd_noise_rate: float = rng(0.0, 1.0)
+    dd_noise_seed: int = rng(0)
+    dd_epochs: int = rng(1, 10_000)  # dd: epochs of the feature-recording student on the clean subset
+    seed: int = rng(0)  # mentor initialisation and data sampling
+
 
 NUM_PROGRESS = 100  # the epoch feature is the percent of training done, 0..99 (official: 100-row table)
 GRAD_CLIP_NORM = 5.0  # official training_mentornet/train.py: clip_by_global_norm(grads, 5)
@@ -395,16 +427,18 @@ def record_training_features(
     y_noisy: Tensor,
     correct: Tensor,
     *,
-    cfg: StudentConfig,
+    recipe: Any,
     percentile: MovingPercentile,
     dataset: str,
     device: torch.device,
     generator: torch.Generator,
+    log: Callable[[str], None] | None = None,
 ) -> TrainingRecord:
-    """Train ``model`` with plain cross-entropy on (x, y_noisy) for ``cfg.epochs`` epochs (the student's
-    optimiser, schedule, augmentation and precision) and record every example's mentor features after
-    each epoch (:func:`collect_features`, one moving percentile carried across epochs, mini-batches of
-    ``cfg.batch_size`` as in the student).
+    """Train ``model`` with plain cross-entropy on (x, y_noisy) for ``recipe.epochs`` epochs through the engine
+    (the student's optimiser, schedule, augmentation and precision) and record every example's mentor features
+    after each epoch (:func:`collect_features`, one moving percentile carried across epochs, mini-batches of
+    ``recipe.batch_size`` as in the student). ``generator`` draws the batch order, the augmentation and the
+    recording's own randomness, in that order each epoch.
 
     DD mentor data, like the official StudentNet dump (id, epoch percent, noisy label, clean label,
     loss). A row recorded after epoch e gets a progress drawn uniformly from the percents that epoch
@@ -412,50 +446,36 @@ def record_training_features(
     it, not only E of them (the progress embedding is a fixed random table: on unseen values the
     mentor's output would be arbitrary).
     """
-    from labelnoise import training  # lazily: training imports this module (SPADE)
-
     n = x.shape[0]
     if n == 0:
         raise ValueError("record_training_features: no images")
-    amp_dtype = training.resolve_precision(cfg.precision, device)
-    channels_last = training.resolve_channels_last(cfg.channels_last, device)
-    augment_name = training.resolve_augment(cfg.augment, dataset)
-    augment = ((lambda xb: training.crop_flip(xb, padding=cfg.crop_padding, generator=generator))
-               if augment_name == "crop_flip" else None)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     x_dev, y_dev = x.to(device), y_noisy.to(device)
-    trained = distributed.wrap(model, device)  # torchrun: data-parallel; every rank then records alike
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    optimizer = training.make_optimizer(model, cfg)
-    scheduler = training.make_scheduler(optimizer, cfg, steps_per_epoch=steps_per_epoch)
-
     parts: list[MentorFeatures] = []
-    history: list[dict[str, float]] = []
-    step = 0
-    for epoch in range(cfg.epochs):
-        # ---- one epoch of plain cross-entropy on the noisy labels
-        stats = training.train_one_epoch(
-            trained, x_dev, y_dev, optimizer=optimizer, scheduler=scheduler, batch_size=cfg.batch_size, device=device,
-            generator=generator, epoch=epoch + 1, step=step, augment=augment, autocast_dtype=amp_dtype,
-            channels_last=channels_last,
-        )
-        step += steps_per_epoch
 
-        # ---- record: losses of the model after this epoch, progress spread over the epoch's percents
-        lo, hi = epoch_progress(epoch, epochs=cfg.epochs)
-        feats = collect_features(model, x_dev, y_dev, correct, percentile=percentile, progress=lo,
-                                 batch_size=cfg.batch_size, device=device, generator=generator)
-        feats.progress = torch.randint(lo, hi + 1, (n,), generator=generator)
-        parts.append(feats)
-        history.append({"epoch": epoch + 1, "train_loss": stats["train_loss"],
-                        "train_acc_noisy": stats["train_acc_noisy"], "lr": stats["lr"],
-                        "progress_lo": lo, "progress_hi": hi})
-    model.eval()
+    class Recorder(Task):
+        """Plain cross-entropy; after each epoch: the losses of the model, progress spread over the epoch's
+        percents."""
+
+        def end_epoch(self, model: nn.Module, *, epoch: int) -> dict[str, float]:
+            lo, hi = epoch_progress(epoch - 1, epochs=recipe.epochs)
+            feats = collect_features(model, x_dev, y_dev, correct, percentile=percentile, progress=lo,
+                                     batch_size=recipe.batch_size, device=device, generator=generator)
+            feats.progress = torch.randint(lo, hi + 1, (n,), generator=generator)
+            parts.append(feats)
+            return {"progress_lo": lo, "progress_hi": hi}
+
+    empty_x, empty_y = x[:0], y_noisy[:0]  # nothing to evaluate on: the clean subset is what it trains on
+    view = TrainView(x_train=x, y_train=y_noisy, x_clean=empty_x, y_clean=empty_y, x_val=empty_x, y_val=empty_y,
+                     x_test=empty_x, y_test=empty_y, classes=[str(c) for c in range(int(y_noisy.max()) + 1)],
+                     dataset=dataset)
+    result = fit(model, view, Recorder(), recipe=recipe, seed=0, device=device, generator=generator, progress=False,
+                 log=log if log is not None else (lambda line: None), name="mentor's student",
+                 remedy="lower student.lr or check the data")
+    keys = ("epoch", "train_loss", "train_acc_noisy", "lr", "progress_lo", "progress_hi")
     ids = torch.arange(n)
-    return TrainingRecord(features=MentorFeatures.cat(parts), example=ids.repeat(cfg.epochs),
-                          epoch=torch.arange(1, cfg.epochs + 1).repeat_interleave(n), history=history)
+    return TrainingRecord(features=MentorFeatures.cat(parts), example=ids.repeat(recipe.epochs),
+                          epoch=torch.arange(1, recipe.epochs + 1).repeat_interleave(n),
+                          history=[{k: row[k] for k in keys} for row in result.history])
 
 
 def split_examples(n: int, *, holdout: float, generator: torch.Generator) -> Tensor:
@@ -471,8 +491,7 @@ def split_examples(n: int, *, holdout: float, generator: torch.Generator) -> Ten
 @contextmanager
 def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run the mentor's optimisation single-threaded on CPU. Its tensors are tiny (B x 20): intra-op
-    threads only add synchronisation. Measured on the 2-core machine, 1000 steps: 1 thread 1.2 s,
-    2 threads 8.9 s while other processes compete for the cores."""
+    threads only add synchronisation (several times slower on 2 cores shared with other processes)."""
     if device.type != "cpu":
         yield
         return

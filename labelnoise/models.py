@@ -8,8 +8,7 @@ self-contained: evaluation needs only the state_dict and uint8 images.
 Models:
 - ``cnn``: 3 conv blocks (32-64-128, conv3x3 + BN + ReLU, max-pool between), global average
   pooling, a hidden FC layer (256, ReLU) and the linear head. Works on 8x8 digits, 28x28
-  (Fashion-)MNIST and 32x32 CIFAR. The hidden layer is worth +0.9 points of Fashion-MNIST test
-  accuracy at the same cost (92.8% vs 91.9%, 15 epochs, clean labels).
+  (Fashion-)MNIST and 32x32 CIFAR. (What the hidden layer is worth, measured: README, "Layout".)
 - ``preact_resnet32``: the CIFAR pre-activation ResNet-32 (He et al. 2016b, "Identity Mappings"):
   3 stages x 5 basic blocks, 16/32/64 channels; the network MentorNet uses on CIFAR.
 - ``wrn56_10``: the wide ResNet of the official MentorNet code on CIFAR (its ``resnet101`` student:
@@ -219,7 +218,7 @@ def _resnet18(*, num_classes: int, in_channels: int, image_size: int, pretrained
         except Exception as e:  # offline, proxy, corrupt cache: one clear line, no traceback chain
             raise RuntimeError(
                 f"resnet18: could not load torchvision's pretrained weights ({type(e).__name__}: {e}); "
-                "connect to the internet once (they are cached in $TORCH_HOME) or set student.pretrained=false"
+                "connect to the internet once (they are cached in $TORCH_HOME) or set train.pretrained=false"
             ) from None
         net.load_state_dict(state)
     conv1 = net.conv1
@@ -293,6 +292,14 @@ def create_model(
     build = _REGISTRY[name]
     net = build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=pretrained)
     return ImageClassifier(Normalize(mean, std), net, name=name, in_channels=in_channels, image_size=image_size)
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()`` with the global torch RNG seeded by ``seed`` for the call, and left as it was after: a fresh
+    network whose initial weights depend on ``seed`` only, not on what ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 # ----------------------------------------------------------------------------- saved models

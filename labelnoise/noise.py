@@ -26,7 +26,7 @@ Models (``kind``):
   labels concentrate on one confusing class per class. See ``structured_transition``.
 - ``instance``: instance-dependent noise (the hardest examples of each class are flipped to the
   class they look most like), from a reference classifier's probabilities ``P`` (n, K) of the
-  true examples; see ``corrupt_instance`` for the exact rule and ``reference_probabilities`` for
+  true examples; see ``corrupt_instance`` for the exact rule and ``labelnoise.reference`` for
   the classifier (the project's ``cnn``, trained briefly on the trusted clean subset only).
 - ``massive``: Rolnick et al. 2017's setting: ``n_clean`` examples keep their labels and ``alpha`` times
   as many other examples of the split get uniformly random labels; the rest of the split is unused
@@ -43,7 +43,7 @@ a superset of a lower one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -74,9 +74,12 @@ class NoiseConfig:
     seed: int = _rng(0)
     class_map: str | dict[int, int]  # asymmetric: "auto" (the dataset's shipped map) or {src: dst}
     transition: list[list[float]]  # transition: row-stochastic K x K matrix
-    reference_epochs: int = _rng(1, 10_000)  # instance: epochs of the reference cnn on the clean subset
-    reference_lr: float = _rng(0.0, 10.0, lo_open=True)  # instance: its peak (one-cycle) learning rate
+    # instance: the reference classifier trains with the `train` recipe, these overrides apart
+    reference_model: str  # instance: its network (an architecture of labelnoise.models)
+    reference_epochs: int = _rng(1, 10_000)  # instance: epochs on the clean subset
+    reference_lr: float = _rng(0.0, 10.0, lo_open=True)  # instance: its peak learning rate
     reference_batch_size: int = _rng(1, 65_536)  # instance: its mini-batch size
+    reference_precision: Literal["auto", "fp32", "bf16"]  # instance: fp32 keeps the labels independent of the CPU
     reference_seed: int = _rng(0)  # instance: its initial weights and batch order
     open_set_source: str  # open_set, massive other: auto | white_noise | a registered dataset
 
@@ -338,71 +341,6 @@ def corrupt_instance(labels: np.ndarray, pred_probs: np.ndarray, *, rate: float)
         hardest = idx[np.argsort(score[idx], kind="stable")[: n_to_change(rate, idx.size)]]
         noisy[hardest] = confusable[hardest]
     return NoisyLabels(noisy, noisy != y)
-
-
-# Settings of the reference classifier that are not params (``noise.reference_*`` are): the student's
-# default recipe (SGD + Nesterov momentum, weight decay, one-cycle), plain cross-entropy, fp32 so the
-# scores do not depend on whether the CPU has native bf16. Kept apart from params `student` on purpose:
-# sweeping the student must not change the noisy labels it is compared on.
-REFERENCE_RECIPE: dict[str, Any] = {
-    "method": "ce", "model": "cnn", "pretrained": False, "eval_batch_size": 1024, "momentum": 0.9,
-    "nesterov": True, "weight_decay": 5e-4, "schedule": "onecycle", "milestones": [0.5, 0.75], "gamma": 0.1,
-    "warmup_epochs": 0.0, "onecycle_pct_start": 0.25, "augment": "auto", "crop_padding": 4, "precision": "fp32",
-    "channels_last": "auto", "label_smoothing": 0.0, "burn_in": 0.0, "burn_in_keep": 1.0, "weight_norm": "batch",
-    "sample_weights": False, "mentor_update": "none", "mentor_update_every": 1, "mentor_update_steps": 1,
-    "mentor_update_batches": 1, "weights_at": [], "mixup_alpha": 1.0, "mix_temperature": 1.0,
-    "second_reweight": False, "cleanlab_folds": 2, "cleanlab_filter_by": "prune_by_noise_rate",
-}
-
-
-def reference_probabilities(
-    x_fit: np.ndarray,
-    y_fit: np.ndarray,
-    x_score: np.ndarray,
-    *,
-    classes: list[str],
-    dataset: str,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    device: Any = "cpu",
-    log: Callable[[str], None] | None = None,
-) -> np.ndarray:
-    """Train the reference classifier (the ``cnn``) on (x_fit, y_fit) and return its probabilities on x_score.
-
-    x_fit: uint8 (n_fit, C, H, W) with labels y_fit (n_fit,), the trusted clean subset; x_score: uint8
-    (n, C, H, W), the train images (their labels are not passed: the classifier never sees them).
-    Trained with the project's own ``training.fit`` (``REFERENCE_RECIPE`` plus ``epochs``, ``lr``,
-    ``batch_size``); ``seed`` alone decides the initial weights and the batch order. Returns (n, K) float64
-    rows summing to 1 (softmax of the float32 logits, taken in float64). ``log(line)`` gets fit's
-    per-epoch lines (None: silent).
-    """
-    import torch  # lazy: the label-only models need numpy alone, and training imports this module
-
-    from labelnoise.config import StudentConfig
-    from labelnoise.models import channel_stats, create_model
-    from labelnoise.training import fit, predict_logits, resolve_channels_last
-    from labelnoise.views import TrainView
-
-    cfg = StudentConfig(**{**REFERENCE_RECIPE, "epochs": epochs, "lr": lr, "batch_size": batch_size})
-    xf, yf = torch.from_numpy(np.ascontiguousarray(x_fit)), torch.from_numpy(np.asarray(y_fit, dtype=np.int64))
-    _, channels, height, width = xf.shape
-    empty_x, empty_y = xf[:0], yf[:0]
-    view = TrainView(x_train=xf, y_train=yf, x_clean=empty_x, y_clean=empty_y, x_val=empty_x, y_val=empty_y,
-                     x_test=empty_x, y_test=empty_y, classes=list(classes), dataset=dataset)
-    mean, std = channel_stats(xf)
-    with torch.random.fork_rng(devices=[]):  # initial weights from `seed` only, global RNG left as it was
-        torch.manual_seed(seed)
-        model = create_model("cnn", num_classes=len(classes), in_channels=channels, image_size=max(height, width),
-                             mean=mean, std=std)
-    result = fit(model, view, cfg=cfg, seed=seed, device=device, progress=False,
-                 log=(lambda line: log(f"reference classifier: {line}")) if log is not None else (lambda line: None))
-    device = torch.device(device)
-    logits = predict_logits(result.model, torch.from_numpy(np.ascontiguousarray(x_score)),
-                            batch_size=cfg.eval_batch_size, device=device,
-                            channels_last=resolve_channels_last(cfg.channels_last, device))  # (n, K) float32
-    return torch.softmax(logits.double(), dim=1).numpy()
 
 
 # ----------------------------------------------------------------------------- open-set noise

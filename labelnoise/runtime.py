@@ -1,7 +1,9 @@
-"""Seeds, threads and device: set once per stage."""
+"""Seeds and random streams, threads, device and the numeric choices that follow from the device (precision,
+memory format): set once per stage, resolved in one place."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sys
@@ -19,8 +21,7 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         _deterministic_algorithms()
         # That also fills every new tensor's memory (NaN / max int) to catch reads of uninitialised memory: a
-        # debugging aid, not needed for identical results; off, the default CPU step runs 4.5 % faster
-        # (6653 against 6364 img/s, 2 cores, interleaved repeats).
+        # debugging aid, not needed for identical results, and a measurable cost per step (README, "speed").
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)
@@ -54,3 +55,72 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):  # torchrun: this process's GPU
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- random streams
+# Every random stream a run draws from besides the batch order has an id here, so that two uses never share one
+# and a new use does not shift another's draws (np.random.SeedSequence([seed, id]) per stream). A plug-in may
+# name a stream not listed: its id is then derived from the name (at or above 10,000, clear of these).
+STREAMS: dict[str, int] = {
+    "spade": 1,  # SPADE / MentorMix: burn-in dropout, the sampling layer, mixup partners and ratios
+    "cleanlab_folds": 41,  # cleanlab: fold assignment, final student's initial weights (41 + 1 + fold: each fold's)
+    "mentor_refit": 1000,  # SPADE: mentor refit k draws from stream 1000 + k
+    "joint": 2001,  # label correction, phase 1: batch order and augmentation
+    "retrain": 2002,  # label correction, phase 2: batch order and augmentation
+    "joint_init": 2003,  # label correction, phase 1 from scratch: initial weights
+    "retrain_init": 2004,  # label correction, phase 2: initial weights
+}
+
+
+def stream_id(stream: int | str) -> int:
+    """The numeric id of ``stream`` (a name of :data:`STREAMS`, another name, or an id)."""
+    if isinstance(stream, int):
+        return stream
+    if stream in STREAMS:
+        return STREAMS[stream]
+    return 10_000 + int.from_bytes(hashlib.sha256(stream.encode()).digest()[:4], "big")
+
+
+def derived_seed(seed: int, stream: int | str) -> int:
+    """A 32-bit seed for the independent random stream ``stream`` of the run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, stream_id(stream)]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- numeric choices of the device
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a ``precision`` param (None = plain fp32).
+
+    ``auto``: bf16 on CUDA (when supported); on CPU bf16 only when oneDNN has native bf16 (avx512_bf16 / AMX),
+    where it is faster; fp32 elsewhere.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if _cpu_has_native_bf16() else None
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    """oneDNN's answer, unless ``LABELNOISE_CPU_BF16`` (0 / 1) overrides it: with 0 ``auto`` resolves to fp32 on
+    any CPU, so a machine with native bf16 runs (and tests) what a CPU without it runs."""
+    forced = os.environ.get("LABELNOISE_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"LABELNOISE_CPU_BF16 must be 0 or 1, got {forced!r}")
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_channels_last(setting: str, device: torch.device) -> bool:
+    """A ``channels_last`` param: ``auto`` → on for CUDA and CPU (oneDNN's NHWC convolutions are faster for the
+    CNN on CPU too)."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    return device.type in ("cuda", "cpu")

@@ -1,7 +1,7 @@
 """Studies: a grid of param values queued as DVC experiments (one MLflow pipeline run per point, tagged
 with the study name), and the report built from those runs in the MLflow store.
 
-    grid  = parse_grid(["noise.rate=0.2,0.4", "student.batch_size=32,128"])   # {key: [values]}
+    grid  = parse_grid(["noise.rate=0.2,0.4", "train.batch_size=32,128"])   # {key: [values]}
     for overrides in grid_points(grid): ...                                   # cartesian product, in order
     text, figures = write_report(runs, study="s", out_dir=Path("reports"))    # reports/s.md, reports/s/*.png
 """
@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from labelnoise.methods import display_name, registered
 
 # Metrics a report shows when the runs have them (the headline numbers of the evaluate stage).
 REPORT_METRICS = ("test_acc", "test_acc_best_clean", "corrected_test_acc", "detection_auroc", "recovered_label_acc")
@@ -161,7 +163,7 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
             title = sweep.get("title", sweep["name"])
             figure(_series(mine, x, [by] if by else [], sweep["name"]), x, sweep["name"], f"{study}: {title}", shown)
         if spec.get("view") == "comparison":
-            comparison_section(points, lines, figure)
+            comparison_section(points, lines, figure, corrected=spec.get("corrected"))
         elif spec.get("view") == "massive":
             massive_section(by_sweep, spec, lines, figure)
         lines += ["", "## Every point", "", *_table(points, swept, metrics)]
@@ -194,7 +196,8 @@ def _key(value: Any) -> Any:
 def load_study(path: Path) -> dict[str, Any]:
     """Read and check a study file: {'description', 'view', 'variants': {name: [k=v, ...]}, 'sweeps': [{'name',
     'grid': [k=v1,v2, ...] or 'grids': [[...], ...], and for a report section 'x', 'lines', 'title', 'about',
-    'metrics'}], ...}. Raises ValueError naming the first problem."""
+    'metrics'}], 'corrected': the table name whose label correction a comparison report shows, ...}. Raises
+    ValueError naming the first problem."""
     import yaml
 
     try:
@@ -286,14 +289,14 @@ def sweep_runs(runs: list[dict[str, Any]], spec: dict[str, Any], variant: str, s
     return found
 
 
+ORACLE = "Oracle (CE, clean labels)"
+
+
 def method_label(params: dict[str, Any]) -> str:
-    """CE, SPADE-PD, SPADE-DD, MentorMix-DD, Cleanlab, or the oracle (CE on clean labels)."""
+    """The run's method as tables name it (CE, SPADE-DD, ...), or the oracle (CE on clean labels)."""
     if params.get("noise.kind") == "none":
-        return "Oracle (CE, clean labels)"
-    method = params.get("student.method", "")
-    kind = str(params.get("mentor.kind", "")).upper()
-    return {"ce": "CE", "cleanlab": "Cleanlab", "spade": f"SPADE-{kind}", "mentormix": f"MentorMix-{kind}"}.get(
-        method, method)
+        return ORACLE
+    return display_name(str(params.get("student.method", "")), params.get("mentor.kind"))
 
 
 def level_label(params: dict[str, Any]) -> str:
@@ -305,31 +308,43 @@ def level_label(params: dict[str, Any]) -> str:
     return f"{kind} {rate * 100:g} %" if rate is not None else str(kind)
 
 
-OURS = ("SPADE-PD", "SPADE-DD", "SPADE-DD + correction", "MentorMix-PD", "MentorMix-DD")
+def method_order(corrected: str | None) -> tuple[list[str], list[str]]:
+    """(every table name in table order, with "<corrected> + correction" after ``corrected``; ours: those of the
+    methods that use the MentorNet, and the corrected one)."""
+    order, ours = [], []
+    for m in registered():
+        for name in ([m.display_name("pd"), m.display_name("dd")] if m.uses_mentor else [m.display_name()]):
+            order.append(name)
+            ours += [name] if m.uses_mentor else []
+            if name == corrected:
+                order.append(f"{name} + correction")
+                ours.append(f"{name} + correction")
+    return order, ours
 
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f} %"
 
 
-def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: Any) -> None:
-    """Methods × noise levels: test accuracy (SPADE-DD also after label correction; the oracle, CE on clean
-    labels, in every column), noise-detection AUROC (mentor weights, cleanlab's label-quality scores), the
-    plot of accuracy against noise per method, and our best method against cleanlab at each level."""
+def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: Any, *,
+                       corrected: str | None = None, peer: str = "Cleanlab") -> None:
+    """Methods × noise levels: test accuracy (the method ``corrected`` names also after label correction; the
+    oracle, CE on clean labels, in every column), noise-detection AUROC (the scores of every method that scores
+    labels), the plot of accuracy against noise per method, and our best method against ``peer`` at each level."""
     acc: dict[str, dict[str, float]] = {}
     auroc: dict[str, dict[str, float]] = {}
     for r in points:
         method, level, m = r["params"]["method"], r["params"]["level"], r["metrics"]
         if "test_acc" in m:
             acc.setdefault(method, {})[level] = m["test_acc"]
-        if method == "SPADE-DD" and "corrected_test_acc" in m:
-            acc.setdefault("SPADE-DD + correction", {})[level] = m["corrected_test_acc"]
-        if "detection_auroc" in m and method not in ("CE", "Oracle (CE, clean labels)"):
+        if method == corrected and "corrected_test_acc" in m:
+            acc.setdefault(f"{corrected} + correction", {})[level] = m["corrected_test_acc"]
+        if "detection_auroc" in m and method != ORACLE:
             auroc.setdefault(method, {})[level] = m["detection_auroc"]
     levels = sorted({lv for row in acc.values() for lv in row if lv != "clean"},
                     key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], _as_number(lv.split()[1])))
-    oracle = acc.pop("Oracle (CE, clean labels)", {}).get("clean")
-    order = ["CE", "Cleanlab", *OURS]
+    oracle = acc.pop(ORACLE, {}).get("clean")
+    order, ours_names = method_order(corrected)
     methods = sorted(acc, key=lambda k: (order.index(k) if k in order else len(order), k))
     lines += ["", "## Methods against noise", "",
               "Test accuracy of the final model (no model selection on test data)."
@@ -338,28 +353,29 @@ def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: A
     for method in methods:
         lines.append(f"| {method} | " + " | ".join(_pct(acc[method].get(lv)) for lv in levels) + " |")
     if oracle is not None:
-        lines.append("| Oracle (CE, clean labels) | " + " | ".join(_pct(oracle) for _ in levels) + " |")
+        lines.append(f"| {ORACLE} | " + " | ".join(_pct(oracle) for _ in levels) + " |")
     if auroc:
-        lines += ["", "Noise-detection AUROC on the train set: the final mentor weights (SPADE, MentorMix) and "
-                  "cleanlab's label-quality scores, against the corruption mask (read only for this measure).", "",
+        lines += ["", "Noise-detection AUROC on the train set: each method's final per-example scores (the "
+                  "mentor's weights, cleanlab's label-quality scores), against the corruption mask (read only for "
+                  "this measure).", "",
                   "| method | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
         for method in sorted(auroc, key=lambda k: (order.index(k) if k in order else len(order), k)):
             lines.append(f"| {method} | " + " | ".join(
                 f"{auroc[method][lv]:.3f}" if lv in auroc[method] else "—" for lv in levels) + " |")
     verdicts = []
     for lv in levels:
-        ours = {k: acc[k][lv] for k in OURS if lv in acc.get(k, {})}
-        peer = acc.get("Cleanlab", {}).get(lv)
-        if ours and peer is not None:
+        ours = {k: acc[k][lv] for k in ours_names if lv in acc.get(k, {})}
+        theirs = acc.get(peer, {}).get(lv)
+        if ours and theirs is not None:
             best = max(ours, key=ours.__getitem__)
-            gap = 100 * (ours[best] - peer)
-            verdicts.append(f"- {lv}: our best, {best}, {_pct(ours[best])} against Cleanlab {_pct(peer)}: "
+            gap = 100 * (ours[best] - theirs)
+            verdicts.append(f"- {lv}: our best, {best}, {_pct(ours[best])} against {peer} {_pct(theirs)}: "
                             + (f"ahead by {gap:.2f} points." if gap > 0 else f"behind by {-gap:.2f} points."))
     if verdicts:
-        lines += ["", "Our best method against cleanlab's prune-and-retrain:", "", *verdicts]
+        lines += ["", f"Our best method against the peer baseline, {peer}:", "", *verdicts]
     series = {m: [(lv, {"test_acc": acc[m][lv]}) for lv in levels if lv in acc[m]] for m in methods}
     if oracle is not None:
-        series["Oracle (CE, clean labels)"] = [(lv, {"test_acc": oracle}) for lv in levels]
+        series[ORACLE] = [(lv, {"test_acc": oracle}) for lv in levels]
     if any(series.values()):
         figure(series, "noise", "methods", "test accuracy at each noise level, per method", ["test_acc"], bars=True)
 
@@ -446,11 +462,11 @@ def massive_section(sweeps: dict[str, list[dict[str, Any]]], spec: dict[str, Any
                      + "; ".join(f"δ = {d:g}: {_pct(a)}" for d, a in curve) + ".")
     blr = sweeps.get("batch_lr", [])
     if blr:
-        batches, lrs = _values(blr, "student.batch_size"), _values(blr, "student.lr")
-        big = [(lr, _acc(blr, student__batch_size=batches[0], student__lr=lr),
-                _acc(blr, student__batch_size=batches[-1], student__lr=lr)) for lr in lrs]
-        small = [(b, _acc(blr, student__batch_size=b, student__lr=lrs[-1]),
-                  _acc(blr, student__batch_size=b, student__lr=lrs[0])) for b in batches]
+        batches, lrs = _values(blr, "train.batch_size"), _values(blr, "train.lr")
+        big = [(lr, _acc(blr, train__batch_size=batches[0], train__lr=lr),
+                _acc(blr, train__batch_size=batches[-1], train__lr=lr)) for lr in lrs]
+        small = [(b, _acc(blr, train__batch_size=b, train__lr=lrs[-1]),
+                  _acc(blr, train__batch_size=b, train__lr=lrs[0])) for b in batches]
         for claim, rows, name, first, last in (
                 ("Larger batches help under noise", big, "lr", f"batch {batches[0]}", f"batch {batches[-1]}"),
                 ("Smaller learning rates help under noise", small, "batch", f"lr {lrs[-1]:g}", f"lr {lrs[0]:g}")):

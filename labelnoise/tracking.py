@@ -9,6 +9,7 @@ its own. A stage that DVC skips never starts, so it leaves no run.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -107,7 +108,7 @@ def run_tags(cfg: Config, root: Path) -> dict[str, str]:
         "dataset": cfg.data.dataset,
         "noise": cfg.noise.kind,
         "method": cfg.student.method,
-        "model": cfg.student.model,
+        "model": cfg.train.model,
     }
     if name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = name
@@ -133,10 +134,11 @@ class StageRun:
     parent_id: str
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, on_parent: bool = False) -> None:
+        """Log ``metrics`` (at ``step``); an undefined value (None, NaN: e.g. no clean subset) is left out."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
         for run_id in (self.run_id, self.parent_id) if on_parent else (self.run_id,):
             self.client.log_batch(run_id, metrics=batch)
 
@@ -268,12 +270,18 @@ def _setup_lock(db: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def stage_params(flat: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
+    """The params a stage's run logs: every ``base.*`` key and those of ``sections`` (sections or dotted keys)."""
+    return {k: v for k, v in flat.items()
+            if k.startswith("base.") or any(k == e or k.startswith(e + ".") for e in sections)}
+
+
 @contextmanager
 def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Iterator[StageRun]:
     """Open the child run for ``stage`` under this execution's parent run.
 
-    Logs ``base`` plus the stage's own params ``sections`` (flattened with dots). The child ends
-    FINISHED, KILLED on Ctrl-C, or FAILED if the block raises; the parent is marked finished after each stage.
+    Logs ``base`` plus the stage's own params ``sections`` (:func:`stage_params`). The child ends FINISHED, KILLED on
+    Ctrl-C, or FAILED if the block raises; the parent is marked finished after each stage.
     Store problems surface here, before any work starts, as ``TrackingError``.
     """
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -292,7 +300,7 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
         parent_id = _find_or_create_parent(client, exp_id, pipeline_key(), cfg, tags)
         child = client.create_run(exp_id, run_name=stage,
                                   tags={**tags, KIND_TAG: "stage", MLFLOW_PARENT_RUN_ID: parent_id})
-        params = {k: v for k, v in flatten(cfg.to_dict()).items() if k.split(".")[0] in ("base", *sections)}
+        params = stage_params(flatten(cfg.to_dict()), sections)
         _log_params(client, child.info.run_id, params)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         reason = str(e).splitlines()[0][:300] if str(e) else ""

@@ -8,8 +8,10 @@ import yaml
 
 from labelnoise import runtime
 from labelnoise.config import Config
+from stages import STAGE_PARAMS  # noqa: F401  (re-exported: the stages read their map from here)
 
 DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
+
 
 
 def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:

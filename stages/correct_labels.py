@@ -1,5 +1,5 @@
 """Stage `correct_labels`: joint optimization of network and labels (Tanaka et al. 2018), then a fresh
-network retrained on the corrected labels. The algorithm is in :mod:`labelnoise.correction`.
+network retrained on the corrected labels. The algorithm is in :mod:`labelnoise.methods.joint_optimization`.
 
 Inputs: PATHS.prepared, PATHS.noisy, PATHS.student_model (phase 1 starts from it with
 ``correction.init: student``; its architecture and input statistics are reused either way),
@@ -11,8 +11,9 @@ both phases are done (:func:`_report`).
 
 ``correction.trust_mentor`` (off by default): an example whose mentor weight in the last epoch the student
 saved (PATHS.student_weights) is above ``correction.trust_threshold`` keeps its noisy label through phase 1
-(its label is never updated; it still trains the network). A ``ce`` student has no mentor (every weight is
-1, so every label would be kept): the stage refuses the combination, naming ``correction.trust_mentor``.
+(its label is never updated; it still trains the network). A student whose method scores no label (``ce``:
+every weight is 1, so every label would be kept): the stage refuses the combination, naming
+``correction.trust_mentor``.
 
 Outputs:
 - PATHS.corrected (npz): ``soft`` (n, C) float32 corrected labels (phase 2's targets), ``hard`` (n,) int64
@@ -24,8 +25,9 @@ Outputs:
   per-class recovery, final model accuracy, phase timings;
 - PATHS.correction_plots: per_class_recovery.png, label_changes.png, joint_curves.png, retrain_curves.png.
 
-Resume checkpoint: PATHS.correction_ckpt (both phases, after every epoch; not a DVC out). A checkpoint of
-another config (params, seed, data, starting weights) is refused, the differing keys printed.
+Resume checkpoints (after every epoch; not DVC outs): phase 1 beside PATHS.correction_ckpt (``.joint`` before the
+suffix), phase 2 at PATHS.correction_ckpt. A checkpoint of another config (params, seed, data, starting weights,
+phase 1's labels for phase 2) is refused, the differing keys printed; a finished phase 1 is reused.
 """
 
 from __future__ import annotations
@@ -36,43 +38,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from labelnoise import correction, distributed, plots, tracking
+from labelnoise import distributed, plots, tracking
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
+from labelnoise.engine import evaluate_accuracy, load_weights
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
-from labelnoise.models import create_model, load_model, model_record
+from labelnoise.methods import joint_optimization as jo
+from labelnoise.models import create_model, load_model, model_record, seeded
 from labelnoise.noise import load_noisy
-from labelnoise.runtime import resolve_device
-from labelnoise.training import derived_seed, evaluate_accuracy, load_weights, resolve_precision
+from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
 from labelnoise.views import TrainView, make_train_view, true_train_labels
-from stages.common import PATHS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
 HEADLINE = ("recovered_label_acc", "final_test_acc")
 
 
-def _seeded_model(name: str, kwargs: dict[str, Any], seed: int) -> nn.Module:
-    """A fresh network whose initial weights depend only on ``seed`` (not on the global RNG's history)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return create_model(name, **{**kwargs, "pretrained": False})
-
-
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
-
-
-def _or_none(x: float) -> float | None:
-    """JSON has no NaN."""
-    return float(x) if math.isfinite(x) else None
 
 
 def run(cfg: Config) -> dict[str, float]:
     """Correct the train labels, retrain on them; write PATHS.corrected, final_model, correction_report/plots."""
-    c, s = cfg.correction, cfg.student
+    c, t = cfg.correction, cfg.train
     require(PATHS.prepared, PATHS.noisy, PATHS.student_model)
     if c.trust_mentor:
         require(PATHS.student_weights)
@@ -87,30 +75,34 @@ def run(cfg: Config) -> dict[str, float]:
     n = view.x_train.shape[0]
     record = read_torch(PATHS.student_model, remedy="run the train_student stage (dvc repro train_student)")
     name, kwargs = record["model_name"], dict(record["model_kwargs"])
-    trusted = (correction.mentor_trust(load_weights(PATHS.student_weights), threshold=c.trust_threshold, n=n)
+    trusted = (jo.mentor_trust(load_weights(PATHS.student_weights), threshold=c.trust_threshold, n=n)
                if c.trust_mentor else None)  # (n,) bool
 
     student_model = load_model(PATHS.student_model, device)
-    student_test_acc = evaluate_accuracy(student_model, view.x_test, view.y_test, batch_size=s.eval_batch_size,
-                                         device=device, autocast_dtype=resolve_precision(s.precision, device))["acc"]
-    joint_model = (student_model if c.init == "student"
-                   else _seeded_model(name, kwargs, derived_seed(cfg.base.seed, correction.SCRATCH_INIT_STREAM)))
-    final_model = _seeded_model(name, kwargs, derived_seed(cfg.base.seed, correction.RETRAIN_INIT_STREAM))
-    checkpoint = correction.CorrectionCheckpoint(PATHS.correction_ckpt, correction.correction_checkpoint_config(
-        c, s, seed=cfg.base.seed, data=view, joint_init=joint_model, retrain_init=final_model, trusted=trusted))
+    student_test_acc = evaluate_accuracy(student_model, view.x_test, view.y_test, batch_size=t.eval_batch_size,
+                                         device=device, autocast_dtype=resolve_precision(t.precision, device))["acc"]
 
-    with tracking.stage_run("correct_labels", cfg, sections=("correction",)) as tracked:
+    def fresh(stream: str) -> nn.Module:  # initial weights from base.seed's stream only
+        build = lambda: create_model(name, **{**kwargs, "pretrained": False})  # noqa: E731
+        return seeded(build, derived_seed(cfg.base.seed, stream))
+
+    joint_model = student_model if c.init == "student" else fresh("joint_init")
+    final_model = fresh("retrain_init")
+    ckpt = Path(PATHS.correction_ckpt)
+
+    with tracking.stage_run("correct_labels", cfg, sections=STAGE_PARAMS["correct_labels"]) as tracked:
         tracked.set_tags({"correction_init": c.init, "correction_update": c.update, "model": name})
 
         def log_rows(prefix: str) -> Any:
             return lambda row: tracked.log_metrics(
-                _finite({f"{prefix}_{key}": v for key, v in row.items() if key != "epoch"}), step=int(row["epoch"]))
+                {f"{prefix}_{key}": v for key, v in row.items() if key != "epoch"}, step=int(row["epoch"]))
 
         # ---- phase 1: network and labels in turn; phase 2: a fresh network on the corrected soft labels
-        joint = correction.joint_optimize(joint_model, view, cfg=c, student=s, seed=cfg.base.seed, device=device,
-                                          trusted=trusted, checkpoint=checkpoint, on_epoch=log_rows("joint"))
-        final = correction.retrain(final_model, view, joint.soft_labels, cfg=c, student=s, seed=cfg.base.seed,
-                                   device=device, checkpoint=checkpoint, on_epoch=log_rows("retrain"))
+        joint = jo.joint_optimize(joint_model, view, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
+                                  trusted=trusted, checkpoint_path=ckpt.with_name(f"{ckpt.stem}.joint{ckpt.suffix}"),
+                                  on_epoch=log_rows("joint"))
+        final = jo.retrain(final_model, view, joint.soft_labels, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
+                           checkpoint_path=ckpt, on_epoch=log_rows("retrain"))
 
         # ---- outputs of training (nothing above has seen a true train label); torchrun: rank 0 writes them
         if not distributed.is_main():
@@ -120,7 +112,7 @@ def run(cfg: Config) -> dict[str, float]:
         save_npz(PATHS.corrected, soft=soft, hard=hard, changed=hard != noisy,
                  trusted=trusted if trusted is not None else np.zeros(n, dtype=bool), hard_history=joint.hard_history)
         last = final.history[-1]
-        config = {"correction": dataclasses.asdict(c), "student": dataclasses.asdict(s), "seed": cfg.base.seed}
+        config = {"correction": dataclasses.asdict(c), "train": dataclasses.asdict(t), "seed": cfg.base.seed}
         save_torch(PATHS.final_model, model_record(final.model, model_name=name, model_kwargs=kwargs,
                                                    epoch=int(last["epoch"]), clean_acc=last["clean_acc"],
                                                    config=config))
@@ -139,14 +131,14 @@ def run(cfg: Config) -> dict[str, float]:
 
 
 def _report(
-    cfg: Config, view: TrainView, noisy: np.ndarray, hard: np.ndarray, joint: correction.JointResult,
-    final: correction.RetrainResult, *, trusted: np.ndarray | None, student_test_acc: float,
+    cfg: Config, view: TrainView, noisy: np.ndarray, hard: np.ndarray, joint: jo.JointResult,
+    final: jo.RetrainResult, *, trusted: np.ndarray | None, student_test_acc: float,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Label recovery against the true train labels, and the final model's accuracy (evaluation only)."""
     prepared = load_prepared(PATHS.prepared)
     true = true_train_labels(prepared, load_noisy(PATHS.noisy))  # (n,) the only read of the true train labels
     k = view.num_classes
-    rec = correction.recovery_report(noisy, hard, true, num_classes=k, hard_history=joint.hard_history)
+    rec = jo.recovery_report(noisy, hard, true, num_classes=k, hard_history=joint.hard_history)
     last, best = final.history[-1], final.history[final.best_epoch - 1]
     metrics = {
         "label_acc_before": rec["acc_before"],
@@ -177,15 +169,15 @@ def _report(
             "n_trusted": int(trusted.sum()) if trusted is not None else None,
         },
         "per_class_recovery": {
-            cls: {"before": _or_none(b), "after": _or_none(a)}
+            cls: {"before": (b), "after": (a)}
             for cls, b, a in zip(view.classes, rec["per_class_before"], rec["per_class_after"], strict=True)},
         "per_epoch": {
             "labels_changed": [row["labels_changed"] for row in joint.history],
             "recovery": [float(r) for r in rec["recovery_per_epoch"]],
         },
-        "final_model": {"test_acc": last["test_acc"], "clean_acc": _or_none(last["clean_acc"]),
+        "final_model": {"test_acc": last["test_acc"], "clean_acc": (last["clean_acc"]),
                         "epoch": int(last["epoch"]), "best_epoch": final.best_epoch,
-                        "best_clean_acc": _or_none(final.best_clean_acc), "best_test_acc": best["test_acc"]},
+                        "best_clean_acc": (final.best_clean_acc), "best_test_acc": best["test_acc"]},
         "student_test_acc": student_test_acc,
         "joint_model_test_acc": metrics["joint_model_test_acc"],
         "timings_seconds": {"phase1": joint.seconds, "phase2": final.seconds, "total": joint.seconds + final.seconds,
@@ -196,8 +188,8 @@ def _report(
     return report, metrics
 
 
-def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: correction.JointResult,
-           final: correction.RetrainResult) -> list[Path]:
+def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: jo.JointResult,
+           final: jo.RetrainResult) -> list[Path]:
     """PNGs in PATHS.correction_plots: per-class recovery, label changes over phase 1, both phases' curves."""
     out = Path(PATHS.correction_plots)
     rec = report["label_recovery"]
@@ -210,8 +202,8 @@ def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: correcti
         f"corrected labels ({rec['after']:.1%})": np.array([v["after"] if v["after"] is not None else np.nan
                                                             for v in per_class.values()]),
     }
-    j = correction.history_columns(joint.history)
-    r = correction.history_columns(final.history)
+    j = jo.history_columns(joint.history)
+    r = jo.history_columns(final.history)
     return [
         plots.plot_per_class(values, out / "per_class_recovery.png", labels=view.classes, ylabel="train label accuracy",
                              title=f"Label recovery per class\n{what}"),

@@ -13,7 +13,7 @@ from typing import Any
 from labelnoise import datasets, tracking
 from labelnoise.config import Config
 from labelnoise.io import save_json
-from stages.common import PATHS, setup
+from stages.common import PATHS, STAGE_PARAMS, setup
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def run(cfg: Config) -> dict[str, Any]:
     sizes = prepared.sizes()
     metrics = {"n_train": sizes["train"], "n_clean": sizes["clean"], "n_val": sizes["val"], "n_test": sizes["test"]}
 
-    with tracking.stage_run("download", cfg, sections=("data",)) as tracked:
+    with tracking.stage_run("download", cfg, sections=STAGE_PARAMS["download"]) as tracked:
         datasets.save_prepared(PATHS.prepared, prepared)
         save_json(PATHS.data_report, report)
         tracked.log_metrics(metrics)

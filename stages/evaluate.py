@@ -14,7 +14,7 @@ weight against loss (plots/weights.png).
 
 PATHS.methods_table (markdown): CE, Cleanlab, SPADE-PD, SPADE-DD, MentorMix-PD and MentorMix-DD, each with and without
 label correction, on this
-run's setting (data.*, noise.*, student.model, student.epochs). This run's method comes from the numbers
+run's setting (data.*, noise.*, train.model, train.epochs). This run's method comes from the numbers
 computed here; the other methods from the newest FINISHED pipeline run in the MLflow store with the same
 setting (:func:`labelnoise.tracking.matching_pipelines`), so the table fills in as the methods are run.
 """
@@ -36,13 +36,14 @@ import torch
 from labelnoise import metrics, plots, tracking
 from labelnoise.config import Config, flatten
 from labelnoise.datasets import load_prepared
+from labelnoise.engine import load_weights, predict_logits
 from labelnoise.io import load_json, read_torch, save_json, write_atomic
+from labelnoise.methods import display_name, get_method, method_names, table_names
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.training import SCORED_METHODS, load_weights, predict_logits
 from labelnoise.views import true_train_labels
-from stages.common import PATHS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 # Metrics that also go on the pipeline's parent run: the headline numbers `cli.py compare` reads.
 HEADLINE = (
@@ -66,13 +67,9 @@ DETECTION = (
 )
 # Label recovery, copied from PATHS.correction_report (NaN in metrics, null in JSON, when absent there).
 CORRECTION = ("label_acc_before", "recovered_label_acc")
-# Method variants of the table, in its row order; each also gets a "<variant> + correction" row.
-VARIANTS = ("CE", "Cleanlab", "SPADE-PD", "SPADE-DD", "MentorMix-PD", "MentorMix-DD")
-# Table name of each mentor method; the mentor's kind (PD / DD) is appended.
-MENTOR_VARIANT = {"spade": "SPADE", "mentormix": "MentorMix"}
 # Params that define a setting: runs of different methods are comparable only when all of these agree.
 SETTING_SECTIONS = ("data", "noise")
-SETTING_KEYS = ("student.model", "student.epochs")
+SETTING_KEYS = ("train.model", "train.epochs")
 
 
 def read_curves(path: str | Path) -> dict[str, np.ndarray]:
@@ -94,10 +91,6 @@ def _metric_key(name: str) -> str:
     """A class name as an MLflow metric key (letters, digits, _ - . / and spaces survive)."""
     return re.sub(r"[^\w\-./ ]", "_", name)
 
-
-def _finite_or_none(x: float) -> float | None:
-    """JSON has no NaN: an undefined value (e.g. a class absent from test) becomes null."""
-    return float(x) if math.isfinite(x) else None
 
 
 def detection(weights: dict[str, Any], mask: np.ndarray, *, threshold: float) -> dict[str, float]:
@@ -125,13 +118,9 @@ def correction_summary(report: Mapping[str, Any]) -> dict[str, float]:
 
 
 def method_variant(method: str, mentor_kind: str | None) -> str:
-    """Table name of a method: "CE", or "SPADE-PD" / "SPADE-DD" / "MentorMix-PD" / "MentorMix-DD" by the
-    mentor's kind (an unknown method keeps its name)."""
-    if method == "ce":
-        return "CE"
-    if method == "cleanlab":
-        return "Cleanlab"
-    return f"{MENTOR_VARIANT.get(method, method)}-{(mentor_kind or '?').upper()}"
+    """Table name of a method: "CE", or "SPADE-PD" / "SPADE-DD" for a method that uses the mentor, by the mentor's
+    kind (a method no longer registered keeps its name)."""
+    return display_name(method, mentor_kind)
 
 
 def setting_params(cfg: Config) -> dict[str, Any]:
@@ -144,7 +133,7 @@ def _fmt(x: Any, spec: str) -> str:
 
 
 def methods_table(rows: Mapping[str, Mapping[str, Any]], *, setting: str) -> str:
-    """Markdown: one row per variant in VARIANTS and one for it + correction.
+    """Markdown: one row per registered method variant (methods.table_names()) and one for it + correction.
 
     ``rows``: variant → {"test_acc", "detection_auroc", "corrected_test_acc", "recovered_label_acc" (floats,
     NaN or missing = not available), "run_id", "date", "current" (bool)}; a variant absent from ``rows`` has
@@ -156,7 +145,7 @@ def methods_table(rows: Mapping[str, Mapping[str, Any]], *, setting: str) -> str
         "| method | test accuracy | noise-detection AUROC | recovered-label accuracy | run | date |",
         "|---|---:|---:|---:|---|---|",
     ]
-    for variant in VARIANTS:
+    for variant in table_names():
         r = rows.get(variant)
         if r is None:
             lines += [f"| {name} | — | — | — | no finished run | — |" for name in (variant, f"{variant} + correction")]
@@ -179,10 +168,11 @@ def _method_rows(cfg: Config, current: dict[str, Any], *, variant: str, exclude:
     """This run's row (``current``) plus, for every other variant, the newest finished pipeline run in the store
     with the same setting that has a test accuracy (a standalone stage's parent run has none)."""
     rows = {variant: current}
+    variants = table_names()
     uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri)
     for r in tracking.matching_pipelines(uri, cfg.base.experiment, setting_params(cfg), exclude={exclude}):
         name = method_variant(r["params"].get("student.method", "?"), r["params"].get("mentor.kind"))
-        if name in rows or name not in VARIANTS or "test_acc" not in r["metrics"]:
+        if name in rows or name not in variants or "test_acc" not in r["metrics"]:
             continue
         rows[name] = {
             **{
@@ -193,7 +183,7 @@ def _method_rows(cfg: Config, current: dict[str, Any], *, variant: str, exclude:
             "date": _date(r["end"] or r["start"]),
             "current": False,
         }
-        if len(rows) == len(VARIANTS):
+        if len(rows) == len(variants):
             break
     return rows
 
@@ -253,11 +243,11 @@ def run(cfg: Config) -> dict[str, float]:
         info[name] = _checkpoint_info(path)
         del model
 
-    # ---- per-example weights of the training stage (ce: all ones, so detection does not apply; mentormix:
-    # the first weighting's v, the one that picks partners and mixing ratios)
+    # ---- per-example weights of the training stage: scores of every label for a method that scores them (the
+    # mentor's v, cleanlab's label quality); for another (ce: all ones) detection does not apply
     weights = load_weights(PATHS.student_weights)
     method = weights["method"] or cfg.student.method
-    scored = method in SCORED_METHODS and weights["epochs"].size > 0  # mentor weights (cleanlab: scores) to judge
+    scored = method in method_names() and get_method(method).scores_labels and weights["epochs"].size > 0
     found = (
         detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold)
         if scored
@@ -287,15 +277,15 @@ def run(cfg: Config) -> dict[str, float]:
     }
     report = {
         "method": method,
-        **{key: _finite_or_none(v) if isinstance(v, float) else v for key, v in scalars.items()},
-        "per_class": {c: _finite_or_none(a) for c, a in zip(classes, per_class["final"], strict=True)},
-        "per_class_best_clean": {c: _finite_or_none(a) for c, a in zip(classes, per_class["best_clean"], strict=True)},
-        "per_class_corrected": {c: _finite_or_none(a) for c, a in zip(classes, per_class["corrected"], strict=True)},
+        **{key: v for key, v in scalars.items()},
+        "per_class": {c: a for c, a in zip(classes, per_class["final"], strict=True)},
+        "per_class_best_clean": {c: a for c, a in zip(classes, per_class["best_clean"], strict=True)},
+        "per_class_corrected": {c: a for c, a in zip(classes, per_class["corrected"], strict=True)},
     }
     curves = read_curves(PATHS.curves)  # (E,) per column; read before anything is written
     what = (
         f"{prepared.dataset} · {cfg.noise.kind} noise ({realised_rate:.0%} flipped)"
-        f" · {cfg.student.method} / {cfg.student.model}"
+        f" · {cfg.student.method} / {cfg.train.model}"
     )
     optional = (*DETECTION, *CORRECTION)  # not logged when undefined
     logged = {
@@ -312,12 +302,12 @@ def run(cfg: Config) -> dict[str, float]:
     variant = method_variant(method, cfg.mentor.kind)
     setting = (
         f"Setting: {cfg.data.dataset} · {cfg.noise.kind} noise, rate {cfg.noise.rate:g} · "
-        f"{cfg.student.model}, {cfg.student.epochs} epochs. Test accuracy of the final-epoch model. "
+        f"{cfg.train.model}, {cfg.train.epochs} epochs. Test accuracy of the final-epoch model. "
         f"Rows: this run ({variant}) and, per other method, the latest finished pipeline run in the MLflow "
-        f"store (experiment `{cfg.base.experiment}`) with the same `data.*`, `noise.*`, `student.model` "
-        f"and `student.epochs` params."
+        f"store (experiment `{cfg.base.experiment}`) with the same `data.*`, `noise.*`, `train.model` "
+        f"and `train.epochs` params."
     )
-    with tracking.stage_run("evaluate", cfg, sections=("evaluate",)) as run_:
+    with tracking.stage_run("evaluate", cfg, sections=STAGE_PARAMS["evaluate"]) as run_:
         # the store is read before any file is written: a failure here leaves no outputs
         method_rows = _method_rows(
             cfg,
@@ -353,6 +343,7 @@ def run(cfg: Config) -> dict[str, float]:
         ]
         if scored and np.isfinite(weights["loss"]).any():  # mask colours the points; nothing feeds back into training
             rows = _panel_rows(weights["epochs"].size)
+            burn_in = getattr(getattr(cfg.student, method, None), "burn_in", 0.0)  # a method with a burn-in
             figures.append(
                 plots.plot_weight_vs_loss(
                     weights["loss"][rows],
@@ -362,8 +353,7 @@ def run(cfg: Config) -> dict[str, float]:
                     epochs=[int(weights["epochs"][r]) for r in rows],
                     threshold=cfg.evaluate.detection_threshold,
                     notes=[
-                        _burn_in_note(int(weights["epochs"][r]), epochs=cfg.student.epochs, burn_in=cfg.student.burn_in)
-                        for r in rows
+                        _burn_in_note(int(weights["epochs"][r]), epochs=cfg.train.epochs, burn_in=burn_in) for r in rows
                     ],
                     title=f"Mentor weight against loss, train examples (AUROC {found['detection_auroc']:.3f} at "
                     f"epoch {int(found['detection_epoch'])})\n{what}",

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import noise, tracking
+from labelnoise import noise, reference, tracking
 from labelnoise.config import Config
 from labelnoise.datasets import Prepared, class_map_for, load_prepared, open_set_pool, resolve_open_set_source
 from labelnoise.io import save_json
 from labelnoise.plots import plot_matrix
 from labelnoise.runtime import resolve_device
-from stages.common import PATHS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def run(cfg: Config) -> dict[str, Any]:
         **extra,
     }
 
-    with tracking.stage_run("inject_noise", cfg, sections=("noise",)) as tracked:
+    with tracking.stage_run("inject_noise", cfg, sections=STAGE_PARAMS["inject_noise"]) as tracked:
         noise.save_noisy(PATHS.noisy, nl)
         save_json(PATHS.noise_report, report)
         scope = " in mapped classes" if nc.kind == "asymmetric" else ""
@@ -130,13 +130,14 @@ def _reference(cfg: Config, prepared: Prepared, true: np.ndarray) -> tuple[np.nd
     """Train the reference classifier on the clean subset; its (n_train, K) probabilities and report entries."""
     nc = cfg.noise
     t0 = time.perf_counter()
-    probs = noise.reference_probabilities(
+    probs = reference.reference_probabilities(
         prepared.images[prepared.clean_idx], prepared.labels[prepared.clean_idx],
         prepared.images[prepared.train_idx], classes=list(prepared.classes), dataset=prepared.dataset,
-        epochs=nc.reference_epochs, lr=nc.reference_lr, batch_size=nc.reference_batch_size, seed=nc.reference_seed,
-        device=resolve_device(cfg.base.device), log=lambda line: print(line, file=sys.stderr, flush=True))
+        recipe=reference.recipe_for(cfg.train, nc), seed=nc.reference_seed, device=resolve_device(cfg.base.device),
+        log=lambda line: print(line, file=sys.stderr, flush=True))
     return probs, {"reference": {
-        "model": noise.REFERENCE_RECIPE["model"], "trained_on": "clean subset", "n_fit": int(prepared.clean_idx.size),
+        "model": nc.reference_model, "trained_on": "clean subset",
+        "n_fit": int(prepared.clean_idx.size),
         "epochs": nc.reference_epochs, "lr": nc.reference_lr, "batch_size": nc.reference_batch_size,
         "seed": nc.reference_seed,
         "train_acc": float((probs.argmax(axis=1) == true).mean()) if true.size else None,  # vs the true labels

@@ -5,7 +5,7 @@
   absolute error |v − v*| on the fitted points and on ``mentor.holdout`` of them held out.
 - ``mentor.kind: dd`` (data-driven): only the trusted clean subset is used (never the train pool's
   labels). A copy of its labels is corrupted (``mentor.dd_noise_*``, so which labels are wrong is
-  known); a fresh student (``student.model`` and the student's optimiser settings, ``mentor.dd_epochs``
+  known); a fresh student (the ``train`` recipe: network and optimiser settings, ``mentor.dd_epochs``
   epochs, plain cross-entropy) trains on it and every example's features are recorded after each epoch,
   with target v* = 1[label correct]. Examples (all their epochs together) are split into fit / held-out
   (``mentor.holdout``); the mentor is fitted with sigmoid cross-entropy; the report gives the held-out
@@ -37,7 +37,7 @@ from labelnoise.io import save_json
 from labelnoise.metrics import detection_quality
 from labelnoise.models import channel_stats, create_model
 from labelnoise.plots import plot_weight_maps
-from stages.common import PATHS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 PD_PLOT_PROGRESS = (10, 50, 95)  # burn-in, self-paced and linear phases of official_pd
 DD_PLOT_PROGRESS = (10, 50, 90)
@@ -66,8 +66,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if not distributed.is_main():  # torchrun: rank 0 writes the outputs
         return {}
 
-    sections = ("mentor",) if cfg.mentor.kind == "pd" else ("mentor", "student")  # dd also trains a student
-    with tracking.stage_run("pretrain_mentor", cfg, sections=sections) as tracked:
+    with tracking.stage_run("pretrain_mentor", cfg, sections=STAGE_PARAMS["pretrain_mentor"]) as tracked:
         tracked.set_tags({"mentor": cfg.mentor.kind})
         mn.save_mentor(PATHS.mentor_model, result.mentor, cfg=cfg.mentor, num_classes=result.num_classes,
                        info={k: v for k, v in report.items()  # no timing: same params, same bytes
@@ -77,10 +76,9 @@ def run(cfg: Config) -> dict[str, Any]:
         for stale in plot_dir.glob("[!.]*.png"):  # the folder is this stage's: drop figures of the other kind
             if stale not in written:
                 stale.unlink()
-        save_json(PATHS.mentor_report, _finite_or_none(report))
+        save_json(PATHS.mentor_report, report)
         for row in report.get("per_epoch", []):
-            tracked.log_metrics({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)},
-                                step=int(row["epoch"]))
+            tracked.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         metrics = {k: float(report[k]) for k in METRICS if k in report and math.isfinite(report[k])}
         tracked.log_metrics(metrics)
         tracked.log_artifact(PATHS.mentor_report)
@@ -186,11 +184,11 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
     # ---- a fresh student on the corrupted copy, features recorded after every epoch
     _, channels, height, width = x.shape
     mean, std = channel_stats(x)
-    student = create_model(cfg.student.model, num_classes=k, in_channels=channels, image_size=max(height, width),
+    student = create_model(cfg.train.model, num_classes=k, in_channels=channels, image_size=max(height, width),
                            mean=mean, std=std)
-    student_cfg = dataclasses.replace(cfg.student, epochs=m.dd_epochs)
+    student_cfg = dataclasses.replace(cfg.train, epochs=m.dd_epochs)
     percentile = mn.MovingPercentile.from_config(m, num_classes=k)
-    record = mn.record_training_features(student, x, y_noisy, correct, cfg=student_cfg, percentile=percentile,
+    record = mn.record_training_features(student, x, y_noisy, correct, recipe=student_cfg, percentile=percentile,
                                          dataset=prepared.dataset, device=device, generator=generator)
 
     # ---- split examples (all their epochs together) and fit the mentor with sigmoid cross-entropy
@@ -222,7 +220,7 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
         "dd_noise_seed": m.dd_noise_seed,
         "dd_realised_rate": float(corrupted.mask.mean()),
         "dd_epochs": m.dd_epochs,
-        "student_model": cfg.student.model,
+        "student_model": cfg.train.model,
         "auroc": auroc(v_held, bad),
         "auroc_loss": auroc(-loss_held, bad),
         "auroc_last_epoch": per_epoch[-1]["auroc_epoch"],
@@ -268,12 +266,3 @@ def _epoch_at(history: list[dict[str, float]], progress: int) -> int:
     return int(history[-1]["epoch"])
 
 
-def _finite_or_none(obj: Any) -> Any:
-    """NaN / inf (an AUROC with a single class) → null, so the report stays strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj

@@ -75,12 +75,12 @@ def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch:
     assert empty.exit_code == 0 and "no pipeline runs" in empty.output
     for i, lr in enumerate((0.1, 0.02)):
         monkeypatch.setenv("LABELNOISE_PIPELINE_ID", f"test-{i}")
-        cfg = load_config(workdir / "params.yaml", [f"student.lr={lr}"])
+        cfg = load_config(workdir / "params.yaml", [f"train.lr={lr}"])
         with tracking.stage_run("evaluate", cfg) as run:
             run.log_metrics({"test_acc": 0.5 + i / 10}, on_parent=True)
     result = runner.invoke(app, ["compare", "-n", "2"])
     assert result.exit_code == 0, result.output
-    assert "student.lr" in result.output and "0.02" in result.output
+    assert "train.lr" in result.output and "0.02" in result.output
     assert "0.6000" in result.output and "0.5000" in result.output
     assert "data.dataset" not in result.output  # equal params are not shown
 
@@ -89,12 +89,12 @@ def test_sweep_grid_parsing_and_points() -> None:
     from labelnoise.studies import grid_points, parse_grid
 
     grid = parse_grid(["noise.rate=0.2,0.4", "noise.transition=[[1, 0], [0, 1]],[[0, 1], [1, 0]]",
-                       "student.batch_size= 32 "])
+                       "train.batch_size= 32 "])
     assert grid == {"noise.rate": ["0.2", "0.4"], "noise.transition": ["[[1, 0], [0, 1]]", "[[0, 1], [1, 0]]"],
-                    "student.batch_size": ["32"]}
+                    "train.batch_size": ["32"]}
     points = grid_points(grid)
     assert len(points) == 4 and points[0] == ["noise.rate=0.2", "noise.transition=[[1, 0], [0, 1]]",
-                                              "student.batch_size=32"]
+                                              "train.batch_size=32"]
     assert points[1][1] == "noise.transition=[[0, 1], [1, 0]]"  # the last key varies fastest
     for bad in (["rate=1,2"], ["noise.rate"], ["noise.rate=0.1,,0.2"], ["noise.rate=1", "noise.rate=2"], []):
         with pytest.raises(ValueError, match="sweep"):

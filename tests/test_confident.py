@@ -11,14 +11,14 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from labelnoise.confident import stratified_folds
+from labelnoise.engine import load_weights
 from labelnoise.io import load_json
+from labelnoise.methods.cleanlab import stratified_folds
 from labelnoise.noise import load_noisy
-from labelnoise.training import load_weights
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-CLEANLAB = ["-S", "student.method=cleanlab", "-S", "student.cleanlab_folds=2", "-S", "base.threads=1"]
+CLEANLAB = ["-S", "student.method=cleanlab", "-S", "student.cleanlab.folds=2", "-S", "base.threads=1"]
 
 
 def test_stratified_folds_are_balanced_seeded_and_complete() -> None:
@@ -31,7 +31,7 @@ def test_stratified_folds_are_balanced_seeded_and_complete() -> None:
     assert np.bincount(fold).max() - np.bincount(fold).min() <= 1
     np.testing.assert_array_equal(fold, stratified_folds(labels, 3, seed=0))
     assert not np.array_equal(fold, stratified_folds(labels, 3, seed=1))
-    with pytest.raises(ValueError, match="cleanlab_folds"):
+    with pytest.raises(ValueError, match="cleanlab.folds"):
         stratified_folds(labels, 1, seed=0)
 
 
@@ -79,5 +79,5 @@ def test_cleanlab_restores_finished_folds_and_ends_identically(workdir: Path) ->
     for key, value in torch.load("models/student.pt", weights_only=True)["state_dict"].items():
         assert torch.equal(value, model[key]), key
     np.testing.assert_array_equal(load_weights("models/student_weights.npz")["weight"], flagged)
-    changed = runner.invoke(app, ["train-student", *CLEANLAB, "-S", "student.lr=0.04"])  # another config
+    changed = runner.invoke(app, ["train-student", *CLEANLAB, "-S", "train.lr=0.04"])  # another config
     assert changed.exit_code == 0 and "predictions restored" not in changed.output

@@ -17,13 +17,14 @@ from labelnoise.config import (
     merge,
     read_yaml,
 )
+from tests.helpers import split_student
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_default_params_and_presets_validate() -> None:
     cfg = load_config(REPO / "params.yaml")
-    assert cfg.data.dataset == "fashion_mnist" and cfg.student.model == "cnn"
+    assert cfg.data.dataset == "fashion_mnist" and cfg.train.model == "cnn"
     assert cfg.noise.kind == "symmetric" and cfg.noise.rate == 0.4
     assert cfg.noise.seed != cfg.base.seed  # separate seeds
     for preset in (REPO / "presets").glob("*.yaml"):
@@ -33,24 +34,28 @@ def test_default_params_and_presets_validate() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("student.lr=-1", "student.lr: must be > 0.0"),
+        ("train.lr=-1", "train.lr: must be > 0.0"),
         ("noise.rate=1.5", "noise.rate: must be <= 1.0"),
         ("noise.rate=-0.1", "noise.rate: must be >= 0.0"),
-        ("student.epochs=abc", "student.epochs: must be an integer"),
-        ("student.epochs=0", "student.epochs: must be >= 1"),
-        ("student.batch_size=0", "student.batch_size: must be >= 1"),
-        ("student.nesterov=maybe", "student.nesterov: must be true or false"),
+        ("train.epochs=abc", "train.epochs: must be an integer"),
+        ("train.epochs=0", "train.epochs: must be >= 1"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("train.nesterov=maybe", "train.nesterov: must be true or false"),
         ("data.dataset=imagenet", "data.dataset: must be one of"),
-        ("student.model=vgg", "student.model: must be one of"),
+        ("train.model=vgg", "train.model: must be one of"),
         ("student.method=magic", "student.method: must be one of"),
         ("noise.kind=gaussian", "noise.kind: must be one of"),
         ("noise.open_set_source=svhn", "noise.open_set_source: must be one of"),
         ("data.clean_size=-5", "data.clean_size: must be >= 0"),
-        ("student.milestones=[0.8,0.2]", "student.milestones"),
-        ("student.mixup_alpha=0", "student.mixup_alpha: must be > 0.0"),
-        ("student.mix_temperature=-1", "student.mix_temperature: must be > 0.0"),
-        ("student.second_reweight=sometimes", "student.second_reweight: must be true or false"),
+        ("train.milestones=[0.8,0.2]", "train.milestones"),
+        ("student.mentormix.mixup_alpha=0", "student.mentormix.mixup_alpha: must be > 0.0"),
+        ("student.mentormix.mix_temperature=-1", "student.mentormix.mix_temperature: must be > 0.0"),
+        ("student.mentormix.second_reweight=sometimes", "student.mentormix.second_reweight: must be true or false"),
         ("student.method=mentormix", None),
+        ("student.spade.burn_in=1.5", "student.spade.burn_in: must be <= 1.0"),
+        ("student.cleanlab.folds=1", "student.cleanlab.folds: must be >= 2"),
+        ("noise.reference_model=vgg", "noise.reference_model: must be one of"),
+        ("train.warmup_epochs=20", "train.warmup_epochs: must be < train.epochs"),
         ("noise.transition=[[0.5,0.6],[0,1]]", None),  # only checked when kind=transition
     ],
 )
@@ -75,14 +80,18 @@ def test_transition_must_be_row_stochastic_and_square() -> None:
 def test_unknown_and_missing_keys(tmp_path: Path) -> None:
     raw = read_yaml(REPO / "params.yaml")
     with pytest.raises(ConfigError, match="student.foo: unknown parameter"):
-        from_dict(merge(raw, {"student": {"foo": 1}}))
+        from_dict(merge(raw, split_student({"student": {"foo": 1}})))
     with pytest.raises(ConfigError, match="bogus: unknown parameter"):
         from_dict({**raw, "bogus": {}})
-    del raw["student"]["lr"]
-    with pytest.raises(ConfigError, match="student.lr: missing"):
+    del raw["train"]["lr"]
+    with pytest.raises(ConfigError, match="train.lr: missing"):
         from_dict(raw)
     with pytest.raises(ConfigError, match="student.nope: unknown parameter"):
         apply_overrides(read_yaml(REPO / "params.yaml"), ["student.nope=1"])
+    raw = read_yaml(REPO / "params.yaml")
+    del raw["student"]["spade"]  # every registered method with params has its block
+    with pytest.raises(ConfigError, match="student.spade: missing"):
+        from_dict(raw)
     with pytest.raises(ConfigError, match="params file not found"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("student: [unclosed")
@@ -91,10 +100,10 @@ def test_unknown_and_missing_keys(tmp_path: Path) -> None:
 
 
 def test_ints_widen_to_float_and_flatten() -> None:
-    cfg = load_config(REPO / "params.yaml", ["student.lr=1"])
-    assert isinstance(cfg.student.lr, float)
+    cfg = load_config(REPO / "params.yaml", ["train.lr=1"])
+    assert isinstance(cfg.train.lr, float)
     flat = flatten(cfg.to_dict())
-    assert flat["student.lr"] == 1.0 and flat["data.dataset"] == "fashion_mnist"
+    assert flat["train.lr"] == 1.0 and flat["data.dataset"] == "fashion_mnist"
     assert "noise.class_map" in flat
 
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from labelnoise import correction
 from labelnoise.config import Config, ConfigError, from_dict, merge, read_yaml
+from labelnoise.methods import joint_optimization as correction
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
+from tests.helpers import nan_from, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -212,11 +213,11 @@ def separable_view(n_train: int = 60, n_clean: int = 24, n_test: int = 24, k: in
 
 
 def configs(**correction_overrides: Any) -> tuple[Any, Any]:
-    student = {"batch_size": 16, "eval_batch_size": 64, "precision": "fp32", "channels_last": "off"}
+    train = {"batch_size": 16, "eval_batch_size": 64, "precision": "fp32", "channels_last": "off"}
     corr = {"epochs": 4, "begin": 2, "buffer": 2, "lr": 0.05, "retrain_epochs": 3, "retrain_lr": 0.05,
             **correction_overrides}
-    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"student": student, "correction": corr}))
-    return cfg.correction, cfg.student
+    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"train": train, "correction": corr}))
+    return cfg.correction, cfg.train
 
 
 def new_model(seed: int = 0) -> nn.Module:
@@ -227,15 +228,11 @@ def new_model(seed: int = 0) -> nn.Module:
 def run_both(data: Any, c: Any, s: Any, *, path: Path | None = None, joint_model: nn.Module | None = None,
              crash: tuple[str, int] | None = None, log: list[str] | None = None,
              trusted: np.ndarray | None = None) -> tuple[correction.JointResult, correction.RetrainResult]:
-    """Phase 1 then phase 2 on ``data``; ``crash=(phase, epoch)`` raises after that epoch's checkpoint."""
+    """Phase 1 then phase 2 on ``data``, their checkpoints at ``path`` (phase 1: ``*.joint.pt``) as the stage keeps
+    them; ``crash=(phase, epoch)`` raises after that epoch's checkpoint."""
     joint_model = joint_model or new_model(0)
     retrain_model = new_model(1)
     sink = log.append if log is not None else (lambda line: None)
-    checkpoint = None
-    if path is not None:
-        config = correction.correction_checkpoint_config(c, s, seed=0, data=data, joint_init=joint_model,
-                                                         retrain_init=retrain_model, trusted=trusted)
-        checkpoint = correction.CorrectionCheckpoint(path, config, log=sink)
 
     def stop(phase: str) -> Any:
         def on_epoch(row: dict[str, float]) -> None:
@@ -243,11 +240,16 @@ def run_both(data: Any, c: Any, s: Any, *, path: Path | None = None, joint_model
                 raise KeyboardInterrupt(f"killed after {phase} epoch {row['epoch']}")
         return on_epoch
 
-    joint = correction.joint_optimize(joint_model, data, cfg=c, student=s, seed=0, trusted=trusted,
-                                      checkpoint=checkpoint, on_epoch=stop("joint"), log=sink)
-    final = correction.retrain(retrain_model, data, joint.soft_labels, cfg=c, student=s, seed=0,
-                               checkpoint=checkpoint, on_epoch=stop("retrain"), log=sink)
+    joint = correction.joint_optimize(joint_model, data, cfg=c, recipe=s, seed=0, trusted=trusted,
+                                      checkpoint_path=joint_path(path) if path else None, on_epoch=stop("joint"),
+                                      log=sink)
+    final = correction.retrain(retrain_model, data, joint.soft_labels, cfg=c, recipe=s, seed=0, checkpoint_path=path,
+                               on_epoch=stop("retrain"), log=sink)
     return joint, final
+
+
+def joint_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.joint{path.suffix}")
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -309,17 +311,18 @@ def test_resume_after_a_kill_equals_uninterrupted(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
         run_both(data, c, s, path=ckpt, crash=("joint", 2))
-    saved = torch.load(ckpt, weights_only=True)
-    assert saved["phases"]["joint"]["epoch"] == 2 and not saved["phases"]["joint"]["done"]
-    assert saved["finished"] is False
+    saved = torch.load(joint_path(ckpt), weights_only=True)
+    assert saved["epoch"] == 2 and saved["finished"] is False and not ckpt.exists()
     with pytest.raises(KeyboardInterrupt):  # resumes phase 1 at epoch 3, then dies in phase 2
         run_both(data, c, s, path=ckpt, crash=("retrain", 2))
+    assert torch.load(joint_path(ckpt), weights_only=True)["finished"] is True
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["phases"]["joint"]["done"] and "buffer" not in saved["phases"]["joint"]
-    assert saved["phases"]["retrain"]["epoch"] == 2
-    # the networks passed in are overwritten from the checkpoint (same seed for the starting weights)
-    joint, final = run_both(data, c, s, path=ckpt)
+    assert saved["epoch"] == 2 and saved["finished"] is False
+    # the networks passed in are overwritten from the checkpoints (a finished phase 1 is reused as it is)
+    lines: list[str] = []
+    joint, final = run_both(data, c, s, path=ckpt, log=lines)
     assert (joint.resumed_epochs, final.resumed_epochs) == (4, 2)
+    assert any("reusing the finished run" in line for line in lines)
     assert joint.history == straight_joint.history and final.history == straight_final.history
     assert torch.equal(joint.soft_labels, straight_joint.soft_labels)
     assert np.array_equal(joint.hard_history, straight_joint.hard_history)
@@ -340,35 +343,19 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     assert joint.resumed_epochs == 0 and len(joint.history) == 4
     refusal = [line for line in lines if "not resumed" in line]
     assert refusal and "correction.lr: 0.05 in checkpoint, 0.02 now" in refusal[0]
-    # a finished run is never resumed either
+    # a finished phase 2 is never resumed: it trains again (on phase 1's labels, reused), to the same numbers
     lines.clear()
-    again, _ = run_both(data, c2, s, path=ckpt, log=lines)
-    assert again.resumed_epochs == 0 and any("finished" in line for line in lines)
-    assert again.history == joint.history
-
-
-class NanAfter(nn.Module):
-    """Wraps a model; its output turns NaN from the n-th training forward on."""
-
-    def __init__(self, model: nn.Module, after: int) -> None:
-        super().__init__()
-        self.model, self.after, self.calls = model, after, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        if self.training:
-            self.calls += 1
-            if self.calls > self.after:
-                out = out * float("nan")
-        return out
+    again, final = run_both(data, c2, s, path=ckpt, log=lines)
+    assert again.history == joint.history and final.resumed_epochs == 0
+    assert any("finished run; starting fresh" in line for line in lines)
 
 
 def test_nan_loss_stops_with_epoch_step_and_the_param_to_lower() -> None:
-    from labelnoise.training import NonFiniteLossError
+    from labelnoise.engine import NonFiniteLossError
 
     c, s = configs()
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 5\b.*correction\.lr") as info:
-        correction.joint_optimize(NanAfter(new_model(), after=5), separable_view(), cfg=c, student=s, seed=0,
+        correction.joint_optimize(nan_from(new_model(), 6), separable_view(), cfg=c, recipe=s, seed=0,
                                   log=lambda line: None)  # 60 examples / 16 = 4 steps per epoch
     assert (info.value.epoch, info.value.step) == (2, 5)
 
@@ -395,7 +382,7 @@ def prerequisites(tmp_path_factory: pytest.TempPathFactory, tiny_base: dict[str,
     from stages import download, inject_noise, train_student
 
     root = tmp_path_factory.mktemp("prereq")
-    cfg = from_dict(merge(tiny_base, {"student": {"method": "ce"}}))
+    cfg = from_dict(merge(tiny_base, split_student({"student": {"method": "ce"}})))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
@@ -455,9 +442,9 @@ def test_stage_writes_all_outputs_and_logs_to_mlflow(workdir: Path, tiny_base: d
 
     final = load_model(PATHS.final_model)
     record = torch.load(PATHS.final_model, weights_only=True)
-    assert record["model_name"] == cfg.student.model and record["epoch"] == 3
+    assert record["model_name"] == cfg.train.model and record["epoch"] == 3
     assert record["config"]["correction"]["retrain_epochs"] == 3
-    from labelnoise.training import evaluate_accuracy
+    from labelnoise.engine import evaluate_accuracy
     x_test = torch.from_numpy(prepared.images[prepared.test_idx])
     y_test = torch.from_numpy(prepared.labels[prepared.test_idx])
     acc = evaluate_accuracy(final, x_test, y_test, batch_size=256, device="cpu")["acc"]
@@ -468,12 +455,13 @@ def test_stage_writes_all_outputs_and_logs_to_mlflow(workdir: Path, tiny_base: d
     assert pngs == ["joint_curves.png", "label_changes.png", "per_class_recovery.png", "retrain_curves.png"]
     assert all((Path(PATHS.correction_plots) / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert torch.load(PATHS.correction_ckpt, weights_only=True)["finished"] is True
+    assert torch.load(joint_path(Path(PATHS.correction_ckpt)), weights_only=True)["finished"] is True
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     exp = client.get_experiment_by_name("test-correction")
     (child,) = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'correct_labels'")
     assert child.info.status == "FINISHED"
-    assert child.data.params["correction.epochs"] == "4" and "student.lr" not in child.data.params
+    assert child.data.params["correction.epochs"] == "4" and "train.lr" not in child.data.params
     run_id = child.info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "joint_labels_changed")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run_id, "retrain_clean_acc")] == [1, 2, 3]
@@ -506,6 +494,7 @@ def test_stage_result_does_not_depend_on_the_true_train_labels(workdir: Path, ti
     save_prepared(PATHS.prepared, Prepared(images=p.images, labels=labels, train_idx=p.train_idx,
                                            clean_idx=p.clean_idx, val_idx=p.val_idx, test_idx=p.test_idx,
                                            classes=p.classes, dataset=p.dataset))
+    shutil.rmtree(Path(PATHS.correction_ckpt).parent)  # train both phases again (a finished phase 1 is reused)
     correct_labels.run(cfg)
     with np.load(PATHS.corrected) as z:
         second = {key: z[key] for key in z.files}
@@ -518,8 +507,8 @@ def test_stage_result_does_not_depend_on_the_true_train_labels(workdir: Path, ti
 
 
 def test_stage_trust_mentor(workdir: Path, tiny_base: dict[str, Any]) -> None:
+    from labelnoise.engine import load_weights, save_weights
     from labelnoise.noise import load_noisy
-    from labelnoise.training import load_weights, save_weights
     from stages import correct_labels
     from stages.common import PATHS
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from typer.testing import CliRunner
 
-from labelnoise import distributed, training
+from labelnoise import distributed
 from labelnoise.scaffold import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,15 +72,14 @@ class Linear(nn.Module):
 def equivalence_case(method: str) -> dict[str, Any]:
     """Two epochs of ``method`` (fp32, 6 global batches of 16 an epoch, PD mentor refitted every epoch, the
     sampling layer on); what one process or a torchrun group computes. Returns rank 0's weights and records."""
-    from tests.test_spade import config, new_mentor, noisy_view
+    from tests.test_spade import config, new_mentor, noisy_view, run_fit
 
     distributed.init("cpu")
     cfg = config({"method": method, "epochs": 2, "mentor_update": "every_k", "mentor_update_every": 1,
                   "sample_weights": True, "weights_at": [0.5, 1.0]}, {"kind": "pd"})
     data, _, _ = noisy_view(rate=0.3)
     torch.manual_seed(0)
-    result = training.fit(Linear(), data, cfg=cfg.student, seed=0, progress=False, log=lambda line: None,
-                          mentor=new_mentor(cfg), mentor_cfg=cfg.mentor)
+    result = run_fit(cfg, data, new_mentor(cfg), model=Linear())
     return {"model": result.model.state_dict(), "history": result.history, "weights": result.weights,
             "refits": result.extra.get("mentor_updates", [])}
 

@@ -15,6 +15,7 @@ import torch
 
 from labelnoise import plots
 from labelnoise.config import Config, from_dict, merge, read_yaml
+from tests.helpers import split_student
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -142,7 +143,7 @@ def _write_inputs(cfg: Config) -> dict[str, np.ndarray]:
         )
 
     # ce: per-example losses with unit weights at two recorded epochs
-    from labelnoise.training import save_weights
+    from labelnoise.engine import save_weights
 
     loss = rng.random((2, train_idx.size)).astype(np.float32)
     save_weights(
@@ -275,7 +276,7 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     # ---- methods table, empty store: this run's method and its correction row, the other methods empty
     setting, rows = _methods_table(Path(PATHS.methods_table))
-    for part in ("digits", "symmetric", "rate 0.25", "cnn", f"{cfg.student.epochs} epochs"):
+    for part in ("digits", "symmetric", "rate 0.25", "cnn", f"{cfg.train.epochs} epochs"):
         assert part in setting
     assert list(rows) == [
         "CE",
@@ -351,8 +352,8 @@ def test_evaluate_spade_detection_and_weight_figure(in_tmp: Path) -> None:
     from mlflow.tracking import MlflowClient
     from sklearn.metrics import roc_auc_score
 
+    from labelnoise.engine import save_weights
     from labelnoise.noise import load_noisy
-    from labelnoise.training import save_weights
     from stages import evaluate
     from stages.common import PATHS
 
@@ -435,7 +436,7 @@ def _fake_pipeline(
 def test_methods_table_takes_other_methods_from_the_store(in_tmp: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from labelnoise.training import save_weights
+    from labelnoise.engine import save_weights
     from stages import evaluate
     from stages.common import PATHS
 
@@ -471,7 +472,7 @@ def test_methods_table_takes_other_methods_from_the_store(in_tmp: Path) -> None:
     dd_numbers = {"test_acc": 0.41, "detection_auroc": 0.612, "corrected_test_acc": 0.51, "recovered_label_acc": 0.81}
     dd_id = _fake_pipeline(client, exp_id, _config(in_tmp, spade_dd), dd_numbers, start=now - 60_000)
     other_rate = merge(spade_dd, {"noise": {"rate": 0.4}})
-    other_epochs = merge(spade_dd, {"student": {"epochs": cfg.student.epochs + 1}})
+    other_epochs = merge(spade_dd, split_student({"student": {"epochs": cfg.train.epochs + 1}}))
     for extra, status, start in (
         (other_rate, "FINISHED", -50_000),
         (other_epochs, "FINISHED", -40_000),

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelnoise import engine
 from labelnoise import mentornet as mn
-from labelnoise import training
 from labelnoise.config import Config, from_dict, merge, read_yaml
-from tests.helpers import SigintAt, live_sigint
+from labelnoise.methods.mentormix import MentorMixTask, mentor_mix
+from tests.helpers import SigintAt, live_sigint, split_student
 from tests.test_spade import (
     ForbiddenMentor,
     StubMentor,
@@ -44,11 +45,10 @@ def config(student: dict | None = None, mentor: dict | None = None) -> Config:
     return spade_config({"method": "mentormix", "mixup_alpha": 2.0, **(student or {})}, mentor)
 
 
-def make_task(cfg: Config, mentor: nn.Module, *, total_steps: int = 100, seed: int = 0) -> training.MentorMixTask:
-    task = training.make_task(cfg.student, mentor=mentor, mentor_cfg=cfg.mentor, total_steps=total_steps,
-                              steps_per_epoch=10, device=torch.device("cpu"), seed=seed, num_classes=3)
-    assert isinstance(task, training.MentorMixTask)
-    return task
+def make_task(cfg: Config, mentor: nn.Module, *, total_steps: int = 100, seed: int = 0) -> MentorMixTask:
+    return MentorMixTask(mentor, cfg=cfg.student.mentormix, recipe=cfg.train, mentor_cfg=cfg.mentor,
+                         total_steps=total_steps, steps_per_epoch=10,
+                         device=torch.device("cpu"), seed=seed, num_classes=3)
 
 
 def linear_model(seed: int = 0) -> nn.Module:
@@ -62,7 +62,7 @@ def batch(b: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(b, 1, 8, 8, generator=g), torch.randint(0, 3, (b,), generator=g)
 
 
-def replay(task: training.MentorMixTask) -> torch.Generator:
+def replay(task: MentorMixTask) -> torch.Generator:
     """A copy of the task's generator, to redraw what its next call will draw."""
     g = torch.Generator()
     g.set_state(task.generator.get_state())
@@ -78,7 +78,7 @@ def test_partners_follow_softmax_of_v_over_temperature(temperature: float) -> No
     draws = 20_000  # batches
     counts = torch.zeros(6)
     for _ in range(draws):
-        _, _, _, partner = training.mentor_mix(x, y, v, alpha=2.0, temperature=temperature, generator=g)
+        _, _, _, partner = mentor_mix(x, y, v, alpha=2.0, temperature=temperature, generator=g)
         counts += torch.bincount(partner, minlength=6)
     n = draws * 6
     expected = torch.exp(v / temperature) / torch.exp(v / temperature).sum()  # softmax(v / T), by hand
@@ -96,7 +96,7 @@ def test_mixed_labels_are_convex_with_the_lambda_rule() -> None:
     v[:20] = 0.5  # the boundary keeps λ (v >= 0.5)
     y = F.one_hot(torch.randint(0, k, (b,), generator=g), k).float()
     x = torch.randint(0, 256, (b, 3, 4, 4), dtype=torch.uint8, generator=g)
-    x_mix, y_mix, lam, partner = training.mentor_mix(x, y, v, alpha=2.0, temperature=1.0, generator=g)
+    x_mix, y_mix, lam, partner = mentor_mix(x, y, v, alpha=2.0, temperature=1.0, generator=g)
     assert ((lam >= 0) & (lam <= 1)).all()
     assert (lam[v >= 0.5] >= 0.5).all() and (lam[v < 0.5] <= 0.5).all()
     torch.testing.assert_close(y_mix.sum(1), torch.ones(b))
@@ -115,7 +115,7 @@ def test_mixing_is_seeded() -> None:
     x, y, v = torch.rand(32, 1, 2, 2), torch.eye(2)[torch.arange(32) % 2], torch.rand(32)
 
     def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out = training.mentor_mix(x, y, v, alpha=8.0, temperature=1.0, generator=torch.Generator().manual_seed(seed))
+        out = mentor_mix(x, y, v, alpha=8.0, temperature=1.0, generator=torch.Generator().manual_seed(seed))
         return out[2], out[3]
 
     (la, pa), (lb, pb), (lc, pc) = draw(0), draw(0), draw(1)
@@ -142,7 +142,7 @@ def test_mixed_loss_equals_hand_computation() -> None:
     out = task(model, x, y, step=13)
 
     v = first_weights(cfg, mentor, model, x, y)  # (B,)
-    _, _, lam, partner = training.mentor_mix(x, F.one_hot(y, 3).float(), v, alpha=2.0, temperature=0.5, generator=g)
+    _, _, lam, partner = mentor_mix(x, F.one_hot(y, 3).float(), v, alpha=2.0, temperature=0.5, generator=g)
     lam_x = lam.view(-1, 1, 1, 1)
     x_mix = lam_x * x.float() + (1 - lam_x) * x.float()[partner]
     y_mix = lam[:, None] * F.one_hot(y, 3) + (1 - lam[:, None]) * F.one_hot(y[partner], 3)
@@ -169,7 +169,7 @@ def test_second_reweight_weights_the_mixed_losses_again(norm: str) -> None:
         out = task(model, x, y, step=20)
         v = first_weights(cfg, mentor, model, x, y)
         torch.testing.assert_close(out["weight"], v)  # the first weighting does not depend on the switch
-        _, y_mix, lam, partner = training.mentor_mix(x, F.one_hot(y, 3).float(), v, alpha=2.0, temperature=1.0,
+        _, y_mix, lam, partner = mentor_mix(x, F.one_hot(y, 3).float(), v, alpha=2.0, temperature=1.0,
                                                      generator=g)
         x_mix = lam.view(-1, 1, 1, 1) * x.float() + (1 - lam.view(-1, 1, 1, 1)) * x.float()[partner]
         mixed = -(y_mix * torch.log_softmax(model(x_mix), dim=1)).sum(1)  # (B,)
@@ -213,7 +213,7 @@ def test_first_pass_does_not_touch_batch_norm_statistics() -> None:
     assert int(bn.num_batches_tracked) == 1 and bn.track_running_stats  # only the mixed pass counted
     with torch.no_grad():
         v = first_weights(cfg, StubMentor(), before.train(), x, y)  # batch statistics, like the task's first pass
-        x_mix, *_ = training.mentor_mix(x, F.one_hot(y, 3).float(), v, alpha=2.0, temperature=1.0, generator=g)
+        x_mix, *_ = mentor_mix(x, F.one_hot(y, 3).float(), v, alpha=2.0, temperature=1.0, generator=g)
         features = model[1](x_mix.flatten(1))  # (B, 3) what the batch norm saw in the mixed pass
     torch.testing.assert_close(bn.running_mean, 0.1 * features.mean(0))  # momentum 0.1 from 0: one update
 
@@ -235,7 +235,7 @@ def test_task_state_round_trip_continues_identically() -> None:
 
 # ----------------------------------------------------------------------------- honesty
 def test_mentormix_never_receives_true_train_labels() -> None:
-    for fn in (training.MentorMixTask.__init__, training.MentorMixTask.__call__, training.mentor_mix):
+    for fn in (MentorMixTask.__init__, MentorMixTask.__call__, mentor_mix):
         names = inspect.signature(fn).parameters
         assert not any("true" in name or name in ("labels", "y_true", "mask", "corrupted") for name in names)
 
@@ -309,7 +309,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tmp_path) -> None:
     data, _, _ = noisy_view(rate=0.3)
     straight = run_fit(cfg, data, new_mentor(cfg), model=SigintAt(new_model(), at=-1))
     ckpt = tmp_path / "ckpt.pt"
-    with live_sigint(), pytest.raises(training.TrainingInterrupted):  # 2 forwards a step: the 17th is epoch 2, batch 3
+    with live_sigint(), pytest.raises(engine.TrainingInterrupted):  # 2 forwards a step: the 17th is epoch 2, batch 3
         run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(), at=17))
     assert torch.load(ckpt, weights_only=True)["partial"]["batch"] == 3
     resumed = run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(seed=3), at=-1))
@@ -330,12 +330,12 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
 
     view, y_true, mask = stage_workspace(tmp_path, monkeypatch)
     tiny = read_yaml(REPO / "presets" / "tiny.yaml")
-    cfg = from_dict(merge(merge(read_yaml(REPO / "params.yaml"), tiny), {
+    cfg = from_dict(merge(merge(read_yaml(REPO / "params.yaml"), tiny), split_student({
         "base": {"device": "cpu", "threads": 1, "experiment": "test-mix"},
         "mentor": {"kind": "pd"},
         "student": {"method": "mentormix", "epochs": 3, "batch_size": 16, "eval_batch_size": 10,
                     "precision": "fp32", "channels_last": "off", "second_reweight": True},
-        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}}))
+        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}})))
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # mentormix needs the pretrain_mentor stage's output
     mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})
@@ -343,7 +343,7 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
     metrics = train_student.run(cfg)
 
     assert 0 <= metrics["final_mean_weight"] <= 1 and metrics["mentor_updates"] == 0
-    weights = training.load_weights(PATHS.student_weights)
+    weights = engine.load_weights(PATHS.student_weights)
     assert weights["method"] == "mentormix" and weights["weight"].shape == (3, 60)
     assert np.isfinite(weights["weight"]).all() and ((weights["weight"] >= 0) & (weights["weight"] <= 1)).all()
     with open(PATHS.curves, newline="") as f:
@@ -380,9 +380,9 @@ def test_mentormix_presets_load_validate_and_match_the_official_script(tmp_path,
     assert result.exit_code == 0, result.output
     cfg = load_config(out)
     alpha, p, second = OFFICIAL_CIFAR10[rate]
-    s = cfg.student
+    s, t, mix = cfg.student, cfg.train, cfg.student.mentormix
     assert (cfg.data.dataset, cfg.noise.rate, s.method, cfg.mentor.kind) == ("cifar10", rate / 100, "mentormix", "pd")
-    assert (s.mixup_alpha, cfg.mentor.percentile, s.second_reweight) == (alpha, p, second)
-    assert (s.batch_size, s.lr, s.momentum, s.gamma, s.burn_in, s.burn_in_keep) == (128, 0.1, 0.9, 0.9, 0.09, 1.0)
-    assert s.weight_decay == (0.0 if second else 0.0002) and s.weight_norm == "batch"
-    assert s.milestones == pytest.approx([30 * k / s.epochs for k in range(1, 18)])  # x0.9 every 30 epochs
+    assert (mix.mixup_alpha, cfg.mentor.percentile, mix.second_reweight) == (alpha, p, second)
+    assert (t.batch_size, t.lr, t.momentum, t.gamma, mix.burn_in, mix.burn_in_keep) == (128, 0.1, 0.9, 0.9, 0.09, 1.0)
+    assert t.weight_decay == (0.0 if second else 0.0002) and mix.weight_norm == "batch"
+    assert t.milestones == pytest.approx([30 * k / t.epochs for k in range(1, 18)])  # x0.9 every 30 epochs

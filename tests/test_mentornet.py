@@ -14,6 +14,7 @@ from torch import nn
 
 from labelnoise import mentornet as mn
 from labelnoise.config import MentorConfig, from_dict, merge, read_yaml
+from tests.helpers import split_student
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -320,12 +321,12 @@ def test_record_training_features_covers_every_progress() -> None:
         x[y == c, :, 2 * c : 2 * c + 2, :] += 180
     x = x.clamp(0, 255).to(torch.uint8)
     correct = torch.rand(60, generator=g) < 0.7
-    raw = merge(read_yaml(REPO / "params.yaml"), {"student": {
-        "epochs": 4, "batch_size": 16, "lr": 0.05, "schedule": "cosine", "precision": "fp32", "channels_last": "off"}})
-    cfg = from_dict(raw).student
+    raw = merge(read_yaml(REPO / "params.yaml"), split_student({"student": {
+        "epochs": 4, "batch_size": 16, "lr": 0.05, "schedule": "cosine", "precision": "fp32", "channels_last": "off"}}))
+    cfg = from_dict(raw).train
     torch.manual_seed(0)
     model = create_model("cnn", num_classes=3, in_channels=1, image_size=8, mean=[0.3], std=[0.3])
-    rec = mn.record_training_features(model, x, y, correct, cfg=cfg,
+    rec = mn.record_training_features(model, x, y, correct, recipe=cfg,
                                       percentile=mn.MovingPercentile(0.7, 0.9), dataset="digits",
                                       device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
     assert len(rec.features) == 240 and rec.example.tolist() == list(range(60)) * 4

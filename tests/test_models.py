@@ -119,7 +119,7 @@ def test_pretrained_offline_is_one_clear_line(monkeypatch) -> None:
     with pytest.raises(RuntimeError) as info:
         models.create_model("resnet18", num_classes=10, in_channels=3, image_size=32, pretrained=True)
     message = str(info.value)
-    assert "\n" not in message and "pretrained" in message and "student.pretrained=false" in message
+    assert "\n" not in message and "pretrained" in message and "train.pretrained=false" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labelnoise import noise
+from labelnoise import noise, reference
 
 K = 10
 # Uneven class sizes, so rounding differs from class to class; class 6 has a single example.
@@ -420,35 +420,6 @@ def test_instance_bad_inputs() -> None:
         run(y, "open_set", 0.4)  # replaces images: a different function
 
 
-def digits_clean_and_train(n_clean: int = 150, n_train: int = 300):
-    """Digits (1, 8, 8) split into a small clean subset and a small train pool, class-stratified enough."""
-    from labelnoise.datasets import _load_digits
-
-    images, labels, _, classes = _load_digits()
-    order = np.random.default_rng(0).permutation(len(labels))
-    clean, train = order[:n_clean], order[n_clean : n_clean + n_train]
-    return images[clean], labels[clean], images[train], labels[train], classes
-
-
-def test_reference_classifier_is_seeded_and_bit_identical(one_thread) -> None:
-    import torch
-
-    x_fit, y_fit, x_train, y_train, classes = digits_clean_and_train()
-    kw = dict(classes=classes, dataset="digits", epochs=4, lr=0.1, batch_size=32)
-    torch.manual_seed(0)
-    a = noise.reference_probabilities(x_fit, y_fit, x_train, seed=4, **kw)
-    torch.manual_seed(1)  # the global RNG (seeded by base.seed in a stage) must not matter
-    b = noise.reference_probabilities(x_fit, y_fit, x_train, seed=4, **kw)
-    c = noise.reference_probabilities(x_fit, y_fit, x_train, seed=5, **kw)
-    assert a.shape == (len(x_train), K) and a.dtype == np.float64
-    np.testing.assert_allclose(a.sum(axis=1), 1.0)
-    np.testing.assert_array_equal(a, b)  # same seed: bit-identical probabilities, hence labels
-    assert not np.array_equal(a, c)
-    assert (a.argmax(axis=1) == y_train).mean() > 0.5  # it learned something from 150 clean digits
-    la, lb = noise.corrupt_instance(y_train, a, rate=0.4), noise.corrupt_instance(y_train, b, rate=0.4)
-    np.testing.assert_array_equal(la.labels, lb.labels)
-
-
 # ----------------------------------------------------------------------------- open-set noise
 @pytest.mark.parametrize("rate", [0.0, 0.2, 0.45, 1.0])
 def test_open_set_keeps_labels_and_replaces_exactly_round_rate_n(rate: float) -> None:
@@ -606,13 +577,15 @@ def test_stage_instance_trains_the_reference_on_the_clean_subset_only(tmp_path, 
         seen.update(x_fit=x_fit, y_fit=y_fit, x_score=x_score, **kw)
         return probs
 
-    monkeypatch.setattr(noise, "reference_probabilities", fake_reference)
+    monkeypatch.setattr(reference, "reference_probabilities", fake_reference)
     metrics = inject_noise.run(cfg)
     np.testing.assert_array_equal(seen["x_fit"], prepared.images[prepared.clean_idx])
     np.testing.assert_array_equal(seen["y_fit"], prepared.labels[prepared.clean_idx])  # clean labels, nothing else
     np.testing.assert_array_equal(seen["x_score"], prepared.images[prepared.train_idx])
     assert all(not (isinstance(v, np.ndarray) and v.shape == true.shape) for v in seen.values())  # no train labels
-    assert (seen["epochs"], seen["seed"]) == (cfg.noise.reference_epochs, cfg.noise.reference_seed)
+    assert (seen["recipe"].epochs, seen["recipe"].lr, seen["recipe"].precision, seen["seed"]) == (
+        cfg.noise.reference_epochs, cfg.noise.reference_lr, cfg.noise.reference_precision, cfg.noise.reference_seed)
+    assert seen["recipe"].momentum == cfg.train.momentum  # the rest is the shared training recipe
 
     nl = noise.load_noisy(PATHS.noisy)
     np.testing.assert_array_equal(nl.labels, noise.corrupt_instance(true, probs, rate=0.4).labels)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise.config import load_config, merge, read_yaml
 from labelnoise.models import create_model
+from tests.helpers import split_student
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml") if p.stem != "tiny")
@@ -22,16 +23,16 @@ PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml") if p.stem != 
 def tiny_counterpart(preset: dict[str, Any]) -> dict[str, Any]:
     """The preset's own settings on digits and a few steps (the wide ResNet, tested alone below, becomes the thin
     PreAct ResNet-32 of the same family)."""
-    student = preset.get("student", {})
-    return merge(preset, {
+    train = preset.get("train", {})
+    return merge(preset, split_student({
         "base": {"threads": 1, "device": "cpu"},
         "data": {"dataset": "digits", "download": False, "val_size": 0, "test_size": 360,
                  "clean_size": 200 if preset.get("data", {}).get("clean_size", 1) else 0},
         "mentor": {"dd_epochs": 1, "fit_steps": 30, "grid_size": 2000},
         "student": {"epochs": 1, "batch_size": 128, "eval_batch_size": 512,
-                    "model": "preact_resnet32" if student.get("model") == "wrn56_10" else student.get("model", "cnn")},
+                    "model": "preact_resnet32" if train.get("model") == "wrn56_10" else train.get("model", "cnn")},
         "correction": {"epochs": 2, "begin": 1, "buffer": 2, "retrain_epochs": 1},
-    })
+    }))
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -45,7 +46,7 @@ def test_preset_tiny_counterpart_runs_every_stage(name: str, tmp_path: Path, mon
     params = merge(read_yaml(REPO / "params.yaml"), tiny_counterpart(preset))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(tmp_path / "params.yaml")
-    assert cfg.student.method == preset["student"]["method"] and cfg.student.schedule == preset["student"]["schedule"]
+    assert cfg.student.method == preset["student"]["method"] and cfg.train.schedule == preset["train"]["schedule"]
     stages = ["download", "inject-noise", "pretrain-mentor", "train-student"]
     if preset.get("correction", {}).get("init") == "scratch":  # joint optimization: the correction is the method
         stages.append("correct-labels")

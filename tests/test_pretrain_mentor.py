@@ -97,7 +97,9 @@ def test_pd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     (run,) = stage_runs(in_tmp)
     assert run.info.status == "FINISHED" and run.data.tags["mentor"] == "pd"
     assert run.data.metrics["mae_holdout"] == pytest.approx(report["mae_holdout"])
-    assert run.data.params["mentor.kind"] == "pd" and "student.lr" not in run.data.params
+    assert run.data.params["mentor.kind"] == "pd" and "student.method" not in run.data.params
+    # the stage's params (stages.STAGE_PARAMS): the mentor, and the recipe a dd mentor's student trains with
+    assert "train.lr" in run.data.params and "train.epochs" not in run.data.params
     client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert top == {"mentor.json", "mentor"}
@@ -130,7 +132,7 @@ def test_dd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     (run,) = stage_runs(in_tmp)
     assert run.info.status == "FINISHED" and run.data.tags["mentor"] == "dd"
     assert run.data.metrics["auroc"] == pytest.approx(report["auroc"])
-    assert run.data.params["student.model"] == "cnn"  # dd trains a student: its params are recorded
+    assert run.data.params["train.model"] == "cnn"  # dd trains a student: its params are recorded
     client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
     curve = client.get_metric_history(run.info.run_id, "auroc_epoch")  # per epoch, step = epoch
     assert sorted(m.step for m in curve) == [1, 2, 3]

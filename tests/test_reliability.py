@@ -62,7 +62,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tiny preset (one thread, more epochs so kills land mid-training) up to a trained student."""
     root = tmp_path_factory.mktemp("prepared")
     _cli(root, "preset", "tiny", "--params", str(REPO / "params.yaml"), "--out", str(root / "params.yaml"))
-    overrides = ["-S", "base.threads=1", "-S", "student.epochs=10", "-S", "correction.epochs=5",
+    overrides = ["-S", "base.threads=1", "-S", "train.epochs=10", "-S", "correction.epochs=5",
                  "-S", "correction.retrain_epochs=6"]
     (root / "overrides").write_text("\n".join(overrides))
     previous = torch.get_num_threads()
@@ -90,29 +90,34 @@ def _run(workdir: Path, stage: str) -> subprocess.CompletedProcess[str]:
 
 
 def _finished(checkpoint: Path) -> bool:
-    return bool(torch.load(checkpoint, map_location="cpu", weights_only=True)["finished"])
+    return checkpoint.exists() and bool(torch.load(checkpoint, map_location="cpu", weights_only=True)["finished"])
 
 
 def _interrupt(workdir: Path, stage: str, checkpoint: Path, *, after: int, fraction: float,
                sig: int) -> tuple[int | None, str]:
-    """Start ``stage`` (SIGINT live, as from a terminal); after its ``after``-th checkpoint of this run, wait
-    ``fraction`` of the time between its last two checkpoints (so the signal lands inside an epoch), freeze it
-    (SIGSTOP), and send ``sig`` if the checkpoint on disk is still an unfinished run's.
+    """Start ``stage`` (SIGINT live, as from a terminal); after the ``after``-th checkpoint this run writes (any of
+    the stage's checkpoint files), wait ``fraction`` of the time between its last two checkpoints (so the signal
+    lands inside an epoch), freeze it (SIGSTOP), and send ``sig`` unless ``checkpoint`` (the stage's last) is
+    already a finished run's.
 
     Where the signal lands is measured in the run's own epochs, not in seconds, so a faster or slower CPU moves
     it nowhere. Returns (exit code, stderr); the code is None when training had finished (the run then ends
     normally, its outputs written)."""
-    seen = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+    def mtimes() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in checkpoint.parent.glob(f"{checkpoint.stem}*{checkpoint.suffix}")}
+
+    seen = mtimes() if checkpoint.parent.exists() else {}
     proc = subprocess.Popen(_command(workdir, stage), cwd=workdir, env=_env(workdir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     writes: list[float] = []  # when each new checkpoint of this run was first seen
     while proc.poll() is None and len(writes) < max(after, 2):
-        if checkpoint.exists() and (mtime := checkpoint.stat().st_mtime_ns) != seen:
-            seen = mtime
-            writes.append(time.monotonic())
+        now = mtimes() if checkpoint.parent.exists() else {}
+        if now != seen:
+            writes += [time.monotonic()] * sum(1 for p, t in now.items() if seen.get(p) != t)
+            seen = now
         time.sleep(0.002)
     if proc.poll() is None:
-        time.sleep(fraction * (writes[-1] - writes[-2]))
+        time.sleep(fraction * max(writes[-1] - writes[-2], 0.0))
         proc.send_signal(signal.SIGSTOP)
         if not _finished(checkpoint):  # not finished: nothing of this run's outputs is written yet
             proc.send_signal(sig)
@@ -214,7 +219,7 @@ def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: P
     monkeypatch.setattr(stage, "write_curves", broken)
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    args = ["train-student", *(work / "overrides").read_text().split("\n"), "-S", "student.epochs=2"]
+    args = ["train-student", *(work / "overrides").read_text().split("\n"), "-S", "train.epochs=2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == "error: disk full (simulated)"
     assert {rel: (work / rel).read_bytes() for rel in STUDENT_OUTPUTS} == before

@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labelnoise import engine
 from labelnoise import mentornet as mn
-from labelnoise import training
 from labelnoise.config import Config, from_dict, merge, read_yaml
+from labelnoise.methods import MethodContext, get_method
+from labelnoise.methods.spade import SpadeTask
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
-from tests.helpers import SigintAt, live_sigint
+from tests.helpers import SigintAt, live_sigint, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +38,8 @@ def config(student: dict[str, Any] | None = None, mentor: dict[str, Any] | None 
     base = {"method": "spade", "epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
             "precision": "fp32", "channels_last": "off", "burn_in": 0.2, "burn_in_keep": 0.5,
             "mentor_update_steps": 10, "mentor_update_batches": 4}
-    raw = merge(read_yaml(REPO / "params.yaml"), {"student": {**base, **(student or {})}, "mentor": mentor or {}})
+    raw = merge(read_yaml(REPO / "params.yaml"),
+                split_student({"student": {**base, **(student or {})}, "mentor": mentor or {}}))
     return from_dict(raw)
 
 
@@ -108,15 +111,20 @@ class ForbiddenMentor(nn.Module):
 
 
 def make_spade(cfg: Config, mentor: nn.Module, *, total_steps: int = 100, steps_per_epoch: int = 10,
-               data: TrainView | None = None, seed: int = 0) -> training.SpadeTask:
-    return training.SpadeTask(mentor, cfg=cfg.student, mentor_cfg=cfg.mentor, total_steps=total_steps,
+               data: TrainView | None = None, seed: int = 0) -> SpadeTask:
+    return SpadeTask(mentor, cfg=cfg.student.spade, recipe=cfg.train, mentor_cfg=cfg.mentor, total_steps=total_steps,
                               steps_per_epoch=steps_per_epoch, device=torch.device("cpu"), seed=seed, num_classes=3,
                               clean=(data.x_clean, data.y_clean) if data is not None else None, dataset="digits")
 
 
-def run_fit(cfg: Config, data, mentor: nn.Module | None, path=None, model=None, **kw) -> training.FitResult:
-    return training.fit(model or new_model(), data, cfg=cfg.student, seed=0, device="cpu", checkpoint_path=path,
-                        progress=False, log=lambda line: None, mentor=mentor, mentor_cfg=cfg.mentor, **kw)
+def run_fit(cfg: Config, data, mentor: nn.Module | None, path=None, model=None, **kw) -> engine.FitResult:
+    """The student trained as stage train_student trains it: the method's registry entry in the engine."""
+    s = cfg.student
+    ctx = MethodContext(name=s.method, params=getattr(s, s.method, None), recipe=cfg.train, data=data,
+                        model=model or new_model(), new_model=new_model, seed=0, device=torch.device("cpu"),
+                        weights_at=s.weights_at, mentor=mentor, mentor_cfg=cfg.mentor, checkpoint_path=path,
+                        **{"log": lambda line: None, **kw})
+    return get_method(cfg.student.method).run(ctx).fit
 
 
 # ----------------------------------------------------------------------------- one mini-batch
@@ -209,11 +217,11 @@ def test_percentile_inside_training_matches_moving_percentile() -> None:
             return getattr(task, name)
 
     model = new_model()
-    opt = training.make_optimizer(model, cfg.student)
-    sched = training.make_scheduler(opt, cfg.student, steps_per_epoch=6)
+    opt = engine.make_optimizer(model, cfg.train)
+    sched = engine.make_scheduler(opt, cfg.train, steps_per_epoch=6)
     g = torch.Generator().manual_seed(0)
     for epoch in range(2):
-        training.train_one_epoch(model, data.x_train, data.y_train, optimizer=opt, scheduler=sched, batch_size=16,
+        engine.train_one_epoch(model, data.x_train, data.y_train, optimizer=opt, scheduler=sched, batch_size=16,
                                  device=torch.device("cpu"), generator=g, epoch=epoch + 1, step=6 * epoch, task=Spy())
     reference = mn.MovingPercentile(cfg.mentor.percentile, cfg.mentor.ema_decay)
     assert len(seen) == 12
@@ -229,8 +237,8 @@ def refit_steps(cfg: Config, *, total: int = 100, per_epoch: int = 10) -> list[i
     done: list[int] = []
     task.refit = lambda model, *, step, lr: done.append(step) or task.refits.append({"step": step})
     model = nn.Linear(2, 2)
-    opt = training.make_optimizer(model, cfg.student)
-    sched = training.make_scheduler(opt, cfg.student, steps_per_epoch=per_epoch)
+    opt = engine.make_optimizer(model, cfg.train)
+    sched = engine.make_scheduler(opt, cfg.train, steps_per_epoch=per_epoch)
     for step in range(total):
         lr = opt.param_groups[0]["lr"]
         opt.step()
@@ -247,7 +255,7 @@ def test_refit_cadence() -> None:
     assert refit_steps(multistep) == [50, 75]  # the milestone at 0.1 falls in burn-in
     cosine = config({"epochs": 10, "mentor_update": "lr_change", "schedule": "cosine", "burn_in": 0.0})
     expected, ref = [], 1.0
-    factors = [training.lr_factor(s, schedule="cosine", total_steps=100, warmup_steps=0, milestones=[], gamma=0.1,
+    factors = [engine.lr_factor(s, schedule="cosine", total_steps=100, warmup_steps=0, milestones=[], gamma=0.1,
                                   pct_start=0.25) for s in range(100)]
     for s in range(1, 100):
         if factors[s] < 0.5 * ref and (not expected or s - expected[-1] >= 10):  # halved, and an epoch apart
@@ -288,7 +296,7 @@ def test_pd_mentor_down_weights_corrupted_labels() -> None:
 
     result = run_fit(cfg, data, mentor)
     w = result.weights
-    assert list(w["epochs"]) == training.weight_epochs(cfg.student.weights_at, 6) == [1, 3, 6]
+    assert list(w["epochs"]) == engine.weight_epochs(cfg.student.weights_at, 6) == [1, 3, 6]
     last = w["weight"][-1]  # (N,) the mentor's v in the last epoch
     assert np.isfinite(last).all()
     corrupted, clean = last[mask.numpy()].mean(), last[~mask.numpy()].mean()
@@ -298,7 +306,7 @@ def test_pd_mentor_down_weights_corrupted_labels() -> None:
 
 # ----------------------------------------------------------------------------- honesty
 def test_spade_never_receives_true_train_labels() -> None:
-    for fn in (training.fit, training.SpadeTask.__init__, training.SpadeTask.__call__, training.make_task):
+    for fn in (engine.fit, SpadeTask.__init__, SpadeTask.__call__):
         names = inspect.signature(fn).parameters
         assert not any("true" in name or name in ("labels", "y_true", "mask", "corrupted") for name in names)
 
@@ -340,7 +348,7 @@ def test_spade_never_receives_true_train_labels() -> None:
 
 
 # ----------------------------------------------------------------------------- resume
-def assert_same_result(a: training.FitResult, b: training.FitResult) -> None:
+def assert_same_result(a: engine.FitResult, b: engine.FitResult) -> None:
     assert a.history == b.history
     for key in a.model.state_dict():
         assert torch.equal(a.model.state_dict()[key], b.model.state_dict()[key]), key
@@ -386,7 +394,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tmp_path) -> None:
     data, _, _ = noisy_view(rate=0.3)
     straight = run_fit(cfg, data, new_mentor(cfg), model=SigintAt(new_model(), at=-1))
     ckpt = tmp_path / "ckpt.pt"
-    with live_sigint(), pytest.raises(training.TrainingInterrupted):
+    with live_sigint(), pytest.raises(engine.TrainingInterrupted):
         run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(), at=9))  # epoch 2, batch 3 of 6
     assert torch.load(ckpt, weights_only=True)["partial"]["batch"] == 3
     resumed = run_fit(cfg, data, new_mentor(cfg), ckpt, model=SigintAt(new_model(seed=3), at=-1))
@@ -405,17 +413,16 @@ def test_checkpoint_of_another_mentor_is_refused(tmp_path) -> None:
     with pytest.raises(RuntimeError):
         run_fit(cfg, data, new_mentor(cfg, seed=0), ckpt, on_epoch=stop)
     lines: list[str] = []
-    result = training.fit(new_model(), data, cfg=cfg.student, seed=0, checkpoint_path=ckpt, progress=False,
-                          log=lines.append, mentor=new_mentor(cfg, seed=1), mentor_cfg=cfg.mentor)
+    result = run_fit(cfg, data, new_mentor(cfg, seed=1), ckpt, log=lines.append)
     assert result.resumed_epochs == 0
     assert any("mentor.weights" in line for line in lines if "not resumed" in line)
 
 
 # ----------------------------------------------------------------------------- weight log
 def test_weight_epochs() -> None:
-    assert training.weight_epochs([0.1, 0.5, 1.0], 15) == [2, 8, 15]
-    assert training.weight_epochs([0.01, 0.02], 10) == [1]  # at least epoch 1, no duplicates
-    assert training.weight_epochs([1.0, 0.5], 4) == [2, 4]
+    assert engine.weight_epochs([0.1, 0.5, 1.0], 15) == [2, 8, 15]
+    assert engine.weight_epochs([0.01, 0.02], 10) == [1]  # at least epoch 1, no duplicates
+    assert engine.weight_epochs([1.0, 0.5], 4) == [2, 4]
 
 
 def test_ce_records_losses_with_unit_weights() -> None:
@@ -439,8 +446,8 @@ def test_spade_needs_a_mentor() -> None:
 def test_weights_file_round_trip(tmp_path) -> None:
     arrays = {"epochs": np.array([1, 3]), "loss": np.ones((2, 4), np.float32),
               "loss_diff": np.full((2, 4), np.nan, np.float32), "weight": np.zeros((2, 4), np.float32)}
-    training.save_weights(tmp_path / "w.npz", arrays, method="spade")
-    back = training.load_weights(tmp_path / "w.npz")
+    engine.save_weights(tmp_path / "w.npz", arrays, method="spade")
+    back = engine.load_weights(tmp_path / "w.npz")
     assert back["method"] == "spade"
     for key, value in arrays.items():
         np.testing.assert_array_equal(back[key], value)
@@ -480,14 +487,14 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
     from stages.common import PATHS
 
     view, y_true, mask = stage_workspace(tmp_path, monkeypatch)
-    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {
+    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), split_student({
         "base": {"device": "cpu", "threads": 1, "experiment": "test-spade"},
         "data": {"dataset": "digits"},
         "mentor": {"kind": "dd"},
         "student": {"method": "spade", "epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05,
                     "precision": "fp32", "channels_last": "off", "mentor_update": "every_k", "mentor_update_every": 1,
                     "mentor_update_steps": 5},
-        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}}))
+        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}})))
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # spade needs the pretrain_mentor stage's output
     mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})
@@ -495,7 +502,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
     metrics = train_student.run(cfg)
 
     assert metrics["mentor_updates"] == 2 and 0 <= metrics["final_mean_weight"] <= 1
-    weights = training.load_weights(PATHS.student_weights)
+    weights = engine.load_weights(PATHS.student_weights)
     assert weights["method"] == "spade" and list(weights["epochs"]) == [1, 2, 3]  # weights_at 0.1, 0.5, 1.0 of 3
     assert weights["weight"].shape == weights["loss"].shape == weights["loss_diff"].shape == (3, 60)
     assert np.isfinite(weights["weight"]).all() and ((weights["weight"] >= 0) & (weights["weight"] <= 1)).all()

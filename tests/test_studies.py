@@ -90,8 +90,8 @@ def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None
         alpha, n = float(p["noise.alpha"]), int(p["noise.n_clean"])
         value = 0.9 - alpha * 0.3 / n  # more clean examples: a smaller drop
         value += 0.02 * (p["noise.massive_source"] == "other")  # other source hurts less: holds
-        value -= 0.01 * (int(p["student.batch_size"]) == 512)  # larger batches do NOT help
-        return value - 0.05 * (float(p["student.lr"]) == 0.02)  # smaller lr does NOT help
+        value -= 0.01 * (int(p["train.batch_size"]) == 512)  # larger batches do NOT help
+        return value - 0.05 * (float(p["train.lr"]) == 0.02)  # smaller lr does NOT help
 
     runs = fake_runs("massive_noise", "small", acc)
     spec = load_study(REPO / "studies" / "massive_noise.yaml")

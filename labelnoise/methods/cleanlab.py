@@ -1,10 +1,10 @@
 """Method ``cleanlab``, the peer baseline: confident learning (Northcutt et al. 2021) with the cleanlab
 package, prune and retrain.
 
-  1. The noisy train set is cut into ``student.cleanlab_folds`` stratified folds (by noisy label, seeded).
+  1. The noisy train set is cut into ``student.cleanlab.folds`` stratified folds (by noisy label, seeded).
      For each fold a fresh student (same model, epochs, schedule and budget as ``ce``) trains on the other
      folds; its softmax on the held-out fold gives out-of-sample predicted probabilities (n, K).
-  2. ``cleanlab.filter.find_label_issues(noisy labels, pred_probs, filter_by=student.cleanlab_filter_by)``
+  2. ``cleanlab.filter.find_label_issues(noisy labels, pred_probs, filter_by=student.cleanlab.filter_by)``
      flags the label issues; ``cleanlab.rank.get_label_quality_scores`` scores every label (low = likely
      wrong; the detection score compared with the mentor's weights).
   3. A fresh student trains with cross-entropy on the examples not flagged.
@@ -22,16 +22,19 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from labelnoise.engine import Task, data_fingerprint, fit, log_to_stderr, predict_logits
 from labelnoise.io import read_npz, save_npz
+from labelnoise.methods.base import Method, MethodContext, MethodResult, register
+from labelnoise.models import seeded
+from labelnoise.runtime import STREAMS, derived_seed
+from labelnoise.schema import rng
 from labelnoise.views import TrainView
-
-_FOLD_STREAM = 41  # derived_seed stream of the fold assignment
 
 
 @dataclass
@@ -53,7 +56,7 @@ def subset_view(data: TrainView, idx: np.ndarray) -> TrainView:
 def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> np.ndarray:
     """(n,) fold id in 0..k-1: each label's examples shuffled (seeded) and dealt round-robin."""
     if k < 2:
-        raise ValueError(f"student.cleanlab_folds: must be >= 2, got {k}")
+        raise ValueError(f"student.cleanlab.folds: must be >= 2, got {k}")
     rng = np.random.default_rng(seed)
     fold = np.empty(labels.shape[0], dtype=np.int64)
     offset = 0
@@ -73,58 +76,82 @@ def prune_and_retrain(
     data: TrainView,
     *,
     cfg: Any,
+    recipe: Any,
     seed: int,
     device: torch.device,
     checkpoint_path: Path,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = log_to_stderr,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> ConfidentResult:
-    """Steps 1–3 above. ``new_model()`` builds a fresh student; ``cfg`` is the StudentConfig (method
-    cleanlab); every fit writes its own resume checkpoint beside ``checkpoint_path`` (the final one at it);
-    ``on_epoch`` sees the final student's epochs only."""
+    """Steps 1–3 above. ``new_model()`` builds a fresh student; ``cfg`` is the method's params (``folds``,
+    ``filter_by``), ``recipe`` the training recipe of every fit; every fit writes its own resume checkpoint
+    beside ``checkpoint_path`` (the final one at it); ``on_epoch`` sees the final student's epochs only."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from labelnoise.training import _stderr, checkpoint_config, derived_seed, fit, predict_logits
-
-    log = log or _stderr
-
-    ce = dataclasses.replace(cfg, method="ce")
+    task = Task(label_smoothing=recipe.label_smoothing)
+    fold_stream = STREAMS["cleanlab_folds"]
 
     def seeded_model(stream: int) -> nn.Module:  # initial weights independent of what ran before (restored folds)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(seed, stream))
-            return new_model()
+        return seeded(new_model, derived_seed(seed, stream))
 
     labels = data.y_train.numpy()
-    n, k = labels.shape[0], data.num_classes
-    fold = stratified_folds(labels, cfg.cleanlab_folds, seed=derived_seed(seed, _FOLD_STREAM))
+    n, k = labels.shape[0], len(data.classes)
+    fold = stratified_folds(labels, cfg.folds, seed=derived_seed(seed, fold_stream))
     pred_probs = np.zeros((n, k), dtype=np.float32)
-    for f in range(cfg.cleanlab_folds):
+    for f in range(cfg.folds):
         held, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
         part = subset_view(data, rest)
-        key = _config_hash({**checkpoint_config(ce, seed=seed + f, data=part), "held": held.tolist()})
+        config = {"recipe": dataclasses.asdict(recipe), "seed": seed + f}
+        key = _config_hash({**config, "data": data_fingerprint(part), "held": held.tolist()})
         done = checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}.npz")
         saved = read_npz(done, remedy="delete it") if done.is_file() else {}
         if str(saved.get("key", "")) == key:
             pred_probs[held] = saved["probs"]
-            log(f"cleanlab fold {f + 1}/{cfg.cleanlab_folds}: predictions restored from {done}")
+            log(f"cleanlab fold {f + 1}/{cfg.folds}: predictions restored from {done}")
             continue
-        log(f"cleanlab fold {f + 1}/{cfg.cleanlab_folds}: training on {rest.size} examples, predicting {held.size}")
-        model = seeded_model(_FOLD_STREAM + 1 + f)
-        fit(model, part, cfg=ce, seed=seed + f, device=device, log=log,
-            checkpoint_path=checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}{checkpoint_path.suffix}"))
-        logits = predict_logits(model, data.x_train[torch.from_numpy(held)], batch_size=cfg.eval_batch_size,
+        log(f"cleanlab fold {f + 1}/{cfg.folds}: training on {rest.size} examples, predicting {held.size}")
+        model = seeded_model(fold_stream + 1 + f)
+        fit(model, part, task, recipe=recipe, seed=seed + f, device=device, config=config, log=log,
+            checkpoint_path=checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}{checkpoint_path.suffix}"),
+            remedy="lower student.lr or check the data")
+        logits = predict_logits(model, data.x_train[torch.from_numpy(held)], batch_size=recipe.eval_batch_size,
                                 device=device)
         pred_probs[held] = torch.softmax(logits, dim=1).numpy()
         save_npz(done, probs=pred_probs[held], key=np.array(key))
-    issues = find_label_issues(labels, pred_probs, filter_by=cfg.cleanlab_filter_by)
+    issues = find_label_issues(labels, pred_probs, filter_by=cfg.filter_by)
     quality = get_label_quality_scores(labels, pred_probs)
     kept = np.flatnonzero(~issues)
     if kept.size == 0:
         raise ValueError("cleanlab flagged every train label; nothing is left to train on")
     log(f"cleanlab: {int(issues.sum())} of {n} labels flagged ({issues.mean():.1%}); retraining on {kept.size}")
-    final = fit(seeded_model(_FOLD_STREAM), subset_view(data, kept), cfg=ce, seed=seed, device=device, log=log,
-                checkpoint_path=checkpoint_path, on_epoch=on_epoch)
+    final = fit(seeded_model(fold_stream), subset_view(data, kept), task, recipe=recipe, seed=seed, device=device,
+                config={"recipe": dataclasses.asdict(recipe), "seed": seed}, checkpoint_path=checkpoint_path,
+                on_epoch=on_epoch, log=log, remedy="lower student.lr or check the data")
     return ConfidentResult(fit=final, issues=np.asarray(issues, dtype=bool), quality=np.asarray(quality),
                            pred_probs=pred_probs)
+
+
+@dataclass(frozen=True)
+class CleanlabParams:
+    folds: int = rng(2, 100)  # cross-validation folds for the out-of-sample probabilities (each fold: the ce budget)
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+                       "predicted_neq_given"]  # find_label_issues' rule (cleanlab's default first)
+
+
+def _train(ctx: MethodContext) -> MethodResult:
+    """cleanlab as the student: its label-quality score stands in for the weight (low = likely wrong)."""
+    cl = prune_and_retrain(ctx.new_model, ctx.data, cfg=ctx.params, recipe=ctx.recipe, seed=ctx.seed, device=ctx.device,
+                           checkpoint_path=Path(ctx.checkpoint_path), log=ctx.log, on_epoch=ctx.on_epoch)
+    n = cl.quality.shape[0]
+    weights = {"epochs": np.array([ctx.recipe.epochs], dtype=np.int64), "loss": np.full((1, n), np.nan),
+               "loss_diff": np.full((1, n), np.nan), "weight": cl.quality[None].astype(np.float64)}
+    metrics = {"cleanlab_flagged": float(cl.issues.sum()), "cleanlab_flagged_rate": float(cl.issues.mean())}
+    return MethodResult(fit=cl.fit, weights=weights, metrics=metrics)
+
+
+METHOD = register(Method(
+    name="cleanlab", order=10, display="Cleanlab", scores_labels=True, params=CleanlabParams,
+    summary="confident learning: cross-validated probabilities, prune the flagged labels, retrain",
+    train=_train,
+))

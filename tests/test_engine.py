@@ -1,7 +1,8 @@
-"""Student training loop: schedules, augmentation, learning, exact resume, refusals, NaN stop, no true labels."""
+"""The engine: schedules, augmentation, learning, exact resume, refusals, NaN stop, no true labels, precision."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import signal
@@ -12,22 +13,23 @@ import pytest
 import torch
 from torch import nn
 
-from labelnoise import training
+from labelnoise import engine, runtime
 from labelnoise.config import from_dict, merge, read_yaml
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
-from tests.helpers import SigintAt, live_sigint, nan_from
+from tests.helpers import SigintAt, live_sigint, nan_from, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def student_cfg(**overrides: Any):
-    base = {"method": "ce", "epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
+def recipe_cfg(**overrides: Any):
+    """The training recipe (params `train`) of params.yaml with a short run's values and ``overrides``."""
+    base = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
             "precision": "fp32", "channels_last": "off"}
-    raw = merge(read_yaml(REPO / "params.yaml"), {"student": {**base, **overrides}})
-    return from_dict(raw).student
+    raw = merge(read_yaml(REPO / "params.yaml"), {"train": {**base, **overrides}})
+    return from_dict(raw).train
 
 
 def separable_view(n_train: int = 96, n_clean: int = 30, n_test: int = 30, k: int = 3, seed: int = 0) -> TrainView:
@@ -54,9 +56,16 @@ def new_model(seed: int = 0, k: int = 3) -> nn.Module:
     return create_model("cnn", num_classes=k, in_channels=1, image_size=8, mean=[0.3], std=[0.3])
 
 
-def run_fit(cfg, data, path=None, model=None, **kw) -> training.FitResult:
-    return training.fit(model or new_model(), data, cfg=cfg, seed=0, device="cpu", checkpoint_path=path,
-                        progress=False, log=lambda line: None, **kw)
+def fit(model: nn.Module, data: Any, cfg: Any, **kw: Any) -> engine.FitResult:
+    """engine.fit with plain cross-entropy, the recipe ``cfg`` also as what a checkpoint must match."""
+    kw = {"seed": 0, "progress": False, "log": lambda line: None, **kw}
+    return engine.fit(model, data, engine.Task(label_smoothing=cfg.label_smoothing), recipe=cfg,
+                      config={"train": dataclasses.asdict(cfg), "seed": kw["seed"]},
+                      record_epochs=engine.weight_epochs([0.5, 1.0], cfg.epochs), **kw)
+
+
+def run_fit(cfg, data, path=None, model=None, **kw) -> engine.FitResult:
+    return fit(model or new_model(), data, cfg, device="cpu", checkpoint_path=path, **kw)
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -68,7 +77,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 # ----------------------------------------------------------------------------- schedules
 def factors(schedule: str, total: int = 100, **kw: Any) -> list[float]:
     args = {"warmup_steps": 0, "milestones": [0.5, 0.75], "gamma": 0.1, "pct_start": 0.25, **kw}
-    return [training.lr_factor(s, schedule=schedule, total_steps=total, **args) for s in range(total)]
+    return [engine.lr_factor(s, schedule=schedule, total_steps=total, **args) for s in range(total)]
 
 
 def test_constant_schedule() -> None:
@@ -104,10 +113,10 @@ def test_onecycle_peaks_at_pct_start() -> None:
 
 
 def test_scheduler_steps_per_iteration() -> None:
-    cfg = student_cfg(epochs=4, schedule="multistep", milestones=[0.5], gamma=0.5, warmup_epochs=1, lr=0.2)
+    cfg = recipe_cfg(epochs=4, schedule="multistep", milestones=[0.5], gamma=0.5, warmup_epochs=1, lr=0.2)
     model = nn.Linear(2, 2)
-    opt = training.make_optimizer(model, cfg)
-    sched = training.make_scheduler(opt, cfg, steps_per_epoch=5)
+    opt = engine.make_optimizer(model, cfg)
+    sched = engine.make_scheduler(opt, cfg, steps_per_epoch=5)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
@@ -118,8 +127,8 @@ def test_scheduler_steps_per_iteration() -> None:
 
 
 def test_optimizer_settings_come_from_config() -> None:
-    cfg = student_cfg(lr=0.03, momentum=0.8, nesterov=True, weight_decay=1e-3)
-    group = training.make_optimizer(nn.Linear(2, 2), cfg).param_groups[0]
+    cfg = recipe_cfg(lr=0.03, momentum=0.8, nesterov=True, weight_decay=1e-3)
+    group = engine.make_optimizer(nn.Linear(2, 2), cfg).param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.03, 0.8, True, 1e-3)
 
 
@@ -127,8 +136,8 @@ def test_optimizer_settings_come_from_config() -> None:
 def test_crop_flip_is_a_seeded_per_image_crop() -> None:
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.int64).remainder(250).add(1).to(torch.uint8).view(2, 3, 6, 6)
     x = x.repeat(16, 1, 1, 1)  # 32 identical pairs: different crops must show up
-    out = training.crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
-    again = training.crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
+    out = engine.crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
+    again = engine.crop_flip(x, padding=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8 and torch.equal(out, again)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     distinct = set()
@@ -140,17 +149,17 @@ def test_crop_flip_is_a_seeded_per_image_crop() -> None:
         if i % 2 == 0:
             distinct.add(match[0])
     assert len(distinct) > 1  # per image, not one crop for the whole batch
-    flip_only = training.crop_flip(x, padding=0, generator=torch.Generator().manual_seed(1))
+    flip_only = engine.crop_flip(x, padding=0, generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(o, xi) or torch.equal(o, xi.flip(-1)) for o, xi in zip(flip_only, x, strict=True))
 
 
 def test_resolved_settings() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert training.resolve_augment("auto", "cifar10") == "crop_flip"
-    assert training.resolve_augment("auto", "fashion_mnist") == "none"
-    assert training.resolve_augment("crop_flip", "digits") == "crop_flip"
-    assert training.resolve_precision("fp32", cpu) is None and training.resolve_precision("bf16", cpu) is torch.bfloat16
-    assert training.resolve_channels_last("off", cuda) is False and training.resolve_channels_last("auto", cuda)
+    assert engine.resolve_augment("auto", "cifar10") == "crop_flip"
+    assert engine.resolve_augment("auto", "fashion_mnist") == "none"
+    assert engine.resolve_augment("crop_flip", "digits") == "crop_flip"
+    assert runtime.resolve_precision("fp32", cpu) is None and runtime.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert runtime.resolve_channels_last("off", cuda) is False and runtime.resolve_channels_last("auto", cuda)
 
 
 def test_precision_auto_follows_the_cpu_unless_the_switch_says(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,33 +168,33 @@ def test_precision_auto_follows_the_cpu_unless_the_switch_says(monkeypatch: pyte
     cpu = torch.device("cpu")
     monkeypatch.delenv("LABELNOISE_CPU_BF16", raising=False)
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert training.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
+    assert runtime.resolve_precision("auto", cpu) is (torch.bfloat16 if native else None)
     monkeypatch.setenv("LABELNOISE_CPU_BF16", "0")
-    assert training.resolve_precision("auto", cpu) is None
-    assert training.resolve_precision("bf16", cpu) is torch.bfloat16  # an explicit choice stays
+    assert runtime.resolve_precision("auto", cpu) is None
+    assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16  # an explicit choice stays
     monkeypatch.setenv("LABELNOISE_CPU_BF16", "1")
-    assert training.resolve_precision("auto", cpu) is torch.bfloat16
+    assert runtime.resolve_precision("auto", cpu) is torch.bfloat16
     monkeypatch.setenv("LABELNOISE_CPU_BF16", "yes")
     with pytest.raises(ValueError, match="LABELNOISE_CPU_BF16 must be 0 or 1"):
-        training.resolve_precision("auto", cpu)
+        runtime.resolve_precision("auto", cpu)
 
 
 # ----------------------------------------------------------------------------- evaluation
 def test_predict_logits_and_evaluate() -> None:
     data = separable_view()
     model = new_model()
-    logits = training.predict_logits(model, data.x_test, batch_size=7, device="cpu")
+    logits = engine.predict_logits(model, data.x_test, batch_size=7, device="cpu")
     assert logits.shape == (30, 3) and logits.dtype == torch.float32
     assert model.training  # mode restored
-    stats = training.validate(model, data.x_test, data.y_test, batch_size=7, device="cpu")
+    stats = engine.evaluate_accuracy(model, data.x_test, data.y_test, batch_size=7, device="cpu")
     assert stats["acc"] == pytest.approx((logits.argmax(1) == data.y_test).float().mean().item())
-    empty = training.evaluate_accuracy(model, data.x_val, data.y_val, batch_size=7, device="cpu")
+    empty = engine.evaluate_accuracy(model, data.x_val, data.y_val, batch_size=7, device="cpu")
     assert empty["n"] == 0 and math.isnan(empty["acc"])
 
 
 # ----------------------------------------------------------------------------- fit
 def test_tiny_fit_learns() -> None:
-    cfg = student_cfg(epochs=6, lr=0.05, schedule="onecycle")
+    cfg = recipe_cfg(epochs=6, lr=0.05, schedule="onecycle")
     result = run_fit(cfg, separable_view())
     assert [r["epoch"] for r in result.history] == list(range(1, 7))
     assert set(result.history[0]) == {"epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr"}
@@ -198,13 +207,13 @@ def test_tiny_fit_learns() -> None:
 
 
 def test_fit_with_bf16_channels_last_and_augmentation_runs() -> None:
-    cfg = student_cfg(epochs=1, precision="bf16", channels_last="on", augment="crop_flip", label_smoothing=0.1)
-    result = training.fit(new_model(), separable_view(), cfg=cfg, seed=0, progress=True, log=lambda line: None)
+    cfg = recipe_cfg(epochs=1, precision="bf16", channels_last="on", augment="crop_flip", label_smoothing=0.1)
+    result = fit(new_model(), separable_view(), cfg, progress=True, log=lambda line: None)
     assert math.isfinite(result.history[0]["train_loss"])
 
 
 def test_resume_after_crash_equals_uninterrupted(tmp_path) -> None:
-    cfg, data = student_cfg(epochs=3, augment="crop_flip"), separable_view()
+    cfg, data = recipe_cfg(epochs=3, augment="crop_flip"), separable_view()
     straight = run_fit(cfg, data)
 
     class Crash(Exception):
@@ -229,12 +238,12 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path) -> None:
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path) -> None:
-    cfg, data = student_cfg(epochs=2, augment="crop_flip"), separable_view()
+    cfg, data = recipe_cfg(epochs=2, augment="crop_flip"), separable_view()
     straight = run_fit(cfg, data, model=SigintAt(new_model(), at=-1))
     ckpt = tmp_path / "ckpt.pt"
     with live_sigint():
         before = signal.getsignal(signal.SIGINT)
-        with pytest.raises(training.TrainingInterrupted, match="resume"):
+        with pytest.raises(engine.TrainingInterrupted, match="resume"):
             run_fit(cfg, data, ckpt, model=SigintAt(new_model(), at=9))  # epoch 2, batch 3 of 6
         assert signal.getsignal(signal.SIGINT) is before  # the handler found is restored
     saved = torch.load(ckpt, weights_only=True)
@@ -248,7 +257,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path) -> None:
 def test_an_ignored_sigint_stays_ignored() -> None:
     """A run started in the background (SIGINT ignored, as ``nohup`` or ``cmd &`` in a script leave it) is not
     stopped by a SIGINT and does not make Ctrl-C live: the disposition is the one it found, throughout."""
-    cfg, data = student_cfg(epochs=1), separable_view()
+    cfg, data = recipe_cfg(epochs=1), separable_view()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         seen: list[object] = []
@@ -272,36 +281,33 @@ def test_mismatched_checkpoint_is_refused(tmp_path) -> None:
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        run_fit(student_cfg(epochs=2, lr=0.05), data, ckpt, on_epoch=stop)
+        run_fit(recipe_cfg(epochs=2, lr=0.05), data, ckpt, on_epoch=stop)
     lines: list[str] = []
-    result = training.fit(new_model(), data, cfg=student_cfg(epochs=2, lr=0.02), seed=0, checkpoint_path=ckpt,
-                          progress=False, log=lines.append)
+    result = fit(new_model(), data, recipe_cfg(epochs=2, lr=0.02), checkpoint_path=ckpt, log=lines.append)
     assert result.resumed_epochs == 0 and len(result.history) == 2
     refusal = [line for line in lines if "not resumed" in line]
-    assert refusal and "student.lr: 0.05 in checkpoint, 0.02 now" in refusal[0]
+    assert refusal and "train.lr: 0.05 in checkpoint, 0.02 now" in refusal[0]
     # other data (e.g. another noise draw) is refused too, even with equal params
     other = separable_view(seed=1)
     lines.clear()
     with pytest.raises(RuntimeError):
-        training.fit(new_model(), data, cfg=student_cfg(epochs=2), seed=0, checkpoint_path=ckpt,
-                     progress=False, log=lines.append, on_epoch=stop)
-    training.fit(new_model(), other, cfg=student_cfg(epochs=2), seed=0, checkpoint_path=ckpt, progress=False,
-                 log=lines.append)
+        fit(new_model(), data, recipe_cfg(epochs=2), checkpoint_path=ckpt, log=lines.append, on_epoch=stop)
+    fit(new_model(), other, recipe_cfg(epochs=2), checkpoint_path=ckpt, log=lines.append)
     assert any("data.x_train" in line for line in lines if "not resumed" in line)
 
 
 def test_finished_checkpoint_starts_fresh(tmp_path) -> None:
-    cfg, data, ckpt = student_cfg(epochs=1), separable_view(), tmp_path / "ckpt.pt"
+    cfg, data, ckpt = recipe_cfg(epochs=1), separable_view(), tmp_path / "ckpt.pt"
     first = run_fit(cfg, data, ckpt)
     lines: list[str] = []
-    again = training.fit(new_model(), data, cfg=cfg, seed=0, checkpoint_path=ckpt, progress=False, log=lines.append)
+    again = fit(new_model(), data, cfg, checkpoint_path=ckpt, log=lines.append)
     assert again.resumed_epochs == 0 and any("finished" in line for line in lines)
     assert again.history == first.history
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path) -> None:
-    cfg, ckpt = student_cfg(epochs=3), tmp_path / "ckpt.pt"
-    with pytest.raises(training.NonFiniteLossError, match=r"epoch 2, step 8\b") as info:
+    cfg, ckpt = recipe_cfg(epochs=3), tmp_path / "ckpt.pt"
+    with pytest.raises(engine.NonFiniteLossError, match=r"epoch 2, step 8\b") as info:
         run_fit(cfg, separable_view(), ckpt, model=nan_from(new_model(), 9))  # 6 steps per epoch
     assert (info.value.epoch, info.value.step) == (2, 8)
     assert "last good checkpoint" in str(info.value)
@@ -311,7 +317,7 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path) -> None:
 
 
 def test_fit_never_gets_true_train_labels() -> None:
-    params = inspect.signature(training.fit).parameters
+    params = inspect.signature(engine.fit).parameters
     assert params["data"].annotation == "TrainView"
     assert not any("true" in name or name in ("labels", "y_true") for name in params)
     # fit reads only the TrainView fields: an object with exactly those (and nothing else) is enough
@@ -324,7 +330,7 @@ def test_fit_never_gets_true_train_labels() -> None:
     view, data = separable_view(), Exactly()
     for name in fields:
         setattr(data, name, getattr(view, name))
-    result = run_fit(student_cfg(epochs=1), data)
+    result = run_fit(recipe_cfg(epochs=1), data)
     assert len(result.history) == 1
 
 
@@ -355,11 +361,11 @@ def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
     noisy = labels[:48].copy()
     noisy[:6] = (noisy[:6] + 1) % 3
     save_noisy(PATHS.noisy, NoisyLabels(labels=noisy, mask=noisy != labels[:48]))
-    raw = merge(read_yaml(REPO / "params.yaml"), {
+    raw = merge(read_yaml(REPO / "params.yaml"), split_student({
         "base": {"device": "cpu", "threads": 1, "experiment": "test-student"},
         "data": {"dataset": "digits"},
         "student": {"method": "ce", "epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05,
-                    "precision": "fp32", "channels_last": "off"}})
+                    "precision": "fp32", "channels_last": "off"}}))
     cfg = from_dict(raw)
 
     metrics = train_student.run(cfg)
@@ -372,8 +378,8 @@ def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
     for model, record_path in ((final, PATHS.student_model), (best, PATHS.student_best)):
         record = torch.load(record_path, weights_only=True)
         assert record["model_name"] == "cnn" and record["num_classes"] == 3
-        assert record["config"]["student"]["epochs"] == 3 and record["config"]["seed"] == cfg.base.seed
-        clean = training.evaluate_accuracy(model, view.x_clean, view.y_clean, batch_size=10, device="cpu")["acc"]
+        assert record["config"]["train"]["epochs"] == 3 and record["config"]["seed"] == cfg.base.seed
+        clean = engine.evaluate_accuracy(model, view.x_clean, view.y_clean, batch_size=10, device="cpu")["acc"]
         assert clean == pytest.approx(record["clean_acc"])  # the saved model is the one that was measured
         assert float(rows[record["epoch"] - 1]["clean_acc"]) == pytest.approx(record["clean_acc"])
     assert metrics["best_clean_acc"] == max(float(r["clean_acc"]) for r in rows)
@@ -386,4 +392,4 @@ def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
     assert child.data.tags["method"] == "ce" and child.data.tags["model"] == "cnn"
     assert [m.step for m in client.get_metric_history(child.info.run_id, "clean_acc")] == [1, 2, 3]
     assert child.data.metrics["best_epoch"] == metrics["best_epoch"]
-    assert child.data.params["student.lr"] == "0.05"
+    assert child.data.params["train.lr"] == "0.05"

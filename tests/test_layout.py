@@ -1,0 +1,96 @@
+"""The library's shape: no import circle, layers that only point down, and every module importable on its own."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import import_graph, project_modules
+
+REPO = Path(__file__).resolve().parent.parent
+LIB = REPO / "labelnoise"
+
+# What each layer may not import (module names and package prefixes of labelnoise). Stages and the CLI sit above
+# everything; the library never imports them.
+FORBIDDEN = {
+    # leaves: data, noise and the plumbing know no training
+    "labelnoise.schema": ("labelnoise",),
+    "labelnoise.io": ("labelnoise",),
+    "labelnoise.runtime": ("labelnoise",),
+    "labelnoise.distributed": ("labelnoise",),
+    "labelnoise.noise": ("labelnoise.engine", "labelnoise.methods", "labelnoise.mentornet", "labelnoise.models",
+                         "labelnoise.config", "labelnoise.tracking", "labelnoise.datasets", "labelnoise.views"),
+    "labelnoise.datasets": ("labelnoise.engine", "labelnoise.methods", "labelnoise.mentornet", "labelnoise.models",
+                            "labelnoise.config", "labelnoise.tracking", "labelnoise.noise", "labelnoise.views"),
+    "labelnoise.views": ("labelnoise.engine", "labelnoise.methods", "labelnoise.mentornet", "labelnoise.config",
+                         "labelnoise.tracking"),
+    "labelnoise.models": ("labelnoise.engine", "labelnoise.methods", "labelnoise.mentornet", "labelnoise.config",
+                          "labelnoise.tracking"),
+    # the engine knows no method, no params file, no tracking
+    "labelnoise.engine": ("labelnoise.methods", "labelnoise.mentornet", "labelnoise.config", "labelnoise.tracking",
+                          "labelnoise.models"),
+    "labelnoise.mentornet": ("labelnoise.methods", "labelnoise.config", "labelnoise.tracking"),
+    "labelnoise.methods": ("labelnoise.config", "labelnoise.tracking"),
+}
+
+
+def _graph() -> dict[str, set[str]]:
+    return import_graph("labelnoise")
+
+
+def test_no_import_circle() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_layers_point_down() -> None:
+    wrong = []
+    for name, targets in _graph().items():
+        for layer, forbidden in FORBIDDEN.items():
+            if name == layer or name.startswith(layer + "."):
+                wrong += [f"{name} imports {t}" for t in targets
+                          if any(t == f or t.startswith(f + ".") for f in forbidden) and not t.startswith(layer)]
+    assert wrong == []
+
+
+def test_no_library_module_imports_stages_or_the_cli() -> None:
+    for path in LIB.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        assert not any(n == "cli" or n.startswith(("stages", "cli.")) for n in names), path
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module imported first, with none of the project loaded (an import that only works after another module
+    was loaded would fail here)."""
+    names = sorted(project_modules("labelnoise"))
+    # a fresh interpreter per module would take a minute; instead the project's modules are dropped from the
+    # interpreter before each import (torch and the other third-party imports stay loaded)
+    script = ("import importlib, sys\n"
+              "import numpy, torch  # noqa: F401  project-independent, loaded once\n"
+              "for name in sys.argv[1:]:\n"
+              "    for m in [m for m in sys.modules if m == 'labelnoise' or m.startswith('labelnoise.')]:\n"
+              "        del sys.modules[m]\n"
+              "    importlib.import_module(name)\n")
+    out = subprocess.run([sys.executable, "-c", script, *names], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]

@@ -1,0 +1,86 @@
+"""The method registry: every method's facts, the table names, refusals, and a throw-away method that trains through
+the engine from its registry entry alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelnoise import engine
+from labelnoise.methods import (
+    Method,
+    MethodContext,
+    display_name,
+    get_method,
+    method_names,
+    register,
+    table_names,
+    unregister,
+)
+from tests.test_spade import config, new_mentor, new_model, noisy_view
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_shipped_methods_and_their_facts() -> None:
+    assert method_names() == ["ce", "cleanlab", "spade", "mentormix"]  # table order: baselines first
+    facts = {m: (get_method(m).uses_mentor, get_method(m).scores_labels) for m in method_names()}
+    assert facts == {"ce": (False, False), "cleanlab": (False, True), "spade": (True, True),
+                     "mentormix": (True, True)}
+    assert table_names() == ["CE", "Cleanlab", "SPADE-PD", "SPADE-DD", "MentorMix-PD", "MentorMix-DD"]
+    assert display_name("spade", "dd") == "SPADE-DD" and display_name("ce", "dd") == "CE"
+    assert display_name("retired", "dd") == "retired"  # a run of a method no longer registered keeps its name
+
+
+def test_unknown_method_and_bad_registrations_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown method 'coteaching' \(known: ce, cleanlab, spade, mentormix\)"):
+        get_method("coteaching")
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Method(name="ce", display="CE again", summary="", task=lambda ctx: engine.Task()))
+    with pytest.raises(ValueError, match="exactly one of task and train"):
+        register(Method(name="neither", display="N", summary=""))
+
+
+def _context(method: str, **student: object) -> MethodContext:
+    cfg = config({"method": method, "epochs": 2, **student})
+    data, _, _ = noisy_view(rate=0.3)
+    return MethodContext(name=method, params=getattr(cfg.student, method, None), recipe=cfg.train, data=data,
+                         model=new_model(), new_model=new_model, seed=0, device=torch.device("cpu"),
+                         mentor=new_mentor(cfg), mentor_cfg=cfg.mentor, log=lambda line: None)
+
+
+@pytest.mark.parametrize("name", ["ce", "spade", "mentormix"])
+def test_each_task_method_builds_an_engine_task(name: str) -> None:
+    task = get_method(name).task(_context(name))
+    assert isinstance(task, engine.Task) and task.weighted == get_method(name).uses_mentor
+
+
+def test_a_mentor_method_without_a_mentor_says_what_to_run() -> None:
+    ctx = _context("spade")
+    ctx.mentor = None
+    with pytest.raises(ValueError, match="needs a mentor .run stage pretrain_mentor first"):
+        get_method("spade").run(ctx)
+
+
+class GeneralizedCE(engine.Task):
+    """A throw-away method (generalized cross-entropy, Zhang & Sabuncu 2018): (1 - p_y^q) / q."""
+
+    def __call__(self, model, xb, yb, *, step, idx=None):
+        logits = model(xb).float()
+        p = F.softmax(logits, dim=1).gather(1, yb[:, None]).squeeze(1).clamp_min(1e-7)
+        per_example = (1 - p**0.7) / 0.7
+        return {"loss": per_example.mean(), "logits": logits, "per_example": per_example.detach()}
+
+
+def test_a_registered_method_trains_through_the_engine_from_its_entry_alone() -> None:
+    register(Method(name="gce_test", display="GCE", summary="generalized cross-entropy",
+                    task=lambda ctx: GeneralizedCE()))
+    try:
+        ctx = _context("ce")
+        result = get_method("gce_test").run(ctx)
+        assert len(result.fit.history) == 2 and result.fit.history[-1]["clean_acc"] > 1 / 3
+        assert "gce_test" in method_names() and "GCE" in table_names()
+    finally:
+        unregister("gce_test")
+    assert "gce_test" not in method_names()
