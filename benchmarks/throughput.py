@@ -120,7 +120,9 @@ def bench_task(b: Bench, method: str, *, steps_per_epoch: int, epochs: int, ment
     from labelnoise.methods import MethodContext, get_method
     from labelnoise.views import TrainView
 
-    block = dataclasses.replace(getattr(b.cfg.student, method), burn_in=0.0, mentor_update="none")
+    block = getattr(b.cfg.student, method, None)  # the method's params block (none for ce)
+    if block is not None and hasattr(block, "burn_in"):
+        block = dataclasses.replace(block, burn_in=0.0, mentor_update="none")
     recipe = dataclasses.replace(b.cfg.train, batch_size=-(-b.x.shape[0] // steps_per_epoch), epochs=epochs)
     view = TrainView(x_train=b.x, y_train=b.y, x_clean=b.x[:0], y_clean=b.y[:0], x_val=b.x[:0], y_val=b.y[:0],
                      x_test=b.x[:0], y_test=b.y[:0], classes=[str(c) for c in range(10)], dataset="fashion_mnist")
