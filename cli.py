@@ -158,6 +158,35 @@ def compare(
         typer.echo("(all params equal across these runs)")
 
 
+@app.command("label-issues")
+def label_issues(
+    n: Annotated[int, typer.Option("--top", "-n", min=1, help="How many of the most suspicious labels to show.")] = 20,
+    flagged: Annotated[bool, typer.Option("--flagged", help="Only the flagged labels (suggested != given).")] = False,
+) -> None:
+    """Show the most suspicious train labels from the evaluate stage's table (reports/label_issues.csv): the
+    given label, the suggested one and its probability, the method's score, flagged or not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from labelnoise.label_issues import COLUMNS, read_csv
+    from stages.common import PATHS
+
+    try:
+        rows = read_csv(PATHS.label_issues)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    shown = [r for r in rows if r["flagged"] == "yes" or not flagged][:n]
+    n_flagged = sum(r["flagged"] == "yes" for r in rows)
+    table = Table(title=f"{len(shown)} most suspicious of {len(rows)} train labels ({n_flagged} flagged; "
+                        f"suggested by {rows[0]['suggested_by'] if rows else '-'}): {PATHS.label_issues}")
+    columns = [c for c in COLUMNS if c != "suggested_by"]
+    for col in columns:
+        table.add_column(col)
+    for r in shown:
+        table.add_row(*(r[c] for c in columns))
+    Console(width=120).print(table)
+
+
 STUDY_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
@@ -193,9 +222,17 @@ def _queue(study: str, points: list[list[str]], jobs: int, params: Path) -> None
             _fail(f"dvc could not queue {name} ({i - 1} of {len(points)} queued): {reason[-1] if reason else ''}", 1)
         typer.echo(f"queued {name}: {' '.join(overrides)}")
     if jobs:
-        started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, capture_output=True, text=True)
+        import tempfile
+
+        # The workers dvc starts keep the output streams they inherit: a pipe would hold this command until the
+        # last of them exits (and forever if one lingers), so their launcher writes to a file instead.
+        with tempfile.TemporaryFile("w+") as out:
+            started = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=ROOT, stdout=out,
+                                     stderr=subprocess.STDOUT, text=True)
+            out.seek(0)
+            said = out.read().strip().splitlines()
         if started.returncode != 0:
-            _fail(f"dvc queue start failed: {started.stderr.strip().splitlines()[-1:]}", 1)
+            _fail(f"dvc queue start failed: {said[-1] if said else f'exit {started.returncode}'}", 1)
         typer.echo(f"started {jobs} worker(s): `dvc queue status` shows progress")
     else:
         typer.echo("run them with `dvc queue start -j 1`")

@@ -369,3 +369,23 @@ def plot_study(
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, captions: Sequence[str], path: str | Path, *, title: str,
+                    columns: int = 8) -> Path:
+    """uint8 images (M, C, H, W) (grey or RGB) in a grid, each with its caption (e.g. "given → suggested")."""
+    m = len(images)
+    rows = max(1, -(-m // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= m:
+            continue
+        img = np.asarray(images[i])
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(np.transpose(img[:3], (1, 2, 0)), interpolation="nearest")
+        ax.set_title(captions[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

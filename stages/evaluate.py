@@ -1,5 +1,5 @@
 """Stage `evaluate`: test accuracy of the student and of the label-corrected model, noise summary, noise
-detection, figures, the per-method table → reports/.
+detection, the label-issues table, figures, the per-method table → reports/.
 
 Reports three test numbers, never choosing anything on test data: the student's final model
 (`test_acc`), the student checkpoint the training stage selected by clean-subset accuracy
@@ -7,16 +7,20 @@ Reports three test numbers, never choosing anything on test data: the student's 
 (PATHS.final_model, `corrected_test_acc`, predicted here exactly like the student; its label recovery
 `label_acc_before` / `recovered_label_acc` is copied from PATHS.correction_report). The corruption mask
 and the true train labels are read here only (the evaluation path), for the noise summary and for how
-well the student's per-example weights single out the corrupted labels (spade, mentormix: the last recorded
-epoch's mentor weights v in PATHS.student_weights; cleanlab: its label-quality scores; AUROC, and precision / recall
-of v < `evaluate.detection_threshold`; null for ce, whose weights are all 1), plus for the mentor methods a figure of
-weight against loss (plots/weights.png).
+well the student's per-example scores single out the corrupted labels (a method that scores labels: the last
+recorded epoch's scores in PATHS.student_weights, e.g. the mentor's weights v or cleanlab's label quality; AUROC,
+and precision / recall of score < `evaluate.detection_threshold`; null for a method that scores none), plus for
+a scoring method with losses a figure of score against loss (plots/weights.png).
 
-PATHS.methods_table (markdown): CE, Cleanlab, SPADE-PD, SPADE-DD, MentorMix-PD and MentorMix-DD, each with and without
-label correction, on this
-run's setting (data.*, noise.*, train.model, train.epochs). This run's method comes from the numbers
-computed here; the other methods from the newest FINISHED pipeline run in the MLflow store with the same
-setting (:func:`labelnoise.tracking.matching_pipelines`), so the table fills in as the methods are run.
+PATHS.label_issues (CSV, labelnoise.label_issues): one row per train example, the most suspicious label first: the
+given label, the one label correction suggests (else the student) and its probability, the method's score, flagged
+when they differ; plots/label_issues.png shows the most suspicious images. Needs no truth; where the mask exists,
+`label_issues_precision` / `_recall` measure the flags against it.
+
+PATHS.methods_table (markdown): every registered method's table name (CE, Cleanlab, SPADE-PD, ...), each with and
+without label correction, on this run's setting (data.*, noise.*, train.model, train.epochs). This run's method
+comes from the numbers computed here; the other methods from the newest FINISHED pipeline run in the MLflow store
+with the same setting (:func:`labelnoise.tracking.matching_pipelines`), so the table fills in as the methods are run.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ from labelnoise import metrics, plots, tracking
 from labelnoise.config import Config, flatten
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import load_weights, predict_logits
-from labelnoise.io import load_json, read_torch, save_json, write_atomic
+from labelnoise.io import load_json, read_npz, read_torch, save_json, write_atomic
+from labelnoise.label_issues import flag_quality, rank_label_issues
+from labelnoise.label_issues import write_csv as write_issues_csv
 from labelnoise.methods import display_name, get_method, method_names, table_names
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.views import true_train_labels
+from labelnoise.views import make_train_view, true_train_labels
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 # Metrics that also go on the pipeline's parent run: the headline numbers `cli.py compare` reads.
@@ -67,6 +73,7 @@ DETECTION = (
 )
 # Label recovery, copied from PATHS.correction_report (NaN in metrics, null in JSON, when absent there).
 CORRECTION = ("label_acc_before", "recovered_label_acc")
+GRID = 24  # images in the label-issues figure
 # Params that define a setting: runs of different methods are comparable only when all of these agree.
 SETTING_SECTIONS = ("data", "noise")
 SETTING_KEYS = ("train.model", "train.epochs")
@@ -254,6 +261,19 @@ def run(cfg: Config) -> dict[str, float]:
         else dict.fromkeys(DETECTION, math.nan)
     )
 
+    # ---- label issues: every train label ranked by how little the pipeline believes it (needs no truth)
+    view = make_train_view(prepared, noisy)  # the train images as training saw them (open-set: replaced)
+    if Path(PATHS.corrected).is_file():  # label correction's soft labels
+        probs = read_npz(PATHS.corrected, remedy="run the correct_labels stage", keys=("soft",))["soft"]
+        suggested_by = "label correction"
+    else:  # the student's own belief
+        student = load_model(PATHS.student_model, device)
+        probs = torch.softmax(predict_logits(student, view.x_train, batch_size=cfg.evaluate.batch_size,
+                                             device=device), dim=1).numpy()
+        suggested_by = "the student"
+    issues = rank_label_issues(noisy.labels, probs, score=weights["weight"][-1] if scored else None)
+    flags = flag_quality(issues, noisy.mask)  # against the corruption mask (evaluation only)
+
     # ---- metrics
     per_class = {n: metrics.per_class_accuracy(y_test, p, num_classes=k) for n, p in preds.items()}  # (K,) each
     realised_rate = float(noisy.mask.mean()) if noisy.mask.size else 0.0
@@ -274,6 +294,9 @@ def run(cfg: Config) -> dict[str, float]:
         "n_corrupted": int(noisy.mask.sum()),
         "n_test": int(y_test.size),
         **found,
+        "label_issues_flagged": flags["flagged"],
+        "label_issues_precision": flags["precision"],
+        "label_issues_recall": flags["recall"],
     }
     report = {
         "method": method,
@@ -287,7 +310,7 @@ def run(cfg: Config) -> dict[str, float]:
         f"{prepared.dataset} · {cfg.noise.kind} noise ({realised_rate:.0%} flipped)"
         f" · {cfg.student.method} / {cfg.train.model}"
     )
-    optional = (*DETECTION, *CORRECTION)  # not logged when undefined
+    optional = (*DETECTION, *CORRECTION, "label_issues_precision", "label_issues_recall")  # not logged when undefined
     logged = {
         **{key: v for key, v in scalars.items() if key not in optional or math.isfinite(v)},
         **{
@@ -318,6 +341,7 @@ def run(cfg: Config) -> dict[str, float]:
         save_json(PATHS.metrics, report)
         table = methods_table(method_rows, setting=setting)
         write_atomic(PATHS.methods_table, lambda p: p.write_text(table))
+        write_issues_csv(PATHS.label_issues, issues, classes=classes, suggested_by=suggested_by)
         figures = [
             plots.plot_matrix(
                 metrics.normalized_confusion_matrix(y_test, preds["final"], num_classes=k),
@@ -341,6 +365,14 @@ def run(cfg: Config) -> dict[str, float]:
                 title=f"Per-class test accuracy: {what}",
             ),
         ]
+        top = issues.index[:GRID]  # the most suspicious labels, as a person would check them
+        figures.append(plots.plot_image_grid(
+            view.x_train[torch.from_numpy(top)].numpy(),
+            [f"#{i}: {classes[g]} → {classes[t]} ({p:.2f})" for i, g, t, p in
+             zip(top, issues.given[:GRID], issues.suggested[:GRID], issues.p_suggested[:GRID], strict=True)],
+            plots_dir / "label_issues.png",
+            title=f"The {len(top)} most suspicious train labels: given → suggested by {suggested_by} (its "
+                  f"probability)\n{what}"))
         if scored and np.isfinite(weights["loss"]).any():  # mask colours the points; nothing feeds back into training
             rows = _panel_rows(weights["epochs"].size)
             burn_in = getattr(getattr(cfg.student, method, None), "burn_in", 0.0)  # a method with a burn-in
@@ -364,6 +396,7 @@ def run(cfg: Config) -> dict[str, float]:
         run_.log_metrics({key: v for key, v in logged.items() if key not in HEADLINE})
         run_.log_artifact(PATHS.metrics)
         run_.log_artifact(PATHS.methods_table)
+        run_.log_artifact(PATHS.label_issues)
         for fig in figures:
             run_.log_artifact(fig)  # at the artifact root, beside metrics.json
     return logged

@@ -252,8 +252,19 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert not any(k.startswith("detection_") for k in logged)
 
     # ---- figures
-    for name in ("confusion.png", "curves.png", "per_class.png"):
+    for name in ("confusion.png", "curves.png", "per_class.png", "label_issues.png"):
         assert_real_png(Path(PATHS.plots_dir) / name)
+
+    # ---- label issues: no corrected labels here, so the student suggests; every train label once; the flags
+    # measured against the mask
+    from labelnoise.label_issues import read_csv
+
+    rows = read_csv(PATHS.label_issues)
+    assert sorted(int(r["index"]) for r in rows) == list(range(36)) and {r["suggested_by"] for r in rows} == {
+        "the student"}
+    assert [float(r["p_given"]) for r in rows] == sorted(float(r["p_given"]) for r in rows)
+    assert all(r["score"] == "" for r in rows)  # ce scores no label
+    assert report["label_issues_flagged"] == sum(r["flagged"] == "yes" for r in rows)
 
     # ---- MLflow: the child run `evaluate` has metrics and artifacts; the parent has the headline
     client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
@@ -267,7 +278,8 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert {f"test_acc_class/{c}" for c in CLASSES} <= set(m)
     assert child.data.params["evaluate.batch_size"] == "7"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert artifacts == {"metrics.json", "methods.md", "confusion.png", "curves.png", "per_class.png"}
+    assert artifacts == {"metrics.json", "methods.md", "label_issues.csv", "confusion.png", "curves.png",
+                         "per_class.png", "label_issues.png"}
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["test_acc"] == pytest.approx(report["test_acc"])
     assert parent.data.metrics["test_acc_best_clean"] == pytest.approx(report["test_acc_best_clean"])

@@ -6,6 +6,7 @@ Checks the outputs and the MLflow records through the MLflow client, that a seco
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -14,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -51,7 +53,8 @@ def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
                 "models/student_best.pt", "models/student_weights.npz", "data/corrected.npz", "models/final.pt",
                 "reports/mentor.json",
                 "reports/correction.json", "reports/methods.md", "reports/noise.json", "reports/noise_transition.png",
-                "reports/curves/train_student.csv", "reports/plots/confusion.png", "reports/plots/curves.png"]:
+                "reports/curves/train_student.csv", "reports/plots/confusion.png", "reports/plots/curves.png",
+                "reports/label_issues.csv", "reports/plots/label_issues.png"]:
         assert (root / rel).is_file(), rel
     metrics = json.loads((root / "reports/metrics.json").read_text())
     # 10 classes, 40% symmetric noise, a few epochs on digits: well above chance
@@ -61,6 +64,14 @@ def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
     assert "| SPADE-DD |" in (root / "reports/methods.md").read_text()  # the default method, this run's row
     noise = json.loads((root / "reports/noise.json").read_text())
     assert abs(noise["realised_rate"] - 0.4) < 0.01
+    # the label-issues table: every train label once, and its flags find most of the injected wrong labels
+    with open(root / "reports/label_issues.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    mask = np.load(root / "data/noisy.npz")["mask"]
+    assert sorted(int(r["index"]) for r in rows) == list(range(mask.size))
+    flagged = np.array([int(r["index"]) for r in rows if r["flagged"] == "yes"])
+    assert mask[flagged].mean() > 0.8 and mask[flagged].sum() > 0.6 * mask.sum()  # precision, recall
+    assert metrics["label_issues_precision"] == pytest.approx(mask[flagged].mean())
     for png in (root / "reports").rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,93 @@
+"""The label-issues table: one row per train example, the most suspicious label first. It is what a person works
+through to fix the labels: the given label, the label the pipeline suggests instead and how sure it is, the
+method's own score of the label (the mentor's weight v, cleanlab's label quality), and whether it is flagged.
+
+Suspicion is 1 − q(given), where q is the example's label distribution after the pipeline (label correction's
+soft labels, or the trained model's softmax): a label the corrected distribution gives little mass comes first.
+An example is flagged when the suggested label differs from the given one. Arrays in, arrays out; no truth needed
+(:func:`flag_quality` measures the flags against the corruption mask where one exists).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labelnoise.io import atomic_path
+
+COLUMNS = ("rank", "index", "given", "suggested", "p_given", "p_suggested", "score", "flagged", "suggested_by")
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """Rows in suspicion order; every array (n,)."""
+
+    index: np.ndarray  # int64: position in the train split (the order of the given labels)
+    given: np.ndarray  # int64: the given (noisy) label
+    suggested: np.ndarray  # int64: argmax of q
+    p_given: np.ndarray  # float: q(given)
+    p_suggested: np.ndarray  # float: q(suggested)
+    score: np.ndarray  # float: the method's per-example score, NaN where it gives none
+    flagged: np.ndarray  # bool: suggested != given
+
+
+def rank_label_issues(given: np.ndarray, probs: np.ndarray, *, score: np.ndarray | None = None) -> LabelIssues:
+    """The table for given labels (n,) int and label distributions ``probs`` (n, K) (rows sum to 1), most
+    suspicious first: by q(given) ascending, then by ``score`` (n,) ascending (NaN last), then by index."""
+    given = np.asarray(given, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n = given.shape[0]
+    if probs.ndim != 2 or probs.shape[0] != n:
+        raise ValueError(f"label distributions of shape {probs.shape} for {n} given labels")
+    if n and (given.min() < 0 or given.max() >= probs.shape[1]):
+        raise ValueError(f"given labels must lie in [0, {probs.shape[1]})")
+    score = np.full(n, np.nan) if score is None else np.asarray(score, dtype=np.float64)
+    if score.shape != (n,):
+        raise ValueError(f"scores of shape {score.shape} for {n} given labels")
+    rows = np.arange(n)
+    p_given = probs[rows, given]
+    suggested = probs.argmax(axis=1)
+    order = np.lexsort((rows, np.nan_to_num(score, nan=np.inf), p_given))  # last key first
+    return LabelIssues(index=rows[order], given=given[order], suggested=suggested[order], p_given=p_given[order],
+                       p_suggested=probs[rows, suggested][order], score=score[order],
+                       flagged=(suggested != given)[order])
+
+
+def flag_quality(issues: LabelIssues, mask: np.ndarray) -> dict[str, float]:
+    """EVALUATION ONLY: the flagged rows against the corruption ``mask`` (n,) bool, indexed by train position →
+    {"flagged" count, "precision" (flagged labels that are wrong), "recall" (wrong labels flagged)}; NaN where
+    undefined."""
+    wrong = np.asarray(mask, dtype=bool)[issues.index]
+    flagged = issues.flagged
+    hits = int((flagged & wrong).sum())
+    return {"flagged": float(flagged.sum()),
+            "precision": hits / flagged.sum() if flagged.any() else float("nan"),
+            "recall": hits / wrong.sum() if wrong.any() else float("nan")}
+
+
+def write_csv(path: str | Path, issues: LabelIssues, *, classes: list[str], suggested_by: str) -> Path:
+    """``COLUMNS`` as CSV, class names for labels, an empty cell for a missing score; written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for rank, (i, g, s, pg, ps, sc, fl) in enumerate(zip(
+                issues.index, issues.given, issues.suggested, issues.p_given, issues.p_suggested, issues.score,
+                issues.flagged, strict=True), start=1):
+            writer.writerow([rank, int(i), classes[g], classes[s], f"{pg:.4f}", f"{ps:.4f}",
+                             "" if np.isnan(sc) else f"{sc:.4f}", "yes" if fl else "no", suggested_by])
+    return Path(path)
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of :func:`write_csv`'s file, as dicts of strings, in its (suspicion) order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the evaluate stage (dvc repro evaluate)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or list(reader.fieldnames)[: len(COLUMNS)] != list(COLUMNS):
+            raise ValueError(f"{path} is not a label-issues table (columns {reader.fieldnames})")
+        return list(reader)
