@@ -241,6 +241,8 @@ def _cross_checks(cfg: Config) -> None:
     if n.open_set_source not in sources:
         raise ConfigError(f"noise.open_set_source: must be one of {', '.join(repr(x) for x in sources)}, "
                           f"got {n.open_set_source!r}")
+    if n.kind == "given" and not n.file:
+        raise ConfigError("noise.file: a file of noisy labels is required with noise.kind: given")
     if n.kind == "open_set":
         try:
             datasets.resolve_open_set_source(cfg.data.dataset, n.open_set_source)

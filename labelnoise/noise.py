@@ -31,6 +31,8 @@ Models (``kind``):
 - ``massive``: Rolnick et al. 2017's setting: ``n_clean`` examples keep their labels and ``alpha`` times
   as many other examples of the split get uniformly random labels; the rest of the split is unused
   (``NoisyLabels.index``). See ``massive``.
+- ``given``: the noisy labels are given in a file (``noise.file``, e.g. CIFAR-10N's human labels), one per image
+  of the dataset in its own order: see :func:`read_label_file` and :func:`given`. ``rate`` is ignored.
 - ``open_set``: the label stays, the *image* is replaced by one that belongs to no class of the
   dataset (web noise; Wang et al. 2018, "Iterative learning with open-set noisy labels"). See
   ``open_set``; the replacement images travel in ``NoisyLabels.images``.
@@ -43,6 +45,7 @@ a superset of a lower one.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +57,9 @@ from labelnoise.io import read_npz, save_npz
 from labelnoise.schema import rng as _rng
 
 NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
-                    "massive"]
+                    "massive", "given"]
 KINDS: tuple[str, ...] = ("none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance",
-                          "open_set", "massive")
+                          "open_set", "massive", "given")
 
 
 # ----------------------------------------------------------------------------- params section `noise`
@@ -82,6 +85,8 @@ class NoiseConfig:
     reference_precision: Literal["auto", "fp32", "bf16"]  # instance: fp32 keeps the labels independent of the CPU
     reference_seed: int = _rng(0)  # instance: its initial weights and batch order
     open_set_source: str  # open_set, massive other: auto | white_noise | a registered dataset
+    file: str  # given: the file of noisy labels (.npy, .csv, .pt, .pkl), one per image of the dataset
+    key: str  # given: the entry of a .pt / .pkl dict that holds them (e.g. worse_label)
 
 
 # ----------------------------------------------------------------------------- result and files
@@ -462,3 +467,116 @@ def per_class_rate(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.
     changed = np.bincount(true[np.asarray(noisy) != true], minlength=num_classes).astype(float)
     n = np.bincount(true, minlength=num_classes).astype(float)
     return np.divide(changed, n, out=np.zeros(num_classes), where=n > 0)
+
+
+# ----------------------------------------------------------------------------- given noisy labels
+def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | None = None) -> np.ndarray:
+    """The labels in a file, int64 (n,), nothing in it run as code:
+
+    - ``.npy``: a 1-d integer array (no pickled objects);
+    - ``.csv``: columns ``index,label`` (a header row), one row per image; a label is a class index or, with
+      ``classes``, a class name; the indices must be 0..n-1 (any order);
+    - ``.pt``: ``torch.load`` with weights only (tensors, numpy arrays, plain containers), e.g. CIFAR-10N's
+      ``CIFAR-10_human.pt``; a dict needs ``key``;
+    - ``.pkl``: a pickle of the same plain kinds only (an unpickler that refuses every other class); a dict
+      needs ``key``.
+
+    A file that is missing, unreadable, of another kind, without ``key``, or without a 1-d integer array is one
+    ValueError line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"noise.file: {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_label_csv(path, classes)
+    loaders = {".npy": lambda: np.load(path, allow_pickle=False), ".pt": lambda: _load_torch_plain(path),
+               ".pkl": lambda: _load_pickle_plain(path)}
+    if suffix not in loaders:
+        raise ValueError(f"noise.file: {path}: unknown kind {suffix!r} (.npy, .csv, .pt or .pkl)")
+    try:
+        obj: Any = loaders[suffix]()
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or code-carrying files: one line
+        raise ValueError(f"noise.file: {path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                         ) from None
+    if isinstance(obj, Mapping):
+        if not key:
+            raise ValueError(f"noise.file: {path} holds a dict ({', '.join(map(str, obj))}): set noise.key")
+        if key not in obj:
+            raise ValueError(f"noise.key: {key!r} is not in {path} (it has {', '.join(map(str, obj))})")
+        obj = obj[key]
+    labels = np.asarray(obj.numpy() if hasattr(obj, "numpy") else obj)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"noise.file: {path}{f' [{key}]' if key else ''} holds {labels.dtype} {labels.shape}, "
+                         "not a 1-d array of integer labels")
+    return labels.astype(np.int64)
+
+
+def _read_label_csv(path: Path, classes: list[str] | None) -> np.ndarray:
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"index", "label"} <= set(rows[0]):
+        raise ValueError(f"noise.file: {path} needs the columns index,label")
+    names = {c: i for i, c in enumerate(classes or [])}
+    index = np.empty(len(rows), dtype=np.int64)
+    labels = np.empty(len(rows), dtype=np.int64)
+    for r, row in enumerate(rows):
+        text = row["label"].strip()
+        if text.lstrip("-").isdigit():
+            labels[r] = int(text)
+        elif text in names:
+            labels[r] = names[text]
+        else:
+            known = f" (classes: {', '.join(names)})" if names else ""
+            raise ValueError(f"noise.file: {path} row {r + 2}: label {text!r} is neither a class index nor a class "
+                             f"name{known}")
+        index[r] = int(row["index"])
+    if sorted(index.tolist()) != list(range(len(rows))):
+        raise ValueError(f"noise.file: {path}: the index column must hold 0..{len(rows) - 1}, each once")
+    out = np.empty(len(rows), dtype=np.int64)
+    out[index] = labels
+    return out
+
+
+def _load_torch_plain(path: Path) -> Any:
+    """``torch.load`` with weights only, numpy arrays of plain dtypes allowed too (how CIFAR-10N ships)."""
+    import torch
+
+    numpy_globals = [np.ndarray, np.dtype, getattr(np, "_core", np).multiarray._reconstruct,
+                     *(type(np.dtype(t)) for t in ("i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "?"))]
+    with torch.serialization.safe_globals(numpy_globals):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_pickle_plain(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return _PlainUnpickler(f).load()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """A pickle reader that builds plain containers and numpy arrays and refuses every other class (so a pickle
+    cannot run code)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.multiarray", "scalar"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused {module}.{name}: only plain data and numpy arrays are read")
+
+
+def given(file_labels: np.ndarray, idx: np.ndarray, *, true: np.ndarray | None, num_classes: int) -> NoisyLabels:
+    """The given noisy labels of the examples ``idx`` (n,) (positions in the dataset's order, the file's order):
+    ``file_labels[idx]``, checked to lie in [0, num_classes). ``mask`` marks the labels that differ from ``true``
+    (n,) where the true labels are known, and is all False where they are not (``true`` None)."""
+    labels = np.asarray(file_labels, dtype=np.int64)[np.asarray(idx, dtype=np.int64)]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise ValueError(f"noise.file: label {bad} is outside [0, {num_classes}) (the dataset has {num_classes} "
+                         "classes)")
+    mask = labels != np.asarray(true, dtype=np.int64) if true is not None else np.zeros(labels.shape, dtype=bool)
+    return NoisyLabels(labels, mask)

@@ -7,9 +7,16 @@ import hashlib
 import os
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def repo_root() -> Path:
+    """The project root: DVC_ROOT inside DVC (also in `dvc exp` temp and queue copies), else the working folder.
+    Relative paths a user gives (the MLflow store, a file of given labels) resolve against it."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from labelnoise.config import Config, flatten
+from labelnoise.runtime import repo_root
 
 PIPELINE_RUN_NAME = "pipeline"
 KEY_TAG = "labelnoise.pipeline_key"
@@ -29,11 +30,6 @@ KIND_TAG = "labelnoise.kind"  # "pipeline" or "stage"
 
 class TrackingError(RuntimeError):
     """The MLflow store cannot be reached or written (one clear line)."""
-
-
-def repo_root() -> Path:
-    """The project root: DVC_ROOT inside DVC (also in `dvc exp` temp and queue copies), else cwd."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def _sqlite_file(uri: str) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from labelnoise.config import Config
 from labelnoise.datasets import Prepared, class_map_for, load_prepared, open_set_pool, resolve_open_set_source
 from labelnoise.io import save_json
 from labelnoise.plots import plot_matrix
-from labelnoise.runtime import resolve_device
+from labelnoise.runtime import repo_root, resolve_device
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 
@@ -56,6 +57,17 @@ def run(cfg: Config) -> dict[str, Any]:
         keep, added = noise.massive_sizes(true.size, alpha=nc.alpha, n_clean=nc.n_clean)
         extra = {"alpha": nc.alpha, "n_clean": keep, "n_noisy_added": added,
                  "n_train_split": int(true.size), "massive_source": source or "train"}
+    elif nc.kind == "given":
+        path = _given_file(nc.file)
+        file_labels = noise.read_label_file(path, key=nc.key, classes=list(prepared.classes))
+        sizes = sorted({len(prepared.images), _train_part_size(prepared)})
+        if file_labels.size not in sizes:
+            raise ValueError(f"noise.file: {path} holds {file_labels.size} labels; {prepared.dataset} has "
+                             f"{' or '.join(map(str, sizes))} (its train part, or all its images): give one label "
+                             "per image, in the dataset's own order")
+        nl = noise.given(file_labels, prepared.train_idx, true=true, num_classes=k)
+        extra = {"file": str(path), "key": nc.key or None, "file_sha256": _sha256(path),
+                 "n_file_labels": int(file_labels.size)}
     elif nc.kind == "instance":
         probs, extra = _reference(cfg, prepared, true)
         nl = noise.corrupt(true, kind="instance", rate=nc.rate, num_classes=k, rng=rng, pred_probs=probs)
@@ -77,7 +89,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "kind": nc.kind,
         "seed": nc.seed,
         "requested_rate": _requested_rate(cfg, true, k),
-        "rate_source": "noise.transition" if nc.kind == "transition" else "noise.rate",
+        "rate_source": {"transition": "noise.transition", "given": "noise.file"}.get(nc.kind, "noise.rate"),
         "realised_rate": realised,
         "n_train": int(true.size),
         "n_changed": nl.n_changed,
@@ -95,7 +107,8 @@ def run(cfg: Config) -> dict[str, Any]:
         what = (f"open_set noise ({report['open_set_source']} images, labels kept)" if nc.kind == "open_set"
                 else f"{nc.kind} noise")
         plot_matrix(matrix, PATHS.noise_plot, labels=prepared.classes,
-                    title=f"{what}: requested {report['requested_rate']:.3f}{scope}, realised {realised:.3f}",
+                    title=f"{what}: requested {report['requested_rate']:.3f}{scope}, realised {realised:.3f}"
+                    if nc.kind != "given" else f"{what} ({Path(nc.file).name}): realised {realised:.3f}",
                     xlabel="noisy label", ylabel="true label")
 
         metrics = {"realised_rate": realised, "n_changed": nl.n_changed}
@@ -116,6 +129,8 @@ def _requested_rate(cfg: Config, true: np.ndarray, k: int) -> float:
     """
     if cfg.noise.kind == "none":
         return 0.0
+    if cfg.noise.kind == "given":  # the file says how much is wrong: nothing is requested
+        return float("nan")
     if cfg.noise.kind == "massive":  # added examples over all; a random label is right 1 time in K
         a = cfg.noise.alpha
         return a / (1.0 + a) * (k - 1) / k
@@ -143,6 +158,26 @@ def _reference(cfg: Config, prepared: Prepared, true: np.ndarray) -> tuple[np.nd
         "train_acc": float((probs.argmax(axis=1) == true).mean()) if true.size else None,  # vs the true labels
         "time_s": round(time.perf_counter() - t0, 2),
     }}
+
+
+def _given_file(name: str) -> Path:
+    """``noise.file``; a relative path is the repository's (DVC_ROOT in `dvc exp` copies), not the working copy's."""
+    path = Path(name)
+    return path if path.is_absolute() else repo_root() / path
+
+
+def _train_part_size(prepared: Prepared) -> int:
+    """How many images precede the dataset's official test part (all of them when it has none): the length of a
+    file of labels for its train part."""
+    n, test = len(prepared.images), prepared.test_idx
+    tail = test.size and test.min() == n - test.size and test.max() == n - 1
+    return n - test.size if tail else n
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _top_target_fraction(true: np.ndarray, noisy: np.ndarray, k: int) -> float | None:

@@ -17,7 +17,10 @@ from labelnoise.models import create_model
 from tests.helpers import split_student
 
 REPO = Path(__file__).resolve().parent.parent
-PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml") if p.stem != "tiny")
+# every preset but tiny, whose counterpart runs on digits; a preset of given noisy labels needs its own dataset and
+# file (cifar10n: tests/test_given_labels.py)
+PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml")
+                 if p.stem != "tiny" and read_yaml(p).get("noise", {}).get("kind") != "given")
 
 
 def tiny_counterpart(preset: dict[str, Any]) -> dict[str, Any]:
