@@ -179,7 +179,7 @@ def label_issues(
     n_flagged = sum(r["flagged"] == "yes" for r in rows)
     table = Table(title=f"{len(shown)} most suspicious of {len(rows)} train labels ({n_flagged} flagged; "
                         f"suggested by {rows[0]['suggested_by'] if rows else '-'}): {PATHS.label_issues}")
-    columns = [c for c in COLUMNS if c != "suggested_by"]
+    columns = [c for c in COLUMNS if c != "suggested_by" and (c != "path" or any(r["path"] for r in shown))]
     for col in columns:
         table.add_column(col)
     for r in shown:

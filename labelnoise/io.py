@@ -171,6 +171,37 @@ def read_torch(path: str | Path, *, remedy: str) -> dict[str, Any]:
     return obj
 
 
+def read_label_csv(path: str | Path, *, param: str, keys: tuple[str, ...],
+                   classes: list[str] | None = None) -> tuple[str, list[str], np.ndarray]:
+    """A CSV of labels with a header row: a key column (the first of ``keys`` it has, e.g. ``index`` or ``path``)
+    and ``label``, a class index or a name of ``classes``. Returns (the key column's name, its cells, the labels
+    int64 (n,)); anything else is one ValueError line naming ``param`` and the row."""
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{param}: {path} cannot be read ({one_line(e)[:200]})") from None
+    key = next((k for k in keys if rows and k in rows[0]), None)
+    if key is None or "label" not in rows[0]:
+        raise ValueError(f"{param}: {path} needs a header row with the columns {' or '.join(keys)} and label")
+    names = {c: i for i, c in enumerate(classes or [])}
+    labels = np.empty(len(rows), dtype=np.int64)
+    for r, row in enumerate(rows):
+        text = (row["label"] or "").strip()
+        if text in names:
+            labels[r] = names[text]
+        elif text.lstrip("-").isdigit():
+            labels[r] = int(text)
+        else:
+            known = f" (classes: {', '.join(names)})" if names else ""
+            raise ValueError(f"{param}: {path} row {r + 2}: label {text!r} is neither a class index nor a class "
+                             f"name{known}")
+    return key, [(row[key] or "").strip() for row in rows], labels
+
+
 def finite_or_none(obj: Any) -> Any:
     """``obj`` with every NaN or infinite number (nested in dicts, lists, arrays) replaced by None."""
     if isinstance(obj, float | np.floating):

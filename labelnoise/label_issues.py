@@ -18,7 +18,8 @@ import numpy as np
 
 from labelnoise.io import atomic_path
 
-COLUMNS = ("rank", "index", "given", "suggested", "p_given", "p_suggested", "score", "flagged", "suggested_by")
+COLUMNS = ("rank", "index", "dataset_index", "path", "given", "suggested", "p_given", "p_suggested", "score", "flagged",
+           "suggested_by")
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,22 @@ def flag_quality(issues: LabelIssues, mask: np.ndarray) -> dict[str, float]:
             "recall": hits / wrong.sum() if wrong.any() else float("nan")}
 
 
-def write_csv(path: str | Path, issues: LabelIssues, *, classes: list[str], suggested_by: str) -> Path:
-    """``COLUMNS`` as CSV, class names for labels, an empty cell for a missing score; written atomically."""
+def write_csv(path: str | Path, issues: LabelIssues, *, classes: list[str], suggested_by: str,
+              dataset_index: np.ndarray | None = None, paths: np.ndarray | None = None) -> Path:
+    """``COLUMNS`` as CSV, class names for labels, an empty cell for a missing score; written atomically.
+
+    ``index`` is the example's position in the train split; ``dataset_index`` (n,) maps it to the image's index in
+    the dataset's order (what ``noise.file`` and ``data.clean_file`` count), ``paths`` (n,) to its file (a folder
+    dataset; else the cell is empty)."""
+    where = np.asarray(issues.index) if dataset_index is None else np.asarray(dataset_index)[issues.index]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        for rank, (i, g, s, pg, ps, sc, fl) in enumerate(zip(
-                issues.index, issues.given, issues.suggested, issues.p_given, issues.p_suggested, issues.score,
+        for rank, (i, d, g, s, pg, ps, sc, fl) in enumerate(zip(
+                issues.index, where, issues.given, issues.suggested, issues.p_given, issues.p_suggested, issues.score,
                 issues.flagged, strict=True), start=1):
-            writer.writerow([rank, int(i), classes[g], classes[s], f"{pg:.4f}", f"{ps:.4f}",
+            writer.writerow([rank, int(i), int(d), "" if paths is None else str(paths[i]), classes[g], classes[s],
+                             f"{pg:.4f}", f"{ps:.4f}",
                              "" if np.isnan(sc) else f"{sc:.4f}", "yes" if fl else "no", suggested_by])
     return Path(path)
 

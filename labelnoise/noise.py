@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labelnoise.io import read_npz, save_npz
+from labelnoise.io import read_label_csv, read_npz, save_npz
 from labelnoise.schema import rng as _rng
 
 NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
@@ -470,12 +470,14 @@ def per_class_rate(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.
 
 
 # ----------------------------------------------------------------------------- given noisy labels
-def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | None = None) -> np.ndarray:
+def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | None = None,
+                    paths: list[str] | None = None) -> np.ndarray:
     """The labels in a file, int64 (n,), nothing in it run as code:
 
     - ``.npy``: a 1-d integer array (no pickled objects);
     - ``.csv``: columns ``index,label`` (a header row), one row per image; a label is a class index or, with
-      ``classes``, a class name; the indices must be 0..n-1 (any order);
+      ``classes``, a class name; the indices must be 0..n-1 (any order); with ``paths`` (a folder dataset's image
+      paths) ``path,label`` rows, one per image, work too;
     - ``.pt``: ``torch.load`` with weights only (tensors, numpy arrays, plain containers), e.g. CIFAR-10N's
       ``CIFAR-10_human.pt``; a dict needs ``key``;
     - ``.pkl``: a pickle of the same plain kinds only (an unpickler that refuses every other class); a dict
@@ -489,7 +491,7 @@ def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | Non
         raise ValueError(f"noise.file: {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return _read_label_csv(path, classes)
+        return _read_label_csv(path, classes, paths)
     loaders = {".npy": lambda: np.load(path, allow_pickle=False), ".pt": lambda: _load_torch_plain(path),
                ".pkl": lambda: _load_pickle_plain(path)}
     if suffix not in loaders:
@@ -512,30 +514,24 @@ def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | Non
     return labels.astype(np.int64)
 
 
-def _read_label_csv(path: Path, classes: list[str] | None) -> np.ndarray:
-    import csv
-
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"index", "label"} <= set(rows[0]):
-        raise ValueError(f"noise.file: {path} needs the columns index,label")
-    names = {c: i for i, c in enumerate(classes or [])}
-    index = np.empty(len(rows), dtype=np.int64)
-    labels = np.empty(len(rows), dtype=np.int64)
-    for r, row in enumerate(rows):
-        text = row["label"].strip()
-        if text.lstrip("-").isdigit():
-            labels[r] = int(text)
-        elif text in names:
-            labels[r] = names[text]
-        else:
-            known = f" (classes: {', '.join(names)})" if names else ""
-            raise ValueError(f"noise.file: {path} row {r + 2}: label {text!r} is neither a class index nor a class "
-                             f"name{known}")
-        index[r] = int(row["index"])
-    if sorted(index.tolist()) != list(range(len(rows))):
-        raise ValueError(f"noise.file: {path}: the index column must hold 0..{len(rows) - 1}, each once")
-    out = np.empty(len(rows), dtype=np.int64)
+def _read_label_csv(path: Path, classes: list[str] | None, paths: list[str] | None) -> np.ndarray:
+    key, cells, labels = read_label_csv(path, param="noise.file", keys=("index", "path") if paths else ("index",),
+                                        classes=classes)
+    if key == "path":  # an image's path as the dataset lists it (folder datasets)
+        where = {p: i for i, p in enumerate(paths or [])}
+        unknown = [c for c in cells if c not in where]
+        if unknown:
+            raise ValueError(f"noise.file: {path}: {len(unknown)} paths are not images of the dataset "
+                             f"(first: {unknown[0]!r})")
+        index = np.array([where[c] for c in cells], dtype=np.int64)
+        if len(set(index.tolist())) != len(index) or len(index) != len(where):
+            raise ValueError(f"noise.file: {path}: the path column must list each of the dataset's {len(where)} "
+                             "images once")
+    else:
+        if not all(c.isdigit() for c in cells) or sorted(map(int, cells)) != list(range(len(cells))):
+            raise ValueError(f"noise.file: {path}: the index column must hold 0..{len(cells) - 1}, each once")
+        index = np.array([int(c) for c in cells], dtype=np.int64)
+    out = np.empty(len(labels), dtype=np.int64)
     out[index] = labels
     return out
 

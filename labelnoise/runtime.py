@@ -19,6 +19,13 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def repo_path(name: str) -> Path:
+    """A path from the params (``data.path``, ``noise.file``): absolute as it is, relative against :func:`repo_root`
+    (so `dvc exp` copies read the user's files, which git does not carry, from the repository)."""
+    path = Path(name)
+    return path if path.is_absolute() else repo_root() / path
+
+
 def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator:
     """Seed python, numpy and torch; return a CPU generator for explicit sampling."""
     random.seed(seed)

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", "studies", ".dvcignore", ".gitignore"]
+COPY = ["cli.py", "params.yaml", "dvc.yaml", "stages", "labelnoise", "presets", "studies", ".dvcignore", ".gitignore",
+        "data/own/README.md"]  # data/own: a dependency of the first stages (the user's images), its README only
 
 
 def clean_env() -> dict[str, str]:
@@ -44,6 +45,7 @@ def tiny_project(root: Path, *, repro: bool = True) -> dict[str, str]:
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / name)
     env = clean_env()
     # a git identity of its own, and none of the machine's git settings (a global commit.gpgsign, hooks)

@@ -35,16 +35,19 @@ class TrainView:
         return len(self.classes)
 
 
-def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray:
-    """The true labels of the examples ``noisy`` labels, (m,) int64: for evaluation code only."""
-    return prepared.labels[prepared.train_idx[noisy.positions(len(prepared.train_idx))]]
+def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray | None:
+    """The true labels of the examples ``noisy`` labels, (m,) int64: for evaluation code only. None where the
+    dataset has no true train labels (``data.truth: false``): then nothing may be measured against them."""
+    idx = prepared.train_idx[noisy.positions(len(prepared.train_idx))]
+    return prepared.labels[idx] if prepared.trusted(idx) or not idx.size else None
 
 
 def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
     """The training inputs: the noisy labels ``noisy.labels`` (int64 (n_train,), aligned with
     ``prepared.train_idx``) replace the true train labels, which this view does not carry; for open-set
     noise the train images of the masked examples are replaced by ``noisy.images``. The clean subset, val
-    and test are never touched. The mask itself is not part of the view."""
+    and test are never touched. The mask itself is not part of the view. A test split without true labels
+    (``data.truth: false`` and no test split in the data) is left out: the view's test split is empty."""
     if not isinstance(noisy, NoisyLabels):
         raise TypeError("make_train_view: pass the NoisyLabels object (load_noisy(...)), not its labels: "
                         "open-set noise replaces train images too")
@@ -65,6 +68,7 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
     def y(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(prepared.labels[idx].astype(np.int64))
 
+    test = prepared.test_idx if prepared.trusted(prepared.test_idx) else prepared.test_idx[:0]
     x_train = x(prepared.train_idx[positions])
     if noisy.images is not None:  # open-set noise: the masked examples' images are replaced (in index order)
         x_train[torch.from_numpy(noisy.mask)] = torch.from_numpy(noisy.images)
@@ -72,7 +76,7 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
         x_train=x_train, y_train=torch.from_numpy(labels.astype(np.int64, copy=True)),
         x_clean=x(prepared.clean_idx), y_clean=y(prepared.clean_idx),
         x_val=x(prepared.val_idx), y_val=y(prepared.val_idx),
-        x_test=x(prepared.test_idx), y_test=y(prepared.test_idx),
+        x_test=x(test), y_test=y(test),
         classes=list(prepared.classes), dataset=prepared.dataset,
     )
 

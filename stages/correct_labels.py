@@ -136,7 +136,8 @@ def _report(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Label recovery against the true train labels, and the final model's accuracy (evaluation only)."""
     prepared = load_prepared(PATHS.prepared)
-    true = true_train_labels(prepared, load_noisy(PATHS.noisy))  # (n,) the only read of the true train labels
+    true = true_train_labels(prepared, load_noisy(PATHS.noisy))  # (n,) the only read of the true train labels;
+    # None without true train labels (data.truth: false): then recovery is not measured
     k = view.num_classes
     rec = jo.recovery_report(noisy, hard, true, num_classes=k, hard_history=joint.hard_history)
     last, best = final.history[-1], final.history[final.best_epoch - 1]
@@ -146,8 +147,8 @@ def _report(
         "residual_noise_rate": rec["residual_noise_rate"],
         "labels_changed": float(rec["labels_changed"]),
         "labels_changed_fraction": rec["changed_fraction"],
-        "labels_fixed": float(rec["fixed"]),
-        "labels_broken": float(rec["broken"]),
+        "labels_fixed": math.nan if rec["fixed"] is None else float(rec["fixed"]),
+        "labels_broken": math.nan if rec["broken"] is None else float(rec["broken"]),
         "final_test_acc": last["test_acc"],  # monitoring; model selection uses the clean subset
         "final_clean_acc": last["clean_acc"],
         "best_epoch": float(final.best_epoch),
@@ -165,7 +166,8 @@ def _report(
         "label_recovery": {
             "before": rec["acc_before"], "after": rec["acc_after"], "residual_noise_rate": rec["residual_noise_rate"],
             "labels_changed": rec["labels_changed"], "changed_fraction": rec["changed_fraction"],
-            "fixed": rec["fixed"], "broken": rec["broken"], "n_train": int(true.size),
+            "fixed": rec["fixed"], "broken": rec["broken"], "n_train": int(noisy.size),
+            "true_labels": true is not None,  # false: data.truth is false, recovery cannot be measured
             "n_trusted": int(trusted.sum()) if trusted is not None else None,
         },
         "per_class_recovery": {
@@ -195,6 +197,8 @@ def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: jo.Joint
     rec = report["label_recovery"]
     what = (f"{view.dataset} · {cfg.noise.kind} noise · joint optimization "
             f"(α={cfg.correction.alpha:g}, β={cfg.correction.beta:g}, {cfg.correction.update} update)")
+    if not rec.get("true_labels", True):
+        what += "\nno true train labels (data.truth: false): label accuracy is not measured"
     per_class = report["per_class_recovery"]
     values = {
         f"noisy labels ({rec['before']:.1%})": np.array([v["before"] if v["before"] is not None else np.nan

@@ -2,17 +2,26 @@
 
 The dataset's registered source (:mod:`labelnoise.datasets`, one file per dataset) delivers the arrays: for the
 torchvision families the cache under ``data.root``, the mirror folders ``data.mirrors``, then the network
-(torchvision's download, only when ``data.download``); bundled data (digits) comes from its library. Writes the
-prepared arrays (PATHS.prepared) and a report of where they came from and how they were cut (PATHS.data_report).
+(torchvision's download, only when ``data.download``); bundled data (digits) comes from its library; your own
+images (``folder``) from ``data.path``. Writes the prepared arrays (PATHS.prepared) and a report of where they came
+from and how they were cut (PATHS.data_report).
+
+Which labels are true ones: all of them, unless ``data.truth: false`` (your labels are the noisy ones you have):
+then only a test split the data brings and the trusted subset of ``data.clean_file`` count as true, and the stages
+after leave out what would need the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import numpy as np
 
 from labelnoise import datasets, tracking
 from labelnoise.config import Config
-from labelnoise.io import save_json
+from labelnoise.io import read_label_csv, save_json
+from labelnoise.runtime import repo_path
 from stages.common import PATHS, STAGE_PARAMS, setup
 
 
@@ -21,13 +30,25 @@ def run(cfg: Config) -> dict[str, Any]:
     setup(cfg)
     dc = cfg.data
     # Fetch and cut before the run opens: an unavailable dataset or a bad size is one line, no files.
-    raw = datasets.load_dataset(dc)
-    splits = datasets.make_splits(raw.labels, n_official_train=raw.n_official_train, clean_size=dc.clean_size,
+    raw = datasets.load_dataset(dataclasses.replace(dc, path=str(repo_path(dc.path)) if dc.path else ""))
+    labels = raw.labels.copy()
+    clean_idx = None
+    if dc.clean_file:  # the trusted subset: its labels replace the data's
+        clean_idx, clean_labels = read_clean_file(dc.clean_file, classes=raw.classes, paths=raw.paths,
+                                                  n=len(labels))
+        labels[clean_idx] = clean_labels
+    splits = datasets.make_splits(labels, n_official_train=raw.n_official_train, clean_size=dc.clean_size,
                                   val_size=dc.val_size, test_size=dc.test_size, train_limit=dc.train_limit,
-                                  seed=dc.split_seed)
-    prepared = datasets.Prepared(images=raw.images, labels=raw.labels, train_idx=splits.train_idx,
+                                  seed=dc.split_seed, clean_idx=clean_idx)
+    known = None
+    if not dc.truth:  # only the data's own test split and the given trusted subset hold true labels
+        known = np.zeros(len(labels), dtype=bool)
+        known[raw.n_official_train:] = True
+        known[splits.clean_idx] = True
+    prepared = datasets.Prepared(images=raw.images, labels=labels, train_idx=splits.train_idx,
                                  clean_idx=splits.clean_idx, val_idx=splits.val_idx, test_idx=splits.test_idx,
-                                 classes=raw.classes, dataset=raw.dataset)
+                                 classes=raw.classes, dataset=raw.dataset, known=known,
+                                 paths=None if raw.paths is None else np.array(raw.paths, dtype=np.str_))
     report = datasets.data_report(prepared, source=raw.source, rejected=raw.rejected)
     sizes = prepared.sizes()
     metrics = {"n_train": sizes["train"], "n_clean": sizes["clean"], "n_val": sizes["val"], "n_test": sizes["test"]}
@@ -39,3 +60,32 @@ def run(cfg: Config) -> dict[str, Any]:
         tracked.log_artifact(PATHS.data_report)
         tracked.set_tags({"data_source": raw.source})  # the dataset tag is set for every run
     return metrics
+
+
+def read_clean_file(name: str, *, classes: list[str], paths: list[str] | None,
+                    n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``data.clean_file``: a CSV of trusted labels, ``index,label`` (an index in the dataset's order) or, for a
+    folder dataset, ``path,label``; a label is a class name or index. Returns (indices, labels), int64 (m,) each;
+    a file that is missing, repeats an image, names an unknown one or a label out of range is one line."""
+    path = repo_path(name)
+    if not path.is_file():
+        raise ValueError(f"data.clean_file: {path} does not exist")
+    key, cells, labels = read_label_csv(path, param="data.clean_file", keys=("index", "path") if paths else ("index",),
+                                        classes=classes)
+    where = {p: i for i, p in enumerate(paths or [])}
+    if key == "path":
+        unknown = [c for c in cells if c not in where]
+        if unknown:
+            raise ValueError(f"data.clean_file: {path}: {unknown[0]!r} is not an image of the dataset")
+        idx = np.array([where[c] for c in cells], dtype=np.int64)
+    else:
+        bad = [c for c in cells if not c.isdigit() or int(c) >= n]
+        if bad:
+            raise ValueError(f"data.clean_file: {path}: index {bad[0]!r} is not one of the dataset's 0..{n - 1}")
+        idx = np.array([int(c) for c in cells], dtype=np.int64)
+    if len(set(idx.tolist())) != idx.size or not idx.size:
+        raise ValueError(f"data.clean_file: {path} must list at least one image, each once")
+    out_of_range = labels[(labels < 0) | (labels >= len(classes))]
+    if out_of_range.size:
+        raise ValueError(f"data.clean_file: {path}: label {out_of_range[0]} is outside [0, {len(classes)})")
+    return idx, labels

@@ -17,6 +17,10 @@ given label, the one label correction suggests (else the student) and its probab
 when they differ; plots/label_issues.png shows the most suspicious images. Needs no truth; where the mask exists,
 `label_issues_precision` / `_recall` measure the flags against it.
 
+Without true train labels (``data.truth: false``) everything measured against them (the noise rate, noise detection,
+label recovery, the flags' precision and recall) is left out, and without a labelled test split (such data and no
+test split of its own) so are the test accuracies and their figures; ``notes`` in PATHS.metrics says which.
+
 PATHS.methods_table (markdown): every registered method's table name (CE, Cleanlab, SPADE-PD, ...), each with and
 without label correction, on this run's setting (data.*, noise.*, train.model, train.epochs). This run's method
 comes from the numbers computed here; the other methods from the newest FINISHED pipeline run in the MLflow store
@@ -195,6 +199,10 @@ def _method_rows(cfg: Config, current: dict[str, Any], *, variant: str, exclude:
     return rows
 
 
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+
 def _panel_rows(n_epochs: int) -> list[int]:
     """Rows of an early, a middle and the last recorded epoch (fewer when fewer were recorded)."""
     return sorted({0, (n_epochs - 1) // 2, n_epochs - 1}) if n_epochs else []
@@ -231,9 +239,15 @@ def run(cfg: Config) -> dict[str, float]:
         raise ValueError(f"{PATHS.prepared}: the test split is empty")
     x_test = torch.from_numpy(prepared.images[prepared.test_idx])  # (N, C, H, W) uint8
     y_test = prepared.labels[prepared.test_idx]  # (N,)
-    true_train = true_train_labels(prepared, noisy)  # evaluation path only
-    if noisy.labels.shape != true_train.shape:
+    true_train = true_train_labels(prepared, noisy)  # evaluation path only; None without true train labels
+    truth, test_known = true_train is not None, prepared.trusted(prepared.test_idx)
+    if truth and noisy.labels.shape != true_train.shape:
         raise ValueError(f"{PATHS.noisy}: {noisy.labels.size} labels for {true_train.size} train samples")
+    mask = noisy.mask if truth else None  # which labels are wrong: known only with true labels
+    notes = [*([] if truth else ["no true train labels (data.truth: false): the noise rate, noise detection, label "
+                                 "recovery and the label-issue flags' precision and recall are not reported"]),
+             *([] if test_known else ["no labelled test split (data.truth: false and none in the data): test "
+                                      "accuracies are not reported"])]
 
     # ---- predictions of both student checkpoints and of the corrected model on test (reported only:
     # selection happened in training)
@@ -256,8 +270,8 @@ def run(cfg: Config) -> dict[str, float]:
     method = weights["method"] or cfg.student.method
     scored = method in method_names() and get_method(method).scores_labels and weights["epochs"].size > 0
     found = (
-        detection(weights, noisy.mask, threshold=cfg.evaluate.detection_threshold)
-        if scored
+        detection(weights, mask, threshold=cfg.evaluate.detection_threshold)
+        if scored and mask is not None
         else dict.fromkeys(DETECTION, math.nan)
     )
 
@@ -272,26 +286,29 @@ def run(cfg: Config) -> dict[str, float]:
                                              device=device), dim=1).numpy()
         suggested_by = "the student"
     issues = rank_label_issues(noisy.labels, probs, score=weights["weight"][-1] if scored else None)
-    flags = flag_quality(issues, noisy.mask)  # against the corruption mask (evaluation only)
+    flags = (flag_quality(issues, mask) if mask is not None  # against the corruption mask (evaluation only)
+             else {"flagged": float(issues.flagged.sum()), "precision": math.nan, "recall": math.nan})
 
     # ---- metrics
-    per_class = {n: metrics.per_class_accuracy(y_test, p, num_classes=k) for n, p in preds.items()}  # (K,) each
-    realised_rate = float(noisy.mask.mean()) if noisy.mask.size else 0.0
+    per_class = {n: metrics.per_class_accuracy(y_test, p, num_classes=k) if test_known else np.full(k, math.nan)
+                 for n, p in preds.items()}  # (K,) each
+    realised_rate = (float(mask.mean()) if mask.size else 0.0) if mask is not None else math.nan
+    test_accuracy = metrics.accuracy if test_known else lambda y, p: math.nan  # noqa: E731
     scalars: dict[str, float] = {
-        "test_acc": metrics.accuracy(y_test, preds["final"]),
-        "test_acc_best_clean": metrics.accuracy(y_test, preds["best_clean"]),
+        "test_acc": test_accuracy(y_test, preds["final"]),
+        "test_acc_best_clean": test_accuracy(y_test, preds["best_clean"]),
         "best_epoch": info["best_clean"]["epoch"],
         "final_epoch": info["final"]["epoch"],
         "clean_acc_best": info["best_clean"]["clean_acc"],
         "clean_acc_final": info["final"]["clean_acc"],
-        "test_acc_class_mean": float(np.nanmean(per_class["final"])),
-        "corrected_test_acc": metrics.accuracy(y_test, preds["corrected"]),
-        "corrected_test_acc_class_mean": float(np.nanmean(per_class["corrected"])),
+        "test_acc_class_mean": _nanmean(per_class["final"]),
+        "corrected_test_acc": test_accuracy(y_test, preds["corrected"]),
+        "corrected_test_acc_class_mean": _nanmean(per_class["corrected"]),
         **correction_summary(load_json(PATHS.correction_report)),
         "noise_realised_rate": realised_rate,
-        "noisy_label_acc": metrics.label_accuracy(noisy.labels, true_train),  # = 1 - realised rate
-        "n_train": int(true_train.size),
-        "n_corrupted": int(noisy.mask.sum()),
+        "noisy_label_acc": metrics.label_accuracy(noisy.labels, true_train) if truth else math.nan,  # 1 - rate
+        "n_train": int(noisy.labels.size),
+        "n_corrupted": int(mask.sum()) if mask is not None else math.nan,
         "n_test": int(y_test.size),
         **found,
         "label_issues_flagged": flags["flagged"],
@@ -301,18 +318,16 @@ def run(cfg: Config) -> dict[str, float]:
     report = {
         "method": method,
         **{key: v for key, v in scalars.items()},
+        **({"notes": notes} if notes else {}),  # what is left out, and why
         "per_class": {c: a for c, a in zip(classes, per_class["final"], strict=True)},
         "per_class_best_clean": {c: a for c, a in zip(classes, per_class["best_clean"], strict=True)},
         "per_class_corrected": {c: a for c, a in zip(classes, per_class["corrected"], strict=True)},
     }
     curves = read_curves(PATHS.curves)  # (E,) per column; read before anything is written
-    what = (
-        f"{prepared.dataset} · {cfg.noise.kind} noise ({realised_rate:.0%} flipped)"
-        f" · {cfg.student.method} / {cfg.train.model}"
-    )
-    optional = (*DETECTION, *CORRECTION, "label_issues_precision", "label_issues_recall")  # not logged when undefined
+    flipped = f"{realised_rate:.0%} flipped" if truth else "noise rate unknown"
+    what = f"{prepared.dataset} · {cfg.noise.kind} noise ({flipped}) · {cfg.student.method} / {cfg.train.model}"
     logged = {
-        **{key: v for key, v in scalars.items() if key not in optional or math.isfinite(v)},
+        **{key: v for key, v in scalars.items() if math.isfinite(v)},  # an undefined metric is left out
         **{
             f"test_acc_class/{_metric_key(c)}": float(a)
             for c, a in zip(classes, per_class["final"], strict=True)
@@ -341,8 +356,11 @@ def run(cfg: Config) -> dict[str, float]:
         save_json(PATHS.metrics, report)
         table = methods_table(method_rows, setting=setting)
         write_atomic(PATHS.methods_table, lambda p: p.write_text(table))
-        write_issues_csv(PATHS.label_issues, issues, classes=classes, suggested_by=suggested_by)
-        figures = [
+        train_images = prepared.train_idx[noisy.positions(len(prepared.train_idx))]  # (n,) dataset indices
+        write_issues_csv(PATHS.label_issues, issues, classes=classes, suggested_by=suggested_by,
+                         dataset_index=train_images,
+                         paths=None if prepared.paths is None else prepared.paths[train_images])
+        figures = [] if not test_known else [
             plots.plot_matrix(
                 metrics.normalized_confusion_matrix(y_test, preds["final"], num_classes=k),
                 plots_dir / "confusion.png",
@@ -350,9 +368,6 @@ def run(cfg: Config) -> dict[str, float]:
                 xlabel="predicted class",
                 ylabel="true class",
                 title=f"Test confusion, final model (rows sum to 1)\n{what}",
-            ),
-            plots.plot_curves(
-                curves, plots_dir / "curves.png", title=f"Training: {what}", best_epoch=scalars["best_epoch"]
             ),
             plots.plot_per_class(
                 {
@@ -365,6 +380,8 @@ def run(cfg: Config) -> dict[str, float]:
                 title=f"Per-class test accuracy: {what}",
             ),
         ]
+        figures.append(plots.plot_curves(curves, plots_dir / "curves.png", title=f"Training: {what}",
+                                         best_epoch=scalars["best_epoch"]))
         top = issues.index[:GRID]  # the most suspicious labels, as a person would check them
         figures.append(plots.plot_image_grid(
             view.x_train[torch.from_numpy(top)].numpy(),
@@ -373,14 +390,15 @@ def run(cfg: Config) -> dict[str, float]:
             plots_dir / "label_issues.png",
             title=f"The {len(top)} most suspicious train labels: given → suggested by {suggested_by} (its "
                   f"probability)\n{what}"))
-        if scored and np.isfinite(weights["loss"]).any():  # mask colours the points; nothing feeds back into training
+        # the mask colours the points (so only with true labels); nothing feeds back into training
+        if scored and mask is not None and np.isfinite(weights["loss"]).any():
             rows = _panel_rows(weights["epochs"].size)
             burn_in = getattr(getattr(cfg.student, method, None), "burn_in", 0.0)  # a method with a burn-in
             figures.append(
                 plots.plot_weight_vs_loss(
                     weights["loss"][rows],
                     weights["weight"][rows],
-                    noisy.mask,
+                    mask,
                     plots_dir / "weights.png",
                     epochs=[int(weights["epochs"][r]) for r in rows],
                     threshold=cfg.evaluate.detection_threshold,

@@ -7,6 +7,11 @@ replacement images), a JSON report and a heatmap of the realised transition matr
 ``instance`` first trains the reference classifier (the ``cnn``, ``noise.reference_*``) on the trusted
 clean subset only; the true train labels are read here, and only here, to score and corrupt them.
 ``open_set`` reads its source images (``noise.open_set_source``) like stage download reads the dataset.
+
+Without true train labels (``data.truth: false``) the data's labels are the ones corrupted (``none`` keeps them,
+``given`` replaces them with the file's); how many given labels are wrong is then unknown: the report says so
+(``realised_rate`` null) and the figure shows the class frequencies of the labels training will see instead of a
+transition matrix.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from labelnoise import noise, reference, tracking
 from labelnoise.config import Config
 from labelnoise.datasets import Prepared, class_map_for, load_prepared, open_set_pool, resolve_open_set_source
 from labelnoise.io import save_json
-from labelnoise.plots import plot_matrix
-from labelnoise.runtime import repo_root, resolve_device
+from labelnoise.plots import plot_matrix, plot_per_class
+from labelnoise.runtime import repo_path, resolve_device
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 
@@ -34,7 +39,8 @@ def run(cfg: Config) -> dict[str, Any]:
     nc = cfg.noise
     prepared = load_prepared(PATHS.prepared)
     k = len(prepared.classes)
-    true = prepared.labels[prepared.train_idx]  # (n_train,)
+    true = prepared.labels[prepared.train_idx]  # (n_train,) the data's labels: true ones unless data.truth is false
+    truth = prepared.trusted(prepared.train_idx)
 
     # Corrupt before the run opens: a bad class map or matrix, or missing open-set images, fail with one
     # line and no run, no files. The noise seed is its own generator, independent of the training seed.
@@ -58,18 +64,19 @@ def run(cfg: Config) -> dict[str, Any]:
         extra = {"alpha": nc.alpha, "n_clean": keep, "n_noisy_added": added,
                  "n_train_split": int(true.size), "massive_source": source or "train"}
     elif nc.kind == "given":
-        path = _given_file(nc.file)
-        file_labels = noise.read_label_file(path, key=nc.key, classes=list(prepared.classes))
+        path = repo_path(nc.file)
+        file_labels = noise.read_label_file(path, key=nc.key, classes=list(prepared.classes),
+                                            paths=None if prepared.paths is None else prepared.paths.tolist())
         sizes = sorted({len(prepared.images), _train_part_size(prepared)})
         if file_labels.size not in sizes:
             raise ValueError(f"noise.file: {path} holds {file_labels.size} labels; {prepared.dataset} has "
                              f"{' or '.join(map(str, sizes))} (its train part, or all its images): give one label "
                              "per image, in the dataset's own order")
-        nl = noise.given(file_labels, prepared.train_idx, true=true, num_classes=k)
+        nl = noise.given(file_labels, prepared.train_idx, true=true if truth else None, num_classes=k)
         extra = {"file": str(path), "key": nc.key or None, "file_sha256": _sha256(path),
                  "n_file_labels": int(file_labels.size)}
     elif nc.kind == "instance":
-        probs, extra = _reference(cfg, prepared, true)
+        probs, extra = _reference(cfg, prepared, true if truth else true[:0])  # train_acc: against truth
         nl = noise.corrupt(true, kind="instance", rate=nc.rate, num_classes=k, rng=rng, pred_probs=probs)
         _, confusable = noise.instance_scores(true, probs)
         flipped = nl.labels[nl.mask]
@@ -85,6 +92,9 @@ def run(cfg: Config) -> dict[str, Any]:
     matrix = noise.realised_transition(true, nl.labels, k)  # (K, K); identity for open_set (labels kept)
     per_class = _per_class_corrupted(true, nl.mask, k)  # (K,)
     realised = float(nl.mask.mean()) if nl.mask.size else 0.0
+    unknown = not truth and nc.kind in ("none", "given")  # how many labels are wrong is not known
+    if unknown:
+        realised = float("nan")
     report = {
         "kind": nc.kind,
         "seed": nc.seed,
@@ -93,10 +103,14 @@ def run(cfg: Config) -> dict[str, Any]:
         "realised_rate": realised,
         "n_train": int(true.size),
         "n_changed": nl.n_changed,
-        "per_class_rate": {name: float(r) for name, r in zip(prepared.classes, per_class, strict=True)},
+        "per_class_rate": None if unknown else {name: float(r) for name, r in
+                                                zip(prepared.classes, per_class, strict=True)},
         "class_map": {str(a): b for a, b in sorted(class_map.items())} if class_map is not None else None,
         "classes": list(prepared.classes),
-        "transition": matrix.tolist(),
+        "transition": None if unknown else matrix.tolist(),
+        "true_labels": truth,  # false: data.truth is false; rates are against the data's labels, or unknown
+        "label_counts": {name: int(c) for name, c in
+                         zip(prepared.classes, np.bincount(nl.labels, minlength=k), strict=True)},
         **extra,
     }
 
@@ -106,12 +120,18 @@ def run(cfg: Config) -> dict[str, Any]:
         scope = " in mapped classes" if nc.kind == "asymmetric" else ""
         what = (f"open_set noise ({report['open_set_source']} images, labels kept)" if nc.kind == "open_set"
                 else f"{nc.kind} noise")
-        plot_matrix(matrix, PATHS.noise_plot, labels=prepared.classes,
-                    title=f"{what}: requested {report['requested_rate']:.3f}{scope}, realised {realised:.3f}"
-                    if nc.kind != "given" else f"{what} ({Path(nc.file).name}): realised {realised:.3f}",
-                    xlabel="noisy label", ylabel="true label")
+        if unknown:  # no truth to hold the labels against: what training will see, class by class
+            plot_per_class({"labels trained on": np.bincount(nl.labels, minlength=k) / max(nl.labels.size, 1)},
+                           PATHS.noise_plot, labels=prepared.classes, ylabel="fraction of train labels",
+                           title=f"{what}{f' ({Path(nc.file).name})' if nc.file and nc.kind == 'given' else ''}: "
+                                 "no true train labels (data.truth: false), so the noise rate is unknown")
+        else:
+            plot_matrix(matrix, PATHS.noise_plot, labels=prepared.classes,
+                        title=f"{what}: requested {report['requested_rate']:.3f}{scope}, realised {realised:.3f}"
+                        if nc.kind != "given" else f"{what} ({Path(nc.file).name}): realised {realised:.3f}",
+                        xlabel="noisy label", ylabel="true label")
 
-        metrics = {"realised_rate": realised, "n_changed": nl.n_changed}
+        metrics = {"n_changed": nl.n_changed, **({} if unknown else {"realised_rate": realised})}
         if nc.kind == "instance" and report["reference"]["train_acc"] is not None:
             metrics["reference_train_acc"] = report["reference"]["train_acc"]
         tracked.log_metrics(metrics)
@@ -155,15 +175,9 @@ def _reference(cfg: Config, prepared: Prepared, true: np.ndarray) -> tuple[np.nd
         "n_fit": int(prepared.clean_idx.size),
         "epochs": nc.reference_epochs, "lr": nc.reference_lr, "batch_size": nc.reference_batch_size,
         "seed": nc.reference_seed,
-        "train_acc": float((probs.argmax(axis=1) == true).mean()) if true.size else None,  # vs the true labels
+        "train_acc": float((probs.argmax(axis=1) == true).mean()) if true.size else None,  # vs true labels, if any
         "time_s": round(time.perf_counter() - t0, 2),
     }}
-
-
-def _given_file(name: str) -> Path:
-    """``noise.file``; a relative path is the repository's (DVC_ROOT in `dvc exp` copies), not the working copy's."""
-    path = Path(name)
-    return path if path.is_absolute() else repo_root() / path
 
 
 def _train_part_size(prepared: Prepared) -> int:

@@ -101,7 +101,8 @@ def _check(cfg: Config, prepared: Prepared) -> None:
         return
     n = len(prepared.clean_idx)
     if n == 0:
-        raise ConfigError("mentor.kind: dd needs the trusted clean subset, but data.clean_size is 0")
+        raise ConfigError("mentor.kind: dd needs a trusted clean subset, and there is none (data.clean_size is 0 "
+                          "and no data.clean_file); give one, or use the predefined curriculum: mentor.kind: pd")
     n_held = round(m.holdout * n)
     if n_held == 0 or n_held == n:
         raise ConfigError(f"mentor.holdout: {m.holdout} of {n} clean examples leaves no fit or no held-out examples")

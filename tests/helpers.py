@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -132,3 +133,53 @@ def split_student(overlay: dict) -> dict:
     if new:
         out["student"] = new
     return out
+
+
+# ----------------------------------------------------------------------------- a user's own images on disk
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_digits(root: Path, *, layout: str, n: int = 1797, test_every: int = 5,
+                 corrupt: tuple[int, ...] = ()) -> dict:
+    """scikit-learn's digits (the first ``n``) as PNG files under ``root``, the way a user keeps images:
+
+    - ``tree``: ``root/<class name>/<i>.png``, no test split;
+    - ``split_tree``: ``root/train/<class>/...`` and ``root/test/<class>/...`` (every ``test_every``-th image is test);
+    - ``manifest``: ``root/img/<i>.png`` and ``root/manifest.csv`` (path,label,split) with class names as labels.
+
+    Images alternate in mode (8-bit grayscale, RGB, palette) and size (8x8, 16x16, 12x20) to show any is read.
+    The files in ``corrupt`` (digit indices) hold bytes that are no image. Returns {"path": what data.path
+    names, "classes": the class names in label order, "names": each image's name in the dataset's order, "labels":
+    its true class index (same order), "n_train": images before the test part}."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images[:n] * 255 / 16).round().astype(np.uint8)  # (n, 8, 8)
+    labels = d.target[:n].astype(np.int64)
+    test = np.arange(n) % test_every == test_every - 1 if layout != "tree" else np.zeros(n, dtype=bool)
+    rows = []
+    for i, (img, y) in enumerate(zip(images, labels, strict=True)):
+        cls = DIGIT_NAMES[y]
+        split = "test" if test[i] else "train"
+        name = {"tree": f"{cls}/{i:04d}.png", "split_tree": f"{split}/{cls}/{i:04d}.png",
+                "manifest": f"img/{i:04d}.png"}[layout]
+        file = root / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if i in corrupt:
+            file.write_bytes(b"not an image at all")
+        else:
+            im = Image.fromarray(img, mode="L")
+            im = [im, im.convert("RGB"), im.convert("P")][i % 3].resize([(8, 8), (16, 16), (12, 20)][i // 3 % 3])
+            im.save(file)
+        rows.append((name, cls, split, y))
+    if layout == "manifest":
+        with open(root / "manifest.csv", "w") as f:
+            f.write("path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s, _ in rows))
+    # the dataset's order: train before test; in a tree by class folder (sorted names), then file name
+    order = sorted(range(n), key=lambda i: (rows[i][2] == "test", rows[i][0] if layout != "manifest" else i))
+    classes = sorted(DIGIT_NAMES)  # the folder's classes: its class names, sorted
+    return {"path": root / "manifest.csv" if layout == "manifest" else root, "classes": classes,
+            "names": [rows[i][0] for i in order],
+            "labels": np.array([classes.index(DIGIT_NAMES[rows[i][3]]) for i in order], dtype=np.int64),
+            "n_train": int((~test).sum())}

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from labelnoise.datasets import load_prepared, save_prepared
-from tests.helpers import nan_from
+from tests.helpers import nan_from, write_digits
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -104,6 +104,32 @@ def _student_nan_from(forward: int) -> Callable[[pytest.MonkeyPatch], None]:
 
 
 MIRROR = ["-S", "data.dataset=mnist", "-S", "data.download=false", "-S", "data.mirrors.mnist=[mirror]"]
+# your own images: 300 digits as PNG files under own/ (tests.helpers.write_digits), read as 8x8 grayscale
+FOLDER = ["-S", "data.dataset=folder", "-S", "data.image_size=8", "-S", "data.channels=1", "-S", "data.clean_size=0",
+          "-S", "data.test_size=50"]
+
+
+def _own(layout: str, *, corrupt: tuple[int, ...] = (), then: Callable[[Path], None] | None = None
+         ) -> Callable[[Path], None]:
+    """Digits written as a user's image folder or manifest under work/own, then changed by ``then``."""
+    def setup(work: Path) -> None:
+        write_digits(work / "own", layout=layout, n=300, corrupt=corrupt)
+        if then is not None:
+            then(work / "own")
+    return setup
+
+
+def _unknown_class_row(own: Path) -> None:
+    manifest = own / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    test_row = next(i for i, line in enumerate(lines) if line.endswith(",test"))
+    lines[test_row] = lines[test_row].split(",")[0] + ",eleven,test"
+    manifest.write_text("\n".join(lines) + "\n")
+
+
+def _pt_file(work: Path) -> None:
+    n = len(load_prepared(work / "data/prepared.npz").labels)
+    torch.save({"worse_label": np.zeros(n, dtype=np.int64)}, work / "given.pt")
 
 ROWS = [
     # ---- params
@@ -145,6 +171,26 @@ ROWS = [
     Row("given-labels file that would run code", ["inject-noise", "-S", "noise.kind=given", "-S",
                                                   "noise.file=given.pkl", "-S", "noise.key=y"], 1,
         "refused posix.system", setup=_write("given.pkl", b"cposix\nsystem\n(S'true'\ntR.")),
+    Row("given-labels file with a label out of range", ["inject-noise", "-S", "noise.kind=given", "-S",
+                                                        "noise.file=given.npy"], 1, "label 10 is outside [0, 10)",
+        setup=lambda work: np.save(work / "given.npy",
+                                   np.full(len(load_prepared(work / "data/prepared.npz").labels), 10))),
+    Row("given-labels file without the key", ["inject-noise", "-S", "noise.kind=given", "-S", "noise.file=given.pt",
+                                              "-S", "noise.key=aggre_label"], 1,
+        "noise.key: 'aggre_label' is not in", setup=_pt_file),
+    Row("missing image folder", ["download", *FOLDER, "-S", "data.path=own"], 1, "own does not exist"),
+    Row("empty class folder", ["download", *FOLDER, "-S", "data.path=own"], 1, "class folder",
+        setup=_own("tree", then=lambda own: (own / "ten").mkdir())),
+    Row("unreadable image", ["download", *FOLDER, "-S", "data.path=own"], 1,
+        "cannot be read as an image", setup=_own("tree", corrupt=(7,))),
+    Row("manifest with an unknown class", ["download", *FOLDER, "-S", "data.path=own/manifest.csv"], 1,
+        "has the unknown class 'eleven'", setup=_own("manifest", then=_unknown_class_row)),
+    Row("clean file overlapping the test split", ["download", *FOLDER, "-S", "data.path=own", "-S",
+                                                  "data.clean_file=own/clean.csv"], 1,
+        "data.clean_file: index 299 is the test split",
+        setup=_own("split_tree", then=lambda own: (own / "clean.csv").write_text("index,label\n3,zero\n299,one\n"))),
+    Row("clean subset drawn from untrusted labels", ["download", "-S", "data.truth=false"], 2,
+        "data.clean_size: with data.truth: false"),
     Row("clean_size larger than the data", ["download", "-S", "data.clean_size=100000"], 1,
         "data.clean_size (100000)"),
     Row("stage run before its inputs exist", ["train-student"], 1, "data/noisy.npz does not exist",

@@ -17,9 +17,10 @@ import pytest
 from labelnoise import datasets
 from labelnoise.config import Config, ConfigError, load_config
 from labelnoise.datasets import Bundled, Cifar, Dataset, Idx
+from labelnoise.datasets.folder import Folder
 
 REPO = Path(__file__).resolve().parent.parent
-BUILT_IN = ("cifar10", "cifar100", "digits", "fashion_mnist", "mnist")
+BUILT_IN = ("cifar10", "cifar100", "digits", "fashion_mnist", "folder", "mnist")
 
 
 # ----------------------------------------------------------------------------- the shipped datasets
@@ -30,10 +31,11 @@ FACTS = {
     "cifar10": ((3, 32, 32), 10, True, "crop_flip", "cifar100", (Cifar, "CIFAR10")),
     "cifar100": ((3, 32, 32), 100, True, "crop_flip", "white_noise", (Cifar, "CIFAR100")),
     "digits": ((1, 8, 8), 10, False, "none", "white_noise", (Bundled, None)),
+    "folder": (None, None, None, "none", "white_noise", (Folder, None)),  # facts set by the data (data.path, ...)
 }
 
 
-def test_registry_lists_the_five_datasets_with_their_facts() -> None:
+def test_registry_lists_the_six_datasets_with_their_facts() -> None:
     assert datasets.dataset_names() == BUILT_IN
     assert set(datasets.DATASETS) == set(BUILT_IN)
     for name, (shape, k, official_test, augment, auto, (kind, tv_class)) in FACTS.items():
@@ -48,15 +50,15 @@ def test_registry_lists_the_five_datasets_with_their_facts() -> None:
 def test_unknown_dataset_is_one_clear_line() -> None:
     with pytest.raises(ValueError) as e:
         datasets.get_dataset("imagenet")
-    assert str(e.value) == "unknown dataset 'imagenet' (known: cifar10, cifar100, digits, fashion_mnist, mnist)"
+    assert str(e.value) == "unknown dataset 'imagenet' (known: cifar10, cifar100, digits, fashion_mnist, folder, mnist)"
     with pytest.raises(ConfigError) as e:
         load_config(REPO / "params.yaml", ["data.dataset=imagenet"])
-    assert str(e.value) == ("data.dataset: must be one of 'cifar10', 'cifar100', 'digits', 'fashion_mnist', 'mnist', "
-                            "got 'imagenet'")
+    assert str(e.value) == ("data.dataset: must be one of 'cifar10', 'cifar100', 'digits', 'fashion_mnist', 'folder', "
+                            "'mnist', got 'imagenet'")
     with pytest.raises(ConfigError) as e:
         load_config(REPO / "params.yaml", ["noise.open_set_source=svhn"])
     assert str(e.value) == ("noise.open_set_source: must be one of 'auto', 'white_noise', 'cifar10', 'cifar100', "
-                            "'digits', 'fashion_mnist', 'mnist', got 'svhn'")
+                            "'digits', 'fashion_mnist', 'folder', 'mnist', got 'svhn'")
 
 
 def test_sections_live_beside_their_code_and_config_reexports_them() -> None:

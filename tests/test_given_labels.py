@@ -89,8 +89,8 @@ def cifar10n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dic
                       ("random_label3", 0.2)):
         wrong = rng.random(clean.size) < rate
         human[key] = np.where(wrong, (clean + rng.integers(1, 10, clean.size)) % 10, clean)
-    (tmp_path / "data").mkdir()
-    torch.save(human, tmp_path / "data" / "CIFAR-10_human.pt")
+    (tmp_path / "data" / "own").mkdir(parents=True)
+    torch.save(human, tmp_path / "data" / "own" / "CIFAR-10_human.pt")
     preset = read_yaml(REPO / "presets" / "cifar10n.yaml")
     params = merge(merge(read_yaml(REPO / "params.yaml"), preset), {
         "base": {"threads": 1}, "data": {"mirrors": {"cifar10": [str(tmp_path / "mirror")]}, "download": False,

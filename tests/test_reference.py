@@ -17,7 +17,8 @@ def digits_clean_and_train(n_clean: int = 150, n_train: int = 300):
     """Digits (1, 8, 8) split into a small clean subset and a small train pool, class-stratified enough."""
     from labelnoise.datasets import _load_digits
 
-    images, labels, _, classes = _load_digits()
+    d = _load_digits()
+    images, labels, classes = d.images, d.labels, d.classes
     order = np.random.default_rng(0).permutation(len(labels))
     clean, train = order[:n_clean], order[n_clean : n_clean + n_train]
     return images[clean], labels[clean], images[train], labels[train], classes

@@ -59,9 +59,10 @@ class Dataset:
     """
 
     name: str  # the value of params `data.dataset`
-    shape: tuple[int, int, int]  # (C, H, W) of every image
-    num_classes: int  # K: labels are 0..K-1
-    official_test: bool  # the source delivers an official test part; else make_splits holds out data.test_size
+    shape: tuple[int, int, int] | None  # (C, H, W) of every image; None: set by the data (folder)
+    num_classes: int | None  # K: labels are 0..K-1; None: set by the data (folder)
+    official_test: bool | None  # the source delivers an official test part; else make_splits holds out
+    #   data.test_size; None: the data says (a folder with or without a test split)
     source: Source  # how the arrays are fetched and verified: Idx, Cifar, Bundled or a Source of your own
     augment: Literal["none", "crop_flip"] = "none"  # what `student.augment: auto` means for it
     class_map: Mapping[int, int] | None = None
@@ -71,15 +72,16 @@ class Dataset:
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name in _RESERVED:
             raise ValueError(f"dataset name {self.name!r}: must be a Python identifier other than {_RESERVED}")
-        if len(self.shape) != 3 or any(not isinstance(d, int) or d < 1 for d in self.shape):
+        if self.shape is not None and (len(self.shape) != 3
+                                       or any(not isinstance(d, int) or d < 1 for d in self.shape)):
             raise ValueError(f"dataset {self.name}: shape must be (C, H, W) positive ints, got {self.shape}")
-        if self.num_classes < 2:
+        if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"dataset {self.name}: num_classes must be >= 2, got {self.num_classes}")
         if self.augment not in ("none", "crop_flip"):
             raise ValueError(f"dataset {self.name}: augment must be 'none' or 'crop_flip', got {self.augment!r}")
         if not isinstance(self.source, Source):
             raise ValueError(f"dataset {self.name}: source must be a labelnoise.datasets.Source, got {self.source!r}")
-        if self.class_map is not None:
+        if self.class_map is not None and self.num_classes is not None:
             cmap = {int(k): int(v) for k, v in self.class_map.items()}
             n = self.num_classes
             bad = [(k, v) for k, v in cmap.items() if k == v or not (0 <= k < n and 0 <= v < n)]
@@ -87,7 +89,8 @@ class Dataset:
                 raise ValueError(f"dataset {self.name}: class_map must map classes 0..{self.num_classes - 1} onto "
                                  f"other classes, got {bad or 'an empty map'}")
             object.__setattr__(self, "class_map", MappingProxyType(cmap))  # read-only: callers get copies
-        object.__setattr__(self, "shape", tuple(self.shape))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(self.shape))
         object.__setattr__(self, "same_classes", tuple(self.same_classes))
 
 
@@ -132,14 +135,32 @@ class DataConfig:
     download: bool  # allow the network as the last source
     clean_size: int = _rng(0)  # trusted clean subset, stratified (MentorNet: 5000)
     val_size: int = _rng(0)  # optional noisy validation split carved from the train pool
-    test_size: int = _rng(0)  # only for datasets without an official test split (digits)
+    test_size: int = _rng(0)  # only for datasets without an official test split (digits, a folder without one)
     train_limit: int = _rng(0)  # 0: whole train pool; else a stratified subsample (quick runs)
     split_seed: int = _rng(0)
+    truth: bool  # the data's labels are true ones; false: they are the (noisy) labels you have, not checked
+    clean_file: str  # a trusted subset given as a file (.csv index,label or path,label); "" = none given
+    path: str  # folder: an image tree root/<class>/<image> (or root/{train,test}/<class>/...) or a manifest
+    classes: list[str]  # folder: class names in label order; [] = from the data (sorted names, or 0..K-1)
+    image_size: int = _rng(1, 4096)  # folder: images are resized (shorter side) and centre-cropped to this square
+    channels: int = _rng(1, 3)  # folder: 1 (grayscale) or 3 (RGB)
+    skip_bad_images: bool  # folder: skip (and report) an unreadable image instead of stopping at it
 
     def __post_init__(self) -> None:
         if self.dataset not in _REGISTRY:
             choices = ", ".join(repr(n) for n in dataset_names())
             raise ConfigError(f"data.dataset: must be one of {choices}, got {self.dataset!r}")
+        if self.channels == 2:
+            raise ConfigError("data.channels: must be 1 (grayscale) or 3 (RGB), got 2")
+        if self.clean_file and self.clean_size:
+            raise ConfigError(f"data.clean_size: must be 0 with data.clean_file (the file is the trusted subset), "
+                              f"got {self.clean_size}")
+        if not self.truth and self.clean_size:
+            raise ConfigError("data.clean_size: with data.truth: false the labels are not trusted, so no clean "
+                              "subset can be drawn from them; give one as data.clean_file, or set 0")
+        if not self.truth and self.val_size:
+            raise ConfigError("data.val_size: with data.truth: false the labels are not trusted, so no validation "
+                              "split can be drawn from them; set 0")
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -151,21 +172,28 @@ def load_dataset(data: DataConfig) -> RawData:
     ds = get_dataset(data.dataset)
     notes = Notes()
     arrays, source = ds.source.fetch(ds, root=Path(data.root), mirrors=list(data.mirrors.get(ds.name, [])),
-                                     download=data.download, notes=notes)
-    return _checked(RawData(*arrays, dataset=ds.name, source=source, rejected=notes.rejected), ds)
+                                     download=data.download, notes=notes, data=data)
+    return _checked(RawData(*arrays[:4], dataset=ds.name, source=source, rejected=notes.rejected,
+                            paths=arrays.paths), ds)
 
 
 def _checked(raw: RawData, ds: Dataset) -> RawData:
-    """Shapes, dtypes, label range, class count and test split of what the source handed back."""
-    if raw.images.dtype != np.uint8 or raw.images.shape[1:] != ds.shape:
+    """Shapes, dtypes, label range, class count and test split of what the source handed back (against the
+    registered facts; a fact the data sets, None, against the data's own)."""
+    shape = ds.shape or raw.images.shape[1:]
+    k = ds.num_classes or len(raw.classes)
+    if raw.images.dtype != np.uint8 or raw.images.ndim != 4 or raw.images.shape[1:] != shape:
         raise ValueError(f"{raw.dataset}: images are {raw.images.dtype} {raw.images.shape}, "
-                         f"expected uint8 (N, *{ds.shape})")
-    if raw.labels.shape != (len(raw.images),) or raw.labels.min() < 0 or raw.labels.max() >= ds.num_classes:
-        raise ValueError(f"{raw.dataset}: labels must be {len(raw.images)} values in [0, {ds.num_classes})")
-    if len(raw.classes) != ds.num_classes:
-        raise ValueError(f"{raw.dataset}: {len(raw.classes)} class names, expected {ds.num_classes}")
+                         f"expected uint8 (N, *{shape})")
+    if raw.labels.shape != (len(raw.images),) or raw.labels.min() < 0 or raw.labels.max() >= k:
+        raise ValueError(f"{raw.dataset}: labels must be {len(raw.images)} values in [0, {k})")
+    if len(raw.classes) != k or k < 2:
+        raise ValueError(f"{raw.dataset}: {len(raw.classes)} class names, expected {k} (at least 2)")
+    if raw.paths is not None and len(raw.paths) != len(raw.images):
+        raise ValueError(f"{raw.dataset}: {len(raw.paths)} paths for {len(raw.images)} images")
     n_test = len(raw.images) - raw.n_official_train
-    if not 0 < raw.n_official_train <= len(raw.images) or (n_test > 0) != ds.official_test:
+    official = ds.official_test if ds.official_test is not None else n_test > 0
+    if not 0 < raw.n_official_train <= len(raw.images) or (n_test > 0) != official:
         raise ValueError(f"{raw.dataset}: registered with official_test={ds.official_test}, but the source "
                          f"delivered {raw.n_official_train} train and {n_test} official test images")
     return raw

@@ -1,8 +1,8 @@
 """What every dataset source shares: the arrays it returns, the notes of what was tried, and the cache → mirrors →
 network order of sources that keep verified files in the cache (:class:`Cached`, done by ``_idx`` and ``_cifar``).
 
-A source is an object with ``fetch(ds, *, root, mirrors, download, notes) -> (Arrays, label)``; ``label`` is what
-the data report records as the source (``cache``, ``mirror:<path>``, ``network``, ``bundled``).
+A source is an object with ``fetch(ds, *, root, mirrors, download, notes, data) -> (Arrays, label)``; ``label`` is
+what the data report records as the source (``cache``, ``mirror:<path>``, ``network``, ``bundled``, ``folder:<path>``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class Arrays(NamedTuple):
     labels: np.ndarray  # int64 (N,) in [0, K)
     n_official_train: int  # images[:n] are the official train part, images[n:] the official test part (may be empty)
     classes: list[str]  # K class names, in label order
+    paths: list[str] | None = None  # one per image: where it was read from (a folder dataset), else None
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class RawData:
     classes: list[str]
     dataset: str
     source: str  # "cache" | "mirror:<path>" | "network" | "bundled"
-    rejected: list[str] = field(default_factory=list)  # one line per file that failed verification
+    rejected: list[str] = field(default_factory=list)  # one line per file that failed verification (or was skipped)
+    paths: list[str] | None = None  # one per image where the source reads image files (folder)
 
 
 class Notes:
@@ -83,10 +85,11 @@ def staging(root: Path) -> Path:
 class Source:
     """How a dataset's arrays are obtained. Subclasses implement :meth:`fetch`."""
 
-    def fetch(self, ds: Dataset, *, root: Path, mirrors: list[str], download: bool,
-              notes: Notes) -> tuple[Arrays, str]:
+    def fetch(self, ds: Dataset, *, root: Path, mirrors: list[str], download: bool, notes: Notes,
+              data: Any = None) -> tuple[Arrays, str]:
         """(the arrays, where they came from). ``root``: the cache folder (``data.root``); ``mirrors``: local
-        folders to try (``data.mirrors[ds.name]``); ``download``: the network is allowed. Raises DataUnavailable."""
+        folders to try (``data.mirrors[ds.name]``); ``download``: the network is allowed; ``data``: the whole params
+        section ``data`` (a source with params of its own reads them there). Raises DataUnavailable."""
         raise NotImplementedError
 
 
@@ -100,8 +103,8 @@ class Bundled(Source):
     load: Callable[[], Arrays]
     label: str = "bundled"  # the data report's `source`
 
-    def fetch(self, ds: Dataset, *, root: Path, mirrors: list[str], download: bool,
-              notes: Notes) -> tuple[Arrays, str]:
+    def fetch(self, ds: Dataset, *, root: Path, mirrors: list[str], download: bool, notes: Notes,
+              data: Any = None) -> tuple[Arrays, str]:
         return Arrays(*self.load()), self.label
 
 
@@ -124,8 +127,8 @@ class Cached(Source):
     def read(self, ds: Dataset, root: Path) -> Arrays:
         raise NotImplementedError
 
-    def fetch(self, ds: Dataset, *, root: Path, mirrors: list[str], download: bool,
-              notes: Notes) -> tuple[Arrays, str]:
+    def fetch(self, ds: Dataset, *, root: Path, mirrors: list[str], download: bool, notes: Notes,
+              data: Any = None) -> tuple[Arrays, str]:
         source: str | None = None
         why = self.cache(ds, root, notes)
         if why is None:

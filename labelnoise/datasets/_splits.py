@@ -65,7 +65,7 @@ def _stratified(pool: np.ndarray, labels: np.ndarray, n: int, num_classes: int, 
 
 
 def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, val_size: int, test_size: int,
-                train_limit: int, seed: int) -> Splits:
+                train_limit: int, seed: int, clean_idx: np.ndarray | None = None) -> Splits:
     """Cut the fetched dataset into disjoint train / clean / val / test index sets.
 
     labels: int64 (N,); ``labels[:n_official_train]`` is the official train part, the rest the
@@ -74,6 +74,9 @@ def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, v
     ``clean`` (the trusted subset, as equal per class as possible, exactly ``clean_size``), then
     ``val`` (stratified, ``val_size``), then ``train`` = the rest, or a stratified ``train_limit``
     of it. Pure numpy on ``np.random.default_rng(seed)``: same seed, same split.
+
+    ``clean_idx``: a trusted subset given (``data.clean_file``): it is the clean split (``clean_size`` must be 0),
+    taken out of the train part before anything is drawn; an index in the official test part is a ValueError.
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
@@ -83,6 +86,16 @@ def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, v
     num_classes = int(labels.max()) + 1 if n else 0
     rng = np.random.default_rng(seed)
     pool = np.arange(n_official_train, dtype=np.int64)
+    given = None if clean_idx is None else np.unique(np.asarray(clean_idx, dtype=np.int64))
+    if given is not None:
+        if clean_size:
+            raise ValueError(f"data.clean_size: must be 0 with a given clean subset, got {clean_size}")
+        outside = given[(given < 0) | (given >= n_official_train)]
+        if outside.size:
+            where = "the test split" if 0 <= outside[0] < n else "no image"
+            raise ValueError(f"data.clean_file: index {outside[0]} is {where} ({outside.size} of its "
+                             f"{given.size} indices are outside the train part 0..{n_official_train - 1})")
+        pool = np.setdiff1d(pool, given)
 
     if n_official_train < n:
         test = np.arange(n_official_train, n, dtype=np.int64)
@@ -93,10 +106,10 @@ def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, v
         test = _stratified(pool, labels, test_size, num_classes, rng, balanced=False)
         pool = np.setdiff1d(pool, test)
 
-    if clean_size + val_size >= len(pool):
+    if (0 if given is not None else clean_size) + val_size >= len(pool):
         raise ValueError(f"data.clean_size ({clean_size}) + data.val_size ({val_size}) must be smaller than the "
                          f"{len(pool)} training examples available, to leave a train split")
-    clean = _stratified(pool, labels, clean_size, num_classes, rng, balanced=True)
+    clean = given if given is not None else _stratified(pool, labels, clean_size, num_classes, rng, balanced=True)
     pool = np.setdiff1d(pool, clean)
     val = _stratified(pool, labels, val_size, num_classes, rng, balanced=False)
     pool = np.setdiff1d(pool, val)
@@ -122,9 +135,16 @@ class Prepared:
     test_idx: np.ndarray  # int64 (n_test,)
     classes: list[str]
     dataset: str
+    known: np.ndarray | None = None  # bool (N,): labels[i] is a true label; None: all are (a built-in dataset)
+    paths: np.ndarray | None = None  # str (N,): each image's file (a folder dataset), else None
 
     def __post_init__(self) -> None:
         n = len(self.images)
+        for name, kind in (("known", "b"), ("paths", "U")):
+            arr = getattr(self, name)
+            if arr is not None and (arr.shape != (n,) or arr.dtype.kind != kind):
+                raise ValueError(f"Prepared.{name} must be ({n},) {'bool' if kind == 'b' else 'str'}, "
+                                 f"got {arr.dtype} {arr.shape}")
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(f"Prepared.images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
         if self.labels.dtype != np.int64 or self.labels.shape != (n,):
@@ -142,14 +162,20 @@ class Prepared:
                 raise ValueError(f"Prepared.{name} overlaps another split or repeats an index")
             seen[idx] = True
 
+    def trusted(self, idx: np.ndarray) -> bool:
+        """Every label at ``idx`` is a true label (False for an empty ``idx``: nothing to trust)."""
+        return bool(idx.size) and (self.known is None or bool(self.known[idx].all()))
+
     def sizes(self) -> dict[str, int]:
         return {name.removesuffix("_idx"): len(getattr(self, name)) for name in _INDEX_FIELDS}
 
 
 def save_prepared(path: str | Path, p: Prepared) -> Path:
     """Write ``p`` atomically as an uncompressed npz (class names as a string array, no pickle)."""
+    optional = {k: getattr(p, k) for k in ("known", "paths") if getattr(p, k) is not None}  # absent: built-in
     return save_npz(path, images=p.images, labels=p.labels, **{k: getattr(p, k) for k in _INDEX_FIELDS},
-                    classes=np.array(p.classes, dtype=np.str_), dataset=np.array(p.dataset, dtype=np.str_))
+                    classes=np.array(p.classes, dtype=np.str_), dataset=np.array(p.dataset, dtype=np.str_),
+                    **optional)
 
 
 def load_prepared(path: str | Path) -> Prepared:
@@ -157,7 +183,8 @@ def load_prepared(path: str | Path) -> Prepared:
     arrays = read_npz(path, remedy="run the download stage (dvc repro download)",
                       keys=("images", "labels", *_INDEX_FIELDS, "classes", "dataset"))
     return Prepared(images=arrays["images"], labels=arrays["labels"], **{k: arrays[k] for k in _INDEX_FIELDS},
-                    classes=[str(c) for c in arrays["classes"]], dataset=str(arrays["dataset"]))
+                    classes=[str(c) for c in arrays["classes"]], dataset=str(arrays["dataset"]),
+                    known=arrays.get("known"), paths=arrays.get("paths"))
 
 
 def data_report(p: Prepared, *, source: str, rejected: list[str]) -> dict[str, Any]:
@@ -170,6 +197,9 @@ def data_report(p: Prepared, *, source: str, rejected: list[str]) -> dict[str, A
         "image_shape": list(p.images.shape[1:]),
         "num_classes": len(p.classes),
         "clean_per_class": {c: int(k) for c, k in zip(p.classes, clean_counts, strict=True)},
+        "classes": list(p.classes),
+        "true_labels": {split: p.known is None or bool(p.known[getattr(p, f"{split}_idx")].all())
+                        for split in ("train", "clean", "val", "test")},
         "sha256": {k: sha256(np.ascontiguousarray(getattr(p, k)).tobytes())
                    for k in ("images", "labels", *_INDEX_FIELDS)},
         "rejected": list(rejected),

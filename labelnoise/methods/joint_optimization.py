@@ -208,7 +208,8 @@ def class_prior(kind: str, *, num_classes: int, clean_labels: Tensor | np.ndarra
     if kind == "clean":
         y = torch.as_tensor(clean_labels if clean_labels is not None else [], dtype=torch.int64).cpu()
         if y.numel() == 0:
-            raise ConfigError("correction.prior: 'clean' needs the trusted clean subset (data.clean_size > 0)")
+            raise ConfigError("correction.prior: 'clean' needs a trusted clean subset (data.clean_size > 0 or "
+                              "data.clean_file); or use correction.prior: uniform")
         counts = torch.bincount(y, minlength=num_classes).double()
         return (counts / counts.sum()).float()
     raise ValueError(f"unknown prior {kind!r} (uniform | clean)")
@@ -458,7 +459,7 @@ def retrain(
 
 
 def recovery_report(
-    noisy: np.ndarray, corrected: np.ndarray, true: np.ndarray, *, num_classes: int,
+    noisy: np.ndarray, corrected: np.ndarray, true: np.ndarray | None, *, num_classes: int,
     hard_history: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """How well the corrected labels recover the true ones. EVALUATION ONLY: called after training.
@@ -466,12 +467,23 @@ def recovery_report(
     noisy, corrected, true: int (N,). hard_history: optional (E, N) labels after each phase-1 epoch.
     Returns {"acc_before", "acc_after", "residual_noise_rate", "labels_changed" (count), "changed_fraction",
     "fixed" (wrong → right), "broken" (right → wrong), "per_class_before", "per_class_after" ((C,) recall of
-    each true class), "recovery_per_epoch" ((E,) when hard_history is given)}.
+    each true class), "recovery_per_epoch" ((E,) when hard_history is given)}. Without true labels (``true``
+    None) only the changes are counted; everything measured against the truth is NaN (None for the counts).
     """
     from labelnoise.metrics import label_accuracy, per_class_accuracy
 
-    noisy, corrected, true = (np.asarray(a, dtype=np.int64) for a in (noisy, corrected, true))
+    noisy, corrected = (np.asarray(a, dtype=np.int64) for a in (noisy, corrected))
     changed = corrected != noisy
+    if true is None:
+        unknown = np.full(num_classes, math.nan)
+        out = {"acc_before": math.nan, "acc_after": math.nan, "residual_noise_rate": math.nan,
+               "labels_changed": int(changed.sum()),
+               "changed_fraction": float(changed.mean()) if changed.size else math.nan,
+               "fixed": None, "broken": None, "per_class_before": unknown, "per_class_after": unknown}
+        if hard_history is not None:
+            out["recovery_per_epoch"] = np.full(len(hard_history), math.nan)
+        return out
+    true = np.asarray(true, dtype=np.int64)
     before, after = label_accuracy(noisy, true), label_accuracy(corrected, true)
     out: dict[str, Any] = {
         "acc_before": before, "acc_after": after, "residual_noise_rate": 1.0 - after,

@@ -157,7 +157,7 @@ class SpadeTask(Task):
         if cfg.mentor_update != "none" and mentor_cfg.kind == "dd":
             if clean is None or clean[0].shape[0] == 0:
                 raise ValueError("student.mentor_update with a dd mentor needs the trusted clean subset "
-                                 "(data.clean_size > 0)")
+                                 "(data.clean_size > 0 or data.clean_file)")
             self._clean = self._corrupted_clean_copy(*clean, num_classes=num_classes, dataset=dataset)
 
     def _corrupted_clean_copy(self, x: Tensor, y: Tensor, *, num_classes: int,

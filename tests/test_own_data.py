@@ -1,0 +1,264 @@
+"""Your own data (``data.dataset: folder``): image trees and manifests read from disk, a trusted subset given as a
+file, and datasets without true train labels, from the reader up to `dvc repro` of the whole pipeline.
+
+The images are scikit-learn's digits written as PNG files of mixed modes and sizes (tests.helpers.write_digits),
+so the tests know every true label and can check what the pipeline recovers without telling it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from labelnoise import datasets
+from labelnoise.config import load_config
+from labelnoise.datasets.folder import load_image
+from labelnoise.scaffold import sh, tiny_project
+from stages.download import read_clean_file
+from tests.helpers import write_digits
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _data(path: Path, **kw: object) -> datasets.DataConfig:
+    cfg = load_config(REPO / "params.yaml", ["data.dataset=folder", "data.image_size=8", "data.channels=1"])
+    return dataclasses.replace(cfg.data, path=str(path), **kw)
+
+
+# ----------------------------------------------------------------------------- reading images
+def test_an_8x8_grayscale_png_is_read_back_exactly(tmp_path: Path) -> None:
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    Image.fromarray(pixels, mode="L").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png", size=8, channels=1), pixels[None])
+    rgb = load_image(tmp_path / "a.png", size=8, channels=3)  # gray → RGB: three equal channels
+    assert rgb.shape == (3, 8, 8) and (rgb == pixels[None]).all()
+
+
+def test_resize_and_centre_crop(tmp_path: Path) -> None:
+    """A 40x20 image (left half black, right half white) becomes 8x8 from its centre: the shorter side is scaled
+    to 8 (→ 16x8) and the middle 8 columns kept, half black, half white."""
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    img[:, 20:] = 255
+    Image.fromarray(img, mode="RGB").save(tmp_path / "wide.png")
+    out = load_image(tmp_path / "wide.png", size=8, channels=1)
+    assert out.shape == (1, 8, 8)
+    assert (out[0, :, :3] < 10).all() and (out[0, :, 5:] > 245).all()
+
+
+@pytest.mark.parametrize("layout", ["tree", "split_tree", "manifest"])
+def test_every_layout_gives_the_images_labels_names_and_split(layout: str, tmp_path: Path) -> None:
+    own = write_digits(tmp_path, layout=layout, n=200)
+    raw = datasets.load_dataset(_data(own["path"]))
+    assert raw.classes == own["classes"]  # class names kept, in label order
+    np.testing.assert_array_equal(raw.labels, own["labels"])
+    assert raw.paths == own["names"] and raw.n_official_train == own["n_train"]
+    assert raw.images.shape == (200, 1, 8, 8) and raw.images.dtype == np.uint8
+    assert raw.source == f"folder:{own['path']}"
+
+
+def test_modes_and_sizes_all_become_the_same_digit(tmp_path: Path) -> None:
+    """write_digits saves each digit as 8x8, 16x16 or 12x20 and as L, RGB or P: read back at 8x8 grayscale, the
+    8x8 ones are exact and the rest stay close to the original digit."""
+    from sklearn.datasets import load_digits
+
+    own = write_digits(tmp_path, layout="manifest", n=90, test_every=1000)
+    raw = datasets.load_dataset(_data(own["path"]))
+    original = (load_digits().images[:90] * 255 / 16).round()
+    order = [int(Path(n).stem) for n in raw.paths]
+    err = np.abs(raw.images[:, 0].astype(float) - original[order]).mean(axis=(1, 2))  # (90,) mean abs error
+    exact = np.array([i // 3 % 3 == 0 for i in order])  # saved at 8x8
+    assert (err[exact] == 0).all() and err[~exact].mean() < 30
+
+
+def test_parquet_manifest_and_given_class_order(tmp_path: Path) -> None:
+    import pandas as pd
+
+    own = write_digits(tmp_path, layout="manifest", n=100)
+    rows = pd.read_csv(own["path"])
+    rows.to_parquet(tmp_path / "manifest.parquet")
+    order = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    raw = datasets.load_dataset(_data(tmp_path / "manifest.parquet", classes=order))
+    assert raw.classes == order
+    assert [order[k] for k in raw.labels] == [own["classes"][k] for k in own["labels"]]
+
+
+def test_skip_bad_images_leaves_them_out_and_reports_them(tmp_path: Path) -> None:
+    own = write_digits(tmp_path, layout="tree", n=100, corrupt=(3, 40))
+    raw = datasets.load_dataset(_data(own["path"], skip_bad_images=True))
+    assert len(raw.images) == 98 and len(raw.rejected) == 2
+    assert all("cannot be read as an image" in line for line in raw.rejected)
+    bad = {n for n in own["names"] if int(Path(n).stem) in (3, 40)}  # e.g. three/0003.png
+    assert bad == {line.split(":")[0] for line in raw.rejected} and not bad & set(raw.paths)
+
+
+def test_clean_file_by_index_or_by_path(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("index,label\n4,two\n0,1\n")
+    (tmp_path / "b.csv").write_text("path,label\nx/b.png,two\nx/a.png,one\n")
+    classes, paths = ["zero", "one", "two"], ["x/a.png", "x/b.png"]
+    idx, labels = read_clean_file(str(tmp_path / "a.csv"), classes=classes, paths=None, n=5)
+    assert idx.tolist() == [4, 0] and labels.tolist() == [2, 1]
+    idx, labels = read_clean_file(str(tmp_path / "b.csv"), classes=classes, paths=paths, n=2)
+    assert idx.tolist() == [1, 0] and labels.tolist() == [2, 1]
+    for text, says in (("index,label\n5,one\n", "not one of the dataset's 0..4"), ("index,label\n1,3\n", "outside"),
+                       ("index,label\n1,one\n1,two\n", "each once"), ("index,label\n1,seven\n", "neither")):
+        (tmp_path / "c.csv").write_text(text)
+        with pytest.raises(ValueError, match=says):
+            read_clean_file(str(tmp_path / "c.csv"), classes=classes, paths=None, n=5)
+
+
+def test_a_given_clean_subset_is_the_clean_split_and_never_overlaps() -> None:
+    labels = np.arange(100) % 5
+    s = datasets.make_splits(labels, n_official_train=80, clean_size=0, val_size=0, test_size=0, train_limit=0,
+                             seed=0, clean_idx=np.array([3, 7, 11]))
+    assert s.clean_idx.tolist() == [3, 7, 11] and not set(s.train_idx) & {3, 7, 11}
+    assert s.test_idx.tolist() == list(range(80, 100))
+    with pytest.raises(ValueError, match="index 85 is the test split"):
+        datasets.make_splits(labels, n_official_train=80, clean_size=0, val_size=0, test_size=0, train_limit=0,
+                             seed=0, clean_idx=np.array([3, 85]))
+
+
+# ----------------------------------------------------------------------------- the pipeline on your own data
+WRONG = 0.3  # fraction of train labels the tests make wrong
+
+
+def _flip(labels: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels with round(rate * n) of them changed to another class, the mask of those)."""
+    rng = np.random.default_rng(seed)
+    wrong = np.zeros(labels.size, dtype=bool)
+    wrong[rng.permutation(labels.size)[: round(rate * labels.size)]] = True
+    return np.where(wrong, (labels + rng.integers(1, 10, labels.size)) % 10, labels), wrong
+
+
+def _params(root: Path, **data: object) -> dict:
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["data"].update(dataset="folder", image_size=8, channels=1, clean_size=0, **data)
+    return raw
+
+
+def _with_truth(root: Path) -> dict:
+    """A tree with its own test split and true labels; the noisy labels come as a file (path,label), the trusted
+    subset as another (index,label)."""
+    env = tiny_project(root, repro=False)
+    own = write_digits(root / "data/own/images", layout="split_tree")
+    n_train, classes = own["n_train"], own["classes"]
+    given, wrong = _flip(own["labels"][:n_train], WRONG, seed=1)
+    given = np.concatenate([given, own["labels"][n_train:]])  # one label per image; the test part keeps its own
+    with open(root / "data/own/noisy_labels.csv", "w") as f:
+        f.write("path,label\n" + "".join(f"{p},{classes[y]}\n" for p, y in zip(own["names"], given, strict=True)))
+    trusted = np.random.default_rng(2).permutation(n_train)[:150]
+    (root / "data/own/clean.csv").write_text("index,label\n" + "".join(f"{i},{own['labels'][i]}\n" for i in trusted))
+    raw = _params(root, path="data/own/images", clean_file="data/own/clean.csv", test_size=0)
+    raw["noise"].update(kind="given", file="data/own/noisy_labels.csv")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh(["dvc", "repro"], root, env)
+    trusted_names = {own["names"][i] for i in trusted}  # the trusted subset is not train data
+    return {"env": env, "own": own, "wrong": {n: w for n, w in zip(own["names"][:n_train], wrong, strict=True)
+                                              if n not in trusted_names}}
+
+
+def _without_truth(root: Path) -> dict:
+    """A manifest whose train labels are the noisy ones (data.truth: false), a labelled test split, and a trusted
+    subset as a path,label file; nothing is injected (noise.kind: none)."""
+    env = tiny_project(root, repro=False)
+    own = write_digits(root / "data/own", layout="manifest")
+    names, classes, n_train = own["names"], own["classes"], own["n_train"]
+    given, wrong = _flip(own["labels"][:n_train], WRONG, seed=3)
+    label_of = {n: classes[y] for n, y in zip(names[:n_train], given, strict=True)}
+    rows = list(csv.DictReader(open(own["path"])))
+    with open(own["path"], "w") as f:
+        f.write("path,label,split\n" + "".join(f"{r['path']},{label_of.get(r['path'], r['label'])},{r['split']}\n"
+                                               for r in rows))
+    trusted = np.random.default_rng(4).permutation(n_train)[:150]
+    (root / "data/own/clean.csv").write_text(
+        "path,label\n" + "".join(f"{names[i]},{classes[own['labels'][i]]}\n" for i in trusted))
+    raw = _params(root, path="data/own/manifest.csv", clean_file="data/own/clean.csv", truth=False)
+    raw["noise"]["kind"] = "none"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh(["dvc", "repro"], root, env)
+    trusted_names = {names[i] for i in trusted}
+    return {"env": env, "own": own, "wrong": {n: w for n, w in zip(names[:n_train], wrong, strict=True)
+                                              if n not in trusted_names}}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Both projects after their `dvc repro`, run at the same time."""
+    roots = {"truth": tmp_path_factory.mktemp("truth"), "no_truth": tmp_path_factory.mktemp("no_truth")}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {k: pool.submit(make, roots[k]) for k, make in (("truth", _with_truth), ("no_truth", _without_truth))}
+        return {k: (roots[k], f.result()) for k, f in futures.items()}
+
+
+def _issues(root: Path) -> list[dict[str, str]]:
+    with open(root / "reports/label_issues.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _flags_recover_the_wrong_labels(rows: list[dict[str, str]], wrong: dict[str, bool]) -> tuple[float, float]:
+    """Precision and recall of the table's flags against the labels the test made wrong (rows found by path)."""
+    assert {r["path"] for r in rows} == set(wrong)  # one row per train image, named by its file
+    flagged = {r["path"] for r in rows if r["flagged"] == "yes"}
+    bad = {p for p, w in wrong.items() if w}
+    precision, recall = len(flagged & bad) / len(flagged), len(flagged & bad) / len(bad)
+    assert precision > 0.8 and recall > 0.6, (precision, recall)
+    return precision, recall
+
+
+def test_with_true_labels_the_table_finds_the_wrong_labels_and_the_reports_measure_it(runs: dict) -> None:
+    root, run = runs["truth"]
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    noise = json.loads((root / "reports/noise.json").read_text())
+    data = json.loads((root / "reports/data.json").read_text())
+    assert data["sizes"]["clean"] == 150 and data["sizes"]["test"] == len(run["own"]["names"]) - run["own"]["n_train"]
+    assert data["classes"] == run["own"]["classes"] and all(data["true_labels"].values())
+    # the realised rate of the given file, over the train split (the trusted 150 keep their labels)
+    assert noise["realised_rate"] == pytest.approx(np.mean(list(run["wrong"].values())))
+    precision, recall = _flags_recover_the_wrong_labels(_issues(root), run["wrong"])
+    assert metrics["label_issues_precision"] == pytest.approx(precision)
+    assert metrics["label_issues_recall"] == pytest.approx(recall)
+    assert 0.5 < metrics["test_acc"] <= 1 and set(metrics["per_class"]) == set(run["own"]["classes"])
+    assert metrics["detection_auroc"] is not None and "notes" not in metrics
+
+
+def test_without_true_labels_nothing_truth_based_is_reported(runs: dict) -> None:
+    root, run = runs["no_truth"]
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    noise = json.loads((root / "reports/noise.json").read_text())
+    correction = json.loads((root / "reports/correction.json").read_text())
+    data = json.loads((root / "reports/data.json").read_text())
+    assert data["true_labels"] == {"train": False, "clean": True, "val": True, "test": True}
+    assert noise["realised_rate"] is None and noise["transition"] is None and noise["true_labels"] is False
+    for key in ("noise_realised_rate", "noisy_label_acc", "n_corrupted", "detection_auroc", "label_issues_precision",
+                "label_issues_recall", "label_acc_before", "recovered_label_acc"):
+        assert metrics[key] is None, key
+    assert correction["recovered_label_acc"] is None and correction["label_recovery"]["true_labels"] is False
+    assert any("no true train labels" in note for note in metrics["notes"])
+    assert 0.5 < metrics["test_acc"] <= 1  # the manifest's test split is labelled
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("labelnoise")
+    logged = set().union(*(r.data.metrics for r in client.search_runs([exp.experiment_id])))
+    assert not logged & {"detection_auroc", "noisy_label_acc", "realised_rate", "label_issues_precision",
+                         "recovered_label_acc", "label_acc_before"}
+    # the person acting on the table: its flags still find the labels that were wrong in the manifest
+    _flags_recover_the_wrong_labels(_issues(root), run["wrong"])
+
+
+def test_a_changed_image_reruns_the_stages_that_read_it(runs: dict, tmp_path: Path) -> None:
+    root, run = runs["truth"]
+    work = tmp_path / "copy"
+    shutil.copytree(root, work, symlinks=True)
+    assert "download" not in sh(["dvc", "status"], work, run["env"]).stdout
+    first = work / "data/own/images" / run["own"]["names"][0]
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(first)
+    status = sh(["dvc", "status"], work, run["env"]).stdout
+    assert "download:" in status and "inject_noise:" in status
