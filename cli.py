@@ -104,6 +104,7 @@ def _stage_command(name: str, module: str, doc: str) -> Callable[..., None]:
 for _number, (_name, _what) in enumerate({
     "download": "fetch and verify the dataset, cut train / clean / val / test.",
     "inject_noise": "corrupt the train labels with a named noise model; record which changed.",
+    "estimate_noise": "estimate the noise rate and transition matrix from the noisy labels and the trusted subset.",
     "pretrain_mentor": "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).",
     "train_student": "train the student on the noisy labels with `student.method` (resumes from its checkpoint).",
     "correct_labels": "joint optimization of network and labels, then retrain on them.",

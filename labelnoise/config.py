@@ -29,6 +29,7 @@ from labelnoise.methods import method_names, registered
 from labelnoise.methods.joint_optimization import CorrectionConfig
 from labelnoise.models import list_models
 from labelnoise.noise import NoiseConfig
+from labelnoise.noise_estimate import EstimateConfig
 from labelnoise.schema import ConfigError
 from labelnoise.schema import rng as _rng
 
@@ -69,6 +70,7 @@ class Config:
     base: BaseConfig
     data: DataConfig
     noise: NoiseConfig
+    estimate: EstimateConfig
     mentor: MentorConfig
     train: Recipe
     student: Any = dataclasses.field(metadata={"section": student_config_type})  # built from the registry

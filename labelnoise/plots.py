@@ -34,23 +34,41 @@ def plot_matrix(
     fmt: str = "{:.2f}",
 ) -> Path:
     """Heatmap of a K x K matrix (transition or confusion), each cell annotated."""
-    m = np.asarray(matrix, dtype=float)
-    k = m.shape[0]
+    return plot_matrices({title: matrix}, path, labels=labels, xlabel=xlabel, ylabel=ylabel, fmt=fmt)
+
+
+def plot_matrices(
+    panels: Mapping[str, np.ndarray],
+    path: str | Path,
+    *,
+    labels: Sequence[str],
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    fmt: str = "{:.2f}",
+) -> Path:
+    """K x K heatmaps side by side (panel title → matrix, e.g. a true and two estimated transition matrices), each
+    cell annotated, one colour scale per panel; ``title`` above them all."""
+    k = len(labels)
     size = max(4.0, 0.55 * k + 2.0)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=max(m.max(), 1e-12))
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k), labels, rotation=45, ha="right")
-    ax.set_yticks(range(k), labels)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if k <= 20:
-        thresh = m.max() / 2.0
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if m[i, j] > thresh else "black")
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size * 0.9), squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], panels.items(), strict=True):
+        m = np.asarray(matrix, dtype=float)
+        im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=max(m.max(), 1e-12))
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(k), labels, rotation=45, ha="right")
+        ax.set_yticks(range(k), labels)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        if k <= 20:
+            thresh = m.max() / 2.0
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > thresh else "black")
+    if title is not None:
+        fig.suptitle(title)
     return save_figure(fig, path)
 
 

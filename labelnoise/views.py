@@ -3,7 +3,7 @@ ones, which it does not carry. The true train labels reach evaluation code only 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -82,3 +82,18 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
 
 
 TRAIN_VIEW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainView))
+
+
+def trusted_only(view: TrainView) -> TrainView:
+    """The view whose train split is the trusted clean subset with its true labels (and no clean subset left to
+    select on: the fit keeps its last epoch). For methods that train on the trusted data alone."""
+    empty_x, empty_y = view.x_clean[:0], view.y_clean[:0]
+    return replace(view, x_train=view.x_clean, y_train=view.y_clean, x_clean=empty_x, y_clean=empty_y)
+
+
+def with_trusted(view: TrainView) -> TrainView:
+    """The view whose train split is the noisy train examples followed by the trusted ones (positions n.. of the
+    new split, n = the noisy count), each with its own label; the clean subset stays for monitoring, but it is now
+    training data, so its accuracy is a training accuracy."""
+    return replace(view, x_train=torch.cat([view.x_train, view.x_clean]),
+                   y_train=torch.cat([view.y_train, view.y_clean]))

@@ -50,7 +50,7 @@ from labelnoise.label_issues import flag_quality, rank_label_issues
 from labelnoise.label_issues import write_csv as write_issues_csv
 from labelnoise.methods import display_name, get_method, method_names, table_names
 from labelnoise.models import load_model
-from labelnoise.noise import load_noisy
+from labelnoise.noise import load_noisy, realised_transition
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view, true_train_labels
 from stages.common import PATHS, STAGE_PARAMS, require, setup
@@ -65,6 +65,7 @@ HEADLINE = (
     "detection_auroc",
     "corrected_test_acc",
     "recovered_label_acc",
+    "estimated_rate",
 )
 DETECTION = (
     "detection_auroc",
@@ -289,6 +290,17 @@ def run(cfg: Config) -> dict[str, float]:
     flags = (flag_quality(issues, mask) if mask is not None  # against the corruption mask (evaluation only)
              else {"flagged": float(issues.flagged.sum()), "precision": math.nan, "recall": math.nan})
 
+    # ---- the noise estimate (stage estimate_noise, made without the truth) against the truth, where it exists
+    # (a stage run on its own without that stage's output skips this part)
+    estimate = (load_json(PATHS.noise_estimate) if Path(PATHS.noise_estimate).is_file()
+                else {"use": None, "rate": math.nan, "estimates": {}})
+    true_t = realised_transition(true_train, noisy.labels, k) if truth and estimate["estimates"] else None
+    label_rate = float((noisy.labels != true_train).mean()) if truth and true_train.size else math.nan
+    estimate_errors = {name: {"rate": est["rate"], "rate_error": est["rate"] - label_rate,
+                              "transition_mae": float(np.abs(np.asarray(est["transition"]) - true_t).mean())}
+                       for name, est in estimate["estimates"].items()} if truth else {}
+    chosen_error = estimate_errors.get(estimate["use"], {})
+
     # ---- metrics
     per_class = {n: metrics.per_class_accuracy(y_test, p, num_classes=k) if test_known else np.full(k, math.nan)
                  for n, p in preds.items()}  # (K,) each
@@ -314,11 +326,15 @@ def run(cfg: Config) -> dict[str, float]:
         "label_issues_flagged": flags["flagged"],
         "label_issues_precision": flags["precision"],
         "label_issues_recall": flags["recall"],
+        "estimated_rate": float(estimate["rate"]),
+        "estimated_rate_error": chosen_error.get("rate_error", math.nan),  # estimate − the labels' true rate
+        "estimated_transition_mae": chosen_error.get("transition_mae", math.nan),  # mean |T̂ − T| over K x K
     }
     report = {
         "method": method,
         **{key: v for key, v in scalars.items()},
         **({"notes": notes} if notes else {}),  # what is left out, and why
+        "noise_estimate": {"use": estimate["use"], "label_noise_rate": label_rate, "estimators": estimate_errors},
         "per_class": {c: a for c, a in zip(classes, per_class["final"], strict=True)},
         "per_class_best_clean": {c: a for c, a in zip(classes, per_class["best_clean"], strict=True)},
         "per_class_corrected": {c: a for c, a in zip(classes, per_class["corrected"], strict=True)},
@@ -382,6 +398,14 @@ def run(cfg: Config) -> dict[str, float]:
         ]
         figures.append(plots.plot_curves(curves, plots_dir / "curves.png", title=f"Training: {what}",
                                          best_epoch=scalars["best_epoch"]))
+        if true_t is not None:  # the estimates beside the truth (dvc repro runs estimate_noise before)
+            figures.append(plots.plot_matrices(
+                {f"true (rate {label_rate:.3f})": true_t,
+                 **{f"{name} (rate {e['rate']:.3f}, MAE {e['transition_mae']:.3f})": np.asarray(
+                     estimate["estimates"][name]["transition"]) for name, e in estimate_errors.items()}},
+                plots_dir / "noise_estimate.png", labels=classes, xlabel="noisy label", ylabel="true class",
+                title=f"Transition matrix: true and estimated without the truth (the pipeline uses "
+                      f"{estimate['use']})\n{what}"))
         top = issues.index[:GRID]  # the most suspicious labels, as a person would check them
         figures.append(plots.plot_image_grid(
             view.x_train[torch.from_numpy(top)].numpy(),

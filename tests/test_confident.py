@@ -51,7 +51,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_cleanlab_prunes_mostly_wrong_labels_and_evaluate_scores_it(workdir: Path) -> None:
     result = runner.invoke(app, ["train-student", *CLEANLAB])
     assert result.exit_code == 0, result.output
-    assert "cleanlab fold 2/2" in result.output and "labels flagged" in result.output
+    assert "cross-validation fold 2/2" in result.output and "labels flagged" in result.output
     weights = load_weights("models/student_weights.npz")
     mask = load_noisy("data/noisy.npz").mask  # read here only, to judge; training never sees it
     quality = weights["weight"][-1]

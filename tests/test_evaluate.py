@@ -293,6 +293,12 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert list(rows) == [
         "CE",
         "CE + correction",
+        "Clean only",
+        "Clean only + correction",
+        "CE + fine-tune",
+        "CE + fine-tune + correction",
+        "GLC",
+        "GLC + correction",
         "Cleanlab",
         "Cleanlab + correction",
         "SPADE-PD",

@@ -24,17 +24,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shipped_methods_and_their_facts() -> None:
-    assert method_names() == ["ce", "cleanlab", "spade", "mentormix"]  # table order: baselines first
+    # table order: baselines first (the trusted-data ones right after CE)
+    assert method_names() == ["ce", "clean_only", "ce_then_finetune", "glc", "cleanlab", "spade", "mentormix"]
     facts = {m: (get_method(m).uses_mentor, get_method(m).scores_labels) for m in method_names()}
-    assert facts == {"ce": (False, False), "cleanlab": (False, True), "spade": (True, True),
-                     "mentormix": (True, True)}
-    assert table_names() == ["CE", "Cleanlab", "SPADE-PD", "SPADE-DD", "MentorMix-PD", "MentorMix-DD"]
+    assert facts == {"ce": (False, False), "clean_only": (False, False), "ce_then_finetune": (False, False),
+                     "glc": (False, True), "cleanlab": (False, True), "spade": (True, True), "mentormix": (True, True)}
+    assert table_names() == ["CE", "Clean only", "CE + fine-tune", "GLC", "Cleanlab", "SPADE-PD", "SPADE-DD",
+                             "MentorMix-PD", "MentorMix-DD"]
     assert display_name("spade", "dd") == "SPADE-DD" and display_name("ce", "dd") == "CE"
     assert display_name("retired", "dd") == "retired"  # a run of a method no longer registered keeps its name
 
 
 def test_unknown_method_and_bad_registrations_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"unknown method 'coteaching' \(known: ce, cleanlab, spade, mentormix\)"):
+    known = "ce, clean_only, ce_then_finetune, glc, cleanlab, spade, mentormix"
+    with pytest.raises(ValueError, match=rf"unknown method 'coteaching' \(known: {known}\)"):
         get_method("coteaching")
     with pytest.raises(ValueError, match="registered twice"):
         register(Method(name="ce", display="CE again", summary="", task=lambda ctx: engine.Task()))

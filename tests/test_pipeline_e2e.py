@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 
 from labelnoise.scaffold import sh, tiny_project
 
-STAGES = ["download", "inject_noise", "pretrain_mentor", "train_student", "correct_labels", "evaluate"]
+STAGES = ["download", "inject_noise", "estimate_noise", "pretrain_mentor", "train_student", "correct_labels",
+          "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
                 "models/student_best.pt", "models/student_weights.npz", "data/corrected.npz", "models/final.pt",
                 "reports/mentor.json",
                 "reports/correction.json", "reports/methods.md", "reports/noise.json", "reports/noise_transition.png",
+                "reports/noise_estimate.json", "reports/noise_estimate.png", "reports/plots/noise_estimate.png",
                 "reports/curves/train_student.csv", "reports/plots/confusion.png", "reports/plots/curves.png",
                 "reports/label_issues.csv", "reports/plots/label_issues.png"]:
         assert (root / rel).is_file(), rel
@@ -64,6 +66,8 @@ def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
     assert "| SPADE-DD |" in (root / "reports/methods.md").read_text()  # the default method, this run's row
     noise = json.loads((root / "reports/noise.json").read_text())
     assert abs(noise["realised_rate"] - 0.4) < 0.01
+    # the noise estimate, made without the truth, is near the realised rate (GLC's, from the trusted subset)
+    assert metrics["noise_estimate"]["use"] == "glc" and abs(metrics["estimated_rate_error"]) < 0.1
     # the label-issues table: every train label once, and its flags find most of the injected wrong labels
     with open(root / "reports/label_issues.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -170,7 +174,8 @@ def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None
     assert runs[0].data.params["noise.rate"] == "0.2"
     children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
     # the data split and the mentor's inputs did not change, so DVC skips `download` and `pretrain_mentor`
-    assert sorted(r.info.run_name for r in children) == ["correct_labels", "evaluate", "inject_noise", "train_student"]
+    assert sorted(r.info.run_name for r in children) == ["correct_labels", "estimate_noise", "evaluate", "inject_noise",
+                                                         "train_student"]
 
 
 def test_sweep_through_two_queue_workers_loses_no_run_and_reports(project: tuple[Path, dict[str, str]]) -> None:

@@ -3,7 +3,8 @@ package, prune and retrain.
 
   1. The noisy train set is cut into ``student.cleanlab.folds`` stratified folds (by noisy label, seeded).
      For each fold a fresh student (same model, epochs, schedule and budget as ``ce``) trains on the other
-     folds; its softmax on the held-out fold gives out-of-sample predicted probabilities (n, K).
+     folds; its softmax on the held-out fold gives out-of-sample predicted probabilities (n, K)
+     (:func:`out_of_fold_probs`, which stage estimate_noise uses too).
   2. ``cleanlab.filter.find_label_issues(noisy labels, pred_probs, filter_by=student.cleanlab.filter_by)``
      flags the label issues; ``cleanlab.rank.get_label_quality_scores`` scores every label (low = likely
      wrong; the detection score compared with the mentor's weights).
@@ -71,6 +72,65 @@ def _config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _softmax(model: nn.Module, x: torch.Tensor, *, recipe: Any, device: torch.device) -> np.ndarray:
+    """(m, K) predicted probabilities of ``model`` for the uint8 images ``x``."""
+    return torch.softmax(predict_logits(model, x, batch_size=recipe.eval_batch_size, device=device), dim=1).numpy()
+
+
+def out_of_fold_probs(
+    new_model: Callable[[], nn.Module],
+    data: TrainView,
+    *,
+    folds: int,
+    recipe: Any,
+    seed: int,
+    device: torch.device,
+    checkpoint_path: Path,
+    log: Callable[[str], None] = log_to_stderr,
+    also: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cross-validated predicted probabilities of the noisy train set, (n, K) float32: the train examples are cut
+    into ``folds`` stratified folds (by noisy label, seeded), and a fresh network (``new_model()``, seeded per fold,
+    plain cross-entropy with ``recipe``) trained on the other folds predicts each. ``also`` (m, C, H, W) uint8:
+    images every fold's network predicts too; their probabilities averaged over the folds come back second (else
+    None). Each fold's predictions are kept beside ``checkpoint_path`` once the fold is done (and each fold's
+    training checkpoints there), so a killed run resumes at the fold, and inside it at the epoch, where it
+    stopped."""
+    task = Task(label_smoothing=recipe.label_smoothing)
+    fold_stream = STREAMS["cleanlab_folds"]
+    labels = data.y_train.numpy()
+    n, k = labels.shape[0], len(data.classes)
+    fold = stratified_folds(labels, folds, seed=derived_seed(seed, fold_stream))
+    pred_probs = np.zeros((n, k), dtype=np.float32)
+    also_probs = None if also is None else np.zeros((also.shape[0], k), dtype=np.float64)
+    extra = {} if also is None else {"also": hashlib.sha256(also.numpy().tobytes()).hexdigest()[:16]}
+    for f in range(folds):
+        held, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        part = subset_view(data, rest)
+        config = {"recipe": dataclasses.asdict(recipe), "seed": seed + f}
+        key = _config_hash({**config, "data": data_fingerprint(part), "held": held.tolist(), **extra})
+        done = checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}.npz")
+        saved = read_npz(done, remedy="delete it") if done.is_file() else {}
+        if str(saved.get("key", "")) == key:
+            pred_probs[held] = saved["probs"]
+            if also_probs is not None:
+                also_probs += saved["also"] / folds
+            log(f"cross-validation fold {f + 1}/{folds}: predictions restored from {done}")
+            continue
+        log(f"cross-validation fold {f + 1}/{folds}: training on {rest.size} examples, predicting {held.size}")
+        model = seeded(new_model, derived_seed(seed, fold_stream + 1 + f))  # independent of restored folds
+        fit(model, part, task, recipe=recipe, seed=seed + f, device=device, config=config, log=log,
+            checkpoint_path=checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}{checkpoint_path.suffix}"),
+            remedy="lower train.lr or check the data")
+
+        pred_probs[held] = _softmax(model, data.x_train[torch.from_numpy(held)], recipe=recipe, device=device)
+        fold_also = _softmax(model, also, recipe=recipe, device=device) if also is not None else None
+        if also_probs is not None:
+            also_probs += fold_also / folds
+        save_npz(done, probs=pred_probs[held], key=np.array(key), **({"also": fold_also} if also is not None else {}))
+    return pred_probs, (None if also_probs is None else also_probs.astype(np.float32))
+
+
 def prune_and_retrain(
     new_model: Callable[[], nn.Module],
     data: TrainView,
@@ -89,45 +149,20 @@ def prune_and_retrain(
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    task = Task(label_smoothing=recipe.label_smoothing)
-    fold_stream = STREAMS["cleanlab_folds"]
-
-    def seeded_model(stream: int) -> nn.Module:  # initial weights independent of what ran before (restored folds)
-        return seeded(new_model, derived_seed(seed, stream))
-
     labels = data.y_train.numpy()
-    n, k = labels.shape[0], len(data.classes)
-    fold = stratified_folds(labels, cfg.folds, seed=derived_seed(seed, fold_stream))
-    pred_probs = np.zeros((n, k), dtype=np.float32)
-    for f in range(cfg.folds):
-        held, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        part = subset_view(data, rest)
-        config = {"recipe": dataclasses.asdict(recipe), "seed": seed + f}
-        key = _config_hash({**config, "data": data_fingerprint(part), "held": held.tolist()})
-        done = checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}.npz")
-        saved = read_npz(done, remedy="delete it") if done.is_file() else {}
-        if str(saved.get("key", "")) == key:
-            pred_probs[held] = saved["probs"]
-            log(f"cleanlab fold {f + 1}/{cfg.folds}: predictions restored from {done}")
-            continue
-        log(f"cleanlab fold {f + 1}/{cfg.folds}: training on {rest.size} examples, predicting {held.size}")
-        model = seeded_model(fold_stream + 1 + f)
-        fit(model, part, task, recipe=recipe, seed=seed + f, device=device, config=config, log=log,
-            checkpoint_path=checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}{checkpoint_path.suffix}"),
-            remedy="lower student.lr or check the data")
-        logits = predict_logits(model, data.x_train[torch.from_numpy(held)], batch_size=recipe.eval_batch_size,
-                                device=device)
-        pred_probs[held] = torch.softmax(logits, dim=1).numpy()
-        save_npz(done, probs=pred_probs[held], key=np.array(key))
+    n = labels.shape[0]
+    pred_probs, _ = out_of_fold_probs(new_model, data, folds=cfg.folds, recipe=recipe, seed=seed, device=device,
+                                      checkpoint_path=checkpoint_path, log=log)
     issues = find_label_issues(labels, pred_probs, filter_by=cfg.filter_by)
     quality = get_label_quality_scores(labels, pred_probs)
     kept = np.flatnonzero(~issues)
     if kept.size == 0:
         raise ValueError("cleanlab flagged every train label; nothing is left to train on")
     log(f"cleanlab: {int(issues.sum())} of {n} labels flagged ({issues.mean():.1%}); retraining on {kept.size}")
-    final = fit(seeded_model(fold_stream), subset_view(data, kept), task, recipe=recipe, seed=seed, device=device,
+    final = fit(seeded(new_model, derived_seed(seed, STREAMS["cleanlab_folds"])), subset_view(data, kept),
+                Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed, device=device,
                 config={"recipe": dataclasses.asdict(recipe), "seed": seed}, checkpoint_path=checkpoint_path,
-                on_epoch=on_epoch, log=log, remedy="lower student.lr or check the data")
+                on_epoch=on_epoch, log=log, remedy="lower train.lr or check the data")
     return ConfidentResult(fit=final, issues=np.asarray(issues, dtype=bool), quality=np.asarray(quality),
                            pred_probs=pred_probs)
 
