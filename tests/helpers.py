@@ -183,3 +183,34 @@ def write_digits(root: Path, *, layout: str, n: int = 1797, test_every: int = 5,
             "names": [rows[i][0] for i in order],
             "labels": np.array([classes.index(DIGIT_NAMES[rows[i][3]]) for i in order], dtype=np.int64),
             "n_train": int((~test).sum())}
+
+
+# ----------------------------------------------------------------------------- a workspace on the tiny preset
+def tiny_workspace(root: Path, stages: tuple[str, ...]) -> Path:
+    """``root`` with the tiny preset's params.yaml (``base.threads: 1`` written into it) and ``stages`` run through
+    the CLI in this process, into root's own MLflow store; the working folder, the environment and torch's thread
+    count are as before afterwards. Returns ``root``."""
+    import pytest
+    import yaml
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    repo = Path(__file__).resolve().parent.parent
+    runner = CliRunner()
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    previous = torch.get_num_threads()
+    try:
+        assert runner.invoke(app, ["preset", "tiny", "--params", str(repo / "params.yaml")]).exit_code == 0
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw["base"]["threads"] = 1
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        for stage in stages:
+            result = runner.invoke(app, [stage])
+            assert result.exit_code == 0, f"{stage}: {result.output}"
+    finally:
+        mp.undo()
+        torch.set_num_threads(previous)
+    return root

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from labelnoise.datasets import load_prepared, save_prepared
-from tests.helpers import nan_from, write_digits
+from tests.helpers import nan_from, tiny_workspace, write_digits
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -229,22 +229,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A workspace where the whole tiny pipeline has run (one thread), so every stage has its inputs.
 
     Each stage's checkpoint is kept as a finished one, as after a real run."""
-    root = tmp_path_factory.mktemp("finished")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    previous = torch.get_num_threads()
-    try:
-        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
-        raw = yaml.safe_load((root / "params.yaml").read_text())
-        raw["base"]["threads"] = 1
-        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        for stage in ("download", "inject-noise", "pretrain-mentor", "train-student", "correct-labels", "evaluate"):
-            result = runner.invoke(app, [stage])
-            assert result.exit_code == 0, f"{stage}: {result.output}"
-    finally:
-        mp.undo()
-        torch.set_num_threads(previous)
+    root = tiny_workspace(tmp_path_factory.mktemp("finished"), ("download", "inject-noise", "pretrain-mentor",
+                                                                "train-student", "correct-labels", "evaluate"))
     yield root
 
 

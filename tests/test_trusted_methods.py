@@ -19,6 +19,7 @@ from labelnoise.io import load_json
 from labelnoise.methods.glc import GoldCorrectedTask
 from labelnoise.noise import load_noisy
 from labelnoise.noise_estimate import glc_transition
+from tests.helpers import tiny_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -69,19 +70,7 @@ def test_the_corrected_loss_is_cross_entropy_through_c_for_noisy_and_plain_for_t
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny preset's data, noisy labels and mentor (digits, 40 % symmetric noise, 200 trusted examples)."""
-    root = tmp_path_factory.mktemp("trusted")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    previous = torch.get_num_threads()
-    try:
-        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
-        for stage in ("download", "inject-noise", "pretrain-mentor"):
-            result = runner.invoke(app, [stage, "-S", "base.threads=1"])
-            assert result.exit_code == 0, result.output
-    finally:
-        mp.undo()
-        torch.set_num_threads(previous)
+    root = tiny_workspace(tmp_path_factory.mktemp("trusted"), ("download", "inject-noise", "pretrain-mentor"))
     return root
 
 
