@@ -52,14 +52,15 @@ def plot_matrices(
     k = len(labels)
     size = max(4.0, 0.55 * k + 2.0)
     fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size * 0.9), squeeze=False)
-    for ax, (name, matrix) in zip(axes[0], panels.items(), strict=True):
+    for first, ax, (name, matrix) in zip([True] + [False] * (len(panels) - 1), axes[0], panels.items(), strict=True):
         m = np.asarray(matrix, dtype=float)
         im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=max(m.max(), 1e-12))
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax.set_xticks(range(k), labels, rotation=45, ha="right")
-        ax.set_yticks(range(k), labels)
+        ax.set_yticks(range(k), labels if first else [])  # the rows are named once, left of the first panel
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        if first:
+            ax.set_ylabel(ylabel)
         ax.set_title(name)
         if k <= 20:
             thresh = m.max() / 2.0
