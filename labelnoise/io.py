@@ -171,14 +171,16 @@ def read_torch(path: str | Path, *, remedy: str) -> dict[str, Any]:
     return obj
 
 
-def read_label_csv(path: str | Path, *, param: str, keys: tuple[str, ...],
-                   classes: list[str] | None = None) -> tuple[str, list[str], np.ndarray]:
-    """A CSV of labels with a header row: a key column (the first of ``keys`` it has, e.g. ``index`` or ``path``)
-    and ``label``, a class index or a name of ``classes``. Returns (the key column's name, its cells, the labels
-    int64 (n,)); anything else is one ValueError line naming ``param`` and the row."""
+def read_label_csv(path: str | Path, *, param: str, classes: list[str] | None = None,
+                   paths: list[str] | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+    """A CSV of labels with a header row: ``index`` (an image's index in the dataset's order) or, given the
+    dataset's image ``paths``, ``path``; and ``label``, a class index or a name of ``classes``. Returns (the key
+    column's name, the images' indices int64 (n,), the labels int64 (n,)); anything else is one ValueError line
+    naming ``param`` and the row."""
     import csv
 
     path = Path(path)
+    keys = ("index", "path") if paths is not None else ("index",)
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -188,9 +190,11 @@ def read_label_csv(path: str | Path, *, param: str, keys: tuple[str, ...],
     if key is None or "label" not in rows[0]:
         raise ValueError(f"{param}: {path} needs a header row with the columns {' or '.join(keys)} and label")
     names = {c: i for i, c in enumerate(classes or [])}
+    where = {p: i for i, p in enumerate(paths or [])}
+    index = np.empty(len(rows), dtype=np.int64)
     labels = np.empty(len(rows), dtype=np.int64)
     for r, row in enumerate(rows):
-        text = (row["label"] or "").strip()
+        text, cell = (row["label"] or "").strip(), (row[key] or "").strip()
         if text in names:
             labels[r] = names[text]
         elif text.lstrip("-").isdigit():
@@ -199,7 +203,12 @@ def read_label_csv(path: str | Path, *, param: str, keys: tuple[str, ...],
             known = f" (classes: {', '.join(names)})" if names else ""
             raise ValueError(f"{param}: {path} row {r + 2}: label {text!r} is neither a class index nor a class "
                              f"name{known}")
-    return key, [(row[key] or "").strip() for row in rows], labels
+        if key == "path" and cell not in where:
+            raise ValueError(f"{param}: {path} row {r + 2}: {cell!r} is not an image of the dataset")
+        if key == "index" and not cell.isdigit():
+            raise ValueError(f"{param}: {path} row {r + 2}: index {cell!r} is not a non-negative integer")
+        index[r] = where[cell] if key == "path" else int(cell)
+    return key, index, labels
 
 
 def finite_or_none(obj: Any) -> Any:

@@ -515,22 +515,11 @@ def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | Non
 
 
 def _read_label_csv(path: Path, classes: list[str] | None, paths: list[str] | None) -> np.ndarray:
-    key, cells, labels = read_label_csv(path, param="noise.file", keys=("index", "path") if paths else ("index",),
-                                        classes=classes)
-    if key == "path":  # an image's path as the dataset lists it (folder datasets)
-        where = {p: i for i, p in enumerate(paths or [])}
-        unknown = [c for c in cells if c not in where]
-        if unknown:
-            raise ValueError(f"noise.file: {path}: {len(unknown)} paths are not images of the dataset "
-                             f"(first: {unknown[0]!r})")
-        index = np.array([where[c] for c in cells], dtype=np.int64)
-        if len(set(index.tolist())) != len(index) or len(index) != len(where):
-            raise ValueError(f"noise.file: {path}: the path column must list each of the dataset's {len(where)} "
-                             "images once")
-    else:
-        if not all(c.isdigit() for c in cells) or sorted(map(int, cells)) != list(range(len(cells))):
-            raise ValueError(f"noise.file: {path}: the index column must hold 0..{len(cells) - 1}, each once")
-        index = np.array([int(c) for c in cells], dtype=np.int64)
+    key, index, labels = read_label_csv(path, param="noise.file", classes=classes, paths=paths)
+    n = len(paths or []) if key == "path" else len(labels)
+    if sorted(index.tolist()) != list(range(n)):
+        raise ValueError(f"noise.file: {path}: the path column must list each of the dataset's {n} images once"
+                         if key == "path" else f"noise.file: {path}: the index column must hold 0..{n - 1}, each once")
     out = np.empty(len(labels), dtype=np.int64)
     out[index] = labels
     return out

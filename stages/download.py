@@ -70,19 +70,9 @@ def read_clean_file(name: str, *, classes: list[str], paths: list[str] | None,
     path = repo_path(name)
     if not path.is_file():
         raise ValueError(f"data.clean_file: {path} does not exist")
-    key, cells, labels = read_label_csv(path, param="data.clean_file", keys=("index", "path") if paths else ("index",),
-                                        classes=classes)
-    where = {p: i for i, p in enumerate(paths or [])}
-    if key == "path":
-        unknown = [c for c in cells if c not in where]
-        if unknown:
-            raise ValueError(f"data.clean_file: {path}: {unknown[0]!r} is not an image of the dataset")
-        idx = np.array([where[c] for c in cells], dtype=np.int64)
-    else:
-        bad = [c for c in cells if not c.isdigit() or int(c) >= n]
-        if bad:
-            raise ValueError(f"data.clean_file: {path}: index {bad[0]!r} is not one of the dataset's 0..{n - 1}")
-        idx = np.array([int(c) for c in cells], dtype=np.int64)
+    _, idx, labels = read_label_csv(path, param="data.clean_file", classes=classes, paths=paths)
+    if idx.size and idx.max() >= n:
+        raise ValueError(f"data.clean_file: {path}: index {idx.max()} is not one of the dataset's 0..{n - 1}")
     if len(set(idx.tolist())) != idx.size or not idx.size:
         raise ValueError(f"data.clean_file: {path} must list at least one image, each once")
     out_of_range = labels[(labels < 0) | (labels >= len(classes))]

@@ -44,6 +44,17 @@ class MethodContext:
     on_epoch: Callable[[dict[str, float]], None] | None = None
     log: Callable[[str], None] = log_to_stderr
 
+    def phase_checkpoint(self, phase: str) -> Path | None:
+        """The resume checkpoint of one phase of a method that fits more than once: beside ``checkpoint_path``."""
+        path = self.checkpoint_path
+        return None if path is None else path.with_name(f"{path.stem}.{phase}{path.suffix}")
+
+    def require_trusted(self) -> None:
+        """A method that trains on the trusted clean subset: one clear line when there is none."""
+        if self.data.x_clean.shape[0] == 0:
+            raise ValueError(f"student.method {self.name} needs a trusted clean subset (data.clean_size > 0 or "
+                             "data.clean_file)")
+
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.data.x_train.shape[0] / self.recipe.batch_size)

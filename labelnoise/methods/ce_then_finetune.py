@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from labelnoise.engine import Task, fit, module_fingerprint, weight_epochs
@@ -29,20 +28,15 @@ class CeThenFinetuneParams:
     finetune_augment: Literal["auto", "none", "crop_flip"]  # the fine-tune's augmentation
 
 
-def _phase_path(path: Path | None, phase: str) -> Path | None:
-    return None if path is None else path.with_name(f"{path.stem}.{phase}{path.suffix}")
-
 
 def _train(ctx: MethodContext) -> MethodResult:
     p, recipe = ctx.params, ctx.recipe
-    if ctx.data.x_clean.shape[0] == 0:
-        raise ValueError("student.method ce_then_finetune needs a trusted clean subset (data.clean_size > 0 or "
-                         "data.clean_file)")
+    ctx.require_trusted()
     task = Task(label_smoothing=recipe.label_smoothing)
     # ---- phase 1: plain CE on the noisy labels (reused when a finished checkpoint of the same config exists)
     ce = fit(ctx.model, ctx.data, task, recipe=recipe, seed=ctx.seed, device=ctx.device,
              config={"recipe": dataclasses.asdict(recipe), "seed": ctx.seed}, finished="reuse",
-             checkpoint_path=_phase_path(ctx.checkpoint_path, "ce"), on_epoch=ctx.on_epoch, log=ctx.log,
+             checkpoint_path=ctx.phase_checkpoint("ce"), on_epoch=ctx.on_epoch, log=ctx.log,
              record_epochs=weight_epochs(ctx.weights_at, recipe.epochs), remedy="lower train.lr or check the data")
     # ---- phase 2: the same network on the trusted subset alone
     tune = dataclasses.replace(recipe, epochs=p.finetune_epochs, lr=p.finetune_lr, augment=p.finetune_augment)

@@ -44,9 +44,7 @@ def final_losses(ctx: MethodContext, model: torch.nn.Module) -> dict[str, np.nda
 
 def _train(ctx: MethodContext) -> MethodResult:
     p = ctx.params
-    if ctx.data.x_clean.shape[0] == 0:
-        raise ValueError("student.method clean_only needs a trusted clean subset (data.clean_size > 0 or "
-                         "data.clean_file)")
+    ctx.require_trusted()
     recipe = dataclasses.replace(ctx.recipe, epochs=p.epochs, augment=p.augment)
     ctx.log(f"clean_only: {p.epochs} epochs on the {ctx.data.x_clean.shape[0]} trusted examples alone")
     result = fit(ctx.model, trusted_only(ctx.data), Task(label_smoothing=recipe.label_smoothing), recipe=recipe,

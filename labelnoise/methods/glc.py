@@ -21,7 +21,6 @@ a label-quality score (low = likely wrong).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,14 +58,10 @@ class GoldCorrectedTask(Task):
                 "weight": log_noisy.detach().exp()}
 
 
-def _phase_path(path: Path | None, phase: str) -> Path | None:
-    return None if path is None else path.with_name(f"{path.stem}.{phase}{path.suffix}")
-
 
 def _train(ctx: MethodContext) -> MethodResult:
     recipe, data = ctx.recipe, ctx.data
-    if data.x_clean.shape[0] == 0:
-        raise ValueError("student.method glc needs a trusted clean subset (data.clean_size > 0 or data.clean_file)")
+    ctx.require_trusted()
     n, k = data.x_train.shape[0], data.num_classes
     config = {"recipe": dataclasses.asdict(recipe), "seed": ctx.seed}
 
@@ -74,7 +69,7 @@ def _train(ctx: MethodContext) -> MethodResult:
     ctx.log(f"glc 1/2: cross-entropy on the {n} noisy labels, to estimate the corruption")
     noisy_fit = fit(ctx.model, data, Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=ctx.seed,
                     device=ctx.device, config=config, finished="reuse",
-                    checkpoint_path=_phase_path(ctx.checkpoint_path, "noisy"), log=ctx.log, name="glc-noisy",
+                    checkpoint_path=ctx.phase_checkpoint("noisy"), log=ctx.log, name="glc-noisy",
                     remedy="lower train.lr or check the data")
 
     # ---- 2. the corruption matrix from its predictions on the trusted examples
