@@ -61,7 +61,7 @@ def student_config_type() -> type:
 
 @functools.cache
 def _student_type(blocks: tuple[tuple[str, type], ...]) -> type:
-    fields: list[Any] = [("method", str), ("weights_at", list[float]), *blocks]
+    fields: list[Any] = [("method", str), ("weights_at", list[float]), ("include_trusted", bool), *blocks]
     return dataclasses.make_dataclass("StudentConfig", fields, frozen=True)
 
 
@@ -158,9 +158,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             continue
         value = _check_type(raw[name], hints[name], key)
         lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
-        if lo is not None and (value <= lo if lo_open else value < lo):
+        numeric = not isinstance(value, str)  # "auto": a number settled later from the noise estimate
+        if numeric and lo is not None and (value <= lo if lo_open else value < lo):
             raise ConfigError(f"{key}: must be {'>' if lo_open else '>='} {lo}, got {value}")
-        if hi is not None and value > hi:
+        if numeric and hi is not None and value > hi:
             raise ConfigError(f"{key}: must be <= {hi}, got {value}")
         values[name] = value
     return cls(**values)

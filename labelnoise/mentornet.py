@@ -47,7 +47,7 @@ from labelnoise.views import TrainView
 class MentorConfig:
     kind: Literal["pd", "dd"]  # pd: fit to a predefined curriculum; dd: learn from the trusted clean subset
     curriculum: Literal["self_paced", "linear", "mixture", "official_pd", "focal"]  # pd target
-    percentile: float = rng(0.0, 1.0)  # p of the moving p-th percentile l_pt of mini-batch losses
+    percentile: float | Literal["auto"] = rng(0.0, 1.0)  # p of the moving p-th percentile l_pt (auto: labelnoise.auto)
     ema_decay: float = rng(0.0, 1.0)  # moving-average decay of l_pt (paper 0.95, official code 0.5)
     class_percentile: bool  # one l_pt per noisy label instead of one for the batch (our addition)
     lambda1: float = rng(0.0)  # mixture: loss threshold
@@ -67,7 +67,8 @@ class MentorConfig:
     fit_lr: float = rng(0.0, 10.0, lo_open=True)
     fit_lr_decay: float = rng(0.0, 1.0, lo_open=True)  # lr *= decay every fit_lr_decay_steps (official 0.9 / 1000)
     fit_lr_decay_steps: int = rng(1)
-    dd_noise_kind: Literal["symmetric", "pair", "asymmetric"]  # dd: noise put on a copy of the clean subset
+    dd_noise_kind: Literal["auto", "symmetric", "pair", "asymmetric"]  # dd: noise on a copy of the clean subset
+    #   (auto: the estimated transition matrix, labelnoise.auto)
     dd_noise_rate: float = rng(0.0, 1.0)
     dd_noise_seed: int = rng(0)
     dd_epochs: int = rng(1, 10_000)  # dd: epochs of the feature-recording student on the clean subset

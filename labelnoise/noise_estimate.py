@@ -2,14 +2,23 @@
 a trusted subset. Arrays in, arrays out; nothing here sees a true train label.
 
 A transition matrix ``T`` (K, K) has ``T[i, j]`` = P(noisy label j | true class i) (rows sum to 1), as in
-:mod:`labelnoise.noise`. Two estimators:
+:mod:`labelnoise.noise`. Three estimators:
 
+- :func:`confusion_transition` (the pipeline's with a trusted subset): a classifier h trained on the noisy labels,
+  its confusion M[i, k] = P(h = k | true class i) measured on the trusted examples, and the joint of its
+  out-of-sample predictions and the noisy labels on the train set, J[k, j] = P(h = k, ỹ = j). Under class-
+  conditional noise (ỹ and h independent given the true class) J = Mᵀ diag(π) T, so diag(π) T = M⁻ᵀ J. This is
+  black-box shift estimation's confusion-matrix inversion (Lipton, Wang & Smola, ICML 2018) carried over to label
+  noise; the classifier's own errors (M ≠ I) no longer count as noise, which is where GLC's estimate errs.
 - :func:`glc_transition`: gold loss correction's (Hendrycks et al. 2018, Eq. 2): row i is the mean predicted
   distribution of noisy labels, p(ỹ | x), over the trusted examples of true class i, from a network trained on
   the noisy labels.
 - :func:`confident_joint_transition`: confident learning's (Northcutt et al. 2021): the confident joint of noisy
   and (estimated) true labels from out-of-sample predicted probabilities of the noisy train set, calibrated and
   normalised by cleanlab (``cleanlab.count``).
+
+GLC's row i is E[p(ỹ | x) | y = i] = (M T)[i]: it equals T only for a classifier that makes no mistakes on clean
+labels, so on classes that look alike (Fashion-MNIST's shirts and T-shirts) it reports their confusion as noise.
 
 :func:`noise_rate` turns an estimate into the overall fraction of wrong labels.
 """
@@ -30,7 +39,7 @@ class EstimateConfig:
 
     folds: int = rng(2, 100)  # cross-validated fits on the noisy labels (out-of-sample probabilities)
     epochs: int = rng(1, 10_000)  # epochs of each fit (the rest is the `train` recipe)
-    use: Literal["auto", "glc", "confident_joint"]  # the pipeline's estimate (auto: glc with a trusted subset)
+    use: Literal["auto", "confusion", "glc", "confident_joint"]  # the pipeline's (auto: confusion with trusted data)
 
 
 def glc_transition(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -45,6 +54,32 @@ def glc_transition(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> n
         if members.size:
             t[i] = members.mean(axis=0)
     return t / t.sum(axis=1, keepdims=True)
+
+
+def confusion_transition(noisy: np.ndarray, probs: np.ndarray, fold: np.ndarray, trusted_probs: np.ndarray,
+                         trusted_labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The confusion-inversion estimate: (T (K, K), the true-class prior π (K,)).
+
+    ``noisy`` (n,) noisy train labels; ``probs`` (n, K) each train example's out-of-sample predicted probabilities,
+    from the network of its ``fold`` (n,) (values 0..F-1); ``trusted_probs`` (F, m, K) every fold network's
+    probabilities on the trusted examples of true classes ``trusted_labels`` (m,). The predictions count as a
+    randomised classifier h ~ p(· | x). Per fold f: M_f[i, k] = mean of p(k | x) over the trusted x of class i,
+    J_f[k, j] = mean over the fold's train x of p(k | x)·[ỹ = j]; diag(π) T = M_f⁻ᵀ J_f, clipped at 0 and averaged
+    over the folds. A class with no trusted example gets M's identity row. Rows of T sum to 1."""
+    noisy = np.asarray(noisy, dtype=np.int64)
+    labels = np.asarray(trusted_labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(num_classes)
+    folds = np.unique(fold)
+    joint = np.zeros((num_classes, num_classes))  # diag(π) T, averaged over the folds
+    for f in folds:
+        held = fold == f
+        j = probs[held].T @ onehot[noisy[held]] / max(int(held.sum()), 1)  # (K, K) [predicted, noisy]
+        m = glc_transition(trusted_probs[f], labels, num_classes)  # (K, K) [true, predicted]: the same mean
+        joint += np.clip(np.linalg.lstsq(m.T, j, rcond=None)[0], 0.0, None) / len(folds)
+    prior = joint.sum(axis=1)
+    t = np.where(prior[:, None] > 0, joint / np.maximum(prior, 1e-12)[:, None], np.eye(num_classes))
+    return t / t.sum(axis=1, keepdims=True), prior / max(prior.sum(), 1e-12)
 
 
 def confident_joint_transition(noisy: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -29,10 +29,16 @@ class TrainView:
     y_test: torch.Tensor
     classes: list[str]
     dataset: str
+    trusted_in_train: int = 0  # the last this many train examples are the trusted subset, true labels (with_trusted)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def n_noisy(self) -> int:
+        """The train examples with noisy labels: positions 0..n_noisy-1 of the train split (the trusted follow)."""
+        return self.x_train.shape[0] - self.trusted_in_train
 
 
 def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray | None:
@@ -88,12 +94,26 @@ def trusted_only(view: TrainView) -> TrainView:
     """The view whose train split is the trusted clean subset with its true labels (and no clean subset left to
     select on: the fit keeps its last epoch). For methods that train on the trusted data alone."""
     empty_x, empty_y = view.x_clean[:0], view.y_clean[:0]
-    return replace(view, x_train=view.x_clean, y_train=view.y_clean, x_clean=empty_x, y_clean=empty_y)
+    return replace(view, x_train=view.x_clean, y_train=view.y_clean, x_clean=empty_x, y_clean=empty_y,
+                   trusted_in_train=view.x_clean.shape[0])
 
 
 def with_trusted(view: TrainView) -> TrainView:
     """The view whose train split is the noisy train examples followed by the trusted ones (positions n.. of the
-    new split, n = the noisy count), each with its own label; the clean subset stays for monitoring, but it is now
-    training data, so its accuracy is a training accuracy."""
+    new split, n = ``view.n_noisy``), each with its own label; the clean subset stays for monitoring, but it is now
+    training data, so its accuracy is a training accuracy. A view that holds them already is returned as it is."""
+    if view.trusted_in_train:
+        return view
     return replace(view, x_train=torch.cat([view.x_train, view.x_clean]),
-                   y_train=torch.cat([view.y_train, view.y_clean]))
+                   y_train=torch.cat([view.y_train, view.y_clean]), trusted_in_train=view.x_clean.shape[0])
+
+
+def subset_view(view: TrainView, idx: np.ndarray) -> TrainView:
+    """``view`` with only the train examples ``idx`` (ascending; clean subset, val and test unchanged); the trusted
+    ones among them stay last."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.size > 1 and (np.diff(idx) <= 0).any():
+        raise ValueError("subset_view: the train positions must be ascending")
+    index = torch.from_numpy(idx)
+    return replace(view, x_train=view.x_train[index], y_train=view.y_train[index],
+                   trusted_in_train=int((idx >= view.n_noisy).sum()))

@@ -49,8 +49,8 @@ from labelnoise.methods import joint_optimization as jo
 from labelnoise.models import create_model, load_model, model_record, seeded
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
-from labelnoise.views import TrainView, make_train_view, true_train_labels
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from labelnoise.views import TrainView, make_train_view, true_train_labels, with_trusted
+from stages.common import PATHS, STAGE_PARAMS, require, settle_auto, setup
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
 HEADLINE = ("recovered_label_acc", "final_test_acc")
@@ -60,6 +60,7 @@ HEADLINE = ("recovered_label_acc", "final_test_acc")
 
 def run(cfg: Config) -> dict[str, float]:
     """Correct the train labels, retrain on them; write PATHS.corrected, final_model, correction_report/plots."""
+    cfg, chosen, estimate = settle_auto(cfg, "correct_labels")  # noisy_label_weight auto: the estimated T
     c, t = cfg.correction, cfg.train
     require(PATHS.prepared, PATHS.noisy, PATHS.student_model)
     if c.trust_mentor:
@@ -91,18 +92,26 @@ def run(cfg: Config) -> dict[str, float]:
     ckpt = Path(PATHS.correction_ckpt)
 
     with tracking.stage_run("correct_labels", cfg, sections=STAGE_PARAMS["correct_labels"]) as tracked:
-        tracked.set_tags({"correction_init": c.init, "correction_update": c.update, "model": name})
+        tracked.set_tags({"correction_init": c.init, "correction_update": c.update, "model": name,
+                          **{f"auto.{key}": str(value) for key, value in chosen.items()}})
 
         def log_rows(prefix: str) -> Any:
             return lambda row: tracked.log_metrics(
                 {f"{prefix}_{key}": v for key, v in row.items() if key != "epoch"}, step=int(row["epoch"]))
 
-        # ---- phase 1: network and labels in turn; phase 2: a fresh network on the corrected soft labels
-        joint = jo.joint_optimize(joint_model, view, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
-                                  trusted=trusted, checkpoint_path=ckpt.with_name(f"{ckpt.stem}.joint{ckpt.suffix}"),
+        # ---- phase 1: network and labels in turn; phase 2: a fresh network on the corrected soft labels. With
+        # correction.include_trusted the trusted subset follows the n noisy examples in both, its true labels kept.
+        train_view = with_trusted(view) if c.include_trusted and view.x_clean.shape[0] else view
+        extra = train_view.trusted_in_train
+        keep = (None if trusted is None and not extra else
+                np.concatenate([trusted if trusted is not None else np.zeros(n, dtype=bool), np.ones(extra, bool)]))
+        joint = jo.joint_optimize(joint_model, train_view, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
+                                  trusted=keep, transition=None if estimate is None else estimate.transition,
+                                  checkpoint_path=ckpt.with_name(f"{ckpt.stem}.joint{ckpt.suffix}"),
                                   on_epoch=log_rows("joint"))
-        final = jo.retrain(final_model, view, joint.soft_labels, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
-                           checkpoint_path=ckpt, on_epoch=log_rows("retrain"))
+        final = jo.retrain(final_model, train_view, joint.soft_labels, cfg=c, recipe=t, seed=cfg.base.seed,
+                           device=device, checkpoint_path=ckpt, on_epoch=log_rows("retrain"))
+        joint = dataclasses.replace(joint, soft_labels=joint.soft_labels[:n], hard_history=joint.hard_history[:, :n])
 
         # ---- outputs of training (nothing above has seen a true train label); torchrun: rank 0 writes them
         if not distributed.is_main():

@@ -4,14 +4,18 @@ trusted clean subset — never from the true train labels (a TrainView).
 ``estimate.folds`` networks (the recipe's, ``estimate.epochs`` each) train with cross-entropy on the other folds
 of the noisy train set (:func:`labelnoise.methods.cleanlab.out_of_fold_probs`, resumable per fold). From them:
 
+- the confusion inversion (:func:`labelnoise.noise_estimate.confusion_transition`): each fold network's confusion
+  on the trusted examples inverted out of the joint of its predictions and the noisy labels (needs a trusted
+  subset);
 - GLC's transition matrix (Hendrycks et al. 2018): the folds' mean predicted p(ỹ | x) on the trusted examples,
   row by true class (needs a trusted subset);
 - the confident joint's (Northcutt et al. 2021): cleanlab's calibrated confident joint of the noisy labels and
   the out-of-sample probabilities.
 
-For each, the noise rate Σ_i π_i (1 − T[i, i]) with the true-class prior π solved from the noisy labels'
-marginal (GLC) or cleanlab's own (confident joint). ``estimate.use`` names the one the pipeline reports as its
-estimate (``auto``: GLC where there is a trusted subset, else the confident joint). Writes PATHS.noise_estimate
+For each, the noise rate Σ_i π_i (1 − T[i, i]) with the true-class prior π its own (confusion inversion,
+confident joint) or solved from the noisy labels' marginal (GLC). ``estimate.use`` names the one the pipeline
+reports as its estimate (``auto``: the confusion inversion where there is a trusted subset, else the confident
+joint); the other stages' ``auto`` settings read it. Writes PATHS.noise_estimate
 (JSON) and PATHS.noise_estimate_plot (the estimated matrices). Stage evaluate holds them against the truth where
 it exists.
 """
@@ -31,7 +35,13 @@ from labelnoise.io import save_json
 from labelnoise.methods.cleanlab import out_of_fold_probs
 from labelnoise.models import channel_stats, create_model
 from labelnoise.noise import load_noisy
-from labelnoise.noise_estimate import confident_joint_transition, glc_transition, noise_rate, prior_from_noisy
+from labelnoise.noise_estimate import (
+    confident_joint_transition,
+    confusion_transition,
+    glc_transition,
+    noise_rate,
+    prior_from_noisy,
+)
 from labelnoise.plots import plot_matrices
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view
@@ -45,9 +55,9 @@ def run(cfg: Config) -> dict[str, Any]:
     e, device = cfg.estimate, resolve_device(cfg.base.device)
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     k, has_trusted = view.num_classes, view.x_clean.shape[0] > 0
-    use = ("glc" if has_trusted else "confident_joint") if e.use == "auto" else e.use
-    if use == "glc" and not has_trusted:
-        raise ValueError("estimate.use: glc needs a trusted clean subset (data.clean_size > 0 or data.clean_file); "
+    use = ("confusion" if has_trusted else "confident_joint") if e.use == "auto" else e.use
+    if use != "confident_joint" and not has_trusted:
+        raise ValueError(f"estimate.use: {use} needs a trusted clean subset (data.clean_size > 0 or data.clean_file); "
                          "use auto or confident_joint")
     _, channels, height, width = view.x_train.shape
     mean, std = channel_stats(view.x_train)
@@ -55,14 +65,16 @@ def run(cfg: Config) -> dict[str, Any]:
     recipe = dataclasses.replace(cfg.train, epochs=e.epochs)
 
     with tracking.stage_run("estimate_noise", cfg, sections=STAGE_PARAMS["estimate_noise"]) as tracked:
-        probs, trusted_probs = out_of_fold_probs(
+        probs, trusted_probs, fold = out_of_fold_probs(
             lambda: create_model(cfg.train.model, **kwargs), view, folds=e.folds, recipe=recipe, seed=cfg.base.seed,
             device=device, checkpoint_path=Path(PATHS.estimate_ckpt), also=view.x_clean if has_trusted else None)
         noisy = view.y_train.numpy()
         marginal = np.bincount(noisy, minlength=k) / max(noisy.size, 1)  # (K,) the noisy labels' class frequencies
         estimates: dict[str, dict[str, Any]] = {}
         if has_trusted:
-            t = glc_transition(trusted_probs, view.y_clean.numpy(), k)
+            t, prior = confusion_transition(noisy, probs, fold, trusted_probs, view.y_clean.numpy(), k)
+            estimates["confusion"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
+            t = glc_transition(trusted_probs.mean(axis=0), view.y_clean.numpy(), k)
             prior = prior_from_noisy(marginal, t)
             estimates["glc"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
         t, prior = confident_joint_transition(noisy, probs)
@@ -75,6 +87,8 @@ def run(cfg: Config) -> dict[str, Any]:
             "estimates": {name: {"rate": est["rate"], "transition": est["transition"].tolist(),
                                  "prior": est["prior"].tolist()} for name, est in estimates.items()},
             "glc": None if not has_trusted else "the folds' mean p(noisy | x) on the trusted examples, by true class",
+            "confusion": None if not has_trusted else ("each fold network's confusion on the trusted examples "
+                                                       "inverted out of its joint with the noisy labels"),
         }
         save_json(PATHS.noise_estimate, report)
         plot_matrices({f"{name} (rate {est['rate']:.3f})": est["transition"] for name, est in estimates.items()},

@@ -37,7 +37,7 @@ from labelnoise.io import save_json
 from labelnoise.metrics import detection_quality
 from labelnoise.models import channel_stats, create_model
 from labelnoise.plots import plot_weight_maps
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, require, settle_auto, setup
 
 PD_PLOT_PROGRESS = (10, 50, 95)  # burn-in, self-paced and linear phases of official_pd
 DD_PLOT_PROGRESS = (10, 50, 90)
@@ -52,6 +52,8 @@ def run(cfg: Config) -> dict[str, Any]:
     """Fit the mentor of params ``mentor``; write PATHS.mentor_model, PATHS.mentor_report, PATHS.mentor_plots."""
     require(PATHS.prepared)
     prepared = load_prepared(PATHS.prepared)
+    # pd uses neither the percentile nor a corrupted copy; dd's auto ones come from the noise estimate
+    cfg, chosen, estimate = settle_auto(cfg, "pretrain_mentor", used=lambda key: cfg.mentor.kind == "dd")
     _check(cfg, prepared)  # bad params fail here: no run opened, nothing written
     setup(cfg)
     generator = runtime.seed_everything(cfg.mentor.seed, deterministic=cfg.base.deterministic)
@@ -60,8 +62,9 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.mentor.kind == "pd":
         result = _pretrain_pd(cfg, num_classes=len(prepared.classes), generator=generator, device=device)
     else:
-        result = _pretrain_dd(cfg, prepared, generator=generator, device=device)
-    report = {"dataset": prepared.dataset, **result.report, "device": str(device),
+        result = _pretrain_dd(cfg, prepared, generator=generator, device=device,
+                              transition=estimate.transition if cfg.mentor.dd_noise_kind == "auto" else None)
+    report = {"dataset": prepared.dataset, **result.report, "auto": chosen, "device": str(device),
               "time_s": round(time.perf_counter() - t0, 2)}
     if not distributed.is_main():  # torchrun: rank 0 writes the outputs
         return {}
@@ -106,7 +109,7 @@ def _check(cfg: Config, prepared: Prepared) -> None:
     n_held = round(m.holdout * n)
     if n_held == 0 or n_held == n:
         raise ConfigError(f"mentor.holdout: {m.holdout} of {n} clean examples leaves no fit or no held-out examples")
-    if m.dd_noise_rate == 0:
+    if m.dd_noise_rate == 0 and m.dd_noise_kind != "auto":
         raise ConfigError("mentor.dd_noise_rate: must be > 0 (the dd mentor learns to tell corrupted labels apart)")
     if m.dd_noise_kind == "asymmetric":
         try:
@@ -170,14 +173,18 @@ def _pretrain_pd(cfg: Config, *, num_classes: int, generator: torch.Generator, d
 # ----------------------------------------------------------------------------- dd
 
 
-def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator, device: torch.device) -> _Result:
+def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator, device: torch.device,
+                 transition: np.ndarray | None = None) -> _Result:
     m = cfg.mentor
     k = len(prepared.classes)
     # Only the trusted clean subset: its images and true labels. The train pool's labels are never read.
     x = torch.from_numpy(np.ascontiguousarray(prepared.images[prepared.clean_idx]))  # (N, C, H, W) uint8
     y_true = prepared.labels[prepared.clean_idx]  # (N,)
     class_map = class_map_for(prepared.dataset, "auto") if m.dd_noise_kind == "asymmetric" else None
-    corrupted = noise.corrupt(y_true, kind=m.dd_noise_kind, rate=m.dd_noise_rate, num_classes=k,
+    # dd_noise_kind auto: the estimated transition matrix T̂ (exact counts per class), so the copy has the noise's
+    # structure and level as estimated from the train labels
+    kind = "transition" if transition is not None else m.dd_noise_kind
+    corrupted = noise.corrupt(y_true, kind=kind, rate=m.dd_noise_rate, num_classes=k, transition=transition,
                               rng=np.random.default_rng(m.dd_noise_seed), class_map=class_map)
     y_noisy = torch.from_numpy(corrupted.labels)
     correct = torch.from_numpy(~corrupted.mask)  # (N,) bool: v* = 1[label correct]
@@ -216,8 +223,8 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
                           "auroc_loss_epoch": auroc(-loss_held[e], bad[e])})
     report = {
         "kind": "dd",
-        "dd_noise_kind": m.dd_noise_kind,
-        "dd_noise_rate": m.dd_noise_rate,
+        "dd_noise_kind": kind,
+        "dd_noise_rate": m.dd_noise_rate if transition is None else None,
         "dd_noise_seed": m.dd_noise_seed,
         "dd_realised_rate": float(corrupted.mask.mean()),
         "dd_epochs": m.dd_epochs,
@@ -237,6 +244,9 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
         "per_epoch": per_epoch,
     }
 
+    what = (f"the estimated noise ({float(corrupted.mask.mean()):.2f})" if transition is not None
+            else f"{m.dd_noise_kind} {m.dd_noise_rate:g}")
+
     def plot(folder: Path) -> Path:
         losses = record.features.loss.numpy()
         diffs = record.features.loss_diff.numpy()
@@ -251,7 +261,7 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
         return plot_weight_maps(
             {"learned v": maps}, folder / DD_PLOT_NAME, loss=loss.numpy(), diff=diff.numpy(),
             columns=[f"progress {p}%" for p in DD_PLOT_PROGRESS], points=points,
-            title=(f"MentorNet DD on {m.dd_noise_kind} {m.dd_noise_rate:g} (clean subset): held-out AUROC "
+            title=(f"MentorNet DD on {what} (clean subset): held-out AUROC "
                    f"{report['auroc']:.3f} (raw loss {report['auroc_loss']:.3f}); mean v over labels"),
         )
 

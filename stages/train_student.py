@@ -36,8 +36,8 @@ from labelnoise.methods import MethodContext, get_method
 from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.views import make_train_view
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from labelnoise.views import make_train_view, with_trusted
+from stages.common import PATHS, STAGE_PARAMS, require, settle_auto, setup
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 
@@ -58,8 +58,11 @@ def write_curves(path: Any, history: list[dict[str, float]]) -> None:
 
 def run(cfg: Config) -> dict[str, float]:
     """Train the student; write PATHS.student_model, PATHS.student_best, PATHS.curves, PATHS.student_weights."""
+    method = get_method(cfg.student.method)
+    # auto settings from the noise estimate: the mentor's for a method that uses one, the method's own block's
+    cfg, chosen, estimate = settle_auto(cfg, "train_student", used=lambda key: (
+        key.startswith("mentor.") and method.uses_mentor) or key.startswith(f"student.{cfg.student.method}."))
     s, t = cfg.student, cfg.train
-    method = get_method(s.method)
     require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if method.uses_mentor else []))
     setup(cfg)
     if method.train is not None and distributed.active():
@@ -74,6 +77,9 @@ def run(cfg: Config) -> dict[str, float]:
     # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced
     # images); `prepared` is dropped right after.
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
+    n = view.x_train.shape[0]  # the noisy train examples: the records and outputs are theirs
+    if s.include_trusted and view.x_clean.shape[0]:  # the trusted subset trains too, with its true labels
+        view = with_trusted(view)
     _, channels, height, width = view.x_train.shape
     mean, std = channel_stats(view.x_train)  # (C,) each, from train images only (no labels)
     model_kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,
@@ -83,7 +89,8 @@ def run(cfg: Config) -> dict[str, float]:
 
     with tracking.stage_run("train_student", cfg, sections=STAGE_PARAMS["train_student"]) as tracked:
         tracked.set_tags({"method": s.method, "model": t.model,
-                          **({"mentor": cfg.mentor.kind} if method.uses_mentor else {})})
+                          **({"mentor": cfg.mentor.kind} if method.uses_mentor else {}),
+                          **{f"auto.{key}": str(value) for key, value in chosen.items()}})
 
         def on_epoch(row: dict[str, float]) -> None:
             tracked.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
@@ -91,7 +98,8 @@ def run(cfg: Config) -> dict[str, float]:
         ctx = MethodContext(name=s.method, params=getattr(s, s.method, None), recipe=t, data=view, model=model,
                             new_model=lambda: create_model(t.model, pretrained=t.pretrained, **model_kwargs),
                             seed=cfg.base.seed, device=device, weights_at=s.weights_at, mentor=mentor,
-                            mentor_cfg=cfg.mentor, checkpoint_path=Path(PATHS.student_ckpt), on_epoch=on_epoch)
+                            mentor_cfg=cfg.mentor, checkpoint_path=Path(PATHS.student_ckpt), on_epoch=on_epoch,
+                            transition=None if estimate is None else estimate.transition)
         trained = method.run(ctx)
         result = trained.fit
         last = result.history[-1]
@@ -107,7 +115,8 @@ def run(cfg: Config) -> dict[str, float]:
                                                     epoch=result.best_epoch, clean_acc=result.best_clean_acc,
                                                     config=config))
         write_curves(PATHS.curves, result.history)
-        save_weights(PATHS.student_weights, trained.weights, method=s.method)
+        records = {key: value[:, :n] if value.ndim == 2 else value for key, value in trained.weights.items()}
+        save_weights(PATHS.student_weights, records, method=s.method)  # the noisy train examples' only
 
         metrics = {
             "final_clean_acc": last["clean_acc"],

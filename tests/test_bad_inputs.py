@@ -229,8 +229,9 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A workspace where the whole tiny pipeline has run (one thread), so every stage has its inputs.
 
     Each stage's checkpoint is kept as a finished one, as after a real run."""
-    root = tiny_workspace(tmp_path_factory.mktemp("finished"), ("download", "inject-noise", "pretrain-mentor",
-                                                                "train-student", "correct-labels", "evaluate"))
+    root = tiny_workspace(tmp_path_factory.mktemp("finished"), ("download", "inject-noise", "estimate-noise",
+                                                                "pretrain-mentor", "train-student", "correct-labels",
+                                                                "evaluate"))
     yield root
 
 

@@ -215,7 +215,7 @@ def separable_view(n_train: int = 60, n_clean: int = 24, n_test: int = 24, k: in
 def configs(**correction_overrides: Any) -> tuple[Any, Any]:
     train = {"batch_size": 16, "eval_batch_size": 64, "precision": "fp32", "channels_last": "off"}
     corr = {"epochs": 4, "begin": 2, "buffer": 2, "lr": 0.05, "retrain_epochs": 3, "retrain_lr": 0.05,
-            **correction_overrides}
+            "noisy_label_weight": 0.1, **correction_overrides}
     cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"train": train, "correction": corr}))
     return cfg.correction, cfg.train
 
@@ -285,7 +285,8 @@ def test_trusted_examples_keep_their_noisy_label() -> None:
 
 
 def test_phases_never_get_true_train_labels() -> None:
-    fields = {"x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val", "x_test", "y_test", "classes", "dataset"}
+    fields = {"x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val", "x_test", "y_test", "classes", "dataset",
+              "trusted_in_train"}
     assert set(TrainView.__dataclass_fields__) == fields  # the view has no true train labels
     for fn in (correction.joint_optimize, correction.retrain):
         params = inspect.signature(fn).parameters
@@ -378,8 +379,9 @@ def tiny_base() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prerequisites(tmp_path_factory: pytest.TempPathFactory, tiny_base: dict[str, Any]) -> Path:
-    """download → inject_noise → a ce student, once for the module (each test copies the folder)."""
-    from stages import download, inject_noise, train_student
+    """download → inject_noise → estimate_noise → a ce student, once for the module (each test copies the
+    folder)."""
+    from stages import download, estimate_noise, inject_noise, train_student
 
     root = tmp_path_factory.mktemp("prereq")
     cfg = from_dict(merge(tiny_base, split_student({"student": {"method": "ce"}})))
@@ -390,6 +392,7 @@ def prerequisites(tmp_path_factory: pytest.TempPathFactory, tiny_base: dict[str,
             mp.delenv(var, raising=False)
         download.run(cfg)
         inject_noise.run(cfg)
+        estimate_noise.run(cfg)  # the auto settings of the correction read it
         train_student.run(cfg)
     return root
 

@@ -42,7 +42,8 @@ def _one_thread(one_thread):
 
 
 def config(student: dict | None = None, mentor: dict | None = None) -> Config:
-    return spade_config({"method": "mentormix", "mixup_alpha": 2.0, **(student or {})}, mentor)
+    return spade_config({"method": "mentormix", "mixup_alpha": 2.0, "second_reweight": False, **(student or {})},
+                        mentor)
 
 
 def make_task(cfg: Config, mentor: nn.Module, *, total_steps: int = 100, seed: int = 0) -> MentorMixTask:
@@ -325,7 +326,7 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
 
     from mlflow.tracking import MlflowClient
 
-    from stages import correct_labels, evaluate, train_student
+    from stages import correct_labels, estimate_noise, evaluate, train_student
     from stages.common import PATHS
 
     view, y_true, mask = stage_workspace(tmp_path, monkeypatch)
@@ -336,6 +337,7 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
         "student": {"method": "mentormix", "epochs": 3, "batch_size": 16, "eval_batch_size": 10,
                     "precision": "fp32", "channels_last": "off", "second_reweight": True},
         "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}})))
+    estimate_noise.run(cfg)  # the auto settings read the noise estimate
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # mentormix needs the pretrain_mentor stage's output
     mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})

@@ -14,7 +14,13 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise.io import load_json
 from labelnoise.noise import corrupt, load_noisy
-from labelnoise.noise_estimate import confident_joint_transition, glc_transition, noise_rate, prior_from_noisy
+from labelnoise.noise_estimate import (
+    confident_joint_transition,
+    confusion_transition,
+    glc_transition,
+    noise_rate,
+    prior_from_noisy,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -31,6 +37,35 @@ def test_the_confident_joint_recovers_pair_noise_from_confident_probabilities() 
     np.testing.assert_allclose(t, expected, atol=0.01)
     np.testing.assert_allclose(t.sum(axis=1), 1.0)
     assert noise_rate(t, prior) == pytest.approx(noisy.mask.mean(), abs=0.01)
+
+
+def test_the_confusion_inversion_recovers_the_noise_that_a_confused_classifier_hides() -> None:
+    # A classifier that confuses classes 0 and 1 (as Fashion-MNIST's shirts and T-shirts): 0.3 of its belief in
+    # an image of class 0 or 1 goes to the other. GLC counts that confusion as noise; the inversion does not.
+    rng = np.random.default_rng(0)
+    k, n, m = 4, 40_000, 4_000
+    true, trusted = rng.integers(0, k, n), rng.integers(0, k, m)
+    noisy = corrupt(true, kind="symmetric", rate=0.4, num_classes=k, rng=rng)
+
+    def probs(labels: np.ndarray) -> np.ndarray:  # (n, K) a fixed randomised classifier of the true class
+        p = np.eye(k)[labels] * 0.9 + 0.1 / k
+        pair = labels < 2
+        p[pair] += 0.3 * (np.eye(k)[1 - labels[pair]] - np.eye(k)[labels[pair]])
+        return p
+
+    fold = np.arange(n) % 2  # two folds: the same classifier in both
+    t, prior = confusion_transition(noisy.labels, probs(true), fold, np.stack([probs(trusted)] * 2), trusted, k)
+    realised = noisy.mask.mean()
+    truth = np.zeros((k, k))
+    np.add.at(truth, (true, noisy.labels), 1)
+    truth /= truth.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(t, truth, atol=0.03)
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    np.testing.assert_allclose(prior, np.bincount(true, minlength=k) / n, atol=0.02)
+    assert noise_rate(t, prior) == pytest.approx(realised, abs=0.01)
+    # GLC, given the noisy-label network's view of the same classifier (p(ỹ | x) = p(· | x) T), counts the confusion
+    glc = glc_transition(probs(trusted) @ truth, trusted, k)
+    assert noise_rate(glc, prior_from_noisy(np.bincount(noisy.labels, minlength=k) / n, glc)) > realised + 0.05
 
 
 def test_rate_and_prior_from_a_matrix() -> None:
@@ -68,7 +103,7 @@ def test_the_stage_estimates_near_the_realised_rate_without_the_truth(tmp_path: 
         torch.set_num_threads(previous)
     report = load_json("reports/noise_estimate.json")
     realised = load_noisy("data/noisy.npz").mask.mean()
-    assert report["use"] == "glc" and set(report["estimates"]) == {"glc", "confident_joint"}
+    assert report["use"] == "confusion" and set(report["estimates"]) == {"confusion", "glc", "confident_joint"}
     assert abs(report["rate"] - realised) < 0.1  # 40 % symmetric noise on digits, 15 epochs per fold
     t = np.asarray(report["transition"])
     np.testing.assert_allclose(t.sum(axis=1), 1.0)

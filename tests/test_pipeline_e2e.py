@@ -66,8 +66,13 @@ def test_outputs_and_metrics(project: tuple[Path, dict[str, str]]) -> None:
     assert "| SPADE-DD |" in (root / "reports/methods.md").read_text()  # the default method, this run's row
     noise = json.loads((root / "reports/noise.json").read_text())
     assert abs(noise["realised_rate"] - 0.4) < 0.01
-    # the noise estimate, made without the truth, is near the realised rate (GLC's, from the trusted subset)
-    assert metrics["noise_estimate"]["use"] == "glc" and abs(metrics["estimated_rate_error"]) < 0.1
+    # the noise estimate, made without the truth, is near the realised rate (the confusion inversion's)
+    assert metrics["noise_estimate"]["use"] == "confusion" and abs(metrics["estimated_rate_error"]) < 0.1
+    # the default's auto settings come from it: the DD mentor's percentile and its copy's noise
+    estimate = json.loads((root / "reports/noise_estimate.json").read_text())
+    mentor = json.loads((root / "reports/mentor.json").read_text())
+    assert mentor["auto"]["mentor.percentile"] == pytest.approx(min(max(1 - estimate["rate"], 0.5), 0.8))
+    assert mentor["dd_noise_kind"] == "transition" and "mentor.dd_noise_kind" in mentor["auto"]
     # the label-issues table: every train label once, and its flags find most of the injected wrong labels
     with open(root / "reports/label_issues.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -50,7 +50,7 @@ def test_preset_tiny_counterpart_runs_every_stage(name: str, tmp_path: Path, mon
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     cfg = load_config(tmp_path / "params.yaml")
     assert cfg.student.method == preset["student"]["method"] and cfg.train.schedule == preset["train"]["schedule"]
-    stages = ["download", "inject-noise", "pretrain-mentor", "train-student"]
+    stages = ["download", "inject-noise", "estimate-noise", "pretrain-mentor", "train-student"]
     if preset.get("correction", {}).get("init") == "scratch":  # joint optimization: the correction is the method
         stages.append("correct-labels")
     runner = CliRunner()

@@ -66,7 +66,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                  "-S", "correction.retrain_epochs=6"]
     (root / "overrides").write_text("\n".join(overrides))
     previous = torch.get_num_threads()
-    for stage in ("download", "inject-noise", "pretrain-mentor", "train-student"):
+    for stage in ("download", "inject-noise", "estimate-noise", "pretrain-mentor", "train-student"):
         _cli(root, stage, *overrides)
     torch.set_num_threads(previous)
     yield root

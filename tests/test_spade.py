@@ -38,8 +38,9 @@ def config(student: dict[str, Any] | None = None, mentor: dict[str, Any] | None 
     base = {"method": "spade", "epochs": 3, "batch_size": 16, "eval_batch_size": 64, "lr": 0.05, "schedule": "cosine",
             "precision": "fp32", "channels_last": "off", "burn_in": 0.2, "burn_in_keep": 0.5,
             "mentor_update_steps": 10, "mentor_update_batches": 4}
+    fixed = {"percentile": 0.6, "dd_noise_kind": "symmetric"}  # the auto ones need stage estimate_noise
     raw = merge(read_yaml(REPO / "params.yaml"),
-                split_student({"student": {**base, **(student or {})}, "mentor": mentor or {}}))
+                split_student({"student": {**base, **(student or {})}, "mentor": {**fixed, **(mentor or {})}}))
     return from_dict(raw)
 
 
@@ -483,7 +484,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
 
     from mlflow.tracking import MlflowClient
 
-    from stages import correct_labels, evaluate, train_student
+    from stages import correct_labels, estimate_noise, evaluate, train_student
     from stages.common import PATHS
 
     view, y_true, mask = stage_workspace(tmp_path, monkeypatch)
@@ -495,6 +496,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
                     "precision": "fp32", "channels_last": "off", "mentor_update": "every_k", "mentor_update_every": 1,
                     "mentor_update_steps": 5},
         "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}})))
+    estimate_noise.run(cfg)  # the auto settings read the noise estimate
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # spade needs the pretrain_mentor stage's output
     mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})

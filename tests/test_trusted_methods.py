@@ -70,7 +70,8 @@ def test_the_corrected_loss_is_cross_entropy_through_c_for_noisy_and_plain_for_t
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny preset's data, noisy labels and mentor (digits, 40 % symmetric noise, 200 trusted examples)."""
-    root = tiny_workspace(tmp_path_factory.mktemp("trusted"), ("download", "inject-noise", "pretrain-mentor"))
+    root = tiny_workspace(tmp_path_factory.mktemp("trusted"), ("download", "inject-noise", "estimate-noise",
+                                                                "pretrain-mentor"))
     return root
 
 

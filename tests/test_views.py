@@ -20,7 +20,7 @@ def test_train_view_holds_no_true_train_labels() -> None:
     noisy = (true + 1) % 4  # every label changed
     view = views.make_train_view(p, NoisyLabels(noisy, noisy != true))
     assert views.TRAIN_VIEW_FIELDS == ("x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val",
-                                          "x_test", "y_test", "classes", "dataset")
+                                          "x_test", "y_test", "classes", "dataset", "trusted_in_train")
     for name in views.TRAIN_VIEW_FIELDS:
         value = getattr(view, name)
         assert not isinstance(value, Prepared)

@@ -40,6 +40,7 @@ class MethodContext:
     weights_at: Sequence[float] = (1.0,)  # fractions of training whose per-example records are kept
     mentor: nn.Module | None = None  # the pretrained MentorNet (methods that use one)
     mentor_cfg: Any = None  # the mentor params
+    transition: np.ndarray | None = None  # the estimated noise transition matrix (K, K), for ``auto`` settings
     checkpoint_path: Path | None = None
     on_epoch: Callable[[dict[str, float]], None] | None = None
     log: Callable[[str], None] = log_to_stderr

@@ -35,7 +35,7 @@ from labelnoise.methods.base import Method, MethodContext, MethodResult, registe
 from labelnoise.models import seeded
 from labelnoise.runtime import STREAMS, derived_seed
 from labelnoise.schema import rng
-from labelnoise.views import TrainView
+from labelnoise.views import TrainView, subset_view
 
 
 @dataclass
@@ -46,12 +46,6 @@ class ConfidentResult:
     issues: np.ndarray  # (n,) bool: flagged by cleanlab, dropped from the final training
     quality: np.ndarray  # (n,) float in [0, 1]: cleanlab's label-quality score (low = likely wrong)
     pred_probs: np.ndarray  # (n, K) out-of-fold predicted probabilities
-
-
-def subset_view(data: TrainView, idx: np.ndarray) -> TrainView:
-    """``data`` with only the train examples ``idx`` (clean subset, val and test unchanged)."""
-    index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-    return dataclasses.replace(data, x_train=data.x_train[index], y_train=data.y_train[index])
 
 
 def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> np.ndarray:
@@ -88,12 +82,13 @@ def out_of_fold_probs(
     checkpoint_path: Path,
     log: Callable[[str], None] = log_to_stderr,
     also: torch.Tensor | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Cross-validated predicted probabilities of the noisy train set, (n, K) float32: the train examples are cut
     into ``folds`` stratified folds (by noisy label, seeded), and a fresh network (``new_model()``, seeded per fold,
     plain cross-entropy with ``recipe``) trained on the other folds predicts each. ``also`` (m, C, H, W) uint8:
-    images every fold's network predicts too; their probabilities averaged over the folds come back second (else
-    None). Each fold's predictions are kept beside ``checkpoint_path`` once the fold is done (and each fold's
+    images every fold's network predicts too; their probabilities come back second, one (m, K) array per fold,
+    (folds, m, K) (else None). Third: the fold of each train example, (n,) int. Each fold's predictions are kept
+    beside ``checkpoint_path`` once the fold is done (and each fold's
     training checkpoints there), so a killed run resumes at the fold, and inside it at the epoch, where it
     stopped."""
     task = Task(label_smoothing=recipe.label_smoothing)
@@ -102,7 +97,7 @@ def out_of_fold_probs(
     n, k = labels.shape[0], len(data.classes)
     fold = stratified_folds(labels, folds, seed=derived_seed(seed, fold_stream))
     pred_probs = np.zeros((n, k), dtype=np.float32)
-    also_probs = None if also is None else np.zeros((also.shape[0], k), dtype=np.float64)
+    also_probs = None if also is None else np.zeros((folds, also.shape[0], k), dtype=np.float32)
     extra = {} if also is None else {"also": hashlib.sha256(also.numpy().tobytes()).hexdigest()[:16]}
     for f in range(folds):
         held, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
@@ -114,7 +109,7 @@ def out_of_fold_probs(
         if str(saved.get("key", "")) == key:
             pred_probs[held] = saved["probs"]
             if also_probs is not None:
-                also_probs += saved["also"] / folds
+                also_probs[f] = saved["also"]
             log(f"cross-validation fold {f + 1}/{folds}: predictions restored from {done}")
             continue
         log(f"cross-validation fold {f + 1}/{folds}: training on {rest.size} examples, predicting {held.size}")
@@ -126,9 +121,9 @@ def out_of_fold_probs(
         pred_probs[held] = _softmax(model, data.x_train[torch.from_numpy(held)], recipe=recipe, device=device)
         fold_also = _softmax(model, also, recipe=recipe, device=device) if also is not None else None
         if also_probs is not None:
-            also_probs += fold_also / folds
+            also_probs[f] = fold_also
         save_npz(done, probs=pred_probs[held], key=np.array(key), **({"also": fold_also} if also is not None else {}))
-    return pred_probs, (None if also_probs is None else also_probs.astype(np.float32))
+    return pred_probs, also_probs, fold
 
 
 def prune_and_retrain(
@@ -151,9 +146,10 @@ def prune_and_retrain(
 
     labels = data.y_train.numpy()
     n = labels.shape[0]
-    pred_probs, _ = out_of_fold_probs(new_model, data, folds=cfg.folds, recipe=recipe, seed=seed, device=device,
+    pred_probs, _, _ = out_of_fold_probs(new_model, data, folds=cfg.folds, recipe=recipe, seed=seed, device=device,
                                       checkpoint_path=checkpoint_path, log=log)
     issues = find_label_issues(labels, pred_probs, filter_by=cfg.filter_by)
+    issues[data.n_noisy:] = False  # trusted examples (include_trusted) are never pruned
     quality = get_label_quality_scores(labels, pred_probs)
     kept = np.flatnonzero(~issues)
     if kept.size == 0:

@@ -32,7 +32,7 @@ from labelnoise.methods.base import Method, MethodContext, MethodResult, registe
 from labelnoise.models import seeded
 from labelnoise.noise_estimate import glc_transition
 from labelnoise.runtime import derived_seed
-from labelnoise.views import with_trusted
+from labelnoise.views import subset_view, with_trusted
 
 
 class GoldCorrectedTask(Task):
@@ -60,15 +60,15 @@ class GoldCorrectedTask(Task):
 
 
 def _train(ctx: MethodContext) -> MethodResult:
-    recipe, data = ctx.recipe, ctx.data
+    recipe, data = ctx.recipe, with_trusted(ctx.data)  # GLC always trains on the trusted examples too
     ctx.require_trusted()
-    n, k = data.x_train.shape[0], data.num_classes
+    n, k = data.n_noisy, data.num_classes
     config = {"recipe": dataclasses.asdict(recipe), "seed": ctx.seed}
 
     # ---- 1. a network on the noisy labels alone (reused once finished)
     ctx.log(f"glc 1/2: cross-entropy on the {n} noisy labels, to estimate the corruption")
-    noisy_fit = fit(ctx.model, data, Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=ctx.seed,
-                    device=ctx.device, config=config, finished="reuse",
+    noisy_fit = fit(ctx.model, subset_view(data, np.arange(n)), Task(label_smoothing=recipe.label_smoothing),
+                    recipe=recipe, seed=ctx.seed, device=ctx.device, config=config, finished="reuse",
                     checkpoint_path=ctx.phase_checkpoint("noisy"), log=ctx.log, name="glc-noisy",
                     remedy="lower train.lr or check the data")
 
@@ -80,7 +80,7 @@ def _train(ctx: MethodContext) -> MethodResult:
     # ---- 3. a fresh network on noisy (corrected loss) + trusted (plain loss) examples
     model = seeded(ctx.new_model, derived_seed(ctx.seed, "glc_init"))  # its own stream: independent of phase 1
     task = GoldCorrectedTask(corruption, n_noisy=n)
-    result = fit(model, with_trusted(data), task, recipe=recipe, seed=ctx.seed, device=ctx.device,
+    result = fit(model, data, task, recipe=recipe, seed=ctx.seed, device=ctx.device,
                  config={**config, "corruption": corruption.round(6).tolist()}, checkpoint_path=ctx.checkpoint_path,
                  record_epochs=weight_epochs(ctx.weights_at, recipe.epochs), on_epoch=ctx.on_epoch, log=ctx.log,
                  name="glc", remedy="lower train.lr or check the data")

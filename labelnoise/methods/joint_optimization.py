@@ -67,7 +67,9 @@ class CorrectionConfig:
     begin: int = rng(1)  # first epoch (1-based) at which labels are updated
     update: Literal["soft", "hard"]  # new label = buffer mean, or its argmax (one-hot)
     update_every: int = rng(1)  # epochs between label updates
-    noisy_label_weight: float = rng(0.0, 1.0)  # w: y ∝ s̄ · (w·onehot(noisy) + (1−w)/C); 0 = the paper's y = s̄
+    noisy_label_weight: float | Literal["auto"] = rng(0.0, 1.0)  # w: y ∝ s̄ · (w·onehot(noisy) + (1−w)/C); 0 = the
+    #   paper's y = s̄; auto: y ∝ s̄ · T̂[:, noisy], T̂ the estimated transition matrix (labelnoise.auto)
+    include_trusted: bool  # the trusted subset joins both phases' training data with its true labels (kept)
     trust_mentor: bool  # examples whose mentor weight exceeds trust_threshold keep their label
     trust_threshold: float = rng(0.0, 1.0)
     retrain_epochs: int = rng(1, 10_000)  # phase 2: a fresh network on the corrected labels
@@ -181,15 +183,19 @@ def update_labels(buffer_mean: Tensor, *, mode: str) -> Tensor:
     raise ValueError(f"unknown label update {mode!r} (soft | hard)")
 
 
-def noisy_label_posterior(buffer_mean: Tensor, noisy: Tensor, *, weight: float) -> Tensor:
-    """Combine the buffer mean s̄ (N, C) with the given noisy labels (N,) int64 → (N, C) rows summing to 1:
-    y ∝ s̄ · (w·onehot(ỹ) + (1 − w)/C), the posterior of the class under a symmetric noise channel that keeps
-    the label with extra weight w. ``weight`` 0 returns s̄ unchanged (the paper's update); 1 returns the noisy
-    labels. Not in Tanaka et al.: our addition (``correction.noisy_label_weight``; its measured effect: README)."""
-    if weight == 0.0:
+def noisy_label_posterior(buffer_mean: Tensor, noisy: Tensor, *, weight: float,
+                          transition: Tensor | None = None) -> Tensor:
+    """Combine the buffer mean s̄ (N, C) with the given noisy labels (N,) int64 → (N, C) rows summing to 1: the
+    posterior of the class under a noise channel, y ∝ s̄ · T[:, ỹ]. ``transition`` (C, C) gives T (the estimated
+    one, ``noisy_label_weight: auto``); else T = w·I + (1 − w)/C, a symmetric channel that keeps the label with
+    extra weight w: ``weight`` 0 returns s̄ unchanged (the paper's update), 1 returns the noisy labels. Not in
+    Tanaka et al.: our addition (``correction.noisy_label_weight``; its measured effect: README)."""
+    if transition is not None:
+        channel = transition.to(device=buffer_mean.device, dtype=torch.float32)[:, noisy].T  # (N, C) T[:, ỹ]
+    elif weight == 0.0:
         return buffer_mean.float()
-    c = buffer_mean.shape[1]
-    channel = weight * one_hot(noisy, c) + (1.0 - weight) / c  # (N, C)
+    else:
+        channel = weight * one_hot(noisy, buffer_mean.shape[1]) + (1.0 - weight) / buffer_mean.shape[1]  # (N, C)
     post = buffer_mean.float() * channel  # (N, C)
     return post / post.sum(dim=1, keepdim=True).clamp_min(torch.finfo(post.dtype).tiny)
 
@@ -258,10 +264,12 @@ class JointTask(Task):
     noisy: (N,) int64 the given labels, on the training device; trusted: (N,) bool or None.
     """
 
-    def __init__(self, noisy: Tensor, *, cfg: Any, prior: Tensor, trusted: Tensor | None = None) -> None:
+    def __init__(self, noisy: Tensor, *, cfg: Any, prior: Tensor, trusted: Tensor | None = None,
+                 transition: Tensor | None = None) -> None:
         super().__init__()
         n, k = noisy.shape[0], prior.shape[0]
         self.cfg, self.noisy, self.prior, self.keep = cfg, noisy, prior.to(noisy.device), trusted
+        self.transition = transition  # (C, C) the noise channel of the label update (noisy_label_weight: auto)
         self.original = one_hot(noisy, k)  # (N, C)
         self.labels = self.original.clone()  # (N, C) the current soft labels y
         self.buffer = LabelBuffer(cfg.buffer, n, k, device=noisy.device)
@@ -286,7 +294,8 @@ class JointTask(Task):
         before = self.labels.argmax(dim=1)
         c = self.cfg
         if label_update_due(epoch, begin=c.begin, every=c.update_every, epochs=c.epochs):
-            mean = noisy_label_posterior(self.buffer.mean(), self.noisy, weight=c.noisy_label_weight)  # (N, C)
+            mean = noisy_label_posterior(self.buffer.mean(), self.noisy, transition=self.transition,
+                                         weight=0.0 if self.transition is not None else c.noisy_label_weight)
             new = update_labels(mean, mode=c.update)  # (N, C)
             if self.keep is not None:
                 new[self.keep] = self.original[self.keep]
@@ -388,6 +397,7 @@ def joint_optimize(
     seed: int,
     device: torch.device | str = "cpu",
     trusted: np.ndarray | None = None,
+    transition: np.ndarray | None = None,
     checkpoint_path: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     log: Callable[[str], None] = log_to_stderr,
@@ -398,10 +408,12 @@ def joint_optimize(
     SGD (the recipe's momentum, Nesterov, weight decay, batch size) at the constant lr ``cfg.lr`` on
     :func:`joint_loss`; softmax of every training forward pass → :class:`LabelBuffer` (``cfg.buffer``
     epochs); labels ← :func:`update_labels` at the epochs :func:`label_update_due` picks. ``trusted`` (N,)
-    bool: these examples keep their noisy label (mentor trust). History rows: epoch, loss, train_acc (agreement
-    with the current labels), l_c, l_p, l_e, labels_changed (fraction whose argmax label differs from the noisy
-    label), labels_flipped (fraction changed by this epoch's update), clean_acc, test_acc, lr. ``on_epoch(row)``
-    sees every row, restored ones included. A finished checkpoint of the same config is reused.
+    bool: these examples keep their noisy label (mentor trust). ``transition`` (C, C): the noise channel of the
+    label update (``noisy_label_weight: auto``, the estimated T; required then). History rows: epoch, loss,
+    train_acc (agreement with the current labels), l_c, l_p, l_e, labels_changed (fraction whose argmax label
+    differs from the noisy label), labels_flipped (fraction changed by this epoch's update), clean_acc, test_acc,
+    lr. ``on_epoch(row)`` sees every row, restored ones included. A finished checkpoint of the same config is
+    reused.
     """
     device = torch.device(device)
     if data.x_train.shape[0] == 0:
@@ -409,8 +421,12 @@ def joint_optimize(
     noisy = data.y_train.to(device)  # (N,)
     prior = class_prior(cfg.prior, num_classes=len(data.classes), clean_labels=data.y_clean)  # (C,)
     keep = torch.as_tensor(trusted, dtype=torch.bool, device=device) if trusted is not None else None
-    task = JointTask(noisy, cfg=cfg, prior=prior, trusted=keep)
+    if (cfg.noisy_label_weight == "auto") != (transition is not None):
+        raise ValueError("correction.noisy_label_weight: auto goes with the estimated transition matrix, and only it")
+    channel = None if transition is None else torch.as_tensor(transition, dtype=torch.float32, device=device)
+    task = JointTask(noisy, cfg=cfg, prior=prior, trusted=keep, transition=channel)
     config = {"correction": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "seed": seed,
+              **({} if transition is None else {"transition": np.asarray(transition).round(6).tolist()}),
               "init": module_fingerprint(model),
               "trusted": _digest(np.packbits(trusted)) if trusted is not None else None}
     result = fit(model, data, task, recipe=phase_recipe(recipe, lr=cfg.lr, schedule="constant", epochs=cfg.epochs),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +26,9 @@ class MentorMixParams(SpadeParams):
     """SPADE's settings of the mentor's weighting (burn-in, refits, ``weight_norm`` for the second reweighting), and
     the mixing's own."""
 
-    mixup_alpha: float = rng(0.0, 1000.0, lo_open=True)  # λ ~ Beta(α, α), λ = max(λ, 1 - λ)
+    mixup_alpha: float | Literal["auto"] = rng(0.0, 1000.0, lo_open=True)  # λ ~ Beta(α, α), λ = max(λ, 1 - λ)
     mix_temperature: float = rng(0.0, 1000.0, lo_open=True)  # partners drawn from softmax(v / T) (official: T = 1)
-    second_reweight: bool  # weight the mixed examples' losses by the mentor again
+    second_reweight: bool | Literal["auto"]  # weight the mixed examples' losses by the mentor again
 
 
 def mentor_mix(x: Tensor, y: Tensor, v: Tensor, *, alpha: float, temperature: float,
@@ -105,7 +105,8 @@ class MentorMixTask(SpadeTask):
         with torch.no_grad(), _batch_stats_only(model):
             logits = model(xb)  # (B, K)
         loss = F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=ls)  # (B,)
-        v_all, diff_all, parts_all, own = self.global_weights(loss, yb, step=step, percentile=self.percentile)
+        v_all, diff_all, parts_all, own = self.global_weights(loss, yb, step=step, percentile=self.percentile,
+                                                              idx=idx)
         v, loss_diff, parts = v_all[own], diff_all[own], {k: t[own] for k, t in parts_all.items()}
 
         # ---- sample + mixup (no gradient into v, λ or the partners)

@@ -140,12 +140,15 @@ class SpadeTask(Task):
         num_classes: int,
         clean: tuple[Tensor, Tensor] | None = None,
         dataset: str = "",
+        n_noisy: int | None = None,  # train positions from here on are trusted examples (v = 1)
+        dd_transition: np.ndarray | None = None,  # mentor.dd_noise_kind auto: the estimated T of DD refits' copy
     ) -> None:
         super().__init__(label_smoothing=recipe.label_smoothing)
         self.mentor = mentor.to(device).eval()  # called under no_grad: the student's backward never reaches it
         self.cfg, self.recipe, self.mentor_cfg = cfg, recipe, mentor_cfg
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.device, self.seed, self.num_classes = device, seed, num_classes
+        self.n_noisy, self.dd_transition = n_noisy, dd_transition
         self.burn_in_steps = round(cfg.burn_in * total_steps)
         self.percentile = MovingPercentile.from_config(mentor_cfg, num_classes=num_classes)
         self.generator = torch.Generator(device=device).manual_seed(derived_seed(seed, "spade"))
@@ -164,8 +167,11 @@ class SpadeTask(Task):
                               dataset: str) -> tuple[Tensor, Tensor, Tensor]:
         """(x, noisy copy of the clean labels, correct (bool)): DD's training signal with a known mask."""
         m = self.mentor_cfg
-        noisy = corrupt(y.cpu().numpy(), kind=m.dd_noise_kind, rate=m.dd_noise_rate, num_classes=num_classes,
-                        rng=np.random.default_rng(m.dd_noise_seed),
+        if m.dd_noise_kind == "auto" and self.dd_transition is None:
+            raise ValueError("mentor.dd_noise_kind: auto needs the noise estimate (stage estimate_noise)")
+        kind = "transition" if m.dd_noise_kind == "auto" else m.dd_noise_kind
+        noisy = corrupt(y.cpu().numpy(), kind=kind, rate=m.dd_noise_rate, num_classes=num_classes,
+                        rng=np.random.default_rng(m.dd_noise_seed), transition=self.dd_transition,
                         class_map=class_map_for(dataset, "auto") if m.dd_noise_kind == "asymmetric" else None)
         return x, torch.from_numpy(noisy.labels), torch.from_numpy(~noisy.mask)
 
@@ -176,17 +182,22 @@ class SpadeTask(Task):
         per_example = F.cross_entropy(logits.float(), yb, reduction="none",
                                       label_smoothing=self.label_smoothing)  # (B,)
         loss = per_example.detach()  # (B,) the mentor's input; no gradient flows through v
-        v, loss_diff, parts, own = self.global_weights(loss, yb, step=step, percentile=self.percentile)
+        v, loss_diff, parts, own = self.global_weights(loss, yb, step=step, percentile=self.percentile, idx=idx)
         return {"loss": self.weighted_mean(v, per_example, own), "logits": logits, "per_example": loss,
                 "loss_diff": loss_diff[own], "weight": v[own], **{k: t[own] for k, t in parts.items()}}
 
     def global_weights(self, loss: Tensor, label: Tensor, *, step: int, percentile: MovingPercentile,
-                       remember: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor], slice]:
+                       remember: bool = True, idx: Tensor | None = None,
+                       ) -> tuple[Tensor, Tensor, dict[str, Tensor], slice]:
         """:meth:`mentor_weights` of the whole global mini-batch (under torchrun: every rank's losses and labels,
-        gathered, so l_pt, v and the refit inputs are the same on all ranks), and this rank's slice of it."""
+        gathered, so l_pt, v and the refit inputs are the same on all ranks), and this rank's slice of it. With the
+        batch's train positions ``idx``, trusted examples (positions >= ``n_noisy``: include_trusted) get v = 1."""
         loss_all, own = distributed.gather(loss)
         label_all, _ = distributed.gather(label)
         v, loss_diff, parts = self.mentor_weights(loss_all, label_all, step=step, percentile=percentile)
+        if idx is not None and self.n_noisy is not None:
+            idx_all, _ = distributed.gather(idx)
+            v = torch.where(idx_all >= self.n_noisy, torch.ones_like(v), v)  # (B,) their labels are true
         if remember:
             self._remember(loss_all, loss_diff, label_all, step=step)
         return v, loss_diff, parts, own
@@ -308,7 +319,8 @@ def mentor_task(task_cls: type[SpadeTask], ctx: MethodContext) -> SpadeTask:
     return task_cls(ctx.mentor, cfg=ctx.params, recipe=ctx.recipe, mentor_cfg=ctx.mentor_cfg,
                     total_steps=ctx.total_steps, steps_per_epoch=ctx.steps_per_epoch, device=ctx.device, seed=ctx.seed,
                     num_classes=len(ctx.data.classes), clean=(ctx.data.x_clean, ctx.data.y_clean),
-                    dataset=ctx.data.dataset)
+                    dataset=ctx.data.dataset, n_noisy=ctx.data.n_noisy if ctx.data.trusted_in_train else None,
+                    dd_transition=ctx.transition)
 
 
 METHOD = register(Method(

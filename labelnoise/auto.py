@@ -1,0 +1,117 @@
+"""Settings from the noise estimate, not from the user: the params whose value may be ``auto``, and the rule that
+turns stage estimate_noise's estimate (reports/noise_estimate.json) into each. A user does not know the noise
+rate; the papers' settings are per noise level (their tables), so ``auto`` reads the level off the estimate.
+
+Every rule, with where it comes from (the README lists them too):
+
+- ``mentor.percentile``: p = clip(1 − r̂, 0.5, 0.8), keep the fraction estimated clean. It reproduces the official
+  MentorNet DD scripts' table exactly (p 0.8 / 0.6 / 0.5 at 20 / 40 / 80 % noise; their PD table is 0.75 / 0.75
+  / 0.5).
+- ``mentor.dd_noise_kind``: the DD mentor learns on a copy of the trusted subset corrupted with the *estimated*
+  transition matrix T̂ (exact per-class counts, :func:`labelnoise.noise.corrupt` ``transition``), so it learns to
+  spot the structure the data has (pair, instance-like), not symmetric noise at a guessed rate.
+- ``student.mentormix.mixup_alpha`` and ``second_reweight``: the official MentorMix CIFAR-10 settings at the
+  noise level nearest r̂ (α 2 / 8 / 8 / 4 at 20 / 40 / 60 / 80 %, the second reweighting on from 60 %).
+- ``correction.noisy_label_weight``: the corrected label is the posterior of the class given the network's
+  averaged prediction s̄ and the given label ỹ under the estimated channel, y ∝ s̄ · T̂[:, ỹ] (Bayes' rule; a
+  number w instead assumes a symmetric channel w·I + (1 − w)/C).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+AUTO = "auto"
+
+# The official MentorMix CIFAR-10 settings (Jiang et al. 2020, its code's run scripts), by noise level.
+MENTORMIX_LEVELS = (0.2, 0.4, 0.6, 0.8)
+MENTORMIX_ALPHA = (2.0, 8.0, 8.0, 4.0)
+MENTORMIX_SECOND_REWEIGHT = (False, False, True, True)
+PERCENTILE_RANGE = (0.5, 0.8)  # the official MentorNet DD scripts' p at 80 % and 20 % noise
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """What the auto rules read of stage estimate_noise's report: the estimated noise rate r̂ and transition
+    matrix T̂ (K, K), and the estimator that gave them."""
+
+    rate: float
+    transition: np.ndarray
+    use: str
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> NoiseEstimate:
+        t = np.asarray(report["transition"], dtype=np.float64)
+        return cls(rate=float(report["rate"]), transition=t, use=str(report["use"]))
+
+
+def percentile(rate: float) -> float:
+    """``mentor.percentile: auto``: clip(1 − r̂, 0.5, 0.8)."""
+    lo, hi = PERCENTILE_RANGE
+    return float(np.clip(1.0 - rate, lo, hi))
+
+
+def _level(rate: float) -> int:
+    return int(np.argmin([abs(rate - level) for level in MENTORMIX_LEVELS]))
+
+
+def mixup_alpha(rate: float) -> float:
+    """``student.mentormix.mixup_alpha: auto``: the official α at the noise level nearest r̂."""
+    return MENTORMIX_ALPHA[_level(rate)]
+
+
+def second_reweight(rate: float) -> bool:
+    """``student.mentormix.second_reweight: auto``: on at the official levels that use it (60, 80 %)."""
+    return MENTORMIX_SECOND_REWEIGHT[_level(rate)]
+
+
+def auto_keys(cfg: Any, sections: list[str] | tuple[str, ...]) -> list[str]:
+    """The dotted keys under ``sections`` (params section names, or ``student``) whose value is ``auto`` and that
+    a rule here settles."""
+    keys = []
+    for key in RULES:
+        section, *path = key.split(".")
+        if section not in sections:
+            continue
+        value = getattr(cfg, section)
+        for name in path:
+            value = getattr(value, name)
+        if value == AUTO:
+            keys.append(key)
+    return keys
+
+
+def settle(cfg: Any, estimate: NoiseEstimate, keys: list[str]) -> tuple[Any, dict[str, Any]]:
+    """``cfg`` with the numeric ``auto`` params in ``keys`` replaced by their rule's value, and {key: value} of every
+    key settled (for the run's records). ``mentor.dd_noise_kind`` and ``correction.noisy_label_weight`` stay
+    ``auto`` in the config: the stages that read them take T̂ from ``estimate``."""
+    chosen: dict[str, Any] = {}
+    if "mentor.percentile" in keys:
+        chosen["mentor.percentile"] = percentile(estimate.rate)
+        cfg = dataclasses.replace(cfg, mentor=dataclasses.replace(cfg.mentor, percentile=chosen["mentor.percentile"]))
+    mix = {}
+    if "student.mentormix.mixup_alpha" in keys:
+        mix["mixup_alpha"] = chosen["student.mentormix.mixup_alpha"] = mixup_alpha(estimate.rate)
+    if "student.mentormix.second_reweight" in keys:
+        mix["second_reweight"] = chosen["student.mentormix.second_reweight"] = second_reweight(estimate.rate)
+    if mix:
+        block = dataclasses.replace(cfg.student.mentormix, **mix)
+        cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, mentormix=block))
+    for key in ("mentor.dd_noise_kind", "correction.noisy_label_weight"):
+        if key in keys:
+            chosen[key] = f"the estimated transition matrix ({estimate.use}, rate {estimate.rate:.3f})"
+    return cfg, chosen
+
+
+# key -> the rule in one line (README "Settings from the estimate", the CLI's records)
+RULES: dict[str, str] = {
+    "mentor.percentile": "clip(1 - estimated rate, 0.5, 0.8): the official MentorNet DD table",
+    "mentor.dd_noise_kind": "the trusted copy corrupted with the estimated transition matrix",
+    "student.mentormix.mixup_alpha": "the official MentorMix alpha at the nearest noise level (2/8/8/4)",
+    "student.mentormix.second_reweight": "on at the nearest official level 60 or 80 %",
+    "correction.noisy_label_weight": "posterior under the estimated transition matrix: s̄ · T[:, noisy label]",
+}
