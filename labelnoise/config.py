@@ -234,7 +234,7 @@ def _cross_checks(cfg: Config) -> None:
         if model not in list_models():
             raise ConfigError(f"{key}: must be one of {', '.join(repr(m) for m in list_models())}, got {model!r}")
     t.check("train")
-    if cfg.correction.begin > cfg.correction.epochs:  # no label update would ever happen
+    if 0 < cfg.correction.epochs < cfg.correction.begin:  # no label update would ever happen (0: no phase 1)
         raise ConfigError(f"correction.begin: must be <= correction.epochs ({cfg.correction.epochs})")
     m = cfg.mentor
     if m.pd_linear_from < m.pd_burn_in:

@@ -17,7 +17,8 @@ from typing import Any
 from labelnoise.methods import display_name, registered
 
 # Metrics a report shows when the runs have them (the headline numbers of the evaluate stage).
-REPORT_METRICS = ("test_acc", "test_acc_best_clean", "corrected_test_acc", "detection_auroc", "recovered_label_acc")
+REPORT_METRICS = ("test_acc", "test_acc_best_clean", "corrected_test_acc", "detection_auroc", "recovered_label_acc",
+                  "estimated_rate", "estimated_rate_error")
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -163,7 +164,8 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
             title = sweep.get("title", sweep["name"])
             figure(_series(mine, x, [by] if by else [], sweep["name"]), x, sweep["name"], f"{study}: {title}", shown)
         if spec.get("view") == "comparison":
-            comparison_section(points, lines, figure, corrected=spec.get("corrected"))
+            comparison_section(points, lines, figure, corrected=spec.get("corrected"),
+                               peers=spec.get("peers", ["Cleanlab"]))
         elif spec.get("view") == "massive":
             massive_section(by_sweep, spec, lines, figure)
         lines += ["", "## Every point", "", *_table(points, swept, metrics)]
@@ -327,14 +329,18 @@ def _pct(value: float | None) -> str:
 
 
 def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: Any, *,
-                       corrected: str | None = None, peer: str = "Cleanlab") -> None:
+                       corrected: str | None = None, peers: Sequence[str] = ("Cleanlab",)) -> None:
     """Methods × noise levels: test accuracy (the method ``corrected`` names also after label correction; the
     oracle, CE on clean labels, in every column), noise-detection AUROC (the scores of every method that scores
-    labels), the plot of accuracy against noise per method, and our best method against ``peer`` at each level."""
+    labels), the noise estimate's error per level (where the runs have one), the plot of accuracy against noise per
+    method, and our best method against each of ``peers`` (table names) at each level."""
     acc: dict[str, dict[str, float]] = {}
     auroc: dict[str, dict[str, float]] = {}
+    estimate: dict[str, list[tuple[float, float]]] = {}
     for r in points:
         method, level, m = r["params"]["method"], r["params"]["level"], r["metrics"]
+        if "estimated_rate" in m and "estimated_rate_error" in m:
+            estimate.setdefault(level, []).append((m["estimated_rate"], m["estimated_rate_error"]))
         if "test_acc" in m:
             acc.setdefault(method, {})[level] = m["test_acc"]
         if method == corrected and "corrected_test_acc" in m:
@@ -362,17 +368,26 @@ def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: A
         for method in sorted(auroc, key=lambda k: (order.index(k) if k in order else len(order), k)):
             lines.append(f"| {method} | " + " | ".join(
                 f"{auroc[method][lv]:.3f}" if lv in auroc[method] else "—" for lv in levels) + " |")
-    verdicts = []
-    for lv in levels:
-        ours = {k: acc[k][lv] for k in ours_names if lv in acc.get(k, {})}
-        theirs = acc.get(peer, {}).get(lv)
-        if ours and theirs is not None:
-            best = max(ours, key=ours.__getitem__)
-            gap = 100 * (ours[best] - theirs)
-            verdicts.append(f"- {lv}: our best, {best}, {_pct(ours[best])} against {peer} {_pct(theirs)}: "
-                            + (f"ahead by {gap:.2f} points." if gap > 0 else f"behind by {-gap:.2f} points."))
-    if verdicts:
-        lines += ["", f"Our best method against the peer baseline, {peer}:", "", *verdicts]
+    if estimate:
+        lines += ["", "The noise estimate (stage estimate_noise, without the truth) at each level: the estimated rate "
+                  "and its error against the realised one, as the median over the level's runs.", "",
+                  "| level | estimated rate | error |", "|---|---|---|"]
+        for lv in levels:
+            if lv in estimate:
+                rate, error = (float(sorted(v)[len(v) // 2]) for v in zip(*estimate[lv], strict=True))
+                lines.append(f"| {lv} | {rate:.3f} | {error:+.3f} |")
+    for peer in peers:
+        verdicts = []
+        for lv in levels:
+            ours = {k: acc[k][lv] for k in ours_names if lv in acc.get(k, {})}
+            theirs = acc.get(peer, {}).get(lv)
+            if ours and theirs is not None:
+                best = max(ours, key=ours.__getitem__)
+                gap = 100 * (ours[best] - theirs)
+                verdicts.append(f"- {lv}: our best, {best}, {_pct(ours[best])} against {peer} {_pct(theirs)}: "
+                                + (f"ahead by {gap:.2f} points." if gap > 0 else f"behind by {-gap:.2f} points."))
+        if verdicts:
+            lines += ["", f"Our best method against the baseline {peer}:", "", *verdicts]
     series = {m: [(lv, {"test_acc": acc[m][lv]}) for lv in levels if lv in acc[m]] for m in methods}
     if oracle is not None:
         series[ORACLE] = [(lv, {"test_acc": oracle}) for lv in levels]

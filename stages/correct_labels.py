@@ -131,6 +131,9 @@ def run(cfg: Config) -> dict[str, float]:
                                   student_test_acc=student_test_acc)
         save_json(PATHS.correction_report, report)
         figures = _plots(cfg, view, report, joint, final)
+        for stale in Path(PATHS.correction_plots).glob("[!.]*.png"):  # the folder is this stage's
+            if stale not in figures:
+                stale.unlink()
         tracked.log_metrics({key: metrics[key] for key in HEADLINE if key in metrics}, on_parent=True)
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})
         tracked.log_artifact(PATHS.correction_report)
@@ -217,9 +220,16 @@ def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: jo.Joint
     }
     j = jo.history_columns(joint.history)
     r = jo.history_columns(final.history)
+    figures = [plots.plot_per_class(values, out / "per_class_recovery.png", labels=view.classes,
+                                    ylabel="train label accuracy", title=f"Label recovery per class\n{what}")]
+    retrain_plot = plots.plot_curves(
+        {"epoch": r["epoch"], "soft_ce_loss": r["loss"], "train_acc_vs_corrected": r["train_acc"],
+         "clean_acc": r["clean_acc"], "test_acc": r["test_acc"], "lr": r["lr"]}, out / "retrain_curves.png",
+        best_epoch=final.best_epoch, title=f"Phase 2 (retrain on corrected labels): {what}")
+    if not joint.history:  # correction.epochs 0: no phase 1 to plot
+        return [*figures, retrain_plot]
     return [
-        plots.plot_per_class(values, out / "per_class_recovery.png", labels=view.classes, ylabel="train label accuracy",
-                             title=f"Label recovery per class\n{what}"),
+        *figures,
         plots.plot_label_changes(
             j["epoch"], {"labels changed (vs noisy)": j["labels_changed"],
                          "labels flipped this epoch": j["labels_flipped"],
@@ -230,8 +240,5 @@ def _plots(cfg: Config, view: TrainView, report: dict[str, Any], joint: jo.Joint
                            "train_acc_vs_labels": j["train_acc"], "clean_acc": j["clean_acc"],
                            "test_acc": j["test_acc"]},
                           out / "joint_curves.png", title=f"Phase 1 (joint optimization): {what}"),
-        plots.plot_curves({"epoch": r["epoch"], "soft_ce_loss": r["loss"], "train_acc_vs_corrected": r["train_acc"],
-                           "clean_acc": r["clean_acc"], "test_acc": r["test_acc"], "lr": r["lr"]},
-                          out / "retrain_curves.png", best_epoch=final.best_epoch,
-                          title=f"Phase 2 (retrain on corrected labels): {what}"),
+        retrain_plot,
     ]

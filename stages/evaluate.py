@@ -66,6 +66,7 @@ HEADLINE = (
     "corrected_test_acc",
     "recovered_label_acc",
     "estimated_rate",
+    "estimated_rate_error",
 )
 DETECTION = (
     "detection_auroc",

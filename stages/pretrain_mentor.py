@@ -52,9 +52,9 @@ def run(cfg: Config) -> dict[str, Any]:
     """Fit the mentor of params ``mentor``; write PATHS.mentor_model, PATHS.mentor_report, PATHS.mentor_plots."""
     require(PATHS.prepared)
     prepared = load_prepared(PATHS.prepared)
+    _check(cfg, prepared)  # bad params fail here: no run opened, nothing written
     # pd uses neither the percentile nor a corrupted copy; dd's auto ones come from the noise estimate
     cfg, chosen, estimate = settle_auto(cfg, "pretrain_mentor", used=lambda key: cfg.mentor.kind == "dd")
-    _check(cfg, prepared)  # bad params fail here: no run opened, nothing written
     setup(cfg)
     generator = runtime.seed_everything(cfg.mentor.seed, deterministic=cfg.base.deterministic)
     device = runtime.resolve_device(cfg.base.device)

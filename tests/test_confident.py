@@ -35,13 +35,32 @@ def test_stratified_folds_are_balanced_seeded_and_complete() -> None:
         stratified_folds(labels, 1, seed=0)
 
 
+def test_trusted_examples_in_the_train_split_are_never_pruned(tmp_path: Path) -> None:
+    from labelnoise.config import from_dict, merge, read_yaml
+    from labelnoise.methods.cleanlab import CleanlabParams, prune_and_retrain
+    from labelnoise.views import with_trusted
+    from tests.test_spade import new_model, noisy_view
+
+    view, _, _ = noisy_view(n_train=60, n_clean=30, rate=0.4)
+    # the trusted labels made wrong on purpose: a prune by noise rate would flag them, but they are trusted
+    view = with_trusted(view.__class__(**{**view.__dict__, "y_clean": (view.y_clean + 1) % 3}))
+    recipe = from_dict(merge(read_yaml(REPO / "params.yaml"), {"train": {
+        "epochs": 2, "batch_size": 16, "eval_batch_size": 64, "precision": "fp32", "channels_last": "off"}})).train
+    with torch.random.fork_rng():
+        result = prune_and_retrain(new_model, view, cfg=CleanlabParams(folds=2, filter_by="predicted_neq_given"),
+                                   recipe=recipe, seed=0, device=torch.device("cpu"),
+                                   checkpoint_path=tmp_path / "ckpt.pt", log=lambda line: None)
+    assert result.issues.shape == (90,) and not result.issues[60:].any()
+    assert result.issues[:60].any()  # the noisy examples are judged as before
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     previous = torch.get_num_threads()
     assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
-    for stage in ("download", "inject-noise"):
+    for stage in ("download", "inject-noise", "estimate-noise"):
         result = runner.invoke(app, [stage, "-S", "base.threads=1"])
         assert result.exit_code == 0, result.output
     yield tmp_path

@@ -535,3 +535,26 @@ def test_stage_trust_mentor(workdir: Path, tiny_base: dict[str, Any]) -> None:
         hard, trusted = z["hard"], z["trusted"]
     assert np.array_equal(trusted, v > 0.5) and metrics["n_trusted"] == trusted.sum()
     assert np.array_equal(hard[trusted], load_noisy(PATHS.noisy).labels[trusted])
+
+
+def test_no_joint_epochs_labels_are_the_posterior_of_the_students_predictions(workdir: Path,
+                                                                               tiny_base: dict[str, Any]) -> None:
+    from labelnoise.datasets import load_prepared
+    from labelnoise.engine import predict_logits
+    from labelnoise.models import load_model
+    from labelnoise.noise import load_noisy
+    from stages import correct_labels
+    from stages.common import PATHS
+
+    Path(PATHS.correction_plots).mkdir(parents=True, exist_ok=True)
+    (Path(PATHS.correction_plots) / "joint_curves.png").write_bytes(b"\x89PNG stale")  # an earlier run's figure
+    correct_labels.run(tiny(tiny_base, epochs=0, noisy_label_weight=0.3, include_trusted=False))
+    prepared, noisy = load_prepared(PATHS.prepared), load_noisy(PATHS.noisy)
+    x = torch.from_numpy(prepared.images[prepared.train_idx])
+    probs = torch.softmax(predict_logits(load_model(PATHS.student_model), x, batch_size=256, device="cpu"), dim=1)
+    expected = correction.noisy_label_posterior(probs, torch.from_numpy(noisy.labels), weight=0.3)
+    with np.load(PATHS.corrected) as z:
+        np.testing.assert_allclose(z["soft"], expected.numpy(), atol=1e-5)
+        assert z["hard_history"].shape == (0, x.shape[0])
+    assert sorted(p.name for p in Path(PATHS.correction_plots).iterdir()) == ["per_class_recovery.png",
+                                                                               "retrain_curves.png"]

@@ -113,7 +113,7 @@ def test_dd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     from stages import pretrain_mentor
     from stages.common import PATHS
 
-    cfg = config(kind="dd")
+    cfg = config(kind="dd", dd_noise_kind="symmetric", percentile=0.6)
     prepared = write_prepared(cfg)
     n_clean = len(prepared.clean_idx)
     logged = pretrain_mentor.run(cfg)
@@ -147,7 +147,7 @@ def test_dd_never_reads_the_train_pool_labels(in_tmp: Path) -> None:
     from stages import pretrain_mentor
     from stages.common import PATHS
 
-    cfg = config(kind="dd", fit_steps=50)
+    cfg = config(kind="dd", fit_steps=50, dd_noise_kind="symmetric", percentile=0.6)
     prepared = write_prepared(cfg)
     pretrain_mentor.run(cfg)
     first = state(PATHS.mentor_model)
@@ -175,7 +175,7 @@ def test_dd_never_reads_the_train_pool_labels(in_tmp: Path) -> None:
     ({"kind": "dd", "holdout": 0.0}, "mentor.holdout"),
     ({"kind": "pd", "holdout": 1.0}, "mentor.holdout"),
     ({"kind": "pd", "grid_size": 2_000_000}, "mentor.grid_size"),
-    ({"kind": "dd", "dd_noise_rate": 0.0}, "mentor.dd_noise_rate"),
+    ({"kind": "dd", "dd_noise_kind": "symmetric", "dd_noise_rate": 0.0}, "mentor.dd_noise_rate"),
 ])
 def test_bad_params_fail_before_anything_is_written(in_tmp: Path, mentor: dict[str, Any], match: str) -> None:
     from stages import pretrain_mentor
@@ -207,3 +207,21 @@ def test_dd_without_clean_subset_is_refused(in_tmp: Path) -> None:
     write_prepared(cfg)
     with pytest.raises(ConfigError, match="clean"):
         pretrain_mentor.run(cfg)
+
+
+def test_dd_auto_learns_on_the_estimated_noise(in_tmp: Path) -> None:
+    from labelnoise.io import save_json
+    from stages import pretrain_mentor
+    from stages.common import PATHS
+
+    cfg = config(kind="dd")  # the defaults: percentile and the copy's noise auto
+    write_prepared(cfg)
+    with pytest.raises(FileNotFoundError, match="mentor.percentile, mentor.dd_noise_kind = auto"):
+        pretrain_mentor.run(cfg)
+    pair = 0.7 * np.eye(10) + 0.3 * np.roll(np.eye(10), 1, axis=1)  # what estimate_noise found: pair noise, 30 %
+    save_json(PATHS.noise_estimate, {"rate": 0.3, "transition": pair.tolist(), "use": "confusion"})
+    pretrain_mentor.run(cfg)
+    report = json.loads(Path(PATHS.mentor_report).read_text())
+    assert report["dd_noise_kind"] == "transition" and report["dd_noise_rate"] is None
+    assert report["dd_realised_rate"] == pytest.approx(0.3, abs=0.02)
+    assert report["auto"]["mentor.percentile"] == pytest.approx(0.7)

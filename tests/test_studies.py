@@ -46,7 +46,7 @@ def report(name: str, runs: list[dict[str, Any]], out: Path, variant: str = "sma
 
 
 def test_shipped_studies_give_valid_distinct_points() -> None:
-    for name, count in (("comparison", 21), ("massive_noise", 14)):
+    for name, count in (("comparison", 21), ("massive_noise", 14), ("trusted", 40)):
         spec = load_study(REPO / "studies" / f"{name}.yaml")
         for variant in spec["variants"]:
             points = study_points(spec, variant, canonical)
@@ -81,6 +81,25 @@ def test_comparison_report_tables_and_verdicts(tmp_path: Path) -> None:
     assert "| Cleanlab | 0.900 |" in text  # detection AUROC table (CE and the oracle have none)
     assert "21 points from 21 finished pipeline runs" in text and "`data.train_limit=8000`" in text
     assert (tmp_path / "comparison" / "methods.png").is_file()
+
+
+def test_trusted_report_gives_the_estimate_per_level_and_each_baseline(tmp_path: Path) -> None:
+    realised = {"0.2": 0.2, "0.4": 0.4, "0.8": 0.8, "0.45": 0.45}
+    bonus = {"ce": 0.0, "clean_only": 0.02, "ce_then_finetune": 0.01, "glc": 0.03, "cleanlab": 0.01, "spade": 0.04,
+             "mentormix": 0.02}
+    runs = fake_runs("trusted", "small", lambda p: 0.9 - float(p["noise.rate"]) / 4 + bonus[p["student.method"]])
+    for r in runs:  # the estimate is off by +0.01 at symmetric noise, −0.02 at pair and instance noise
+        error = 0.01 if r["params"]["noise.kind"] == "symmetric" else -0.02
+        r["metrics"] |= {"estimated_rate": realised[r["params"]["noise.rate"]] + error, "estimated_rate_error": error}
+    text = report("trusted", runs, tmp_path)
+    assert "| method | symmetric 20 % | symmetric 40 % | symmetric 80 % | instance 40 % | pair 45 % |" in text
+    assert "| Clean only | 87.00 % | 82.00 % | 72.00 % | 82.00 % | 80.75 % |" in text
+    assert "| symmetric 80 % | 0.810 | +0.010 |" in text and "| pair 45 % | 0.430 | -0.020 |" in text
+    for peer in ("Clean only", "CE", "Cleanlab", "GLC"):
+        assert f"Our best method against the baseline {peer}:" in text
+    assert "- symmetric 40 %: our best, SPADE-DD + correction, 95.00 % against Clean only 82.00 %: ahead by 13.00" \
+           in text
+    assert "40 points from 40 finished pipeline runs" in text
 
 
 def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None:
@@ -141,7 +160,8 @@ def test_study_command_refuses_unknown_names_and_variants(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     unknown = runner.invoke(app, ["study", "nope"])
-    assert unknown.exit_code == 2 and "unknown study 'nope' (known: comparison, massive_noise)" in unknown.output
+    assert unknown.exit_code == 2
+    assert "unknown study 'nope' (known: comparison, massive_noise, trusted)" in unknown.output
     variant = runner.invoke(app, ["study", "comparison", "--variant", "huge"])
     assert variant.exit_code == 2 and "has no variant 'huge' (known: small, full)" in variant.output
     assert "queued" not in unknown.output + variant.output

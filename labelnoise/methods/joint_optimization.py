@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelnoise import distributed
-from labelnoise.engine import FitResult, Task, fit, log_to_stderr, module_fingerprint
+from labelnoise.engine import FitResult, Task, fit, log_to_stderr, module_fingerprint, predict_logits
 from labelnoise.methods.base import get_method, method_names
 from labelnoise.runtime import derived_seed
 from labelnoise.schema import ConfigError, rng
@@ -58,7 +59,8 @@ from labelnoise.views import TrainView
 @dataclass(frozen=True)
 class CorrectionConfig:
     init: Literal["student", "scratch"]  # phase 1 starts from the trained student or a fresh network
-    epochs: int = rng(1, 10_000)  # phase 1: alternating optimisation of network and labels
+    epochs: int = rng(0, 10_000)  # phase 1: alternating optimisation of network and labels (0: none, the labels
+    #   are the posterior of the starting network's predictions)
     lr: float = rng(0.0, 10.0, lo_open=True)  # phase 1: high constant lr (paper 0.08 symmetric, 0.03 asymmetric)
     alpha: float = rng(0.0)  # weight of the prior term L_p (paper 1.2 sym / 0.8 asym; official code 1.0)
     beta: float = rng(0.0)  # weight of the entropy term L_e (paper 0.8 sym / 0.4 asym; official code 0.5)
@@ -424,6 +426,9 @@ def joint_optimize(
     if (cfg.noisy_label_weight == "auto") != (transition is not None):
         raise ValueError("correction.noisy_label_weight: auto goes with the estimated transition matrix, and only it")
     channel = None if transition is None else torch.as_tensor(transition, dtype=torch.float32, device=device)
+    if cfg.epochs == 0:  # no joint optimisation: one label step from the starting network's own predictions
+        return _posterior_only(model, data, noisy, cfg=cfg, recipe=recipe, device=device, keep=keep,
+                               channel=channel)
     task = JointTask(noisy, cfg=cfg, prior=prior, trusted=keep, transition=channel)
     config = {"correction": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "seed": seed,
               **({} if transition is None else {"transition": np.asarray(transition).round(6).tolist()}),
@@ -436,6 +441,24 @@ def joint_optimize(
     return JointResult(model=result.model, soft_labels=result.extra["soft_labels"],
                        hard_history=result.extra["hard_history"], history=_phase_history(result),
                        seconds=result.seconds, resumed_epochs=result.resumed_epochs)
+
+
+def _posterior_only(model: nn.Module, data: TrainView, noisy: Tensor, *, cfg: Any, recipe: Any,
+                    device: torch.device, keep: Tensor | None, channel: Tensor | None) -> JointResult:
+    """``correction.epochs: 0``: the labels are :func:`noisy_label_posterior` of ``model``'s softmax (eval mode)
+    on the train images (then :func:`update_labels`); ``keep`` examples keep their given label. No training,
+    no history."""
+    start = time.perf_counter()
+    logits = predict_logits(model, data.x_train, batch_size=recipe.eval_batch_size, device=device)  # (N, C)
+    probs = torch.softmax(logits.float(), dim=1).to(device)
+    post = noisy_label_posterior(probs, noisy, transition=channel,
+                                 weight=0.0 if channel is not None else cfg.noisy_label_weight)
+    labels = update_labels(post, mode=cfg.update)  # (N, C)
+    if keep is not None:
+        labels[keep] = one_hot(noisy, labels.shape[1])[keep]
+    return JointResult(model=model.eval(), soft_labels=labels.float().cpu(),
+                       hard_history=np.zeros((0, noisy.shape[0]), dtype=np.int64), history=[],
+                       seconds=time.perf_counter() - start)
 
 
 def retrain(
