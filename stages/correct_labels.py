@@ -1,5 +1,10 @@
-"""Stage `correct_labels`: joint optimization of network and labels (Tanaka et al. 2018), then a fresh
-network retrained on the corrected labels. The algorithm is in :mod:`labelnoise.methods.joint_optimization`.
+"""Stage `correct_labels`: correct the train labels, then retrain a fresh network on them. With
+``correction.epochs`` > 0 the labels come from joint optimization of network and labels (Tanaka et al. 2018);
+with 0 (the default) from one step: the posterior of the class given the student's prediction and the given
+label under the noise channel (``correction.noisy_label_weight``; ``auto``: the estimated transition matrix of
+stage estimate_noise). The algorithm is in :mod:`labelnoise.methods.joint_optimization`. With
+``correction.include_trusted`` the trusted subset follows the noisy examples in both phases with its true labels,
+which are never changed; the outputs are the noisy examples' only.
 
 Inputs: PATHS.prepared, PATHS.noisy, PATHS.student_model (phase 1 starts from it with
 ``correction.init: student``; its architecture and input statistics are reused either way),
@@ -23,7 +28,8 @@ Outputs:
   (labelnoise.models.model_record / load_model); the best clean-subset epoch is reported, not saved;
 - PATHS.correction_report (json): label recovery before / after, residual noise, labels changed,
   per-class recovery, final model accuracy, phase timings;
-- PATHS.correction_plots: per_class_recovery.png, label_changes.png, joint_curves.png, retrain_curves.png.
+- PATHS.correction_plots: per_class_recovery.png, retrain_curves.png, and with a phase 1 label_changes.png and
+  joint_curves.png.
 
 Resume checkpoints (after every epoch; not DVC outs): phase 1 beside PATHS.correction_ckpt (``.joint`` before the
 suffix), phase 2 at PATHS.correction_ckpt. A checkpoint of another config (params, seed, data, starting weights,
