@@ -20,10 +20,14 @@ Every rule, with where it comes from (the README lists them too):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from labelnoise.io import load_json
 
 AUTO = "auto"
 
@@ -105,6 +109,25 @@ def settle(cfg: Any, estimate: NoiseEstimate, keys: list[str]) -> tuple[Any, dic
         if key in keys:
             chosen[key] = f"the estimated transition matrix ({estimate.use}, rate {estimate.rate:.3f})"
     return cfg, chosen
+
+
+def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
+                 used: Callable[[str], bool] = lambda key: True) -> tuple[Any, dict[str, Any], NoiseEstimate | None]:
+    """A stage's ``auto`` params settled from the estimate at ``estimate_path`` (stage estimate_noise's report):
+    those in the sections of ``params`` (the stage's entries of STAGE_PARAMS) that this run ``used`` (e.g. a
+    mentor's only for a method with one). Returns (the config with values in their place, {key: value chosen},
+    the estimate, or None when nothing the run uses is auto). A missing estimate is one line naming the params
+    that need it."""
+    sections = tuple(dict.fromkeys(k.split(".")[0] for k in params))
+    keys = [key for key in auto_keys(cfg, sections) if used(key)]
+    if not keys:
+        return cfg, {}, None
+    if not Path(estimate_path).is_file():
+        raise FileNotFoundError(f"{estimate_path} does not exist: {', '.join(keys)} = auto read the noise estimate; "
+                                "run stage estimate_noise first (dvc repro), or set them to values")
+    estimate = NoiseEstimate.from_report(load_json(estimate_path))
+    settled, chosen = settle(cfg, estimate, keys)
+    return settled, chosen, estimate
 
 
 # key -> the rule in one line (README "Settings from the estimate", the CLI's records)

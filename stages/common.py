@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
-from labelnoise import auto, runtime
+from labelnoise import runtime
 from labelnoise.config import Config
-from labelnoise.io import load_json
+
+if TYPE_CHECKING:
+    pass
 from stages import STAGE_PARAMS  # noqa: F401  (re-exported: the stages read their map from here)
 
 DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
@@ -72,20 +73,3 @@ def setup(cfg: Config) -> None:
     runtime.set_threads(cfg.base.threads)
     runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
 
-
-def settle_auto(cfg: Config, stage: str, *, used: Callable[[str], bool] = lambda key: True,
-                ) -> tuple[Config, dict[str, Any], auto.NoiseEstimate | None]:
-    """The params of ``stage`` that are ``auto`` (and that this run ``used``, e.g. a mentor's only for a method
-    with one) settled from stage estimate_noise's estimate (:mod:`labelnoise.auto`): (the config with values in
-    their place, {key: value chosen}, the estimate, or None when nothing the run uses is auto). A missing
-    estimate is one line naming the params that need it."""
-    sections = tuple(dict.fromkeys(k.split(".")[0] for k in STAGE_PARAMS[stage]))
-    keys = [key for key in auto.auto_keys(cfg, sections) if used(key)]
-    if not keys:
-        return cfg, {}, None
-    if not Path(PATHS.noise_estimate).is_file():
-        raise FileNotFoundError(f"{PATHS.noise_estimate} does not exist: {', '.join(keys)} = auto read the noise "
-                                "estimate; run stage estimate_noise first (dvc repro), or set them to values")
-    estimate = auto.NoiseEstimate.from_report(load_json(PATHS.noise_estimate))
-    settled, chosen = auto.settle(cfg, estimate, keys)
-    return settled, chosen, estimate

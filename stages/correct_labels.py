@@ -47,6 +47,7 @@ import numpy as np
 from torch import nn
 
 from labelnoise import distributed, plots, tracking
+from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import evaluate_accuracy, load_weights
@@ -56,7 +57,7 @@ from labelnoise.models import create_model, load_model, model_record, seeded
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
 from labelnoise.views import TrainView, make_train_view, true_train_labels, with_trusted
-from stages.common import PATHS, STAGE_PARAMS, require, settle_auto, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
 HEADLINE = ("recovered_label_acc", "final_test_acc")
@@ -66,11 +67,12 @@ HEADLINE = ("recovered_label_acc", "final_test_acc")
 
 def run(cfg: Config) -> dict[str, float]:
     """Correct the train labels, retrain on them; write PATHS.corrected, final_model, correction_report/plots."""
-    cfg, chosen, estimate = settle_auto(cfg, "correct_labels")  # noisy_label_weight auto: the estimated T
-    c, t = cfg.correction, cfg.train
     require(PATHS.prepared, PATHS.noisy, PATHS.student_model)
-    if c.trust_mentor:
+    if cfg.correction.trust_mentor:
         require(PATHS.student_weights)
+    # noisy_label_weight auto: the estimated transition matrix
+    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["correct_labels"], PATHS.noise_estimate)
+    c, t = cfg.correction, cfg.train
     setup(cfg)
     device = resolve_device(cfg.base.device)
 

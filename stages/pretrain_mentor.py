@@ -31,13 +31,14 @@ import torch
 
 from labelnoise import distributed, noise, runtime, tracking
 from labelnoise import mentornet as mn
+from labelnoise.auto import settle_stage
 from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import Prepared, class_map_for, load_prepared
 from labelnoise.io import save_json
 from labelnoise.metrics import detection_quality
 from labelnoise.models import channel_stats, create_model
 from labelnoise.plots import plot_weight_maps
-from stages.common import PATHS, STAGE_PARAMS, require, settle_auto, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 PD_PLOT_PROGRESS = (10, 50, 95)  # burn-in, self-paced and linear phases of official_pd
 DD_PLOT_PROGRESS = (10, 50, 90)
@@ -54,7 +55,8 @@ def run(cfg: Config) -> dict[str, Any]:
     prepared = load_prepared(PATHS.prepared)
     _check(cfg, prepared)  # bad params fail here: no run opened, nothing written
     # pd uses neither the percentile nor a corrupted copy; dd's auto ones come from the noise estimate
-    cfg, chosen, estimate = settle_auto(cfg, "pretrain_mentor", used=lambda key: cfg.mentor.kind == "dd")
+    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["pretrain_mentor"], PATHS.noise_estimate,
+                                         used=lambda key: cfg.mentor.kind == "dd")
     setup(cfg)
     generator = runtime.seed_everything(cfg.mentor.seed, deterministic=cfg.base.deterministic)
     device = runtime.resolve_device(cfg.base.device)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from labelnoise import distributed, tracking
+from labelnoise.auto import settle_stage
 from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import save_weights
@@ -37,7 +38,7 @@ from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view, with_trusted
-from stages.common import PATHS, STAGE_PARAMS, require, settle_auto, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 
@@ -59,11 +60,11 @@ def write_curves(path: Any, history: list[dict[str, float]]) -> None:
 def run(cfg: Config) -> dict[str, float]:
     """Train the student; write PATHS.student_model, PATHS.student_best, PATHS.curves, PATHS.student_weights."""
     method = get_method(cfg.student.method)
+    require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if method.uses_mentor else []))
     # auto settings from the noise estimate: the mentor's for a method that uses one, the method's own block's
-    cfg, chosen, estimate = settle_auto(cfg, "train_student", used=lambda key: (
+    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["train_student"], PATHS.noise_estimate, used=lambda key: (
         key.startswith("mentor.") and method.uses_mentor) or key.startswith(f"student.{cfg.student.method}."))
     s, t = cfg.student, cfg.train
-    require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if method.uses_mentor else []))
     setup(cfg)
     if method.train is not None and distributed.active():
         raise ConfigError(f"student.method {s.method} runs in one process: start it without torchrun")

@@ -54,13 +54,14 @@ def test_settle_replaces_exactly_the_auto_params_it_is_given() -> None:
 
 def test_a_stage_with_auto_params_and_no_estimate_says_which_and_what_to_do(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages.common import settle_auto
+    from stages import STAGE_PARAMS
 
     monkeypatch.chdir(tmp_path)
     cfg = default_config()
     with pytest.raises(FileNotFoundError, match=r"correction.noisy_label_weight = auto .* estimate_noise"):
-        settle_auto(cfg, "correct_labels")
-    same, chosen, estimate = settle_auto(cfg, "train_student", used=lambda key: False)  # e.g. ce: no mentor
+        auto.settle_stage(cfg, STAGE_PARAMS["correct_labels"], "reports/noise_estimate.json")
+    same, chosen, estimate = auto.settle_stage(cfg, STAGE_PARAMS["train_student"], "reports/noise_estimate.json",
+                                               used=lambda key: False)  # e.g. ce: no mentor
     assert same is cfg and chosen == {} and estimate is None
 
 
