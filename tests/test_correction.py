@@ -450,7 +450,11 @@ def test_stage_writes_all_outputs_and_logs_to_mlflow(workdir: Path, tiny_base: d
     from labelnoise.engine import evaluate_accuracy
     x_test = torch.from_numpy(prepared.images[prepared.test_idx])
     y_test = torch.from_numpy(prepared.labels[prepared.test_idx])
-    acc = evaluate_accuracy(final, x_test, y_test, batch_size=256, device="cpu")["acc"]
+    from labelnoise.runtime import resolve_precision
+
+    # as the engine measured it: the recipe's precision (bf16 autocast on a CPU with native bf16), its eval batch
+    acc = evaluate_accuracy(final, x_test, y_test, batch_size=cfg.train.eval_batch_size, device="cpu",
+                            autocast_dtype=resolve_precision(cfg.train.precision, torch.device("cpu")))["acc"]
     assert acc == pytest.approx(report["final_model"]["test_acc"], abs=1e-6)  # the saved model is the measured one
     assert 1 <= report["final_model"]["best_epoch"] <= 3
 
