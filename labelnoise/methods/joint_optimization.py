@@ -185,11 +185,12 @@ def update_labels(buffer_mean: Tensor, *, mode: str) -> Tensor:
     raise ValueError(f"unknown label update {mode!r} (soft | hard)")
 
 
-def noisy_label_posterior(buffer_mean: Tensor, noisy: Tensor, *, weight: float,
+def noisy_label_posterior(buffer_mean: Tensor, noisy: Tensor, *, weight: float | str,
                           transition: Tensor | None = None) -> Tensor:
     """Combine the buffer mean s̄ (N, C) with the given noisy labels (N,) int64 → (N, C) rows summing to 1: the
     posterior of the class under a noise channel, y ∝ s̄ · T[:, ỹ]. ``transition`` (C, C) gives T (the estimated
-    one, ``noisy_label_weight: auto``); else T = w·I + (1 − w)/C, a symmetric channel that keeps the label with
+    one, ``noisy_label_weight: auto``; ``weight`` is then not read); else T = w·I + (1 − w)/C, a symmetric
+    channel that keeps the label with
     extra weight w: ``weight`` 0 returns s̄ unchanged (the paper's update), 1 returns the noisy labels. Not in
     Tanaka et al.: our addition (``correction.noisy_label_weight``; its measured effect: README)."""
     if transition is not None:
@@ -297,7 +298,7 @@ class JointTask(Task):
         c = self.cfg
         if label_update_due(epoch, begin=c.begin, every=c.update_every, epochs=c.epochs):
             mean = noisy_label_posterior(self.buffer.mean(), self.noisy, transition=self.transition,
-                                         weight=0.0 if self.transition is not None else c.noisy_label_weight)
+                                         weight=c.noisy_label_weight)
             new = update_labels(mean, mode=c.update)  # (N, C)
             if self.keep is not None:
                 new[self.keep] = self.original[self.keep]
@@ -451,8 +452,7 @@ def _posterior_only(model: nn.Module, data: TrainView, noisy: Tensor, *, cfg: An
     start = time.perf_counter()
     logits = predict_logits(model, data.x_train, batch_size=recipe.eval_batch_size, device=device)  # (N, C)
     probs = torch.softmax(logits.float(), dim=1).to(device)
-    post = noisy_label_posterior(probs, noisy, transition=channel,
-                                 weight=0.0 if channel is not None else cfg.noisy_label_weight)
+    post = noisy_label_posterior(probs, noisy, transition=channel, weight=cfg.noisy_label_weight)
     labels = update_labels(post, mode=cfg.update)  # (N, C)
     if keep is not None:
         labels[keep] = one_hot(noisy, labels.shape[1])[keep]
