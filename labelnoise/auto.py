@@ -118,8 +118,10 @@ def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
     mentor's only for a method with one). Returns (the config with values in their place, {key: value chosen},
     the estimate, or None when nothing the run uses is auto). A missing estimate is one line naming the params
     that need it."""
+    params = tuple(params)
     sections = tuple(dict.fromkeys(k.split(".")[0] for k in params))
-    keys = [key for key in auto_keys(cfg, sections) if used(key)]
+    keys = [key for key in auto_keys(cfg, sections)  # only keys under the stage's entries (a section or a block)
+            if used(key) and any(key == p or key.startswith(p + ".") for p in params)]
     if not keys:
         return cfg, {}, None
     if not Path(estimate_path).is_file():

@@ -25,9 +25,10 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     # dd: the recording student trains with the recipe for mentor.dd_epochs epochs
     "pretrain_mentor": ("base.seed", "base.device", "base.deterministic", "mentor", *_train_but("epochs")),
     "train_student": ("base.seed", "base.device", "base.deterministic", "mentor", "train", "student"),
-    # both phases: the recipe with correction's own lr, schedule and epochs; the network is the student's
-    "correct_labels": ("base.seed", "base.device", "base.deterministic", "correction",
-                       *_train_but("model", "pretrained", "epochs", "lr", "schedule", "label_smoothing")),
+    # both phases: the recipe with correction's own lr, schedule and epochs; the network is the student's. The
+    # trusted teacher (correction.teacher): the recipe with student.clean_only's epochs and augmentation
+    "correct_labels": ("base.seed", "base.device", "base.deterministic", "correction", "student.clean_only",
+                       *_train_but("model", "pretrained", "epochs")),
     "evaluate": ("base.device", "evaluate"),
 }
 

@@ -1,10 +1,13 @@
 """Stage `correct_labels`: correct the train labels, then retrain a fresh network on them. With
 ``correction.epochs`` > 0 the labels come from joint optimization of network and labels (Tanaka et al. 2018);
-with 0 (the default) from one step: the posterior of the class given the student's prediction and the given
+with 0 (the default) from one step: the posterior of the class given the teacher's prediction and the given
 label under the noise channel (``correction.noisy_label_weight``; ``auto``: the estimated transition matrix of
-stage estimate_noise). The algorithm is in :mod:`labelnoise.methods.joint_optimization`. With
-``correction.include_trusted`` the trusted subset follows the noisy examples in both phases with its true labels,
-which are never changed; the outputs are the noisy examples' only.
+stage estimate_noise). The teacher (``correction.teacher``) is the student, a network trained here on the trusted
+subset alone (the budget of ``student.clean_only``; resumable beside PATHS.correction_ckpt, ``.teacher``), or the
+mean of the two softmaxes (``ensemble``, the default: README "Label correction" has the measured choice). The
+algorithm is in :mod:`labelnoise.methods.joint_optimization`. With ``correction.include_trusted`` the trusted
+subset follows the noisy examples in both phases with its true labels, which are never changed; the outputs are
+the noisy examples' only.
 
 Inputs: PATHS.prepared, PATHS.noisy, PATHS.student_model (phase 1 starts from it with
 ``correction.init: student``; its architecture and input statistics are reused either way),
@@ -44,15 +47,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from labelnoise import distributed, plots, tracking
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
-from labelnoise.engine import evaluate_accuracy, load_weights
+from labelnoise.engine import evaluate_accuracy, load_weights, predict_logits
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
 from labelnoise.methods import joint_optimization as jo
+from labelnoise.methods.clean_only import train_on_trusted
 from labelnoise.models import create_model, load_model, model_record, seeded
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
@@ -73,6 +78,9 @@ def run(cfg: Config) -> dict[str, float]:
     # noisy_label_weight auto: the estimated transition matrix
     cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["correct_labels"], PATHS.noise_estimate)
     c, t = cfg.correction, cfg.train
+    if c.teacher != "student" and c.epochs:
+        raise ValueError(f"correction.teacher: {c.teacher} needs correction.epochs: 0 (phase 1 starts from the "
+                         "student); set correction.teacher: student or correction.epochs: 0")
     setup(cfg)
     device = resolve_device(cfg.base.device)
 
@@ -95,6 +103,9 @@ def run(cfg: Config) -> dict[str, float]:
         build = lambda: create_model(name, **{**kwargs, "pretrained": False})  # noqa: E731
         return seeded(build, derived_seed(cfg.base.seed, stream))
 
+    if c.teacher != "student" and view.x_clean.shape[0] == 0:
+        raise ValueError(f"correction.teacher: {c.teacher} needs a trusted clean subset (data.clean_size > 0 or "
+                         "data.clean_file); use correction.teacher: student")
     joint_model = student_model if c.init == "student" else fresh("joint_init")
     final_model = fresh("retrain_init")
     ckpt = Path(PATHS.correction_ckpt)
@@ -109,6 +120,15 @@ def run(cfg: Config) -> dict[str, float]:
 
         # ---- phase 1: network and labels in turn; phase 2: a fresh network on the corrected soft labels. With
         # correction.include_trusted the trusted subset follows the n noisy examples in both, its true labels kept.
+        teachers = [student_model]
+        if c.teacher != "student":  # a network trained on the trusted subset alone (the clean_only method's fit)
+            trusted_fit = train_on_trusted(fresh("teacher_init"), view, params=cfg.student.clean_only, recipe=t,
+                                           seed=derived_seed(cfg.base.seed, "teacher"), device=device,
+                                           checkpoint_path=ckpt.with_name(f"{ckpt.stem}.teacher{ckpt.suffix}"),
+                                           finished="reuse", on_epoch=log_rows("teacher"))
+            teachers = [trusted_fit.model] if c.teacher == "trusted" else [student_model, trusted_fit.model]
+        teacher_test_acc = (student_test_acc if c.teacher == "student" else
+                            _ensemble_test_acc(teachers, view, t, device))
         train_view = with_trusted(view) if c.include_trusted and view.x_clean.shape[0] else view
         extra = train_view.trusted_in_train
         keep = (None if trusted is None and not extra else
@@ -116,7 +136,7 @@ def run(cfg: Config) -> dict[str, float]:
         joint = jo.joint_optimize(joint_model, train_view, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
                                   trusted=keep, transition=None if estimate is None else estimate.transition,
                                   checkpoint_path=ckpt.with_name(f"{ckpt.stem}.joint{ckpt.suffix}"),
-                                  on_epoch=log_rows("joint"))
+                                  on_epoch=log_rows("joint"), teachers=teachers)
         final = jo.retrain(final_model, train_view, joint.soft_labels, cfg=c, recipe=t, seed=cfg.base.seed,
                            device=device, checkpoint_path=ckpt, on_epoch=log_rows("retrain"))
         joint = dataclasses.replace(joint, soft_labels=joint.soft_labels[:n], hard_history=joint.hard_history[:, :n])
@@ -136,7 +156,7 @@ def run(cfg: Config) -> dict[str, float]:
 
         # ---- report (evaluation path: the true train labels are read here, after training)
         report, metrics = _report(cfg, view, noisy, hard, joint, final, trusted=trusted,
-                                  student_test_acc=student_test_acc)
+                                  student_test_acc=student_test_acc, teacher_test_acc=teacher_test_acc)
         save_json(PATHS.correction_report, report)
         figures = _plots(cfg, view, report, joint, final)
         for stale in Path(PATHS.correction_plots).glob("[!.]*.png"):  # the folder is this stage's
@@ -150,9 +170,16 @@ def run(cfg: Config) -> dict[str, float]:
     return metrics
 
 
+def _ensemble_test_acc(models: list[nn.Module], view: TrainView, recipe: Any, device: torch.device) -> float:
+    """Test accuracy of the mean softmax of ``models`` (monitoring only: nothing is selected on it)."""
+    probs = torch.stack([torch.softmax(predict_logits(m, view.x_test, batch_size=recipe.eval_batch_size,
+                                                      device=device).float(), dim=1) for m in models]).mean(dim=0)
+    return float((probs.argmax(dim=1).cpu() == view.y_test.cpu()).float().mean())
+
+
 def _report(
     cfg: Config, view: TrainView, noisy: np.ndarray, hard: np.ndarray, joint: jo.JointResult,
-    final: jo.RetrainResult, *, trusted: np.ndarray | None, student_test_acc: float,
+    final: jo.RetrainResult, *, trusted: np.ndarray | None, student_test_acc: float, teacher_test_acc: float,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Label recovery against the true train labels, and the final model's accuracy (evaluation only)."""
     prepared = load_prepared(PATHS.prepared)
@@ -175,6 +202,7 @@ def _report(
         "best_clean_acc": final.best_clean_acc,
         "best_test_acc": best["test_acc"],
         "student_test_acc": student_test_acc,
+        "teacher_test_acc": teacher_test_acc,  # epochs 0: the prediction the labels come from (monitoring)
         "joint_model_test_acc": joint.history[-1]["test_acc"] if joint.history else math.nan,
         "phase1_seconds": joint.seconds,
         "phase2_seconds": final.seconds,
@@ -201,6 +229,7 @@ def _report(
                         "epoch": int(last["epoch"]), "best_epoch": final.best_epoch,
                         "best_clean_acc": (final.best_clean_acc), "best_test_acc": best["test_acc"]},
         "student_test_acc": student_test_acc,
+        "teacher": cfg.correction.teacher, "teacher_test_acc": teacher_test_acc,
         "joint_model_test_acc": metrics["joint_model_test_acc"],
         "timings_seconds": {"phase1": joint.seconds, "phase2": final.seconds, "total": joint.seconds + final.seconds,
                             "phase1_epochs": len(joint.history), "phase2_epochs": len(final.history)},

@@ -363,7 +363,7 @@ def test_nan_loss_stops_with_epoch_step_and_the_param_to_lower() -> None:
 
 # ----------------------------------------------------------------------------- the stage (tiny preset)
 STAGE_OVERLAY = {"base": {"threads": 1, "experiment": "test-correction"},
-                 "correction": {"epochs": 4, "begin": 2, "buffer": 2, "retrain_epochs": 3}}
+                 "correction": {"epochs": 4, "begin": 2, "buffer": 2, "retrain_epochs": 3, "teacher": "student"}}
 
 
 def tiny(tiny_base: dict[str, Any], **correction_overrides: Any) -> Config:
@@ -468,7 +468,7 @@ def test_stage_writes_all_outputs_and_logs_to_mlflow(workdir: Path, tiny_base: d
     exp = client.get_experiment_by_name("test-correction")
     (child,) = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.runName` = 'correct_labels'")
     assert child.info.status == "FINISHED"
-    assert child.data.params["correction.epochs"] == "4" and "train.lr" not in child.data.params
+    assert child.data.params["correction.epochs"] == "4" and "train.epochs" not in child.data.params
     run_id = child.info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "joint_labels_changed")] == [1, 2, 3, 4]
     assert [m.step for m in client.get_metric_history(run_id, "retrain_clean_acc")] == [1, 2, 3]
@@ -562,3 +562,34 @@ def test_no_joint_epochs_labels_are_the_posterior_of_the_students_predictions(wo
         assert z["hard_history"].shape == (0, x.shape[0])
     assert sorted(p.name for p in Path(PATHS.correction_plots).iterdir()) == ["per_class_recovery.png",
                                                                                "retrain_curves.png"]
+
+
+def test_trusted_and_ensemble_teachers(workdir: Path, tiny_base: dict[str, Any]) -> None:
+    """teacher trusted: the labels come from a network trained on the trusted subset alone (not the student);
+    ensemble: from the mean of its softmax and the student's."""
+    from labelnoise.datasets import load_prepared
+    from labelnoise.engine import predict_logits
+    from labelnoise.io import load_json
+    from labelnoise.models import load_model
+    from stages import correct_labels
+    from stages.common import PATHS
+
+    prepared = load_prepared(PATHS.prepared)
+    x = torch.from_numpy(prepared.images[prepared.train_idx])
+    student = torch.softmax(predict_logits(load_model(PATHS.student_model), x, batch_size=256, device="cpu"), dim=1)
+    soft = {}
+    for teacher in ("trusted", "ensemble"):
+        correct_labels.run(tiny(tiny_base, epochs=0, noisy_label_weight=0.0, include_trusted=False, teacher=teacher))
+        with np.load(PATHS.corrected) as z:
+            soft[teacher] = z["soft"]
+        assert load_json(PATHS.correction_report)["teacher"] == teacher
+    assert np.abs(soft["trusted"] - student.numpy()).max() > 0.1  # another network's predictions
+    np.testing.assert_allclose(soft["ensemble"], (soft["trusted"] + student.numpy()) / 2, atol=1e-5)
+
+
+def test_a_trusted_teacher_needs_no_joint_epochs(workdir: Path, tiny_base: dict[str, Any]) -> None:
+    from stages import correct_labels
+
+    with pytest.raises(ValueError, match="correction.teacher: ensemble needs correction.epochs: 0"):
+        correct_labels.run(tiny(tiny_base, epochs=2, teacher="ensemble"))
+    assert not Path("data/corrected.npz").exists()

@@ -281,6 +281,13 @@ def test_mentormix_needs_a_mentor() -> None:
         run_fit(config(), noisy_view()[0], mentor=None)
 
 
+@pytest.mark.parametrize("key", ["mixup_alpha", "second_reweight"])
+def test_an_unsettled_auto_never_reaches_the_task(key: str) -> None:
+    with pytest.raises(ValueError, match=f"student.mentormix.{key}: auto is settled from the noise estimate"):
+        cfg = config({key: "auto"})
+        make_task(cfg, new_mentor(cfg))
+
+
 @pytest.mark.parametrize("student, mentor", [
     ({"second_reweight": True, "augment": "crop_flip", "weight_norm": "batch"}, {"kind": "pd"}),
     ({"mentor_update": "every_k", "mentor_update_every": 1, "sample_weights": True}, {"kind": "dd"}),
@@ -336,7 +343,7 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
         "mentor": {"kind": "pd"},
         "student": {"method": "mentormix", "epochs": 3, "batch_size": 16, "eval_batch_size": 10,
                     "precision": "fp32", "channels_last": "off", "second_reweight": True},
-        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}})))
+        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1, "teacher": "student"}})))
     estimate_noise.run(cfg)  # the auto settings read the noise estimate
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # mentormix needs the pretrain_mentor stage's output

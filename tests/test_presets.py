@@ -34,7 +34,7 @@ def tiny_counterpart(preset: dict[str, Any]) -> dict[str, Any]:
         "mentor": {"dd_epochs": 1, "fit_steps": 30, "grid_size": 2000},
         "student": {"epochs": 1, "batch_size": 128, "eval_batch_size": 512,
                     "model": "preact_resnet32" if train.get("model") == "wrn56_10" else train.get("model", "cnn")},
-        "correction": {"epochs": 2, "begin": 1, "buffer": 2, "retrain_epochs": 1},
+        "correction": {"epochs": 2, "begin": 1, "buffer": 2, "retrain_epochs": 1, "teacher": "student"},
     }))
 
 

@@ -63,7 +63,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("prepared")
     _cli(root, "preset", "tiny", "--params", str(REPO / "params.yaml"), "--out", str(root / "params.yaml"))
     overrides = ["-S", "base.threads=1", "-S", "train.epochs=10", "-S", "correction.epochs=5",
-                 "-S", "correction.retrain_epochs=6"]
+                 "-S", "correction.teacher=student", "-S", "correction.retrain_epochs=6"]
     (root / "overrides").write_text("\n".join(overrides))
     previous = torch.get_num_threads()
     for stage in ("download", "inject-noise", "estimate-noise", "pretrain-mentor", "train-student"):

@@ -495,7 +495,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
         "student": {"method": "spade", "epochs": 3, "batch_size": 16, "eval_batch_size": 10, "lr": 0.05,
                     "precision": "fp32", "channels_last": "off", "mentor_update": "every_k", "mentor_update_every": 1,
                     "mentor_update_steps": 5},
-        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1}})))
+        "correction": {"epochs": 2, "begin": 1, "retrain_epochs": 1, "teacher": "student"}})))
     estimate_noise.run(cfg)  # the auto settings read the noise estimate
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # spade needs the pretrain_mentor stage's output

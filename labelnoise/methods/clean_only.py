@@ -13,17 +13,19 @@ labels (its weights are undefined: it never weighs them).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labelnoise.engine import Task, fit, predict_logits
+from labelnoise.engine import FitResult, Task, fit, log_to_stderr, predict_logits
 from labelnoise.methods.base import Method, MethodContext, MethodResult, register
 from labelnoise.schema import rng
-from labelnoise.views import trusted_only
+from labelnoise.views import TrainView, trusted_only
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,27 @@ def final_losses(ctx: MethodContext, model: torch.nn.Module) -> dict[str, np.nda
             "loss_diff": np.full((1, n), np.nan), "weight": np.full((1, n), np.nan)}
 
 
+def train_on_trusted(model: torch.nn.Module, data: TrainView, *, params: CleanOnlyParams, recipe: Any, seed: int,
+                     device: torch.device, checkpoint_path: Path | None = None,
+                     on_epoch: Callable[[dict[str, float]], None] | None = None,
+                     log: Callable[[str], None] = log_to_stderr, finished: Literal["restart", "reuse"] = "restart",
+                     ) -> FitResult:
+    """Train ``model`` on the trusted subset of ``data`` alone (its true labels) with the ``student.clean_only``
+    budget ``params`` (its epochs and augmentation; the rest of ``recipe`` as it is). Also the trusted teacher
+    of label correction (``correction.teacher``)."""
+    recipe = dataclasses.replace(recipe, epochs=params.epochs, augment=params.augment)
+    log(f"clean_only: {params.epochs} epochs on the {data.x_clean.shape[0]} trusted examples alone")
+    return fit(model, trusted_only(data), Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed,
+               device=device, config={"recipe": dataclasses.asdict(recipe), "seed": seed},
+               checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log, finished=finished,
+               remedy="lower train.lr or check the data")
+
+
 def _train(ctx: MethodContext) -> MethodResult:
-    p = ctx.params
     ctx.require_trusted()
-    recipe = dataclasses.replace(ctx.recipe, epochs=p.epochs, augment=p.augment)
-    ctx.log(f"clean_only: {p.epochs} epochs on the {ctx.data.x_clean.shape[0]} trusted examples alone")
-    result = fit(ctx.model, trusted_only(ctx.data), Task(label_smoothing=recipe.label_smoothing), recipe=recipe,
-                 seed=ctx.seed, device=ctx.device, config={"recipe": dataclasses.asdict(recipe), "seed": ctx.seed},
-                 checkpoint_path=ctx.checkpoint_path, on_epoch=ctx.on_epoch, log=ctx.log,
-                 remedy="lower train.lr or check the data")
+    result = train_on_trusted(ctx.model, ctx.data, params=ctx.params, recipe=ctx.recipe, seed=ctx.seed,
+                              device=ctx.device, checkpoint_path=ctx.checkpoint_path, on_epoch=ctx.on_epoch,
+                              log=ctx.log)
     return MethodResult(fit=result, weights=final_losses(ctx, result.model))
 
 

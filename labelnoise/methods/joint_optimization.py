@@ -72,6 +72,9 @@ class CorrectionConfig:
     noisy_label_weight: float | Literal["auto"] = rng(0.0, 1.0)  # w: y ∝ s̄ · (w·onehot(noisy) + (1−w)/C); 0 = the
     #   paper's y = s̄; auto: y ∝ s̄ · T̂[:, noisy], T̂ the estimated transition matrix (labelnoise.auto)
     include_trusted: bool  # the trusted subset joins both phases' training data with its true labels (kept)
+    teacher: Literal["student", "trusted", "ensemble"]  # epochs 0: whose prediction p the labels' posterior starts
+    #   from: the student, a network trained on the trusted subset alone (student.clean_only's budget), or the mean
+    #   of the two softmaxes
     trust_mentor: bool  # examples whose mentor weight exceeds trust_threshold keep their label
     trust_threshold: float = rng(0.0, 1.0)
     retrain_epochs: int = rng(1, 10_000)  # phase 2: a fresh network on the corrected labels
@@ -404,6 +407,7 @@ def joint_optimize(
     checkpoint_path: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     log: Callable[[str], None] = log_to_stderr,
+    teachers: Sequence[nn.Module] = (),
 ) -> JointResult:
     """Phase 1: optimise ``model`` and the labels in turn for ``cfg.epochs`` epochs, starting from the noisy
     labels ``data.y_train``.
@@ -417,6 +421,9 @@ def joint_optimize(
     differs from the noisy label), labels_flipped (fraction changed by this epoch's update), clean_acc, test_acc,
     lr. ``on_epoch(row)`` sees every row, restored ones included. A finished checkpoint of the same config is
     reused.
+
+    ``cfg.epochs`` 0: no phase 1; the labels come from the mean softmax of ``teachers`` (default: ``model``)
+    (:func:`_posterior_only`).
     """
     device = torch.device(device)
     if data.x_train.shape[0] == 0:
@@ -428,8 +435,8 @@ def joint_optimize(
         raise ValueError("correction.noisy_label_weight: auto goes with the estimated transition matrix, and only it")
     channel = None if transition is None else torch.as_tensor(transition, dtype=torch.float32, device=device)
     if cfg.epochs == 0:  # no joint optimisation: one label step from the starting network's own predictions
-        return _posterior_only(model, data, noisy, cfg=cfg, recipe=recipe, device=device, keep=keep,
-                               channel=channel)
+        return _posterior_only(list(teachers) or [model], data, noisy, cfg=cfg, recipe=recipe, device=device,
+                               keep=keep, channel=channel)
     task = JointTask(noisy, cfg=cfg, prior=prior, trusted=keep, transition=channel)
     config = {"correction": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "seed": seed,
               **({} if transition is None else {"transition": np.asarray(transition).round(6).tolist()}),
@@ -444,19 +451,20 @@ def joint_optimize(
                        seconds=result.seconds, resumed_epochs=result.resumed_epochs)
 
 
-def _posterior_only(model: nn.Module, data: TrainView, noisy: Tensor, *, cfg: Any, recipe: Any,
+def _posterior_only(teachers: Sequence[nn.Module], data: TrainView, noisy: Tensor, *, cfg: Any, recipe: Any,
                     device: torch.device, keep: Tensor | None, channel: Tensor | None) -> JointResult:
-    """``correction.epochs: 0``: the labels are :func:`noisy_label_posterior` of ``model``'s softmax (eval mode)
-    on the train images (then :func:`update_labels`); ``keep`` examples keep their given label. No training,
-    no history."""
+    """``correction.epochs: 0``: the labels are :func:`noisy_label_posterior` of the ``teachers``' mean softmax
+    (eval mode) on the train images (then :func:`update_labels`); ``keep`` examples keep their given label. No
+    training, no history; the returned model is the first teacher."""
     start = time.perf_counter()
-    logits = predict_logits(model, data.x_train, batch_size=recipe.eval_batch_size, device=device)  # (N, C)
-    probs = torch.softmax(logits.float(), dim=1).to(device)
+    probs = torch.stack([torch.softmax(predict_logits(t, data.x_train, batch_size=recipe.eval_batch_size,
+                                                      device=device).float(), dim=1)
+                         for t in teachers]).mean(dim=0).to(device)  # (N, C)
     post = noisy_label_posterior(probs, noisy, transition=channel, weight=cfg.noisy_label_weight)
     labels = update_labels(post, mode=cfg.update)  # (N, C)
     if keep is not None:
         labels[keep] = one_hot(noisy, labels.shape[1])[keep]
-    return JointResult(model=model.eval(), soft_labels=labels.float().cpu(),
+    return JointResult(model=teachers[0].eval(), soft_labels=labels.float().cpu(),
                        hard_history=np.zeros((0, noisy.shape[0]), dtype=np.int64), history=[],
                        seconds=time.perf_counter() - start)
 
