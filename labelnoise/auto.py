@@ -14,7 +14,12 @@ Every rule, with where it comes from (the README lists them too):
   noise level nearest r̂ (α 2 / 8 / 8 / 4 at 20 / 40 / 60 / 80 %, the second reweighting on from 60 %).
 - ``correction.noisy_label_weight``: the corrected label is the posterior of the class given the network's
   averaged prediction s̄ and the given label ỹ under the estimated channel, y ∝ s̄ · T̂[:, ỹ] (Bayes' rule; a
-  number w instead assumes a symmetric channel w·I + (1 − w)/C).
+  number w instead assumes a symmetric channel w·I + (1 − w)/C) — where the estimate's misfit check passed.
+  Where it failed (the noise is not class-conditional as estimated: ``estimate.misfit_tolerance``), 0: the given
+  labels are ignored and the corrected label is the teacher's prediction (self-training).
+- ``correction.teacher``: the mean of the student's and a trusted-only network's predictions (``ensemble``) where
+  the check passed; the trusted-only network alone where it failed (the student learnt the misleading labels);
+  the student where there is no trusted subset. Measured in the README ("Label correction").
 """
 
 from __future__ import annotations
@@ -46,11 +51,24 @@ class NoiseEstimate:
     rate: float
     transition: np.ndarray
     use: str
+    n_trusted: int = 0
+    class_conditional: bool = True  # the misfit check passed, or there was none (nothing speaks against it)
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> NoiseEstimate:
         t = np.asarray(report["transition"], dtype=np.float64)
-        return cls(rate=float(report["rate"]), transition=t, use=str(report["use"]))
+        fit = report.get("fit") or {}
+        return cls(rate=float(report["rate"]), transition=t, use=str(report["use"]),
+                   n_trusted=int(report.get("n_trusted", 0)),
+                   class_conditional=bool(fit.get("class_conditional", True)))
+
+
+def teacher(estimate: NoiseEstimate, *, joint_epochs: int = 0) -> str:
+    """``correction.teacher: auto``: ensemble where the channel explains the labels, trusted where it does not,
+    student without a trusted subset or with a phase 1 (``correction.epochs`` > 0: it starts from the student)."""
+    if not estimate.n_trusted or joint_epochs:
+        return "student"
+    return "ensemble" if estimate.class_conditional else "trusted"
 
 
 def percentile(rate: float) -> float:
@@ -90,9 +108,9 @@ def auto_keys(cfg: Any, sections: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def settle(cfg: Any, estimate: NoiseEstimate, keys: list[str]) -> tuple[Any, dict[str, Any]]:
-    """``cfg`` with the numeric ``auto`` params in ``keys`` replaced by their rule's value, and {key: value} of every
-    key settled (for the run's records). ``mentor.dd_noise_kind`` and ``correction.noisy_label_weight`` stay
-    ``auto`` in the config: the stages that read them take T̂ from ``estimate``."""
+    """``cfg`` with the ``auto`` params in ``keys`` replaced by their rule's value, and {key: value} of every key
+    settled (for the run's records). ``mentor.dd_noise_kind`` and ``correction.noisy_label_weight`` (where the
+    misfit check passed) stay ``auto`` in the config: the stages that read them take T̂ from ``estimate``."""
     chosen: dict[str, Any] = {}
     if "mentor.percentile" in keys:
         chosen["mentor.percentile"] = percentile(estimate.rate)
@@ -105,9 +123,18 @@ def settle(cfg: Any, estimate: NoiseEstimate, keys: list[str]) -> tuple[Any, dic
     if mix:
         block = dataclasses.replace(cfg.student.mentormix, **mix)
         cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, mentormix=block))
+    fixed = {}
+    if "correction.teacher" in keys:
+        fixed["teacher"] = chosen["correction.teacher"] = teacher(estimate, joint_epochs=cfg.correction.epochs)
     for key in ("mentor.dd_noise_kind", "correction.noisy_label_weight"):
         if key in keys:
             chosen[key] = f"the estimated transition matrix ({estimate.use}, rate {estimate.rate:.3f})"
+    if "correction.noisy_label_weight" in keys and not estimate.class_conditional:
+        fixed["noisy_label_weight"] = 0.0
+        chosen["correction.noisy_label_weight"] = ("0: the given labels ignored (the estimated channel does not "
+                                                   "explain them: estimate.misfit_tolerance)")
+    if fixed:
+        cfg = dataclasses.replace(cfg, correction=dataclasses.replace(cfg.correction, **fixed))
     return cfg, chosen
 
 
@@ -138,5 +165,8 @@ RULES: dict[str, str] = {
     "mentor.dd_noise_kind": "the trusted copy corrupted with the estimated transition matrix",
     "student.mentormix.mixup_alpha": "the official MentorMix alpha at the nearest noise level (2/8/8/4)",
     "student.mentormix.second_reweight": "on at the nearest official level 60 or 80 %",
-    "correction.noisy_label_weight": "posterior under the estimated transition matrix: s̄ · T[:, noisy label]",
+    "correction.noisy_label_weight": "posterior under the estimated transition matrix: s̄ · T[:, noisy label]; "
+                                     "0 (labels ignored) where the misfit check fails",
+    "correction.teacher": "ensemble (student + trusted-only network); trusted where the misfit check fails; "
+                          "student without a trusted subset",
 }

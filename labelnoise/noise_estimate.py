@@ -20,7 +20,10 @@ A transition matrix ``T`` (K, K) has ``T[i, j]`` = P(noisy label j | true class 
 GLC's row i is E[p(ỹ | x) | y = i] = (M T)[i]: it equals T only for a classifier that makes no mistakes on clean
 labels, so on classes that look alike (Fashion-MNIST's shirts and T-shirts) it reports their confusion as noise.
 
-:func:`noise_rate` turns an estimate into the overall fraction of wrong labels.
+:func:`noise_rate` turns an estimate into the overall fraction of wrong labels. :func:`channel_misfit` checks an
+estimate against classifiers trained on the trusted subset alone: under class-conditional noise it predicts the
+joint of their predictions and the given labels; where it does not (instance-dependent noise), the posterior
+under the estimated channel must not be trusted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class EstimateConfig:
     folds: int = rng(2, 100)  # cross-validated fits on the noisy labels (out-of-sample probabilities)
     epochs: int = rng(1, 10_000)  # epochs of each fit (the rest is the `train` recipe)
     use: Literal["auto", "confusion", "glc", "confident_joint"]  # the pipeline's (auto: confusion with trusted data)
+    trusted_folds: int = rng(0, 100)  # networks on the trusted subset alone for channel_misfit (0: no check)
+    misfit_tolerance: float = rng(0.0, 1.0)  # the channel explains the given labels when channel_misfit's gap is at
+    #   most this + 2 standard errors
 
 
 def glc_transition(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -80,6 +86,40 @@ def confusion_transition(noisy: np.ndarray, probs: np.ndarray, fold: np.ndarray,
     prior = joint.sum(axis=1)
     t = np.where(prior[:, None] > 0, joint / np.maximum(prior, 1e-12)[:, None], np.eye(num_classes))
     return t / t.sum(axis=1, keepdims=True), prior / max(prior.sum(), 1e-12)
+
+
+def channel_misfit(noisy: np.ndarray, probs: np.ndarray, heldout_probs: list[np.ndarray],
+                   heldout_labels: list[np.ndarray], transition: np.ndarray, prior: np.ndarray) -> dict[str, float]:
+    """Does the class-conditional channel (``transition`` (K, K), true-class ``prior`` (K,)) explain the given labels,
+    seen through classifiers that never saw one of them?
+
+    Networks f = 0..F-1 trained on parts of the trusted subset alone: ``probs`` (F, n, K) their probabilities on
+    the n noisy train examples of labels ``noisy`` (n,); ``heldout_probs[f]`` (m_f, K) network f's on the trusted
+    examples it did not train on, of true classes ``heldout_labels[f]`` (m_f,). If the noisy label depends on x
+    only through the true class, the agreement of network and given label is P(h = ỹ) = Σ_i π_i Σ_k M[i, k]
+    T[i, k], M[i, k] = P(h = k | y = i) measured on the held-out trusted examples. Returns that prediction, the
+    agreement observed on the train set (both averaged over f; h counts as the randomised classifier p(· | x)),
+    ``gap`` = |observed − predicted| and ``se``, the standard error of the gap from the finite samples (the
+    per-class spread over the held-out trusted examples, the spread over the train examples). Unlike the confusion
+    inversion's own networks, these were not fitted to the given labels, so the gap tests the class-conditional
+    assumption instead of restating it."""
+    noisy = np.asarray(noisy, dtype=np.int64)
+    t, prior = np.asarray(transition, dtype=np.float64), np.asarray(prior, dtype=np.float64)
+    folds = len(heldout_probs)
+    predicted = observed = variance = 0.0
+    for f in range(folds):
+        agree = np.asarray(probs[f], dtype=np.float64)[np.arange(noisy.size), noisy]  # (n,) p_f(ỹ | x)
+        observed += agree.mean() / folds
+        variance += agree.var() / max(noisy.size, 1) / folds**2
+        p, y = np.asarray(heldout_probs[f], dtype=np.float64), np.asarray(heldout_labels[f], dtype=np.int64)
+        g = (p * t[y]).sum(axis=1)  # (m_f,) P(h = ỹ | x, y) under the channel
+        for i in range(len(prior)):
+            members = g[y == i]
+            if members.size:
+                predicted += prior[i] * members.mean() / folds
+                variance += prior[i] ** 2 * members.var() / members.size / folds**2
+    return {"gap": float(abs(observed - predicted)), "se": float(np.sqrt(variance)),
+            "agreement_observed": float(observed), "agreement_predicted": float(predicted)}
 
 
 def confident_joint_transition(noisy: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,9 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     # trains with the recipe (noise.reference_* override its network, epochs, lr, batch size and precision)
     "inject_noise": ("data", "noise", "base.device", "base.deterministic",
                      *_train_but("model", "pretrained", "epochs", "lr", "batch_size", "precision")),
-    # folds of the recipe's network, estimate.epochs each
-    "estimate_noise": ("base.seed", "base.device", "base.deterministic", "estimate", *_train_but("epochs")),
+    # folds of the recipe's network, estimate.epochs each; the misfit check's with student.clean_only's budget
+    "estimate_noise": ("base.seed", "base.device", "base.deterministic", "estimate", "student.clean_only",
+                       *_train_but("epochs")),
     # dd: the recording student trains with the recipe for mentor.dd_epochs epochs
     "pretrain_mentor": ("base.seed", "base.device", "base.deterministic", "mentor", *_train_but("epochs")),
     "train_student": ("base.seed", "base.device", "base.deterministic", "mentor", "train", "student"),

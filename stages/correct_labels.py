@@ -75,7 +75,7 @@ def run(cfg: Config) -> dict[str, float]:
     require(PATHS.prepared, PATHS.noisy, PATHS.student_model)
     if cfg.correction.trust_mentor:
         require(PATHS.student_weights)
-    # noisy_label_weight auto: the estimated transition matrix
+    # noisy_label_weight auto: the estimated transition matrix (0 where the misfit check failed); teacher auto
     cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["correct_labels"], PATHS.noise_estimate)
     c, t = cfg.correction, cfg.train
     if c.teacher != "student" and c.epochs:
@@ -133,8 +133,9 @@ def run(cfg: Config) -> dict[str, float]:
         extra = train_view.trusted_in_train
         keep = (None if trusted is None and not extra else
                 np.concatenate([trusted if trusted is not None else np.zeros(n, dtype=bool), np.ones(extra, bool)]))
+        channel = estimate.transition if estimate is not None and c.noisy_label_weight == "auto" else None
         joint = jo.joint_optimize(joint_model, train_view, cfg=c, recipe=t, seed=cfg.base.seed, device=device,
-                                  trusted=keep, transition=None if estimate is None else estimate.transition,
+                                  trusted=keep, transition=channel,
                                   checkpoint_path=ckpt.with_name(f"{ckpt.stem}.joint{ckpt.suffix}"),
                                   on_epoch=log_rows("joint"), teachers=teachers)
         final = jo.retrain(final_model, train_view, joint.soft_labels, cfg=c, recipe=t, seed=cfg.base.seed,

@@ -12,6 +12,12 @@ of the noisy train set (:func:`labelnoise.methods.cleanlab.out_of_fold_probs`, r
 - the confident joint's (Northcutt et al. 2021): cleanlab's calibrated confident joint of the noisy labels and
   the out-of-sample probabilities.
 
+The check of the estimate used (``estimate.trusted_folds`` > 0, with a trusted subset): networks trained on the
+trusted subset alone, cross-fitted over its folds with ``student.clean_only``'s budget, never see a given label;
+:func:`labelnoise.noise_estimate.channel_misfit` measures how far their agreement with the given labels is from
+what the estimated channel predicts. Beyond ``estimate.misfit_tolerance`` (+ 2 standard errors) the noise is not
+class-conditional as estimated, and the ``auto`` settings of label correction ignore the given labels.
+
 For each, the noise rate Σ_i π_i (1 − T[i, i]) with the true-class prior π its own (confusion inversion,
 confident joint) or solved from the noisy labels' marginal (GLC). ``estimate.use`` names the one the pipeline
 reports as its estimate (``auto``: the confusion inversion where there is a trusted subset, else the confident
@@ -36,6 +42,7 @@ from labelnoise.methods.cleanlab import out_of_fold_probs
 from labelnoise.models import channel_stats, create_model
 from labelnoise.noise import load_noisy
 from labelnoise.noise_estimate import (
+    channel_misfit,
     confident_joint_transition,
     confusion_transition,
     glc_transition,
@@ -43,8 +50,8 @@ from labelnoise.noise_estimate import (
     prior_from_noisy,
 )
 from labelnoise.plots import plot_matrices
-from labelnoise.runtime import resolve_device
-from labelnoise.views import make_train_view
+from labelnoise.runtime import derived_seed, resolve_device
+from labelnoise.views import make_train_view, trusted_only
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 
@@ -80,10 +87,28 @@ def run(cfg: Config) -> dict[str, Any]:
         t, prior = confident_joint_transition(noisy, probs)
         estimates["confident_joint"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
         chosen = estimates[use]
+        fit = None
+        if has_trusted and e.trusted_folds:  # the misfit check: networks that never saw a given label
+            check = dataclasses.replace(cfg.train, epochs=cfg.student.clean_only.epochs,
+                                        augment=cfg.student.clean_only.augment)
+            ckpt = Path(PATHS.estimate_ckpt)
+            alone = dataclasses.replace(trusted_only(view), x_test=view.x_test[:0], y_test=view.y_test[:0])  # no
+            # test monitoring: these networks only predict
+            held, on_noisy, part = out_of_fold_probs(
+                lambda: create_model(cfg.train.model, **kwargs), alone, folds=e.trusted_folds,
+                recipe=check, seed=derived_seed(cfg.base.seed, "trusted_check"), device=device,
+                checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"), also=view.x_train)
+            y_clean = view.y_clean.numpy()
+            fit = channel_misfit(noisy, on_noisy, [held[part == f] for f in range(e.trusted_folds)],
+                                 [y_clean[part == f] for f in range(e.trusted_folds)], chosen["transition"],
+                                 chosen["prior"])
+            fit.update(tolerance=e.misfit_tolerance,
+                       class_conditional=fit["gap"] <= e.misfit_tolerance + 2 * fit["se"])
         report = {
             "use": use, "rate": chosen["rate"], "transition": chosen["transition"].tolist(),
             "classes": list(view.classes), "n_train": int(noisy.size), "n_trusted": int(view.x_clean.shape[0]),
             "folds": e.folds, "epochs": e.epochs,
+            "fit": fit,  # channel_misfit of the estimate used (None: no trusted subset or estimate.trusted_folds 0)
             "estimates": {name: {"rate": est["rate"], "transition": est["transition"].tolist(),
                                  "prior": est["prior"].tolist()} for name, est in estimates.items()},
             "glc": None if not has_trusted else "the folds' mean p(noisy | x) on the trusted examples, by true class",
@@ -95,7 +120,8 @@ def run(cfg: Config) -> dict[str, Any]:
                       PATHS.noise_estimate_plot, labels=view.classes, xlabel="noisy label", ylabel="true class",
                       title=f"Estimated transition matrices ({view.dataset}; the pipeline uses {use})")
         metrics = {"estimated_rate": chosen["rate"],
-                   **{f"estimated_rate_{name}": est["rate"] for name, est in estimates.items()}}
+                   **{f"estimated_rate_{name}": est["rate"] for name, est in estimates.items()},
+                   **({} if fit is None else {"channel_misfit": fit["gap"]})}
         tracked.log_metrics(metrics)
         tracked.log_artifact(PATHS.noise_estimate)
         tracked.log_artifact(PATHS.noise_estimate_plot)

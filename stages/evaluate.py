@@ -335,7 +335,8 @@ def run(cfg: Config) -> dict[str, float]:
         "method": method,
         **{key: v for key, v in scalars.items()},
         **({"notes": notes} if notes else {}),  # what is left out, and why
-        "noise_estimate": {"use": estimate["use"], "label_noise_rate": label_rate, "estimators": estimate_errors},
+        "noise_estimate": {"use": estimate["use"], "label_noise_rate": label_rate, "estimators": estimate_errors,
+                           "fit": estimate.get("fit")},  # the misfit check (None: not run)
         "per_class": {c: a for c, a in zip(classes, per_class["final"], strict=True)},
         "per_class_best_clean": {c: a for c, a in zip(classes, per_class["best_clean"], strict=True)},
         "per_class_corrected": {c: a for c, a in zip(classes, per_class["corrected"], strict=True)},

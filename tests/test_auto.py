@@ -42,7 +42,7 @@ def test_settle_replaces_exactly_the_auto_params_it_is_given() -> None:
     cfg = default_config()
     keys = auto.auto_keys(cfg, ("mentor", "student", "correction"))
     assert set(keys) == set(auto.RULES)  # the defaults: every rule's param is auto
-    assert auto.auto_keys(cfg, ("correction",)) == ["correction.noisy_label_weight"]
+    assert auto.auto_keys(cfg, ("correction",)) == ["correction.noisy_label_weight", "correction.teacher"]
     estimate = auto.NoiseEstimate(rate=0.8, transition=np.full((10, 10), 0.1), use="confusion")
     settled, chosen = auto.settle(cfg, estimate, ["mentor.percentile", "student.mentormix.second_reweight"])
     assert settled.mentor.percentile == 0.5 and settled.student.mentormix.second_reweight is True
@@ -58,11 +58,45 @@ def test_a_stage_with_auto_params_and_no_estimate_says_which_and_what_to_do(tmp_
 
     monkeypatch.chdir(tmp_path)
     cfg = default_config()
-    with pytest.raises(FileNotFoundError, match=r"correction.noisy_label_weight = auto .* estimate_noise"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"correction.noisy_label_weight, correction.teacher = auto .* estimate_noise"):
         auto.settle_stage(cfg, STAGE_PARAMS["correct_labels"], "reports/noise_estimate.json")
     same, chosen, estimate = auto.settle_stage(cfg, STAGE_PARAMS["train_student"], "reports/noise_estimate.json",
                                                used=lambda key: False)  # e.g. ce: no mentor
     assert same is cfg and chosen == {} and estimate is None
+
+
+def test_label_correction_ignores_the_given_labels_where_the_channel_does_not_explain_them() -> None:
+    cfg = default_config()
+    keys = ["correction.noisy_label_weight", "correction.teacher"]
+    t = np.full((10, 10), 0.1)
+    fits = auto.NoiseEstimate(rate=0.4, transition=t, use="confusion", n_trusted=500, class_conditional=True)
+    settled, chosen = auto.settle(cfg, fits, keys)
+    assert settled.correction.noisy_label_weight == "auto" and settled.correction.teacher == "ensemble"
+    misfit = auto.NoiseEstimate(rate=0.05, transition=t, use="confusion", n_trusted=500, class_conditional=False)
+    settled, chosen = auto.settle(cfg, misfit, keys)
+    assert settled.correction.noisy_label_weight == 0.0 and settled.correction.teacher == "trusted"
+    assert chosen["correction.noisy_label_weight"].startswith("0: the given labels ignored")
+    no_trusted = auto.NoiseEstimate(rate=0.4, transition=t, use="confident_joint")
+    assert auto.settle(cfg, no_trusted, keys)[0].correction.teacher == "student"
+    joint = default_config(correction={"epochs": 4})  # phase 1 starts from the student
+    assert auto.settle(joint, fits, keys)[0].correction.teacher == "student"
+    report = {"rate": 0.05, "transition": t.tolist(), "use": "confusion", "n_trusted": 500,
+              "fit": {"distance": 0.18, "class_conditional": False}}
+    assert auto.NoiseEstimate.from_report(report).class_conditional is False
+    assert auto.NoiseEstimate.from_report({**report, "fit": None}).class_conditional is True  # no check: no doubt
+
+
+def test_a_stage_settles_only_the_auto_params_under_its_own_entries(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelnoise.io import save_json
+    from stages import STAGE_PARAMS
+
+    monkeypatch.chdir(tmp_path)
+    save_json("estimate.json", {"rate": 0.8, "transition": np.eye(10).tolist(), "use": "confusion", "n_trusted": 50})
+    # correct_labels reads student.clean_only (its trusted teacher's budget), not student.mentormix
+    _, chosen, _ = auto.settle_stage(default_config(), STAGE_PARAMS["correct_labels"], "estimate.json")
+    assert set(chosen) == {"correction.noisy_label_weight", "correction.teacher"}
 
 
 def test_the_label_posterior_is_bayes_under_the_channel() -> None:

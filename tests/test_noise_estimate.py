@@ -15,6 +15,7 @@ from cli import app
 from labelnoise.io import load_json
 from labelnoise.noise import corrupt, load_noisy
 from labelnoise.noise_estimate import (
+    channel_misfit,
     confident_joint_transition,
     confusion_transition,
     glc_transition,
@@ -68,6 +69,41 @@ def test_the_confusion_inversion_recovers_the_noise_that_a_confused_classifier_h
     assert noise_rate(glc, prior_from_noisy(np.bincount(noisy.labels, minlength=k) / n, glc)) > realised + 0.05
 
 
+def test_the_misfit_check_passes_class_conditional_noise_and_fails_noise_that_follows_the_classifier() -> None:
+    # Each image is hard or easy (40 %) and has a class it looks like; classifiers trained on the trusted subset
+    # call a hard image that class 60 % of the time. Class-conditional noise ignores all that: the estimated channel
+    # predicts the joint of their predictions and the given labels. Instance noise gives every hard image that
+    # class (as noise.corrupt_instance does): a fooled estimate (5 %) no longer predicts the joint.
+    rng = np.random.default_rng(0)
+    k, n, m = 5, 30_000, 3_000
+
+    def images(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # true class, hard, look-alike class
+        y = rng.integers(0, k, size)
+        return y, rng.random(size) < 0.4, (y + rng.integers(1, k, size)) % k
+
+    def predict(y: np.ndarray, hard: np.ndarray, like: np.ndarray) -> np.ndarray:  # (size, K) one-hot
+        other = (y + rng.integers(1, k, y.size)) % k
+        pred = np.where(hard, np.where(rng.random(y.size) < 0.6, like, y),
+                        np.where(rng.random(y.size) < 0.97, y, other))
+        return np.eye(k)[pred]
+
+    train, halves = images(n), [images(m // 2), images(m // 2)]
+    held = [predict(*h) for h in halves]
+    on_train = np.stack([predict(*train), predict(*train)])
+    labels = [h[0] for h in halves]
+    true, hard, like = train
+    prior = np.bincount(true, minlength=k) / n
+    sym = corrupt(true, kind="symmetric", rate=0.4, num_classes=k, rng=rng).labels
+    channel = 0.6 * np.eye(k) + 0.4 * (1 - np.eye(k)) / (k - 1)
+    fits = channel_misfit(sym, on_train, held, labels, channel, prior)
+    instance = np.where(hard, like, true)
+    fooled = 0.95 * np.eye(k) + 0.05 * (1 - np.eye(k)) / (k - 1)
+    misfit = channel_misfit(instance, on_train, held, labels, fooled, prior)
+    assert fits["gap"] < 2 * fits["se"] + 0.01 and 0.001 < fits["se"] < 0.02  # 1,500 trusted examples a network
+    assert misfit["gap"] > 0.05 + 2 * misfit["se"]
+    assert misfit["agreement_observed"] > misfit["agreement_predicted"]  # the labels follow the classifier
+
+
 def test_rate_and_prior_from_a_matrix() -> None:
     t = np.array([[0.8, 0.2], [0.4, 0.6]])
     prior = np.array([0.25, 0.75])
@@ -108,3 +144,5 @@ def test_the_stage_estimates_near_the_realised_rate_without_the_truth(tmp_path: 
     t = np.asarray(report["transition"])
     np.testing.assert_allclose(t.sum(axis=1), 1.0)
     assert Path("reports/noise_estimate.png").read_bytes()[:4] == b"\x89PNG"
+    fit = report["fit"]  # the misfit check (two trusted-only networks): symmetric noise is class-conditional
+    assert fit["class_conditional"] is True and 0 <= fit["gap"] <= fit["tolerance"] + 2 * fit["se"]

@@ -72,9 +72,9 @@ class CorrectionConfig:
     noisy_label_weight: float | Literal["auto"] = rng(0.0, 1.0)  # w: y ∝ s̄ · (w·onehot(noisy) + (1−w)/C); 0 = the
     #   paper's y = s̄; auto: y ∝ s̄ · T̂[:, noisy], T̂ the estimated transition matrix (labelnoise.auto)
     include_trusted: bool  # the trusted subset joins both phases' training data with its true labels (kept)
-    teacher: Literal["student", "trusted", "ensemble"]  # epochs 0: whose prediction p the labels' posterior starts
-    #   from: the student, a network trained on the trusted subset alone (student.clean_only's budget), or the mean
-    #   of the two softmaxes
+    teacher: Literal["auto", "student", "trusted", "ensemble"]  # epochs 0: whose prediction p the labels'
+    #   posterior starts from: the student, a network trained on the trusted subset alone (student.clean_only's
+    #   budget), or the mean of the two softmaxes; auto: labelnoise.auto.teacher
     trust_mentor: bool  # examples whose mentor weight exceeds trust_threshold keep their label
     trust_threshold: float = rng(0.0, 1.0)
     retrain_epochs: int = rng(1, 10_000)  # phase 2: a fresh network on the corrected labels
