@@ -55,7 +55,8 @@ def _context(method: str, **student: object) -> MethodContext:
 
 @pytest.mark.parametrize("name", ["ce", "spade", "mentormix"])
 def test_each_task_method_builds_an_engine_task(name: str) -> None:
-    task = get_method(name).task(_context(name))
+    settled = {"mixup_alpha": 2.0, "second_reweight": False} if name == "mentormix" else {}  # auto: stage-settled
+    task = get_method(name).task(_context(name, **settled))
     assert isinstance(task, engine.Task) and task.weighted == get_method(name).uses_mentor
 
 
