@@ -212,6 +212,11 @@ def _queue(study: str, points: list[list[str]], jobs: int, params: Path) -> None
             load_config(params, [f"base.study={study}", *overrides])
     except (ConfigError, ValueError) as e:
         _fail(str(e), 2)
+    import shutil
+
+    if shutil.which("dvc") is None:
+        _fail("dvc is not on PATH: run `make venv` and prefix the command with PATH=.venv/bin:$PATH (or activate "
+              ".venv); nothing queued", 2)
     for i, overrides in enumerate(points, 1):
         name = f"{study}-{i:03d}"
         args = ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"base.study={study}"]

@@ -166,3 +166,13 @@ def test_study_command_refuses_unknown_names_and_variants(tmp_path: Path, monkey
     assert variant.exit_code == 2 and "has no variant 'huge' (known: small, full)" in variant.output
     assert "queued" not in unknown.output + variant.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_study_without_dvc_on_path_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dvc here
+    result = CliRunner().invoke(app, ["study", "comparison"])
+    assert result.exit_code == 2
+    assert "dvc is not on PATH" in result.output and "nothing queued" in result.output
+    assert "Traceback" not in result.output and "queued comparison" not in result.output
