@@ -168,5 +168,5 @@ RULES: dict[str, str] = {
     "correction.noisy_label_weight": "posterior under the estimated transition matrix: s̄ · T[:, noisy label]; "
                                      "0 (labels ignored) where the misfit check fails",
     "correction.teacher": "ensemble (student + trusted-only network); trusted where the misfit check fails; "
-                          "student without a trusted subset",
+                          "student without a trusted subset or with a phase 1",
 }

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from labelnoise import runtime
 from labelnoise.config import Config
-
-if TYPE_CHECKING:
-    pass
 from stages import STAGE_PARAMS  # noqa: F401  (re-exported: the stages read their map from here)
 
 DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
-
 
 
 def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:

@@ -47,21 +47,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from labelnoise import distributed, plots, tracking
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
-from labelnoise.engine import evaluate_accuracy, load_weights, predict_logits
+from labelnoise.engine import evaluate_accuracy, load_weights
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
 from labelnoise.methods import joint_optimization as jo
 from labelnoise.methods.clean_only import train_on_trusted
 from labelnoise.models import create_model, load_model, model_record, seeded
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
-from labelnoise.views import TrainView, make_train_view, true_train_labels, with_trusted
+from labelnoise.views import TrainView, make_train_view, true_train_labels, with_trusted, without_test
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
@@ -122,15 +121,15 @@ def run(cfg: Config) -> dict[str, float]:
         # correction.include_trusted the trusted subset follows the n noisy examples in both, its true labels kept.
         teachers = [student_model]
         if c.teacher != "student":  # a network trained on the trusted subset alone (the clean_only method's fit)
-            quiet = dataclasses.replace(view, x_test=view.x_test[:0], y_test=view.y_test[:0])  # its test accuracy
-            # is measured once, below (per epoch it would cost a third of its training time)
-            trusted_fit = train_on_trusted(fresh("teacher_init"), quiet, params=cfg.student.clean_only, recipe=t,
+            trusted_fit = train_on_trusted(fresh("teacher_init"), without_test(view),  # its test accuracy: below
+                                           params=cfg.student.clean_only, recipe=t,
                                            seed=derived_seed(cfg.base.seed, "teacher"), device=device,
                                            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.teacher{ckpt.suffix}"),
                                            finished="reuse", on_epoch=log_rows("teacher"))
             teachers = [trusted_fit.model] if c.teacher == "trusted" else [student_model, trusted_fit.model]
-        teacher_test_acc = (student_test_acc if c.teacher == "student" else
-                            _ensemble_test_acc(teachers, view, t, device))
+        teacher_test_acc = student_test_acc if c.teacher == "student" else float(  # monitoring only
+            (jo.mean_softmax(teachers, view.x_test, batch_size=t.eval_batch_size, device=device).argmax(dim=1)
+             == view.y_test.cpu()).float().mean())
         train_view = with_trusted(view) if c.include_trusted and view.x_clean.shape[0] else view
         extra = train_view.trusted_in_train
         keep = (None if trusted is None and not extra else
@@ -171,13 +170,6 @@ def run(cfg: Config) -> dict[str, float]:
         for fig in figures:
             tracked.log_artifact(fig, "correction")
     return metrics
-
-
-def _ensemble_test_acc(models: list[nn.Module], view: TrainView, recipe: Any, device: torch.device) -> float:
-    """Test accuracy of the mean softmax of ``models`` (monitoring only: nothing is selected on it)."""
-    probs = torch.stack([torch.softmax(predict_logits(m, view.x_test, batch_size=recipe.eval_batch_size,
-                                                      device=device).float(), dim=1) for m in models]).mean(dim=0)
-    return float((probs.argmax(dim=1).cpu() == view.y_test.cpu()).float().mean())
 
 
 def _report(

@@ -51,7 +51,7 @@ from labelnoise.noise_estimate import (
 )
 from labelnoise.plots import plot_matrices
 from labelnoise.runtime import derived_seed, resolve_device
-from labelnoise.views import make_train_view, trusted_only
+from labelnoise.views import make_train_view, trusted_only, without_test
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 
@@ -92,11 +92,9 @@ def run(cfg: Config) -> dict[str, Any]:
             check = dataclasses.replace(cfg.train, epochs=cfg.student.clean_only.epochs,
                                         augment=cfg.student.clean_only.augment)
             ckpt = Path(PATHS.estimate_ckpt)
-            alone = dataclasses.replace(trusted_only(view), x_test=view.x_test[:0], y_test=view.y_test[:0])  # no
-            # test monitoring: these networks only predict
             held, on_noisy, part = out_of_fold_probs(
-                lambda: create_model(cfg.train.model, **kwargs), alone, folds=e.trusted_folds,
-                recipe=check, seed=derived_seed(cfg.base.seed, "trusted_check"), device=device,
+                lambda: create_model(cfg.train.model, **kwargs), without_test(trusted_only(view)),
+                folds=e.trusted_folds, recipe=check, seed=derived_seed(cfg.base.seed, "trusted_check"), device=device,
                 checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"), also=view.x_train)
             y_clean = view.y_clean.numpy()
             fit = channel_misfit(noisy, on_noisy, [held[part == f] for f in range(e.trusted_folds)],

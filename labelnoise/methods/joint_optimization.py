@@ -451,15 +451,19 @@ def joint_optimize(
                        seconds=result.seconds, resumed_epochs=result.resumed_epochs)
 
 
+def mean_softmax(models: Sequence[nn.Module], x: Tensor, *, batch_size: int, device: torch.device) -> Tensor:
+    """The mean of ``models``' softmax (eval mode) on the images ``x`` (N, C, H, W) uint8: (N, K) float32, CPU."""
+    return torch.stack([torch.softmax(predict_logits(m, x, batch_size=batch_size, device=device).float(), dim=1)
+                        for m in models]).mean(dim=0)
+
+
 def _posterior_only(teachers: Sequence[nn.Module], data: TrainView, noisy: Tensor, *, cfg: Any, recipe: Any,
                     device: torch.device, keep: Tensor | None, channel: Tensor | None) -> JointResult:
     """``correction.epochs: 0``: the labels are :func:`noisy_label_posterior` of the ``teachers``' mean softmax
     (eval mode) on the train images (then :func:`update_labels`); ``keep`` examples keep their given label. No
     training, no history; the returned model is the first teacher."""
     start = time.perf_counter()
-    probs = torch.stack([torch.softmax(predict_logits(t, data.x_train, batch_size=recipe.eval_batch_size,
-                                                      device=device).float(), dim=1)
-                         for t in teachers]).mean(dim=0).to(device)  # (N, C)
+    probs = mean_softmax(teachers, data.x_train, batch_size=recipe.eval_batch_size, device=device).to(device)
     post = noisy_label_posterior(probs, noisy, transition=channel, weight=cfg.noisy_label_weight)
     labels = update_labels(post, mode=cfg.update)  # (N, C)
     if keep is not None:
