@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +113,17 @@ def load_json(path: str | Path) -> Any:
 
 
 def save_npz(path: str | Path, **arrays: Any) -> Path:
-    """Uncompressed npz (fast to load; DVC caches it)."""
+    """Uncompressed npz (fast to load; DVC caches it), the same bytes for the same arrays on any Python: each
+    entry is written whole with a fixed header (np.savez streams them with a zip64 header whose bytes changed
+    between Python 3.11 patch releases)."""
     def _write(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez(f, **arrays)
+        with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_STORED) as archive:
+            for key, value in arrays.items():
+                buffer = BytesIO()
+                np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.create_system, info.external_attr = 3, 0o600 << 16
+                archive.writestr(info, buffer.getvalue())
 
     return write_atomic(path, _write)
 
