@@ -167,8 +167,18 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, 1-based)."""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return what if mark is None else f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _parse_value(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: {text!r} is not a valid YAML value ({_yaml_problem(e)})") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -186,7 +196,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[p]
         if leaf not in node:
             raise ConfigError(f"{dotted}: unknown parameter")
-        node[leaf] = _parse_value(text)
+        node[leaf] = _parse_value(dotted, text)
     return out
 
 
@@ -205,7 +215,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping of sections")
     return raw
@@ -223,8 +233,21 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return from_dict(apply_overrides(read_yaml(path), overrides or []))
 
 
+# A preset, study or experiment name: a name, never a path (no '/', cannot start with '.').
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+def check_name(what: str, name: str) -> str:
+    """``name`` if it is a NAME; else ConfigError in one line (it would name a file outside the project)."""
+    if not re.fullmatch(NAME, name):
+        raise ConfigError(f"{what} {name!r}: a name, not a path: use letters, digits, '_', '-', '.' (at most 64, "
+                          "starting with a letter or digit)")
+    return name
+
+
 def _cross_checks(cfg: Config) -> None:
     s, t = cfg.student, cfg.train
+    check_name("base.experiment:", cfg.base.experiment)
     if s.method not in method_names():
         raise ConfigError(f"student.method: must be one of {', '.join(repr(m) for m in method_names())}, "
                           f"got {s.method!r}")

@@ -6,8 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,3 +143,31 @@ def resolve_channels_last(setting: str, device: torch.device) -> bool:
     if setting in ("on", "off"):
         return setting == "on"
     return device.type in ("cuda", "cpu")
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked by a signal: Ctrl-C (SIGINT) or SIGTERM (``kill``, ``timeout``, schedulers, container stops).
+    Handled like Ctrl-C everywhere (MLflow runs marked KILLED, no output half-written); the exit status is
+    128 + ``signum``."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """Inside: SIGTERM raises :class:`Stopped` (Python's default would end the process at once, leaving no
+    checkpoint and the MLflow runs RUNNING). An ignored SIGTERM stays ignored; only the main thread can."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped("terminated (SIGTERM)", signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

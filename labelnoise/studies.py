@@ -44,6 +44,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
             else:
                 current += ch
         parts.append(current.strip())
+        if depth:
+            raise ValueError(f"sweep: {key} has unbalanced brackets in {values!r}")
         if any(not p for p in parts):
             raise ValueError(f"sweep: {key} has an empty value in {values!r}")
         grid[key] = parts

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from labelnoise.scaffold import sh, tiny_project
@@ -168,6 +169,43 @@ def test_second_repro_reruns_nothing(project: tuple[Path, dict[str, str]]) -> No
     out = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in out.stdout
     assert len(client.search_runs([exp_id])) == before
+
+
+def test_outputs_of_a_failed_or_killed_repro_come_back_with_dvc_checkout(project: tuple[Path, dict[str, str]]) -> None:
+    """DVC deletes a stage's outputs before it runs the stage's command, so a stage that then fails or is killed
+    under `dvc repro` leaves them missing (the stage's own all-or-nothing write never gets its chance). Every
+    output is cached (none is `cache: false`), so `dvc checkout` brings all of them back, byte for byte."""
+    import os
+    import signal
+    import subprocess
+
+    root, env = project
+    before, params = _output_digests(root), (root / "params.yaml").read_text()
+    try:
+        broken = yaml.safe_load(params)
+        broken["train"]["epochs"] = 0
+        (root / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+        failed = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert failed.returncode != 0 and "train.epochs: must be >= 1" in failed.stdout + failed.stderr
+    finally:
+        (root / "params.yaml").write_text(params)
+    assert _output_digests(root) != before  # what DVC does: the failed stage's outputs are gone
+    sh(["dvc", "checkout"], root, env)
+    assert _output_digests(root) == before
+
+    ckpt = root / "models" / "checkpoints" / "train_student.pt"
+    ckpt.unlink(missing_ok=True)
+    proc = subprocess.Popen(["dvc", "repro", "-f", "-s", "train_student"], cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage's process, mid-training
+    proc.wait(timeout=60)
+    assert not (root / "models" / "student.pt").exists()
+    sh(["dvc", "checkout"], root, env)
+    assert _output_digests(root) == before
+    assert "Running stage" not in sh(["dvc", "repro"], root, env).stdout
 
 
 def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None:

@@ -1,6 +1,6 @@
 """Crash safety on the tiny preset, in real processes: SIGKILL at random points then resume ends with the
-same model and numbers as an uninterrupted run (train_student and correct_labels); Ctrl-C saves a
-checkpoint and exits 130; a failing stage changes none of its outputs; a corrupt checkpoint is refused."""
+same model and numbers as an uninterrupted run (train_student and correct_labels); Ctrl-C or SIGTERM saves a
+checkpoint and exits 130 / 143; a failing stage changes none of its outputs; a corrupt checkpoint is refused."""
 
 from __future__ import annotations
 
@@ -189,17 +189,27 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
     assert leftovers == [], leftovers  # temporaries of killed writes are cleaned up by the next write
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_exactly(
-        prepared: Path, uninterrupted: Callable[[str, list[str]], dict], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(
+        prepared: Path, uninterrupted: Callable[[str, list[str]], dict], tmp_path: Path, sig: int) -> None:
+    """SIGTERM (kill, timeout, schedulers, container stops) acts as Ctrl-C: checkpoint, one line, exit 128 + the
+    signal's number, the MLflow runs marked KILLED (not left RUNNING); the rerun resumes to the same numbers."""
+    import sqlite3
+
     expected = uninterrupted("train-student", STUDENT_OUTPUTS)
 
     work = _copy(prepared, tmp_path / "interrupted")
     ckpt = work / STUDENT_CKPT
-    code, err = _interrupt(work, "train-student", ckpt, after=2, fraction=0.5, sig=signal.SIGINT)
-    assert code == 130, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("error: interrupted; the last checkpoint is kept")
+    code, err = _interrupt(work, "train-student", ckpt, after=2, fraction=0.5, sig=sig)
+    assert code == 128 + sig, err[-2000:]
+    name = signal.Signals(sig).name
+    assert err.strip().splitlines()[-1].startswith(f"error: {name}: stopped; the last checkpoint is kept")
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert not saved["finished"] and 1 <= saved["epoch"] < 10
+    with sqlite3.connect(work / "mlflow.db") as db:
+        statuses = db.execute("select name, status from runs order by start_time desc").fetchall()
+    assert statuses[0] == ("train_student", "KILLED") and ("pipeline", "KILLED") in statuses, statuses
+    assert "RUNNING" not in {status for _, status in statuses}, statuses
     log = _run(work, "train-student").stderr
     assert "resuming from" in log
     assert {rel: _digest(work / rel) for rel in STUDENT_OUTPUTS} == expected

@@ -35,7 +35,7 @@ from labelnoise.engine.predict import autocast, evaluate_accuracy
 from labelnoise.engine.records import WeightLog
 from labelnoise.engine.task import Task
 from labelnoise.io import save_torch
-from labelnoise.runtime import resolve_channels_last, resolve_precision
+from labelnoise.runtime import Stopped, resolve_channels_last, resolve_precision
 
 if TYPE_CHECKING:
     from labelnoise.views import TrainView
@@ -49,8 +49,8 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(message or f"non-finite loss at epoch {epoch}, step {step}")
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`fit`: a checkpoint was saved; running again resumes from it."""
+class TrainingInterrupted(Stopped):
+    """Ctrl-C or SIGTERM during :func:`fit`: a checkpoint was saved; running again resumes from it."""
 
 
 def log_to_stderr(line: str) -> None:
@@ -146,7 +146,7 @@ def train_one_epoch(
     weighted = task.weighted
     model.train()
     while state.batch < num_batches:
-        if should_stop is not None and distributed.any_rank(should_stop()):  # torchrun: all ranks stop together
+        if should_stop is not None and distributed.any_rank(bool(should_stop())):  # torchrun: all ranks stop together
             break
         # ---- batch: the next slice of this epoch's permutation (torchrun: this rank's share of it)
         global_step = step + state.batch
@@ -241,34 +241,39 @@ class FitResult:
 
 
 @contextmanager
-def _sigint_flag(log: Callable[[str], None]) -> Iterator[Callable[[], bool]]:
-    """First Ctrl-C sets a flag the loop polls between steps (then a checkpoint is saved);
-    a second one raises KeyboardInterrupt at once. Only the main thread can own signal handlers. An ignored
-    SIGINT (a job started in the background by a non-interactive shell, ``nohup``) stays ignored."""
-    flag = {"set": False}
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        yield lambda: False
+def _stop_flag(log: Callable[[str], None]) -> Iterator[Callable[[], int]]:
+    """The first Ctrl-C or SIGTERM sets a flag (the signal's number) the loop polls between steps (then a
+    checkpoint is saved); a second one raises :class:`Stopped` at once. Only the main thread can own signal
+    handlers. An ignored signal (SIGINT of a job started in the background by a non-interactive shell,
+    ``nohup``) stays ignored."""
+    flag = {"signum": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if flag["set"]:
-            raise KeyboardInterrupt
-        flag["set"] = True
-        log("interrupt: finishing the current step and saving a checkpoint (Ctrl-C again to abort now)")
+        if flag["signum"]:
+            raise Stopped(f"{signal.Signals(signum).name} again: stopped at once", signum)
+        flag["signum"] = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        log(f"{signal.Signals(signum).name}: finishing the current step and saving a checkpoint ({again} again to "
+            "abort now)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     try:
-        yield lambda: flag["set"]
+        yield lambda: flag["signum"]
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-def _interrupted(where: str, checkpoint_path: str | Path | None, log: Callable[[str], None]) -> None:
+def _interrupted(where: str, checkpoint_path: str | Path | None, log: Callable[[str], None], signum: int) -> None:
     saved = (f"checkpoint saved to {checkpoint_path}; run the same command again to resume" if checkpoint_path
              else "no checkpoint path, nothing saved")
     message = f"interrupted at {where}: {saved}"
     log(message)
-    raise TrainingInterrupted(message)
+    raise TrainingInterrupted(message, signum)
 
 
 def _log_line(name: str, epochs: int, row: Mapping[str, float], seconds: float) -> str:
@@ -389,7 +394,7 @@ def fit(
     show = (sys.stderr.isatty() if progress is None else progress) and main
     bar = Progress(TextColumn(f"{name} {{task.fields[epoch]}}/{{task.fields[total_epochs]}}"), BarColumn(),
                    MofNCompleteColumn(), TimeRemainingColumn(), transient=True, disable=not show)
-    with _sigint_flag(log) as interrupted, bar:
+    with _stop_flag(log) as interrupted, bar:
         bar_task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, total_epochs=recipe.epochs)
         for epoch in range(start_epoch, recipe.epochs):
             # ---- schedule: a fresh seeded order for the epoch (or the interrupted one); lr steps per batch
@@ -413,7 +418,8 @@ def fit(
                 raise NonFiniteLossError(e.epoch, e.step, f"{e}{kept}; {remedy}") from None
             if not stats["complete"]:  # Ctrl-C between two steps: save where we are and leave
                 save(epoch, state)
-                _interrupted(f"epoch {epoch + 1}, batch {state.batch}/{steps_per_epoch}", checkpoint_path, log)
+                _interrupted(f"epoch {epoch + 1}, batch {state.batch}/{steps_per_epoch}", checkpoint_path, log,
+                             interrupted())
             step += steps_per_epoch
             if (row_index := records.row(epoch + 1)) is not None:
                 records.merge(row_index)  # torchrun: each rank saw its share of the examples
@@ -447,7 +453,7 @@ def fit(
 
             # ---- stop (Ctrl-C during evaluation: the checkpoint above is complete)
             if interrupted() and epoch + 1 < recipe.epochs:
-                _interrupted(f"the end of epoch {epoch + 1}", checkpoint_path, log)
+                _interrupted(f"the end of epoch {epoch + 1}", checkpoint_path, log, interrupted())
 
     model.eval()
     return FitResult(model=model, history=history, best_state=best_state, best_epoch=best_epoch,
