@@ -67,7 +67,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     from contextlib import nullcontext
 
     from labelnoise.distributed import is_main, world_size
-    from labelnoise.io import all_or_nothing
+    from labelnoise.io import all_or_nothing, workspace_lock
     from labelnoise.runtime import sigterm_stops
     from stages.common import stage_outputs
 
@@ -77,7 +77,8 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
 
     module = importlib.import_module(f"stages.{stage_module}")
     try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them); SIGTERM acts as Ctrl-C
-        with sigterm_stops(), all_or_nothing(stage_outputs(stage_module)) if is_main() else nullcontext():
+        with (sigterm_stops(), workspace_lock(stage_module) if is_main() else nullcontext(),
+              all_or_nothing(stage_outputs(stage_module)) if is_main() else nullcontext()):
             return module.run(cfg)
     except ConfigError as e:
         _fail(str(e), 2)

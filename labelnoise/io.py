@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -78,12 +80,75 @@ def all_or_nothing(outputs: Iterable[str | Path]) -> Iterator[None]:
     _held, _held_roots = [], tuple(Path(p).resolve() for p in outputs)
     try:
         yield
-        for tmp, final in _held:
-            os.replace(tmp, final)
+        _replace_all(_held)
     finally:
         for tmp, _ in _held:
             tmp.unlink(missing_ok=True)
         _held, _held_roots = None, ()
+
+
+def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
+    """Move each temporary onto its final path, all or none: each previous file is kept under a temporary name
+    (a hard link, else a copy) until every rename has succeeded; a failed rename (a read-only or immutable file,
+    a full disk) puts back the ones already done and raises."""
+    kept: list[tuple[Path, Path | None]] = []  # (final replaced, its previous content's temporary name or None)
+    try:
+        for tmp, final in pairs:
+            previous = None
+            if final.exists():
+                previous = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp{final.suffix}")
+                try:
+                    os.link(final, previous)
+                except OSError:
+                    shutil.copy2(final, previous)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                if previous is not None:
+                    previous.unlink(missing_ok=True)
+                raise
+            kept.append((final, previous))
+    except BaseException:
+        for final, previous in reversed(kept):
+            if previous is not None:
+                os.replace(previous, final)
+            else:
+                final.unlink(missing_ok=True)
+        kept.clear()
+        raise
+    finally:
+        for _, previous in kept:
+            if previous is not None:
+                previous.unlink(missing_ok=True)
+
+
+@contextmanager
+def workspace_lock(stage: str, folder: str | Path = ".") -> Iterator[None]:
+    """One stage at a time in a workspace (``folder``, where a stage reads and writes its paths): a second one
+    raises RuntimeError in one line naming the running stage, its process and when it started. The lock is the
+    kernel's (flock on ``.labelnoise.lock``), so a killed process never leaves it held."""
+    import fcntl
+    import time
+
+    path = Path(folder) / ".labelnoise.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RuntimeError(f"{holder} is running in this workspace ({Path(folder).resolve()}); wait for it to "
+                               "end, or run in another folder (`dvc exp run --queue` gives each run its own)"
+                               ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"stage {stage} (pid {os.getpid()}, started {time.strftime('%H:%M:%S')})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def readable(path: str | Path) -> Path:

@@ -125,7 +125,7 @@ def run(cfg: Config) -> dict[str, float]:
                                            params=cfg.student.clean_only, recipe=t,
                                            seed=derived_seed(cfg.base.seed, "teacher"), device=device,
                                            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.teacher{ckpt.suffix}"),
-                                           finished="reuse", on_epoch=log_rows("teacher"))
+                                           on_epoch=log_rows("teacher"))
             teachers = [trusted_fit.model] if c.teacher == "trusted" else [student_model, trusted_fit.model]
         teacher_test_acc = student_test_acc if c.teacher == "student" else float(  # monitoring only
             (jo.mean_softmax(teachers, view.x_test, batch_size=t.eval_batch_size, device=device).argmax(dim=1)

@@ -344,11 +344,11 @@ def test_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     assert joint.resumed_epochs == 0 and len(joint.history) == 4
     refusal = [line for line in lines if "not resumed" in line]
     assert refusal and "correction.lr: 0.05 in checkpoint, 0.02 now" in refusal[0]
-    # a finished phase 2 is never resumed: it trains again (on phase 1's labels, reused), to the same numbers
+    # a finished run is the result: running again trains nothing (phase 1 and phase 2 reused), the same numbers
     lines.clear()
     again, final = run_both(data, c2, s, path=ckpt, log=lines)
-    assert again.history == joint.history and final.resumed_epochs == 0
-    assert any("finished run; starting fresh" in line for line in lines)
+    assert again.history == joint.history and final.resumed_epochs == c2.retrain_epochs
+    assert sum("reusing the finished run" in line for line in lines) == 2
 
 
 def test_nan_loss_stops_with_epoch_step_and_the_param_to_lower() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -215,6 +216,34 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resumes_
     assert {rel: _digest(work / rel) for rel in STUDENT_OUTPUTS} == expected
 
 
+def test_a_second_stage_in_the_same_workspace_is_refused_and_the_first_is_untouched(
+        prepared: Path, uninterrupted: Callable[[str, list[str]], dict], tmp_path: Path) -> None:
+    """Two runs in one workspace would overwrite each other's checkpoint and temporaries: while train-student
+    trains, a second train-student (another seed) there is refused in one line naming the first; the first
+    ends as if alone."""
+    expected = uninterrupted("train-student", STUDENT_OUTPUTS)
+    work = _copy(prepared, tmp_path / "work")
+    ckpt = work / STUDENT_CKPT
+    first = subprocess.Popen(_command(work, "train-student"), cwd=work, env=_env(work), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # held mid-training, however fast this machine trains
+    try:
+        second = subprocess.run([*_command(work, "train-student"), "-S", "base.seed=5"], cwd=work,
+                                env=_env(work), capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 1, second.stderr[-2000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: stage train_student (pid {first.pid}, started")
+    assert "is running in this workspace" in errors[0]
+    assert {rel: _digest(work / rel) for rel in STUDENT_OUTPUTS} == expected
+
+
 def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """train_student writes four outputs; a crash while writing the last leaves all four as they were."""
@@ -234,6 +263,15 @@ def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: P
     assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == "error: disk full (simulated)"
     assert {rel: (work / rel).read_bytes() for rel in STUDENT_OUTPUTS} == before
     assert [p.name for p in work.rglob(".*.tmp*")] == []
+    # run again (the disk has room now): the finished training is the result, only the outputs are written
+    monkeypatch.undo()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output[-2000:]
+    assert "reusing the finished run" in again.output
+    assert not re.search(r"^\S+ \d+/2  loss", again.output, re.M)  # no epoch trained again
+    assert all((work / rel).read_bytes() != before[rel] for rel in ("models/student.pt", "models/student_weights.npz"))
 
 
 def test_all_or_nothing_commits_together_or_not_at_all(tmp_path: Path) -> None:
@@ -251,6 +289,30 @@ def test_all_or_nothing_commits_together_or_not_at_all(tmp_path: Path) -> None:
         assert not b.exists()
     assert io.load_json(a) == io.load_json(b) == {"v": 2}
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["a.json", "b.json", "sub"]
+
+
+def test_a_failed_rename_at_the_commit_puts_back_the_outputs_already_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit of a stage's outputs renames one file after another; when one rename fails (an immutable or
+    read-only file, a full disk), the ones already renamed get their previous content back: none is new."""
+    out = tmp_path / "out"
+    names = ["a.json", "b.json", "c.json"]
+    for name in names[:2]:
+        io.save_json(out / name, {"v": 0})
+    rename = os.replace
+
+    def refuse_b(src: object, dst: object) -> None:
+        if Path(dst).name == "b.json" and ".tmp" in Path(src).name:
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_b)
+    with pytest.raises(PermissionError), io.all_or_nothing([out]):
+        for name in names:
+            io.save_json(out / name, {"v": 1})
+    monkeypatch.undo()
+    assert io.load_json(out / "a.json") == io.load_json(out / "b.json") == {"v": 0} and not (out / "c.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]  # no temporary left
 
 
 def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path: Path) -> None:

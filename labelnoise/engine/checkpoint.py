@@ -76,13 +76,15 @@ def set_rng_states(states: Mapping[str, Any], generator: torch.Generator) -> Non
     generator.set_state(states["batch"])
 
 
-def load_checkpoint(path: str | Path | None, expected_config: Mapping[str, Any], *, log: Callable[[str], None],
-                    finished: str = "restart") -> dict[str, Any] | None:
+def load_checkpoint(path: str | Path | None, expected_config: Mapping[str, Any], *,
+                    log: Callable[[str], None]) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it can be resumed, else None with the reason logged.
 
-    Not resumed (the reason logged, training starts fresh): a different config (each differing key is named), or
-    an already finished run unless ``finished == "reuse"``. Refused with an error (``ValueError``), so nothing is
-    overwritten: an unreadable (corrupt or foreign) file, which atomic writes never produce.
+    A finished run's is returned too: it is the result (the same config and data train to the same numbers), so
+    a stage that failed after training (writing its outputs, logging) redoes only what failed. Not resumed (the
+    reason logged, training starts fresh): a different config (each differing key is named). Refused with an error
+    (``ValueError``), so nothing is overwritten: an unreadable (corrupt or foreign) file, which atomic writes never
+    produce.
     """
     if path is None or not Path(path).is_file():
         return None
@@ -91,8 +93,5 @@ def load_checkpoint(path: str | Path | None, expected_config: Mapping[str, Any],
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
         log(f"checkpoint {path} not resumed: config differs ({shown}); starting fresh")
-        return None
-    if ckpt.get("finished") and finished != "reuse":
-        log(f"checkpoint {path} is from a finished run; starting fresh")
         return None
     return ckpt

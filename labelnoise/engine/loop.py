@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -295,7 +295,6 @@ def fit(
     device: torch.device | str = "cpu",
     config: Mapping[str, Any] | None = None,
     checkpoint_path: str | Path | None = None,
-    finished: Literal["restart", "reuse"] = "restart",
     generator: torch.Generator | None = None,
     record_epochs: Sequence[int] = (),
     progress: bool | None = None,
@@ -315,8 +314,8 @@ def fit(
     the true train labels. Model selection uses clean-subset accuracy only (the best epoch; ties keep the first;
     without a clean subset the last); test accuracy is recorded for monitoring. With ``checkpoint_path`` a
     checkpoint is written after every epoch (and on Ctrl-C, mid-epoch); an unfinished one whose ``config`` (plus
-    the data's fingerprint) matches is resumed, ending with the same numbers as an uninterrupted run. A finished
-    one starts the run afresh (``finished="restart"``) or is the result (``"reuse"``: nothing is trained).
+    the data's fingerprint) matches is resumed, ending with the same numbers as an uninterrupted run; a finished
+    one is the result (nothing is trained: a stage that failed after training redoes only what failed).
     ``on_epoch(row)`` is called for every epoch of the history, restored ones included. ``progress``: rich bar per
     epoch (None = only when stderr is a terminal). Per-example losses and weights of ``record_epochs`` come back
     in ``FitResult.weights``. ``name`` starts each epoch's log line; ``remedy`` ends a non-finite-loss error.
@@ -347,8 +346,8 @@ def fit(
     records = WeightLog.create(record_epochs, n, device=device)
     config = {**(config or {}), "data": data_fingerprint(data)}
 
-    # ---- resume (only a checkpoint of this exact config and data; a finished one only when reused)
-    ckpt = load_checkpoint(checkpoint_path, config, log=log, finished=finished)
+    # ---- resume (only a checkpoint of this exact config and data; a finished one is the result)
+    ckpt = load_checkpoint(checkpoint_path, config, log=log)
     history: list[dict[str, float]] = []
     seconds: list[float] = []
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -35,7 +35,7 @@ def _train(ctx: MethodContext) -> MethodResult:
     task = Task(label_smoothing=recipe.label_smoothing)
     # ---- phase 1: plain CE on the noisy labels (reused when a finished checkpoint of the same config exists)
     ce = fit(ctx.model, ctx.data, task, recipe=recipe, seed=ctx.seed, device=ctx.device,
-             config={"recipe": dataclasses.asdict(recipe), "seed": ctx.seed}, finished="reuse",
+             config={"recipe": dataclasses.asdict(recipe), "seed": ctx.seed},
              checkpoint_path=ctx.phase_checkpoint("ce"), on_epoch=ctx.on_epoch, log=ctx.log,
              record_epochs=weight_epochs(ctx.weights_at, recipe.epochs), remedy="lower train.lr or check the data")
     # ---- phase 2: the same network on the trusted subset alone

@@ -47,8 +47,7 @@ def final_losses(ctx: MethodContext, model: torch.nn.Module) -> dict[str, np.nda
 def train_on_trusted(model: torch.nn.Module, data: TrainView, *, params: CleanOnlyParams, recipe: Any, seed: int,
                      device: torch.device, checkpoint_path: Path | None = None,
                      on_epoch: Callable[[dict[str, float]], None] | None = None,
-                     log: Callable[[str], None] = log_to_stderr, finished: Literal["restart", "reuse"] = "restart",
-                     ) -> FitResult:
+                     log: Callable[[str], None] = log_to_stderr) -> FitResult:
     """Train ``model`` on the trusted subset of ``data`` alone (its true labels) with the ``student.clean_only``
     budget ``params`` (its epochs and augmentation; the rest of ``recipe`` as it is). Also the trusted teacher
     of label correction (``correction.teacher``)."""
@@ -56,7 +55,7 @@ def train_on_trusted(model: torch.nn.Module, data: TrainView, *, params: CleanOn
     log(f"clean_only: {params.epochs} epochs on the {data.x_clean.shape[0]} trusted examples alone")
     return fit(model, trusted_only(data), Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed,
                device=device, config={"recipe": dataclasses.asdict(recipe), "seed": seed},
-               checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log, finished=finished,
+               checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log,
                remedy="lower train.lr or check the data")
 
 

@@ -68,7 +68,7 @@ def _train(ctx: MethodContext) -> MethodResult:
     # ---- 1. a network on the noisy labels alone (reused once finished)
     ctx.log(f"glc 1/2: cross-entropy on the {n} noisy labels, to estimate the corruption")
     noisy_fit = fit(ctx.model, subset_view(data, np.arange(n)), Task(label_smoothing=recipe.label_smoothing),
-                    recipe=recipe, seed=ctx.seed, device=ctx.device, config=config, finished="reuse",
+                    recipe=recipe, seed=ctx.seed, device=ctx.device, config=config,
                     checkpoint_path=ctx.phase_checkpoint("noisy"), log=ctx.log, name="glc-noisy",
                     remedy="lower train.lr or check the data")
 
