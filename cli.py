@@ -129,7 +129,8 @@ def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]])
         _fail(str(e), 2)
     uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
     try:
-        return cfg, uri, query(uri, cfg.base.experiment)
+        with tracking.no_http_retries():  # a server that does not answer: one line in seconds
+            return cfg, uri, query(uri, cfg.base.experiment)
     except Exception as e:  # noqa: BLE001 - an unreadable store is one line
         _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
 

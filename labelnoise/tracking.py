@@ -14,9 +14,9 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +121,45 @@ def _log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i:i + 100])
 
 
+# How long a stage waits for a SQLite store another process holds locked (its writes retried) before it fails.
+STORE_PATIENCE_S = 300.0
+
+
+def _locked(e: BaseException) -> bool:
+    return "database is locked" in str(e)
+
+
+def _patient(uri: str, what: str, call: Callable[[], Any], patience: float | None = None) -> Any:
+    """``call()``, retried while the store is locked by another process, for ``patience`` seconds (default
+    STORE_PATIENCE_S); then TrackingError in one line naming the remedy."""
+    patience = STORE_PATIENCE_S if patience is None else patience
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if not _locked(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise TrackingError(
+                    f"MLflow store {uri} stayed locked by another process for {patience:g} s ({what}): end the "
+                    "process that holds it (`fuser` on the file names it) and run the stage again (its finished "
+                    "training is reused)") from None
+            time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+
+
 @dataclass
 class StageRun:
-    """Handle for logging inside one stage's child run."""
+    """Handle for logging inside one stage's child run. Metrics the store cannot take now (another process holds
+    a SQLite store locked) wait in ``pending`` and go with the next call; :func:`stage_run` writes the rest at the
+    end, waiting up to STORE_PATIENCE_S for the store: a busy store never stops the training."""
 
     client: Any
     run_id: str
     parent_id: str
+    uri: str = ""
+    pending: list[tuple[str, list[Any]]] = field(default_factory=list)  # (run id, metrics) not yet written
+    retry_at: float = 0.0  # after a failed write, buffered writes wait until then (MLflow itself waits 20 s)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, on_parent: bool = False) -> None:
         """Log ``metrics`` (at ``step``); an undefined value (None, NaN: e.g. no clean subset) is left out."""
@@ -135,8 +167,26 @@ class StageRun:
 
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
-        for run_id in (self.run_id, self.parent_id) if on_parent else (self.run_id,):
-            self.client.log_batch(run_id, metrics=batch)
+        self.pending += [(run_id, batch) for run_id in ((self.run_id, self.parent_id) if on_parent
+                                                         else (self.run_id,))]
+        self.flush(patience=0.0)
+
+    def flush(self, patience: float | None = None) -> None:
+        """Write the pending metrics, in order; a locked store is waited for ``patience`` seconds (0: one try,
+        the rest stays pending, and the next try waits 30 s)."""
+        if patience == 0.0 and time.monotonic() < self.retry_at:
+            return
+        while self.pending:
+            run_id, batch = self.pending[0]
+            try:
+                _patient(self.uri, "logging metrics",
+                         lambda run_id=run_id, batch=batch: self.client.log_batch(run_id, metrics=batch), patience)
+            except TrackingError:
+                if patience == 0.0:
+                    self.retry_at = time.monotonic() + 30.0
+                    return
+                raise
+            self.pending.pop(0)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Log the file ``path``; an output the stage has written but not yet committed (see
@@ -148,17 +198,20 @@ class StageRun:
 
         source = readable(path)
         if source == Path(path):
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            _patient(self.uri, "logging an artifact", lambda: self.client.log_artifact(self.run_id, str(path),
+                                                                                        artifact_path))
             return
         with tempfile.TemporaryDirectory() as tmp:
             named = Path(tmp) / Path(path).name
             shutil.copyfile(source, named)
-            self.client.log_artifact(self.run_id, str(named), artifact_path)
+            _patient(self.uri, "logging an artifact", lambda: self.client.log_artifact(self.run_id, str(named),
+                                                                                        artifact_path))
 
     def set_tags(self, tags: dict[str, str], *, on_parent: bool = False) -> None:
         for run_id in (self.run_id, self.parent_id) if on_parent else (self.run_id,):
             for k, v in tags.items():
-                self.client.set_tag(run_id, k, str(v))
+                _patient(self.uri, "setting tags", lambda run_id=run_id, k=k, v=v: self.client.set_tag(run_id, k,
+                                                                                                      str(v)))
 
 
 class NullRun:
@@ -223,28 +276,40 @@ def check_store(cfg: Config) -> str:
             raise TrackingError(f"MLflow store {uri} is in a folder that does not exist: "
                                 "fix base.tracking_uri or MLFLOW_TRACKING_URI")
         try:
-            con = sqlite3.connect(db, timeout=60)
+            con = sqlite3.connect(db, timeout=STORE_PATIENCE_S)
             try:
                 con.execute("BEGIN IMMEDIATE")  # takes the write lock: fails unless the file can be written
                 con.rollback()
             finally:
                 con.close()
         except sqlite3.Error as e:
+            if _locked(e):
+                raise TrackingError(f"MLflow store {uri} is locked by another process (still after "
+                                    f"{STORE_PATIENCE_S:g} s): end the process that holds it (`fuser` on the file "
+                                    "names it), then run again") from None
             raise TrackingError(f"MLflow store {uri} is not writable ({e}): "
                                 "fix base.tracking_uri or MLFLOW_TRACKING_URI") from None
-    saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
-    os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
     try:
-        with _setup_lock(db):  # MLflow creates a new store's tables without a lock of its own
+        with no_http_retries(), _setup_lock(db):  # MLflow creates a new store's tables without a lock of its own
             _experiment_id(_client(uri), cfg.base.experiment, root)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         reason = str(e).splitlines()[0][:300] if str(e) else ""
         raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
+    return uri
+
+
+@contextmanager
+def no_http_retries() -> Iterator[None]:
+    """Inside: a tracking server that does not answer fails in seconds (unless the user set MLflow's own
+    variables), not after MLflow's default HTTP retries with back-off (minutes)."""
+    saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
+    os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
+    try:
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
-    return uri
 
 
 @contextmanager
@@ -301,17 +366,18 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         reason = str(e).splitlines()[0][:300] if str(e) else ""
         raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
-    run = StageRun(client, child.info.run_id, parent_id)
+    run = StageRun(client, child.info.run_id, parent_id, uri)
     status = "FAILED"
     try:
         yield run
+        run.flush()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(run.run_id, status)
-        client.set_terminated(parent_id, status)
+        for run_id in (run.run_id, parent_id):
+            _patient(uri, "ending the run", lambda run_id=run_id: client.set_terminated(run_id, status))
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import shutil
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
+from labelnoise import tracking
 from labelnoise.datasets import load_prepared, save_prepared
 from tests.helpers import nan_from, tiny_workspace, write_digits
 
@@ -127,6 +129,16 @@ def _unknown_class_row(own: Path) -> None:
     manifest.write_text("\n".join(lines) + "\n")
 
 
+_HELD: list[sqlite3.Connection] = []  # stores held locked by the rows that need it (each row's own copy)
+
+
+def _lock_store(work: Path) -> None:
+    """Another process (here: a connection) holds the row's SQLite store in an exclusive transaction."""
+    con = sqlite3.connect(work / "mlflow.db", isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    _HELD.append(con)
+
+
 def _pt_file(work: Path) -> None:
     n = len(load_prepared(work / "data/prepared.npz").labels)
     torch.save({"worse_label": np.zeros(n, dtype=np.int64)}, work / "given.pt")
@@ -223,6 +235,9 @@ ROWS = [
         env={"MLFLOW_TRACKING_URI": "sqlite:////proc/labelnoise.db"}),
     Row("MLflow store in a missing folder", ["inject-noise"], 1, "is in a folder that does not exist",
         env={"MLFLOW_TRACKING_URI": "sqlite:////nonexistent/folder/mlflow.db"}),
+    Row("MLflow store locked by another process", ["inject-noise"], 1,
+        "is locked by another process (still after 1 s): end the process that holds it", setup=_lock_store,
+        patch=lambda mp: mp.setattr(tracking, "STORE_PATIENCE_S", 1.0)),
     Row("unreachable MLflow server", ["train-student"], 1, "is not usable",
         env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_closed_port()}"}),
     # ---- training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -120,3 +121,23 @@ def test_report_without_runs_is_one_line(workdir: Path) -> None:
     assert [line for line in result.output.splitlines() if " INFO " not in line] == [
         f"error: no finished pipeline runs tagged study='nothing-here' in experiment 'labelnoise' at "
         f"sqlite:///{workdir / 'mlflow.db'}"]
+
+
+@pytest.mark.parametrize(("args", "query"), [(["compare"], "last_pipelines"), (["report", "s1"], "study_runs")])
+def test_compare_and_report_ask_a_tracking_server_once(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       args: list[str], query: str) -> None:
+    """A server that does not answer is one line in seconds: the store is read with MLflow's HTTP retries off
+    (its default, 7 retries with back-off, held `compare` for minutes), as the stages' store check does."""
+    from labelnoise import tracking
+
+    seen: list[str | None] = []
+
+    def unreachable(uri: str, *rest: object) -> list[dict]:
+        seen.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setattr(tracking, query, unreachable)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "error: cannot read MLflow store" in result.output and seen == ["0"]
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # set for the query only

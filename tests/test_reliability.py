@@ -244,6 +244,33 @@ def test_a_second_stage_in_the_same_workspace_is_refused_and_the_first_is_untouc
     assert {rel: _digest(work / rel) for rel in STUDENT_OUTPUTS} == expected
 
 
+def test_a_store_locked_during_training_loses_nothing(prepared: Path, tmp_path: Path) -> None:
+    """Another process holds the SQLite store locked for 25 s from the end of epoch 1 (MLflow gives up after
+    20 s): training goes on, the metrics wait, and once the store is free every epoch is logged, the runs end
+    FINISHED."""
+    import sqlite3
+
+    work = _copy(prepared, tmp_path / "work")
+    ckpt = work / STUDENT_CKPT
+    proc = subprocess.Popen(_command(work, "train-student"), cwd=work, env=_env(work), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    con = sqlite3.connect(work / "mlflow.db", isolation_level=None, timeout=60)
+    con.execute("BEGIN EXCLUSIVE")
+    time.sleep(25)
+    con.rollback()
+    con.close()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    with sqlite3.connect(work / "mlflow.db") as db:
+        (run_id, status), = db.execute("select run_uuid, status from runs where name = 'train_student' "
+                                       "order by start_time desc limit 1").fetchall()
+        steps = [s for (s,) in db.execute("select step from metrics where run_uuid = ? and key = 'clean_acc' "
+                                          "order by step", (run_id,))]
+    assert status == "FINISHED" and steps == list(range(1, 11)), (status, steps)
+
+
 def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """train_student writes four outputs; a crash while writing the last leaves all four as they were."""
