@@ -60,6 +60,10 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
 
     from labelnoise.config import ConfigError, load_config
 
+    if params.is_file() and params.resolve().parent != Path.cwd().resolve():  # paths are the workspace's
+        _fail(f"{params} is another workspace's params (this one is {Path.cwd().resolve()}): a stage reads and "
+              f"writes data/, models/, reports/ and the MLflow store beside its params; run it there "
+              f"(cd {params.resolve().parent})", 2)
     try:
         cfg = load_config(params, overrides)
     except ConfigError as e:
@@ -132,7 +136,7 @@ def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]])
         with tracking.no_http_retries():  # a server that does not answer: one line in seconds
             return cfg, uri, query(uri, cfg.base.experiment)
     except Exception as e:  # noqa: BLE001 - an unreadable store is one line
-        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
+        _fail(tracking.shown(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}"), 1)
 
 
 @app.command()
@@ -148,10 +152,10 @@ def compare(
 
     cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.last_pipelines(uri, experiment, n))
     if not runs:
-        typer.echo(f"no pipeline runs in experiment {cfg.base.experiment!r} at {uri}")
+        typer.echo(f"no pipeline runs in experiment {cfg.base.experiment!r} at {tracking.shown(uri)}")
         return
     keys = tracking.differing_params(runs)
-    table = Table(title=f"last {len(runs)} pipeline executions ({uri})")
+    table = Table(title=f"last {len(runs)} pipeline executions ({tracking.shown(uri)})")
     for col in ("run", "started", "status", *keys, "test_acc", "test_acc_best_clean"):
         table.add_column(col)
     import datetime as dt
@@ -331,7 +335,8 @@ def report(
         _fail(f"--out {out} is a file: give a folder (STUDY.md and STUDY/*.png are written in it)", 2)
     cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study))
     if not runs:
-        _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
+        _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at "
+              f"{tracking.shown(uri)}", 1)
     swept = [k for k in tracking.differing_params(runs) if k != "base.study"]
     try:
         found = find_study(study, STUDIES)

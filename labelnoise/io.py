@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -53,7 +54,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual mode
     keep = False
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"{path} could not be written: no space left on the device (free some, "
+                                            "then run again)") from None
+            raise
         if _held is not None and _is_held(path):
             _held.append((tmp_path, path))
             keep = True
@@ -173,8 +180,12 @@ def save_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, lambda p: p.write_text(text))
 
 
-def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+def load_json(path: str | Path, *, remedy: str = "run the stage that writes it again (dvc repro)") -> Any:
+    """The JSON at ``path``; a file that is not valid JSON is one line naming it and ending in ``remedy``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _unreadable(Path(path), e, remedy) from None
 
 
 def save_npz(path: str | Path, **arrays: Any) -> Path:
@@ -198,7 +209,10 @@ def save_torch(path: str | Path, obj: Any) -> Path:
 
     def _write(p: Path) -> None:
         with open(p, "wb") as f:  # a file object: torch names the archive's folder after a path's stem,
-            torch.save(obj, f)  # so saving to the temporary name would make equal content differ in bytes
+            try:  # so saving to the temporary name would make equal content differ in bytes
+                torch.save(obj, f)
+            except RuntimeError as e:  # a full disk: "[enforce fail at inline_container.cc:...] ... unexpected pos"
+                raise OSError(f"{path} could not be written (torch: {one_line(e)[:120]}): is the disk full?") from None
 
     return write_atomic(path, _write)
 
@@ -219,6 +233,8 @@ def read_npz(path: str | Path, *, remedy: str, keys: Iterable[str] = ()) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; {remedy}")
     try:
+        if not zipfile.is_zipfile(path):  # np.load would read it as a pickle, and suggest allow_pickle
+            raise ValueError("not an npz archive")
         with np.load(path, allow_pickle=False) as z:
             missing = sorted(set(keys) - set(z.files))
             if missing:
@@ -228,9 +244,9 @@ def read_npz(path: str | Path, *, remedy: str, keys: Iterable[str] = ()) -> dict
         raise _unreadable(path, e, remedy) from None
 
 
-def read_torch(path: str | Path, *, remedy: str) -> dict[str, Any]:
+def read_torch(path: str | Path, *, remedy: str, keys: Iterable[str] = ()) -> dict[str, Any]:
     """The dict saved with :func:`save_torch` at ``path`` (tensors and plain types only); a missing or
-    unreadable file is one line ending in ``remedy``."""
+    unreadable file, or one without ``keys`` (another kind of file), is one line ending in ``remedy``."""
     import torch
 
     path = Path(path)
@@ -240,6 +256,9 @@ def read_torch(path: str | Path, *, remedy: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(obj, dict):
             raise TypeError(f"holds a {type(obj).__name__}, not a dict")
+        missing = sorted(set(keys) - set(obj))
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}: another kind of file")
     except Exception as e:  # noqa: BLE001 - truncated, foreign format: one line
         raise _unreadable(path, e, remedy) from None
     return obj

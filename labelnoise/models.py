@@ -305,6 +305,9 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 # ----------------------------------------------------------------------------- saved models
 
 
+MODEL_RECORD_KEYS = ("model_name", "model_kwargs", "state_dict")  # what load_model needs of a model record
+
+
 def model_record(
     model: nn.Module, *, model_name: str, model_kwargs: dict[str, Any], epoch: int, clean_acc: float,
     config: dict[str, Any],
@@ -331,7 +334,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Modul
     """Rebuild a model saved by the student stage (:func:`model_record`); returns it in eval mode on ``device``."""
     from labelnoise.io import read_torch
 
-    record = read_torch(path, remedy="re-run the stage that trained it (dvc repro)")
+    record = read_torch(path, remedy="re-run the stage that trained it (dvc repro)", keys=MODEL_RECORD_KEYS)
     kwargs = {**record["model_kwargs"], "pretrained": False}
     model = create_model(record["model_name"], **kwargs)
     model.load_state_dict(record["state_dict"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import subprocess
 import time
@@ -30,6 +31,22 @@ KIND_TAG = "labelnoise.kind"  # "pipeline" or "stage"
 
 class TrackingError(RuntimeError):
     """The MLflow store cannot be reached or written (one clear line)."""
+
+
+def shown(text: str) -> str:
+    """``text`` (a store URI, or a message that quotes one) with every password in a URI replaced by ***."""
+    return re.sub(r"(://[^/@:\s]+:)[^@\s]*@", r"\1***@", text)
+
+
+def _unusable(uri: str, e: BaseException) -> TrackingError:
+    """The one line for a store MLflow refuses: its reason (passwords hidden); for a folder (MLflow's file
+    store, which MLflow 3 refuses unless told) the two ways out."""
+    if "MLFLOW_ALLOW_FILE_STORE" in str(e):
+        return TrackingError(f"MLflow store {shown(uri)} is a folder (MLflow's file store, which MLflow refuses "
+                             "by default): use a database such as sqlite:///mlflow.db (base.tracking_uri's default), "
+                             "or set MLFLOW_ALLOW_FILE_STORE=true to use the folder anyway")
+    reason = shown(str(e).splitlines()[0][:300]) if str(e) else ""
+    return TrackingError(f"MLflow store {shown(uri)} is not usable: {type(e).__name__}: {reason}")
 
 
 def _sqlite_file(uri: str) -> str | None:
@@ -142,7 +159,7 @@ def _patient(uri: str, what: str, call: Callable[[], Any], patience: float | Non
                 raise
             if time.monotonic() >= deadline:
                 raise TrackingError(
-                    f"MLflow store {uri} stayed locked by another process for {patience:g} s ({what}): end the "
+                    f"MLflow store {shown(uri)} stayed locked by another process for {patience:g} s ({what}): end the "
                     "process that holds it (`fuser` on the file names it) and run the stage again (its finished "
                     "training is reused)") from None
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
@@ -273,7 +290,7 @@ def check_store(cfg: Config) -> str:
         import sqlite3
 
         if not db.parent.is_dir():
-            raise TrackingError(f"MLflow store {uri} is in a folder that does not exist: "
+            raise TrackingError(f"MLflow store {shown(uri)} is in a folder that does not exist: "
                                 "fix base.tracking_uri or MLFLOW_TRACKING_URI")
         try:
             con = sqlite3.connect(db, timeout=STORE_PATIENCE_S)
@@ -284,17 +301,16 @@ def check_store(cfg: Config) -> str:
                 con.close()
         except sqlite3.Error as e:
             if _locked(e):
-                raise TrackingError(f"MLflow store {uri} is locked by another process (still after "
+                raise TrackingError(f"MLflow store {shown(uri)} is locked by another process (still after "
                                     f"{STORE_PATIENCE_S:g} s): end the process that holds it (`fuser` on the file "
                                     "names it), then run again") from None
-            raise TrackingError(f"MLflow store {uri} is not writable ({e}): "
+            raise TrackingError(f"MLflow store {shown(uri)} is not writable ({e}): "
                                 "fix base.tracking_uri or MLFLOW_TRACKING_URI") from None
     try:
         with no_http_retries(), _setup_lock(db):  # MLflow creates a new store's tables without a lock of its own
             _experiment_id(_client(uri), cfg.base.experiment, root)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
-        reason = str(e).splitlines()[0][:300] if str(e) else ""
-        raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
+        raise _unusable(uri, e) from None
     return uri
 
 
@@ -364,8 +380,7 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
         params = stage_params(flatten(cfg.to_dict()), sections)
         _log_params(client, child.info.run_id, params)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
-        reason = str(e).splitlines()[0][:300] if str(e) else ""
-        raise TrackingError(f"MLflow store {uri} is not usable: {type(e).__name__}: {reason}") from None
+        raise _unusable(uri, e) from None
     run = StageRun(client, child.info.run_id, parent_id, uri)
     status = "FAILED"
     try:

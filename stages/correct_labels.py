@@ -57,7 +57,7 @@ from labelnoise.engine import evaluate_accuracy, load_weights
 from labelnoise.io import read_torch, save_json, save_npz, save_torch
 from labelnoise.methods import joint_optimization as jo
 from labelnoise.methods.clean_only import train_on_trusted
-from labelnoise.models import create_model, load_model, model_record, seeded
+from labelnoise.models import MODEL_RECORD_KEYS, create_model, load_model, model_record, seeded
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
 from labelnoise.views import TrainView, make_train_view, true_train_labels, with_trusted, without_test
@@ -89,7 +89,8 @@ def run(cfg: Config) -> dict[str, float]:
     noisy = noisy_labels.labels  # (n,) int64
     view = make_train_view(load_prepared(PATHS.prepared), noisy_labels)
     n = view.x_train.shape[0]
-    record = read_torch(PATHS.student_model, remedy="run the train_student stage (dvc repro train_student)")
+    record = read_torch(PATHS.student_model, remedy="run the train_student stage (dvc repro train_student)",
+                        keys=MODEL_RECORD_KEYS)
     name, kwargs = record["model_name"], dict(record["model_kwargs"])
     trusted = (jo.mentor_trust(load_weights(PATHS.student_weights), threshold=c.trust_threshold, n=n)
                if c.trust_mentor else None)  # (n,) bool

@@ -41,6 +41,7 @@ from labelnoise.plots import plot_weight_maps
 from stages.common import PATHS, STAGE_PARAMS, require, setup
 
 PD_PLOT_PROGRESS = (10, 50, 95)  # burn-in, self-paced and linear phases of official_pd
+MIN_DD_EXAMPLES = 10  # corrupted and correct labels each, at least, in the dd mentor's data
 DD_PLOT_PROGRESS = (10, 50, 90)
 PD_PLOT_NAME = "pd_weights.png"
 DD_PLOT_NAME = "dd_weights.png"
@@ -190,6 +191,12 @@ def _pretrain_dd(cfg: Config, prepared: Prepared, *, generator: torch.Generator,
                               rng=np.random.default_rng(m.dd_noise_seed), class_map=class_map)
     y_noisy = torch.from_numpy(corrupted.labels)
     correct = torch.from_numpy(~corrupted.mask)  # (N,) bool: v* = 1[label correct]
+    wrong = int(corrupted.mask.sum())
+    if wrong < MIN_DD_EXAMPLES or corrupted.mask.size - wrong < MIN_DD_EXAMPLES:
+        raise ValueError(f"the dd mentor's copy of the {corrupted.mask.size} trusted examples has {wrong} corrupted "
+                         f"and {corrupted.mask.size - wrong} correct labels: it needs at least {MIN_DD_EXAMPLES} of "
+                         "each to learn to tell them apart; raise data.clean_size (or mentor.dd_noise_rate), or use "
+                         "mentor.kind: pd")
 
     # ---- a fresh student on the corrupted copy, features recorded after every epoch
     _, channels, height, width = x.shape
