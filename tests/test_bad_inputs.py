@@ -192,7 +192,8 @@ ROWS = [
         "base.experiment: '../../x': a name, not a path"),
     Row("report --out an existing file", ["report", "s1", "--out", "params.yaml"], 2, "--out params.yaml is a file"),
     Row("preset --out an existing folder", ["preset", "tiny", "--out", "reports"], 2, "--out reports is a folder"),
-    Row("invalid YAML in params.yaml", ["inject-noise"], 2, "not valid YAML (expected ',' or ']'",
+    Row("invalid YAML in params.yaml", ["inject-noise"], 2,
+        "not valid YAML (expected ',' or ']', but got '<stream end>' at line",
         setup=lambda work: (work / "params.yaml").write_text((work / "params.yaml").read_text()
                                                              + "extra: [1\n")),
     # ---- data
