@@ -156,15 +156,17 @@ def compare(
         return
     keys = tracking.differing_params(runs)
     table = Table(title=f"last {len(runs)} pipeline executions ({tracking.shown(uri)})")
-    for col in ("run", "started", "status", *keys, "test_acc", "test_acc_best_clean"):
-        table.add_column(col)
+    shown_metrics = ("test_acc", "corrected_test_acc", "recovered_label_acc", "detection_auroc")
+    for col in ("run", "name", "started", "status", *keys, *shown_metrics):
+        table.add_column(col, no_wrap=col == "name")
     import datetime as dt
 
     for r in runs:
         started = dt.datetime.fromtimestamp(r["start"] / 1000).strftime("%Y-%m-%d %H:%M")
-        accs = [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for m in ("test_acc", "test_acc_best_clean")]
-        table.add_row(r["run_id"][:8], started, r["status"], *[r["params"].get(k, "-") for k in keys], *accs)
-    Console(width=max(120, 30 + 18 * len(keys))).print(table)
+        values = [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for m in shown_metrics]
+        table.add_row(r["run_id"][:8], r.get("name") or "-", started, r["status"],
+                      *[r["params"].get(k, "-") for k in keys], *values)
+    Console(width=max(170, 120 + 18 * len(keys))).print(table)
     if not keys:
         typer.echo("(all params equal across these runs)")
 

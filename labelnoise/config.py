@@ -44,6 +44,7 @@ class BaseConfig:
     study: str  # study name tagged on the MLflow runs (set by `cli.py sweep`); no stage depends on it
     tracking_uri: str  # relative sqlite paths resolve against the repo root (DVC_ROOT)
     experiment: str
+    model_alias: str  # the registered model's alias (labelnoise-<dataset>@alias) set on each new final model
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,8 @@ def check_name(what: str, name: str) -> str:
 def _cross_checks(cfg: Config) -> None:
     s, t = cfg.student, cfg.train
     check_name("base.experiment:", cfg.base.experiment)
+    if cfg.base.model_alias:
+        check_name("base.model_alias:", cfg.base.model_alias)
     if s.method not in method_names():
         raise ConfigError(f"student.method: must be one of {', '.join(repr(m) for m in method_names())}, "
                           f"got {s.method!r}")

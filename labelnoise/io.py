@@ -133,28 +133,35 @@ def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
 def workspace_lock(stage: str, folder: str | Path = ".") -> Iterator[None]:
     """One stage at a time in a workspace (``folder``, where a stage reads and writes its paths): a second one
     raises RuntimeError in one line naming the running stage, its process and when it started. The lock is the
-    kernel's (flock on ``.labelnoise.lock``), so a killed process never leaves it held."""
+    kernel's (flock on ``.labelnoise.lock``), so a killed process never leaves it held; the file is removed when
+    the stage ends (a run that finds its lock file replaced meanwhile takes the new one)."""
     import fcntl
     import time
 
     path = Path(folder) / ".labelnoise.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another stage"
+            os.close(fd)
             raise RuntimeError(f"{holder} is running in this workspace ({Path(folder).resolve()}); wait for it to "
                                "end, or run in another folder (`dvc exp run --queue` gives each run its own)"
                                ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed it between our open and our lock: lock the current file instead
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"stage {stage} (pid {os.getpid()}, started {time.strftime('%H:%M:%S')})".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiting opener then sees a replaced file
         os.close(fd)
 
 

@@ -9,6 +9,8 @@ its own. A stage that DVC skips never starts, so it leaves no run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -24,7 +26,8 @@ from typing import Any
 from labelnoise.config import Config, flatten
 from labelnoise.runtime import repo_root
 
-PIPELINE_RUN_NAME = "pipeline"
+# MLflow 3 opens an experiment in its GenAI view unless this tag names a model-training experiment.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 KEY_TAG = "labelnoise.pipeline_key"
 KIND_TAG = "labelnoise.kind"  # "pipeline" or "stage"
 
@@ -125,6 +128,8 @@ def run_tags(cfg: Config, root: Path) -> dict[str, str]:
     }
     if name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = name
+    tags |= {"mlflow.source.type": "LOCAL", "mlflow.source.name": "cli.py",  # the UI's Source column
+             "mlflow.source.git.commit": tags["git_commit"]}
     if cfg.base.study:
         tags["study"] = cfg.base.study
     return tags
@@ -231,11 +236,71 @@ class StageRun:
                                                                                                       str(v)))
 
 
+    def log_datasets(self, files: Mapping[str, str | Path], *, context: str = "training") -> None:
+        """Log the files ``files`` ({name: path}) as the run's (and its parent's) dataset inputs: the UI's
+        Dataset column and lineage. Each one's digest is the file's md5, the value dvc.lock records for it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        from labelnoise.io import readable
+
+        inputs = []
+        for name, path in files.items():
+            digest = hashlib.md5(readable(path).read_bytes()).hexdigest()
+            source = json.dumps({"uri": Path(path).as_posix(), "project": str(repo_root())})
+            inputs.append(DatasetInput(Dataset(name=name, digest=digest, source_type="local", source=source),
+                                       tags=[InputTag("mlflow.data.context", context)]))
+        for run_id in (self.run_id, self.parent_id):
+            _patient(self.uri, "logging datasets", lambda run_id=run_id: self.client.log_inputs(run_id, inputs))
+
+    def log_model(self, model: Any, *, example: Any, registered: str, tags: Mapping[str, str],
+                  alias: str = "") -> str:
+        """Log ``model`` (uint8 images (B, C, H, W) → logits (B, K)) as an MLflow PyTorch model of this run (its
+        signature and input ``example`` from uint8 images, the project's ``labelnoise`` package with it, so
+        ``mlflow.pyfunc.load_model`` needs no checkout), register it as a new version of ``registered`` with
+        ``tags``, and point ``alias`` (if any) at it. Returns the version."""
+        import tempfile
+
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.cpu().eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(example)).float().numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pytorch.save_model(model, Path(tmp) / "model", signature=infer_signature(example, logits),
+                                      input_example=example, code_paths=[str(Path(__file__).parent)],
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+            _patient(self.uri, "logging a model",
+                     lambda: self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model"))
+
+        def register() -> str:
+            try:
+                self.client.create_registered_model(registered, description="labelnoise models of one dataset: "
+                                                    "uint8 images (B, C, H, W) -> logits (B, K)")
+            except Exception as e:
+                if "already exists" not in str(e).lower():
+                    raise
+            version = self.client.create_model_version(registered, source=f"runs:/{self.run_id}/model",
+                                                       run_id=self.run_id, tags=dict(tags))
+            if alias:
+                self.client.set_registered_model_alias(registered, alias, version.version)
+            return str(version.version)
+
+        return _patient(self.uri, "registering a model", register)
+
+
 class NullRun:
     """A StageRun that records nothing: the ranks other than 0 under torchrun."""
 
     def log_metrics(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def log_datasets(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_model(self, *args: Any, **kwargs: Any) -> str:
+        return ""
 
     def log_artifact(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -245,18 +310,31 @@ class NullRun:
 
 
 def _experiment_id(client: Any, name: str, root: Path) -> str:
+    """The experiment ``name``, created if new, and marked as model training (an existing one too)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    # Artifacts live beside the store at the repo root, not in a `dvc exp` temp copy.
-    location = (root / "mlartifacts" / name).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another worker
+    if exp is None:
+        # Artifacts live beside the store at the repo root, not in a `dvc exp` temp copy.
+        location = (root / "mlartifacts" / name).resolve().as_uri()
+        try:
+            client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # created concurrently by another worker
+            pass
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise
-        return exp.experiment_id
+            raise TrackingError(f"experiment {name!r} could not be created")
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def pipeline_name(cfg: Config) -> str:
+    """What a pipeline execution ran, as its run's name: ``SPADE-DD · symmetric 40 % · fashion_mnist · cnn``
+    (then the DVC experiment's name, when there is one)."""
+    from labelnoise.studies import level_label, method_label
+
+    flat = flatten(cfg.to_dict())
+    parts = [method_label(flat), level_label(flat), cfg.data.dataset, cfg.train.model]
+    return " · ".join([*parts, *([name] if (name := os.environ.get("DVC_EXP_NAME")) else [])])
 
 
 def _find_or_create_parent(client: Any, exp_id: str, key: str | None, cfg: Config, tags: dict[str, str]) -> str:
@@ -266,7 +344,7 @@ def _find_or_create_parent(client: Any, exp_id: str, key: str | None, cfg: Confi
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-    parent = client.create_run(exp_id, run_name=PIPELINE_RUN_NAME,
+    parent = client.create_run(exp_id, run_name=pipeline_name(cfg),
                                tags={**tags, KIND_TAG: "pipeline", KEY_TAG: key or f"standalone:{time.time_ns()}"})
     _log_params(client, parent.info.run_id, flatten(cfg.to_dict()))
     return parent.info.run_id
@@ -404,7 +482,7 @@ def last_pipelines(uri: str, experiment: str, n: int) -> list[dict[str, Any]]:
         return []
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pipeline'",
                               order_by=["attributes.start_time DESC"], max_results=n)
-    return [{"run_id": r.info.run_id, "start": r.info.start_time, "status": r.info.status,
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "start": r.info.start_time, "status": r.info.status,
              "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
 
 

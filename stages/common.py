@@ -68,3 +68,13 @@ def setup(cfg: Config) -> None:
     runtime.set_threads(cfg.base.threads)
     runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
 
+
+
+def training_data(cfg: Config) -> dict[str, str]:
+    """The files the student trains from, by the name MLflow shows as its dataset inputs."""
+    return {cfg.data.dataset: PATHS.prepared, f"{cfg.data.dataset} noisy labels ({cfg.noise.kind})": PATHS.noisy}
+
+
+def registered_name(cfg: Config) -> str:
+    """The MLflow registered model a pipeline's models are versions of: one per dataset."""
+    return f"labelnoise-{cfg.data.dataset}"

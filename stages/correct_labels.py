@@ -61,7 +61,7 @@ from labelnoise.models import MODEL_RECORD_KEYS, create_model, load_model, model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, resolve_precision
 from labelnoise.views import TrainView, make_train_view, true_train_labels, with_trusted, without_test
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, registered_name, require, setup
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
 HEADLINE = ("recovered_label_acc", "final_test_acc")
@@ -170,6 +170,10 @@ def run(cfg: Config) -> dict[str, float]:
         tracked.log_artifact(PATHS.correction_report)
         for fig in figures:
             tracked.log_artifact(fig, "correction")
+        tracked.log_datasets({f"{cfg.data.dataset} corrected labels": PATHS.corrected})
+        tracked.log_model(final.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
+                          alias=cfg.base.model_alias, tags={"kind": "label-corrected", "method": cfg.student.method,
+                                                             "test_acc": f"{last['test_acc']:.4f}"})
     return metrics
 
 

@@ -38,7 +38,7 @@ from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view, with_trusted
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, registered_name, require, setup, training_data
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 
@@ -134,4 +134,7 @@ def run(cfg: Config) -> dict[str, float]:
         metrics |= trained.metrics
         tracked.log_metrics(metrics)
         tracked.log_artifact(PATHS.curves)
+        tracked.log_datasets(training_data(cfg))
+        tracked.log_model(result.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
+                          tags={"kind": "student", "method": s.method, "test_acc": f"{last['test_acc']:.4f}"})
     return metrics

@@ -84,6 +84,7 @@ def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch:
     assert "train.lr" in result.output and "0.02" in result.output
     assert "0.6000" in result.output and "0.5000" in result.output
     assert "data.dataset" not in result.output  # equal params are not shown
+    assert result.output.count("SPADE-DD · symmetric 40 % · fashion_mnist · cnn") == 2  # the runs' names
 
 
 def test_sweep_grid_parsing_and_points() -> None:

@@ -162,6 +162,51 @@ def test_mlflow_parent_and_stage_runs(project: tuple[Path, dict[str, str]]) -> N
     assert client.list_artifacts(by_name["inject_noise"].info.run_id)
 
 
+def test_mlflow_training_view_names_datasets_and_registered_models(project: tuple[Path, dict[str, str]]) -> None:
+    """What the MLflow UI and downstream tools see: a model-training experiment, a parent run named after what
+    ran, the data as dataset inputs (digest = the file's md5, as in dvc.lock), and the student and the final
+    model registered as versions of labelnoise-digits, the final one under the alias `champion`, which
+    mlflow.pyfunc loads and which predicts what models/final.pt predicts."""
+    import mlflow
+    import torch
+
+    from labelnoise.datasets import load_prepared
+    from labelnoise.models import load_model
+
+    root, _ = project
+    client, exp_id = _client(root)
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,) = client.search_runs([exp_id], "tags.`labelnoise.kind` = 'pipeline'")
+    assert parent.info.run_name == "SPADE-DD · symmetric 40 % · digits · cnn"
+    assert parent.data.tags["mlflow.source.git.commit"] == parent.data.tags["git_commit"]
+    for key in ("test_acc", "corrected_test_acc", "detection_auroc", "recovered_label_acc", "estimated_rate_error"):
+        assert key in parent.data.metrics, key
+    inputs = {d.dataset.name: d.dataset.digest for d in client.get_run(parent.info.run_id).inputs.dataset_inputs}
+    md5 = {rel: hashlib.md5((root / rel).read_bytes()).hexdigest() for rel in ("data/prepared.npz",
+                                                                             "data/noisy.npz",
+                                                                             "data/corrected.npz")}
+    assert inputs == {"digits": md5["data/prepared.npz"], "digits noisy labels (symmetric)": md5["data/noisy.npz"],
+                      "digits corrected labels": md5["data/corrected.npz"]}
+    versions = client.search_model_versions("name = 'labelnoise-digits'")
+    assert sorted(v.tags["kind"] for v in versions) == ["label-corrected", "student"]
+    champion = client.get_model_version_by_alias("labelnoise-digits", "champion")
+    assert champion.tags["kind"] == "label-corrected"
+    assert float(champion.tags["test_acc"]) == pytest.approx(parent.data.metrics["corrected_test_acc"], abs=1e-4)
+
+    prepared = load_prepared(root / "data" / "prepared.npz")
+    images = prepared.images[prepared.test_idx]  # uint8 (n, C, H, W)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    try:
+        loaded = mlflow.pyfunc.load_model("models:/labelnoise-digits@champion")
+        predicted = np.asarray(loaded.predict(images)).argmax(axis=1)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    with torch.no_grad():
+        expected = load_model(root / "models" / "final.pt")(torch.from_numpy(images)).argmax(dim=1).numpy()
+    assert np.array_equal(predicted, expected)
+
+
 def test_second_repro_reruns_nothing(project: tuple[Path, dict[str, str]]) -> None:
     root, env = project
     client, exp_id = _client(root)
@@ -215,6 +260,7 @@ def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None
     runs = client.search_runs([exp_id], "tags.dvc_exp_name = 'lower-noise' and tags.`labelnoise.kind` = 'pipeline'")
     assert len(runs) == 1
     assert runs[0].data.params["noise.rate"] == "0.2"
+    assert runs[0].info.run_name == "SPADE-DD · symmetric 20 % · digits · cnn · lower-noise"  # another name
     children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
     # the data split did not change, so DVC skips `download`; the mentor's auto settings read the new estimate
     assert sorted(r.info.run_name for r in children) == ["correct_labels", "estimate_noise", "evaluate", "inject_noise",
