@@ -296,13 +296,16 @@ def test_mismatched_checkpoint_is_refused(tmp_path) -> None:
     assert any("data.x_train" in line for line in lines if "not resumed" in line)
 
 
-def test_finished_checkpoint_starts_fresh(tmp_path) -> None:
+def test_finished_checkpoint_is_the_result(tmp_path) -> None:
+    """A finished run of the same config is reused, not retrained (a stage that failed after training redoes
+    only what failed): the same model and history, nothing trained."""
     cfg, data, ckpt = recipe_cfg(epochs=1), separable_view(), tmp_path / "ckpt.pt"
     first = run_fit(cfg, data, ckpt)
     lines: list[str] = []
     again = fit(new_model(), data, cfg, checkpoint_path=ckpt, log=lines.append)
-    assert again.resumed_epochs == 0 and any("finished" in line for line in lines)
+    assert again.resumed_epochs == 1 and any("reusing the finished run" in line for line in lines)
     assert again.history == first.history
+    assert_same_weights(again.model.state_dict(), first.model.state_dict())
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path) -> None:
