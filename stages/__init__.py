@@ -28,8 +28,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "train_student": ("base.seed", "base.device", "base.deterministic", "mentor", "train", "student"),
     # both phases: the recipe with correction's own lr, schedule and epochs; the network is the student's. The
     # trusted teacher (correction.teacher): the recipe with student.clean_only's epochs and augmentation
-    "correct_labels": ("base.seed", "base.device", "base.deterministic", "correction", "student.clean_only",
-                       *_train_but("model", "pretrained", "epochs")),
+    "correct_labels": ("base.seed", "base.device", "base.deterministic", "base.model_alias", "correction",
+                       "student.clean_only", *_train_but("model", "pretrained", "epochs")),
     "evaluate": ("base.device", "evaluate"),
 }
 

@@ -108,7 +108,8 @@ def test_each_trusted_data_method_learns_and_is_evaluated(method: str, workdir: 
 
 def test_a_rerun_reuses_the_finished_first_phase(workdir: Path) -> None:
     _stage("train-student", "ce_then_finetune")
-    again = _stage("train-student", "ce_then_finetune")  # as after a kill during the fine-tune
+    (workdir / "models/checkpoints/train_student.pt").unlink()  # as after a kill before the fine-tune's checkpoint
+    again = _stage("train-student", "ce_then_finetune")
     assert "reusing the finished run" in again and "finetune 1/3" in again
     glc = _stage("train-student", "glc")
     assert "glc: estimated corruption matrix" in glc
