@@ -40,7 +40,9 @@ SetOpt = Annotated[
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    from labelnoise.tracking import shown
+
+    typer.echo(f"error: {shown(message)}", err=True)  # a store URI's password never reaches the terminal
     raise typer.Exit(code)
 
 
@@ -81,8 +83,9 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
 
     module = importlib.import_module(f"stages.{stage_module}")
     try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them); SIGTERM acts as Ctrl-C
-        with (sigterm_stops(), workspace_lock(stage_module) if is_main() else nullcontext(),
-              all_or_nothing(stage_outputs(stage_module)) if is_main() else nullcontext()):
+        main = is_main()
+        with (sigterm_stops(), workspace_lock(stage_module) if main else nullcontext(),
+              all_or_nothing(stage_outputs(stage_module)) if main else nullcontext()):
             return module.run(cfg)
     except ConfigError as e:
         _fail(str(e), 2)
@@ -136,7 +139,7 @@ def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]])
         with tracking.no_http_retries():  # a server that does not answer: one line in seconds
             return cfg, uri, query(uri, cfg.base.experiment)
     except Exception as e:  # noqa: BLE001 - an unreadable store is one line
-        _fail(tracking.shown(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}"), 1)
+        _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
 
 
 @app.command()
@@ -337,8 +340,7 @@ def report(
         _fail(f"--out {out} is a file: give a folder (STUDY.md and STUDY/*.png are written in it)", 2)
     cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study))
     if not runs:
-        _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at "
-              f"{tracking.shown(uri)}", 1)
+        _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
     swept = [k for k in tracking.differing_params(runs) if k != "base.study"]
     try:
         found = find_study(study, STUDIES)
