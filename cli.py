@@ -333,18 +333,22 @@ def report(
     tables and findings of its study file when it was queued by `cli.py study`)."""
     from labelnoise import tracking
     from labelnoise.config import flatten
-    from labelnoise.studies import find_study, load_study, write_report
+    from labelnoise.studies import CURVES, find_study, load_study, write_report
 
     _study_name(study)
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file: give a folder (STUDY.md and STUDY/*.png are written in it)", 2)
-    cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study))
+    try:
+        found = find_study(study, STUDIES)
+        spec, variant = (load_study(found[0]), found[1]) if found else (None, "small")
+    except ValueError as e:
+        _fail(str(e), 1)
+    curves = CURVES if spec and spec.get("view") == "memorisation" else ()
+    cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study, curves))
     if not runs:
         _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
     swept = [k for k in tracking.differing_params(runs) if k != "base.study"]
     try:
-        found = find_study(study, STUDIES)
-        spec, variant = (load_study(found[0]), found[1]) if found else (None, "small")
         written = write_report(runs, study=study, swept=swept, out_dir=out, spec=spec, variant=variant,
                                defaults=flatten(cfg.to_dict()) if found else None)
     except ValueError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,8 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
                                peers=spec.get("peers", ["Cleanlab"]))
         elif spec.get("view") == "massive":
             massive_section(by_sweep, spec, lines, figure)
+        elif spec.get("view") == "memorisation":
+            memorisation_section(points, lines, figure)
         lines += ["", "## Every point", "", *_table(points, swept, metrics)]
     report = write_atomic(out_dir / f"{study}.md", lambda p: p.write_text("\n".join(lines) + "\n"))
     return [report, *figures]
@@ -178,7 +180,7 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
 # ---------------------------------------------------------------------------------------------------------------
 # Study files: studies/NAME.yaml names the sweeps of one study, its variants and how its report reads them.
 
-VIEWS = ("comparison", "massive")
+VIEWS = ("comparison", "massive", "memorisation")
 
 
 def _norm(value: Any) -> Any:
@@ -330,6 +332,12 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f} %"
 
 
+def _levels(found: Collection[str]) -> list[str]:
+    """Noise levels in table order: symmetric ones first, then by kind and rate ('clean' left out)."""
+    return sorted((lv for lv in found if lv != "clean"),
+                  key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], _as_number(lv.split()[1]) or 0))
+
+
 def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: Any, *,
                        corrected: str | None = None, peers: Sequence[str] = ("Cleanlab",)) -> None:
     """Methods × noise levels: test accuracy (the method ``corrected`` names also after label correction; the
@@ -349,8 +357,7 @@ def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: A
             acc.setdefault(f"{corrected} + correction", {})[level] = m["corrected_test_acc"]
         if "detection_auroc" in m and method != ORACLE:
             auroc.setdefault(method, {})[level] = m["detection_auroc"]
-    levels = sorted({lv for row in acc.values() for lv in row if lv != "clean"},
-                    key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], _as_number(lv.split()[1])))
+    levels = _levels({lv for row in acc.values() for lv in row})
     oracle = acc.pop(ORACLE, {}).get("clean")
     order, ours_names = method_order(corrected)
     methods = sorted(acc, key=lambda k: (order.index(k) if k in order else len(order), k))
@@ -494,3 +501,100 @@ def massive_section(sweeps: dict[str, list[dict[str, Any]]], spec: dict[str, Any
                 f"{name} {k:g}: {first} {_pct(a)}, {last} {_pct(b)}" for k, a, b in rows) + ".")
     if found:
         lines += ["", "## Rolnick et al.'s findings on this data", "", *found]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The memorisation view: per-epoch curves of the student (issue 21), read from its train_student stage.
+
+CURVES = ("test_acc", "train_acc_noisy")  # the per-epoch metrics `cli.py report` fetches for this view
+
+
+def memorisation_label(params: dict[str, Any]) -> str:
+    """The method's table name, '+ joint optimization' where label correction ran its phase 1 (correction.epochs)."""
+    label = method_label(params)
+    return f"{label} + joint optimization" if (_as_number(params.get("correction.epochs", "0")) or 0) > 0 else label
+
+
+def _verdict(wins: int, of: int) -> str:
+    return "holds" if of and wins == of else "does not hold" if not wins else "partly holds"
+
+
+def memorisation_section(points: list[dict[str, Any]], lines: list[str], figure: Any) -> None:
+    """Per noise level: each method's test-accuracy peak over the epochs and its final value, its final accuracy
+    on the noisy train labels (memorisation), the curves; then the MentorNet / MentorMix / label-correction
+    claims, each with a measured verdict. The peak is a reading of the test curve, never a model the pipeline
+    picks: every method's number is its final epoch's."""
+    by_level: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in points:
+        by_level.setdefault(r["params"]["level"], {})[memorisation_label(r["params"])] = r
+    levels = _levels(by_level)
+    order, _ = method_order(None)
+    found = []
+    for level in levels:
+        rows = by_level[level]
+        names = sorted(rows, key=lambda k: (order.index(k.split(" + ")[0]) if k.split(" + ")[0] in order
+                                            else len(order), k))
+        lines += ["", f"## {level}", "",
+                  "| method | peak test accuracy (epoch) | final test accuracy | final − peak | final train accuracy "
+                  "on the noisy labels | labels right after correction |", "|---|---|---|---|---|---|"]
+        series = {}
+        for name in names:
+            m, curves = rows[name]["metrics"], rows[name].get("curves", {})
+            test = curves.get("test_acc", [])
+            if name.endswith("joint optimization"):  # the label-corrected model; its labels against the noisy ones
+                lines.append(f"| {name} | — | {_pct(m.get('corrected_test_acc'))} | — | — | "
+                             f"{_pct(m.get('recovered_label_acc'))} (given: {_pct(m.get('noisy_label_acc'))}) |")
+                continue
+            peak = max(test, key=lambda p: p[1]) if test else None
+            final = m.get("test_acc")
+            drop = f"{100 * (final - peak[1]):+.2f}" if peak and final is not None else "—"
+            lines.append(f"| {name} | {_pct(peak[1]) + f' ({peak[0]})' if peak else '—'} | {_pct(final)} | {drop} | "
+                         f"{_pct(m.get('final_train_acc_noisy'))} | — |")
+            noisy = dict(curves.get("train_acc_noisy", []))
+            series[name] = [(str(e), {"test_acc": v, **({"train_acc_noisy": noisy[e]} if e in noisy else {})})
+                            for e, v in test]
+        if any(series.values()):
+            figure(series, "epoch", "curves_" + level.replace(" ", "").replace("%", ""),
+                   f"{level}: test accuracy and accuracy on the noisy train labels per epoch",
+                   ["test_acc", "train_acc_noisy"])
+    final = {lv: {k: r["metrics"].get("corrected_test_acc" if k.endswith("joint optimization") else "test_acc")
+                  for k, r in by_level[lv].items()} for lv in levels}
+    ce = [(lv, by_level[lv]["CE"]) for lv in levels if "CE" in by_level[lv] and by_level[lv]["CE"].get("curves")]
+    drops = [(lv, max(v for _, v in r["curves"]["test_acc"]), r["metrics"].get("test_acc")) for lv, r in ce
+             if r["curves"].get("test_acc") and r["metrics"].get("test_acc") is not None]
+    if drops:
+        memorised = sum(peak - last >= 0.05 for _, peak, last in drops)
+        found.append(f"- **CE memorises the noisy labels** (final test accuracy ≥ 5 points below its own peak) — "
+                     f"{_verdict(memorised, len(drops))} ({memorised} of {len(drops)} levels): " + "; ".join(
+                         f"{lv}: peak {_pct(p)}, final {_pct(f)}" for lv, p, f in drops) + ".")
+    claims = (("MentorNet DD ≥ MentorNet PD ≥ CE", ("SPADE-DD", "SPADE-PD", "CE"), "chain"),
+              ("MentorMix ≥ MentorNet (the better of PD and DD)", ("MentorMix-DD", "MentorMix-PD"), "mix"),
+              ("Label correction (joint optimization) beats CE", ("CE + joint optimization", "CE"), "chain"))
+    for claim, names, kind in claims:
+        checked = []
+        for lv in levels:
+            acc = final[lv]
+            if kind == "mix":
+                mix = next((acc[n] for n in names if acc.get(n) is not None), None)
+                nets = [acc[n] for n in ("SPADE-DD", "SPADE-PD") if acc.get(n) is not None]
+                if mix is not None and nets:
+                    checked.append((lv, mix >= max(nets), f"MentorMix {_pct(mix)}, best MentorNet {_pct(max(nets))}"))
+            elif all(acc.get(n) is not None for n in names):
+                values = [acc[n] for n in names]
+                checked.append((lv, all(a >= b for a, b in zip(values, values[1:], strict=False)),
+                                ", ".join(f"{n} {_pct(v)}" for n, v in zip(names, values, strict=True))))
+        if checked:
+            wins = sum(ok for _, ok, _ in checked)
+            found.append(f"- **{claim}** — {_verdict(wins, len(checked))} ({wins} of {len(checked)} levels): "
+                         + "; ".join(f"{lv}: {text}" for lv, _, text in checked) + ".")
+    recovered = [(lv, r["metrics"]) for lv in levels for k, r in by_level[lv].items()
+                 if k.endswith("joint optimization") and "recovered_label_acc" in r["metrics"]
+                 and "noisy_label_acc" in r["metrics"]]
+    if recovered:
+        wins = sum(m["recovered_label_acc"] > m["noisy_label_acc"] for _, m in recovered)
+        found.append(f"- **Label correction recovers labels** (more train labels right after it than before) — "
+                     f"{_verdict(wins, len(recovered))} ({wins} of {len(recovered)} levels): " + "; ".join(
+                         f"{lv}: {_pct(m['noisy_label_acc'])} → {_pct(m['recovered_label_acc'])}"
+                         for lv, m in recovered) + ".")
+    if found:
+        lines += ["", "## The papers' claims in this regime", "", *found]

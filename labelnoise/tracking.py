@@ -17,7 +17,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -486,9 +486,10 @@ def last_pipelines(uri: str, experiment: str, n: int) -> list[dict[str, Any]]:
              "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
 
 
-def study_runs(uri: str, experiment: str, study: str) -> list[dict[str, Any]]:
+def study_runs(uri: str, experiment: str, study: str, curves: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The finished pipeline executions tagged ``study`` (newest first), as :func:`last_pipelines` gives them,
-    plus 'end' (ms) and the DVC experiment name in 'tags'."""
+    plus 'end' (ms) and the DVC experiment name in 'tags'. ``curves``: per-epoch metrics of the execution's
+    train_student stage to add as 'curves' {metric: [(epoch, value), ...]} (empty where the stage has none)."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -497,8 +498,17 @@ def study_runs(uri: str, experiment: str, study: str) -> list[dict[str, Any]]:
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=50_000,
                               filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and tags.study = '{quoted}' "
                                             "and attributes.status = 'FINISHED'")
-    return [{"run_id": r.info.run_id, "start": r.info.start_time, "end": r.info.end_time, "status": r.info.status,
-             "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+    found = [{"run_id": r.info.run_id, "start": r.info.start_time, "end": r.info.end_time, "status": r.info.status,
+              "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
+             for r in runs]
+    for run in found if curves else ():
+        stage = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
+                                   filter_string=f"tags.`mlflow.parentRunId` = '{run['run_id']}' and "
+                                                 "attributes.run_name = 'train_student' and "
+                                                 "attributes.status = 'FINISHED'")
+        run["curves"] = {key: sorted((m.step, m.value) for m in client.get_metric_history(stage[0].info.run_id, key))
+                         for key in curves} if stage else {}
+    return found
 
 
 def differing_params(runs: list[dict[str, Any]]) -> list[str]:

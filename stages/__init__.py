@@ -2,7 +2,7 @@
 and the one map of the params each reads. Importing this package loads nothing else of the project."""
 
 # The training recipe's keys each use of it reads (a use overrides the others: see its own params).
-_RECIPE = ("model", "pretrained", "epochs", "batch_size", "eval_batch_size", "lr", "momentum", "nesterov",
+_RECIPE = ("model", "pretrained", "epochs", "batch_size", "epoch_size", "eval_batch_size", "lr", "momentum", "nesterov",
            "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "onecycle_pct_start", "augment",
            "crop_padding", "precision", "channels_last", "label_smoothing")
 

@@ -126,6 +126,7 @@ def run(cfg: Config) -> dict[str, float]:
             "best_clean_acc": result.best_clean_acc,
             "best_epoch": float(result.best_epoch),
             "epochs": float(len(result.history)),
+            "train_steps": float(ctx.total_steps),  # the recipe's optimiser steps: epochs x steps per epoch
         }
         if "mean_weight" in last:  # fraction of the data the last epoch used
             metrics["final_mean_weight"] = last["mean_weight"]
@@ -133,6 +134,11 @@ def run(cfg: Config) -> dict[str, float]:
             metrics["mentor_updates"] = float(len(result.extra["mentor_updates"]))
         metrics |= trained.metrics
         tracked.log_metrics(metrics)
+        # on the parent too: a study's table shows each run's budget and its curve's peak (a reading of the test
+        # curve, never used to pick a model)
+        tracked.log_metrics({"train_steps": metrics["train_steps"],
+                             "peak_test_acc": max(r["test_acc"] for r in result.history),
+                             "final_train_acc_noisy": last["train_acc_noisy"]}, on_parent=True)
         tracked.log_artifact(PATHS.curves)
         tracked.log_datasets(training_data(cfg))
         tracked.log_model(result.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),

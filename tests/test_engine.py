@@ -206,6 +206,30 @@ def test_tiny_fit_learns() -> None:
     assert result.history[result.best_epoch - 1]["clean_acc"] == best["clean_acc"]
 
 
+def test_epoch_size_repeats_a_small_set_to_the_same_steps_per_epoch() -> None:
+    """train.epoch_size: a set smaller than it is repeated (a fresh order each pass) up to it, so 24 examples get
+    the optimiser steps of 96; each example is seen as often as the others, give or take one pass."""
+    data, small = separable_view(), separable_view(n_train=24)
+    assert recipe_cfg().steps_per_epoch(96) == 6 and recipe_cfg(epoch_size=96).steps_per_epoch(24) == 6
+    seen = torch.zeros(24, dtype=torch.int64)
+    steps: list[int] = []
+
+    class Counting(engine.Task):
+        def __call__(self, model, xb, yb, *, step, idx):
+            seen.index_add_(0, idx, torch.ones_like(idx))
+            steps.append(step)
+            return super().__call__(model, xb, yb, step=step, idx=idx)
+
+    cfg = recipe_cfg(epochs=2, epoch_size=96)
+    result = engine.fit(new_model(), small, Counting(), recipe=cfg, config={}, seed=0, progress=False,
+                        log=lambda line: None, device="cpu")
+    assert steps == list(range(12)) and [r["epoch"] for r in result.history] == [1, 2]
+    assert seen.sum() == 2 * 96 and seen.min() == seen.max() == 8
+    # a set at least epoch_size long is one pass, in the same order as without the param
+    same = run_fit(recipe_cfg(epochs=2), data), run_fit(recipe_cfg(epochs=2, epoch_size=50), data)
+    assert same[0].history == same[1].history
+
+
 def test_fit_with_bf16_channels_last_and_augmentation_runs() -> None:
     cfg = recipe_cfg(epochs=1, precision="bf16", channels_last="on", augment="crop_flip", label_smoothing=0.1)
     result = fit(new_model(), separable_view(), cfg, progress=True, log=lambda line: None)

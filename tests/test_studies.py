@@ -46,7 +46,7 @@ def report(name: str, runs: list[dict[str, Any]], out: Path, variant: str = "sma
 
 
 def test_shipped_studies_give_valid_distinct_points() -> None:
-    for name, count in (("comparison", 21), ("massive_noise", 14), ("trusted", 40)):
+    for name, count in (("comparison", 21), ("massive_noise", 14), ("trusted", 40), ("memorisation", 21)):
         spec = load_study(REPO / "studies" / f"{name}.yaml")
         for variant in spec["variants"]:
             points = study_points(spec, variant, canonical)
@@ -130,6 +130,36 @@ def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None
         assert (tmp_path / "massive_noise" / f"{png}.png").is_file()
 
 
+def test_memorisation_report_reads_the_curves_and_checks_each_claim(tmp_path: Path) -> None:
+    """CE's curve peaks at epoch 10 and falls 20 points at 80 %, 4 at 40 %; DD > PD > CE everywhere; MentorMix
+    beats both at symmetric noise only; joint optimization recovers labels at 80 % only."""
+    final = {"ce": 0.5, "clean_only": 0.6, "glc": 0.62, "spade": 0.55, "mentormix": 0.7}
+    runs = fake_runs("memorisation", "small", lambda p: 0.0)
+    for r in runs:
+        p, m = r["params"], r["metrics"]
+        rate, method = float(p["noise.rate"]), p["student.method"]
+        last = final[method] + 0.02 * (p["mentor.kind"] == "dd" and method == "spade") - rate / 10
+        if method == "mentormix" and p["noise.kind"] == "pair":
+            last = 0.3
+        drop = (0.2 if rate == 0.8 else 0.04) if method == "ce" else 0.01
+        m |= {"test_acc": last, "final_train_acc_noisy": 0.9 if method == "ce" else 0.4, "noisy_label_acc": 1 - rate,
+              "recovered_label_acc": 1 - rate + (0.3 if rate == 0.8 else -0.05), "corrected_test_acc": 0.66}
+        r["curves"] = {"test_acc": [(e, last + drop * (e == 10)) for e in range(1, 41)],
+                       "train_acc_noisy": [(e, e / 40) for e in range(1, 41)]}
+    text = report("memorisation", runs, tmp_path)
+    assert "## symmetric 80 %" in text and "## pair 45 %" in text
+    assert "| CE | 62.00 % (10) | 42.00 % | -20.00 | 90.00 % | — |" in text
+    assert "| CE + joint optimization | — | 66.00 % | — | — | 50.00 % (given: 20.00 %) |" in text
+    assert "**CE memorises the noisy labels** (final test accuracy ≥ 5 points below its own peak) — partly holds " \
+           "(1 of 3 levels)" in text
+    assert "**MentorNet DD ≥ MentorNet PD ≥ CE** — holds (3 of 3 levels)" in text
+    assert "**MentorMix ≥ MentorNet (the better of PD and DD)** — partly holds (2 of 3 levels)" in text
+    assert "**Label correction recovers labels** (more train labels right after it than before) — partly holds " \
+           "(1 of 3 levels): symmetric 40 %: 60.00 % → 55.00 %" in text
+    for png in ("curves_symmetric40", "curves_symmetric80", "curves_pair45"):
+        assert (tmp_path / "memorisation" / f"{png}.png").is_file()
+
+
 def test_clean_needed_interpolates_on_log_size() -> None:
     runs = [{"params": {"noise.alpha": str(a), "noise.n_clean": str(n)}, "metrics": {"test_acc": acc}}
             for a, n, acc in ((10, 100, 0.6), (10, 1000, 0.9), (50, 100, 0.5), (50, 1000, 0.7), (0, 100, 0.85))]
@@ -161,7 +191,7 @@ def test_study_command_refuses_unknown_names_and_variants(tmp_path: Path, monkey
     runner = CliRunner()
     unknown = runner.invoke(app, ["study", "nope"])
     assert unknown.exit_code == 2
-    assert "unknown study 'nope' (known: comparison, massive_noise, trusted)" in unknown.output
+    assert "unknown study 'nope' (known: comparison, massive_noise, memorisation, trusted)" in unknown.output
     variant = runner.invoke(app, ["study", "comparison", "--variant", "huge"])
     assert variant.exit_code == 2 and "has no variant 'huge' (known: small, full)" in variant.output
     assert "queued" not in unknown.output + variant.output

@@ -67,7 +67,7 @@ class EpochState:
     The accumulators live on the training device, so the step loop never waits for the host.
     """
 
-    perm: Tensor  # (N,) int64, the order of the train images this epoch (CPU)
+    perm: Tensor  # (L,) int64, the order of the train images this epoch (CPU): L = N, or the recipe's epoch_size
     loss_sum: Tensor  # () float32, sum of per-image losses so far
     correct: Tensor  # () int64, predictions equal to the target label so far
     first_bad: Tensor  # () int64, global step of the first non-finite loss, -1 if none (CUDA check)
@@ -78,10 +78,12 @@ class EpochState:
     part_sums: Tensor | None = None  # (P,) float32, their batch-size-weighted sums so far
 
     @classmethod
-    def start(cls, n: int, *, generator: torch.Generator, device: torch.device) -> EpochState:
+    def start(cls, n: int, *, generator: torch.Generator, device: torch.device, length: int = 0) -> EpochState:
+        """A fresh epoch over ``n`` images: one seeded permutation, or as many as reach ``length`` (cut to it)."""
         distributed.same_generator(generator)  # torchrun: one batch order on every rank
+        orders = [torch.randperm(n, generator=generator) for _ in range(max(1, math.ceil(length / n)))]
         return cls(
-            perm=torch.randperm(n, generator=generator),
+            perm=(orders[0] if len(orders) == 1 else torch.cat(orders)[:length]),
             loss_sum=torch.zeros((), device=device),
             correct=torch.zeros((), dtype=torch.int64, device=device),
             first_bad=torch.full((), -1, dtype=torch.int64, device=device),
@@ -137,7 +139,7 @@ def train_one_epoch(
     task = task if task is not None else Task()
     n = x.shape[0]
     state = state if state is not None else EpochState.start(n, generator=generator, device=device)
-    num_batches = math.ceil(n / batch_size)
+    num_batches = math.ceil(state.perm.shape[0] / batch_size)
     check_on_host = device.type == "cpu"  # CPU ops are synchronous: reading the loss costs nothing
     lr = optimizer.param_groups[0]["lr"]
     first_batch = state.batch
@@ -338,7 +340,7 @@ def fit(
     n = x_train.shape[0]
     if n == 0:
         raise ValueError("no training images")
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    steps_per_epoch = recipe.steps_per_epoch(n)
     optimizer = make_optimizer(model, recipe)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch=steps_per_epoch)
     evaluate = dict(batch_size=recipe.eval_batch_size, device=device, autocast_dtype=amp_dtype,
@@ -397,7 +399,8 @@ def fit(
         bar_task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, total_epochs=recipe.epochs)
         for epoch in range(start_epoch, recipe.epochs):
             # ---- schedule: a fresh seeded order for the epoch (or the interrupted one); lr steps per batch
-            state = partial if partial is not None else EpochState.start(n, generator=generator, device=device)
+            state = partial if partial is not None else EpochState.start(n, generator=generator, device=device,
+                                                                           length=recipe.epoch_size)
             partial = None
             bar.reset(bar_task, total=steps_per_epoch, completed=state.batch, epoch=epoch + 1,
                       total_epochs=recipe.epochs)

@@ -6,6 +6,7 @@ folds). A use that needs other values overrides them where the use is configured
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,8 @@ class Recipe:
     model: str  # an architecture of labelnoise.models (cnn | preact_resnet32 | wrn56_10 | resnet18)
     pretrained: bool  # torchvision weights (resnet18 only; needs network access)
     epochs: int = rng(1, 10_000)
+    epoch_size: int = rng(0)  # examples per epoch: 0 = the training set once; more = the set repeated (a fresh
+    #                           order each time) up to this many, so sets of any size get the same steps per epoch
     batch_size: int = rng(1, 65_536)
     eval_batch_size: int = rng(1, 65_536)
     lr: float = rng(0.0, 10.0, lo_open=True)  # peak learning rate
@@ -33,6 +36,10 @@ class Recipe:
     precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     channels_last: Literal["auto", "on", "off"]  # auto: on (faster on CUDA and on CPU for the CNN)
     label_smoothing: float = rng(0.0, 1.0)
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Optimiser steps of one epoch over a training set of ``n`` examples."""
+        return math.ceil(max(n, self.epoch_size) / self.batch_size)
 
     def check(self, prefix: str = "train") -> None:
         """Cross-field rules (ConfigError naming the key)."""

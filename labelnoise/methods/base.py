@@ -10,7 +10,6 @@ registry for these facts; it never tests a method's name.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ class MethodContext:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.data.x_train.shape[0] / self.recipe.batch_size)
+        return self.recipe.steps_per_epoch(self.data.x_train.shape[0])
 
     @property
     def total_steps(self) -> int:
