@@ -344,12 +344,13 @@ def plot_study(
     path: str | Path,
     title: str,
     bars: bool = False,
+    log_x: bool = True,
 ) -> Path:
     """One panel per metric, the metric against the swept param ``x``, one line per series.
 
     ``series`` maps a label (the other swept params' values) to its points (x value as text, metrics).
     Numeric x values are placed on a number line (log scale when they span more than 50x and are
-    positive); other values are categories in the order first seen. ``bars``: categories that are not
+    positive, unless ``log_x`` is off); other values are categories in the order first seen. ``bars``: categories that are not
     steps of one scale (e.g. symmetric and pair noise) as groups of bars, one bar per series.
     """
     if not metrics:
@@ -373,7 +374,7 @@ def plot_study(
                     linewidth=1.6, label=label)
         if numeric:
             values = [float(v) for v in categories]
-            if min(values) > 0 and max(values) / min(values) > 50:
+            if log_x and min(values) > 0 and max(values) / min(values) > 50:
                 ax.set_xscale("log")
         else:
             ax.set_xticks(range(len(categories)), categories, rotation=20)

@@ -138,9 +138,9 @@ def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str]
     figures = []
 
     def figure(series: dict[str, Any], x: str, name: str, title: str, shown: Sequence[str] = metrics,
-               bars: bool = False) -> None:
+               bars: bool = False, log_x: bool = True) -> None:
         figures.append(plot_study(series, x=x, metrics=shown, numeric=_numeric(series),
-                                  path=out_dir / study / f"{name}.png", title=title, bars=bars))
+                                  path=out_dir / study / f"{name}.png", title=title, bars=bars, log_x=log_x))
         lines.extend(["", f"![{name}]({study}/{name}.png)"])
 
     if spec is None:
@@ -548,15 +548,18 @@ def memorisation_section(points: list[dict[str, Any]], lines: list[str], figure:
             peak = max(test, key=lambda p: p[1]) if test else None
             final = m.get("test_acc")
             drop = f"{100 * (final - peak[1]):+.2f}" if peak and final is not None else "—"
+            trusted = rows[name]["params"].get("student.method") == "clean_only"  # its epochs: the trusted set's
             lines.append(f"| {name} | {_pct(peak[1]) + f' ({peak[0]})' if peak else '—'} | {_pct(final)} | {drop} | "
-                         f"{_pct(m.get('final_train_acc_noisy'))} | — |")
+                         f"{'— (trusted labels)' if trusted else _pct(m.get('final_train_acc_noisy'))} | — |")
+            if trusted:
+                continue
             noisy = dict(curves.get("train_acc_noisy", []))
             series[name] = [(str(e), {"test_acc": v, **({"train_acc_noisy": noisy[e]} if e in noisy else {})})
                             for e, v in test]
         if any(series.values()):
             figure(series, "epoch", "curves_" + level.replace(" ", "").replace("%", ""),
                    f"{level}: test accuracy and accuracy on the noisy train labels per epoch",
-                   ["test_acc", "train_acc_noisy"])
+                   ["test_acc", "train_acc_noisy"], log_x=False)
     final = {lv: {k: r["metrics"].get("corrected_test_acc" if k.endswith("joint optimization") else "test_acc")
                   for k, r in by_level[lv].items()} for lv in levels}
     ce = [(lv, by_level[lv]["CE"]) for lv in levels if "CE" in by_level[lv] and by_level[lv]["CE"].get("curves")]
