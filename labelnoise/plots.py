@@ -350,8 +350,9 @@ def plot_study(
 
     ``series`` maps a label (the other swept params' values) to its points (x value as text, metrics).
     Numeric x values are placed on a number line (log scale when they span more than 50x and are
-    positive, unless ``log_x`` is off); other values are categories in the order first seen. ``bars``: categories that are not
-    steps of one scale (e.g. symmetric and pair noise) as groups of bars, one bar per series.
+    positive, unless ``log_x`` is off); other values are categories in the order first seen. ``bars``:
+    categories that are not steps of one scale (e.g. symmetric and pair noise) as groups of bars, one bar per
+    series.
     """
     if not metrics:
         raise ValueError("plot_study: the runs have none of the metrics to plot")
