@@ -17,8 +17,8 @@ from typing import Any
 from labelnoise.methods import display_name, registered
 
 # Metrics a report shows when the runs have them (the headline numbers of the evaluate stage).
-REPORT_METRICS = ("test_acc", "test_acc_best_clean", "corrected_test_acc", "detection_auroc", "recovered_label_acc",
-                  "estimated_rate", "estimated_rate_error")
+REPORT_METRICS = ("test_acc", "train_steps", "test_acc_best_clean", "corrected_test_acc", "detection_auroc",
+                  "recovered_label_acc", "estimated_rate", "estimated_rate_error")
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
@@ -86,7 +86,8 @@ def _table(points: list[dict[str, Any]], columns: Sequence[str], metrics: Sequen
              "|" + "---|" * (len(columns) + len(metrics) + 2)]
     for r in points:
         cells = [str(r["params"].get(k, "")) for k in columns]
-        cells += [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "—" for m in metrics]
+        cells += [("—" if m not in r["metrics"] else f"{r['metrics'][m]:.0f}" if float(r["metrics"][m]).is_integer()
+                   and abs(r["metrics"][m]) >= 2 else f"{r['metrics'][m]:.4f}") for m in metrics]  # counts as such
         cells += [f"`{r['run_id'][:8]}`", r["tags"].get("dvc_exp_name", "—")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

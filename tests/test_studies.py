@@ -113,6 +113,8 @@ def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None
         return value - 0.05 * (float(p["train.lr"]) == 0.02)  # smaller lr does NOT help
 
     runs = fake_runs("massive_noise", "small", acc)
+    for r in runs:  # the same optimiser steps in every run (train.epoch_size), a count in the tables
+        r["metrics"]["train_steps"] = 1290.0
     spec = load_study(REPO / "studies" / "massive_noise.yaml")
     defaults = flatten(load_config(PARAMS).to_dict())
     by_name = {s["name"]: sweep_runs(runs, spec, "small", s, defaults) for s in spec["sweeps"]}
@@ -125,7 +127,8 @@ def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None
     assert "**Structured noise hurts more as δ grows** — holds (accuracy falls at 2 of 2 steps)" in text
     assert "**Larger batches help under noise** — does not hold (0 of 2)" in text
     assert "**Smaller learning rates help under noise** — does not hold (0 of 2)" in text
-    assert "| 0 | 100 |" in text  # alpha 0: the smallest size already reaches 80 %
+    assert "| 0 | 100 |" in text  # alpha 0: the smallest size already reaches the target
+    assert "| 0.0 | train | 0.9000 | 1290 |" in text  # the alpha sweep's table shows each run's steps
     for png in ("alpha", "clean", "delta", "batch_lr", "clean_needed"):
         assert (tmp_path / "massive_noise" / f"{png}.png").is_file()
 
