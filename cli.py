@@ -293,8 +293,9 @@ STUDIES = ROOT / "studies"
 @app.command()
 def study(
     name: Annotated[str, typer.Argument(help="A study file studies/NAME.yaml (e.g. comparison, massive_noise).")],
-    variant: Annotated[str, typer.Option("--variant", "-v", help="small (runs here in under 30 min on 2 CPU "
-                                         "cores; tag NAME) or another the file names (tag NAME-VARIANT).")] = "small",
+    variant: Annotated[str, typer.Option("--variant", "-v", help="small (sized for 2 CPU "
+                                         "cores, 27-71 min each here; tag NAME) or another the file names (tag "
+                                         "NAME-VARIANT).")] = "small",
     jobs: JobsOpt = 0,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
