@@ -2,8 +2,9 @@
 at a chosen step, and the project's import graph (parsed, not imported).
 
 A process started in the background by a non-interactive shell (``cmd &``, ``nohup``, many CI runners)
-inherits SIGINT ignored; training then leaves it ignored. Tests that press Ctrl-C therefore first give
-the process the disposition a terminal gives it (:func:`live_sigint`), and restore what they found.
+inherits SIGINT ignored; training then leaves it ignored (SIGTERM likewise). Tests that press Ctrl-C therefore
+first give the process the disposition a terminal gives it (:func:`live_sigint`; a child: :func:`terminal_signals`),
+and restore what they found.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ def live_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` of a child process that should react to SIGINT as one started from a terminal does."""
+def terminal_signals() -> None:
+    """``preexec_fn`` of a child process that should react to SIGINT and SIGTERM as one started from a terminal
+    does, whatever the launcher of the tests left ignored (a background job ignores SIGINT; some runners and
+    process supervisors start their children with SIGTERM ignored too)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class SigintAt(nn.Module):

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise import io
 from labelnoise.scaffold import clean_env
-from tests.helpers import default_sigint
+from tests.helpers import terminal_signals
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -96,10 +96,10 @@ def _finished(checkpoint: Path) -> bool:
 
 def _interrupt(workdir: Path, stage: str, checkpoint: Path, *, after: int, fraction: float,
                sig: int) -> tuple[int | None, str]:
-    """Start ``stage`` (SIGINT live, as from a terminal); after the ``after``-th checkpoint this run writes (any of
-    the stage's checkpoint files), wait ``fraction`` of the time between its last two checkpoints (so the signal
-    lands inside an epoch), freeze it (SIGSTOP), and send ``sig`` unless ``checkpoint`` (the stage's last) is
-    already a finished run's.
+    """Start ``stage`` (SIGINT and SIGTERM live, as from a terminal); after the ``after``-th checkpoint this run
+    writes (any of the stage's checkpoint files), wait ``fraction`` of the time between its last two checkpoints
+    (so the signal lands inside an epoch), freeze it (SIGSTOP), and send ``sig`` unless ``checkpoint`` (the
+    stage's last) is already a finished run's.
 
     Where the signal lands is measured in the run's own epochs, not in seconds, so a faster or slower CPU moves
     it nowhere. Returns (exit code, stderr); the code is None when training had finished (the run then ends
@@ -109,7 +109,7 @@ def _interrupt(workdir: Path, stage: str, checkpoint: Path, *, after: int, fract
 
     seen = mtimes() if checkpoint.parent.exists() else {}
     proc = subprocess.Popen(_command(workdir, stage), cwd=workdir, env=_env(workdir), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=terminal_signals)
     writes: list[float] = []  # when each new checkpoint of this run was first seen
     while proc.poll() is None and len(writes) < max(after, 2):
         now = mtimes() if checkpoint.parent.exists() else {}
