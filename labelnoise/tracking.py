@@ -501,13 +501,16 @@ def study_runs(uri: str, experiment: str, study: str, curves: Sequence[str] = ()
     found = [{"run_id": r.info.run_id, "start": r.info.start_time, "end": r.info.end_time, "status": r.info.status,
               "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
              for r in runs]
-    for run in found if curves else ():
-        stage = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
-                                   filter_string=f"tags.`mlflow.parentRunId` = '{run['run_id']}' and "
-                                                 "attributes.run_name = 'train_student' and "
-                                                 "attributes.status = 'FINISHED'")
-        run["curves"] = {key: sorted((m.step, m.value) for m in client.get_metric_history(stage[0].info.run_id, key))
-                         for key in curves} if stage else {}
+    if curves:  # one query for every finished train_student stage; the newest of each execution is its own
+        latest: dict[str, str] = {}
+        for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=50_000,
+                                    filter_string=f"tags.`{KIND_TAG}` = 'stage' and attributes.run_name = "
+                                                  "'train_student' and attributes.status = 'FINISHED'"):
+            latest.setdefault(r.data.tags.get("mlflow.parentRunId", ""), r.info.run_id)
+        for run in found:
+            stage = latest.get(run["run_id"])
+            run["curves"] = {key: sorted((m.step, m.value) for m in client.get_metric_history(stage, key))
+                             for key in curves} if stage else {}
     return found
 
 

@@ -224,6 +224,7 @@ def test_epoch_size_repeats_a_small_set_to_the_same_steps_per_epoch() -> None:
     result = engine.fit(new_model(), small, Counting(), recipe=cfg, config={}, seed=0, progress=False,
                         log=lambda line: None, device="cpu")
     assert steps == list(range(12)) and [r["epoch"] for r in result.history] == [1, 2]
+    assert result.steps == 12  # what train_student reports as train_steps
     assert seen.sum() == 2 * 96 and seen.min() == seen.max() == 8
     # a set at least epoch_size long is one pass, in the same order as without the param
     same = run_fit(recipe_cfg(epochs=2), data), run_fit(recipe_cfg(epochs=2, epoch_size=50), data)

@@ -240,6 +240,7 @@ class FitResult:
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # WeightLog.arrays(): epochs, loss, loss_diff, weight
     extra: dict[str, Any] = field(default_factory=dict)  # the task's own results (spade: "mentor_updates")
     seconds: float = 0.0  # training and evaluation time of all epochs (restored ones included)
+    steps: int = 0  # optimiser steps of the whole fit: epochs x steps per epoch (train.epoch_size included)
 
 
 @contextmanager
@@ -460,4 +461,5 @@ def fit(
     model.eval()
     return FitResult(model=model, history=history, best_state=best_state, best_epoch=best_epoch,
                      best_clean_acc=best_score if math.isfinite(best_score) else math.nan, resumed_epochs=resumed,
-                     weights=records.arrays(), extra=task.result(), seconds=float(sum(seconds)))
+                     weights=records.arrays(), extra=task.result(), seconds=float(sum(seconds)),
+                     steps=recipe.epochs * steps_per_epoch)
