@@ -46,6 +46,8 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+_ENTRY_POINT = False  # True when this module is the process's program (not imported, as by the tests' CliRunner)
+
 # stages that run under `torchrun --nproc_per_node N cli.py STAGE` (the others train nothing)
 DISTRIBUTED_STAGES = ("pretrain_mentor", "train_student", "correct_labels")
 
@@ -74,7 +76,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
 
     from labelnoise.distributed import is_main, world_size
     from labelnoise.io import all_or_nothing, workspace_lock
-    from labelnoise.runtime import sigterm_stops
+    from labelnoise.runtime import ignore_stop_signals, stop_signals
     from stages.common import stage_outputs
 
     if world_size() > 1 and stage_module not in DISTRIBUTED_STAGES:
@@ -84,13 +86,15 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     module = importlib.import_module(f"stages.{stage_module}")
     try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them); SIGTERM acts as Ctrl-C
         main = is_main()
-        with (sigterm_stops(), workspace_lock(stage_module) if main else nullcontext(),
+        with (stop_signals(), workspace_lock(stage_module) if main else nullcontext(),
               all_or_nothing(stage_outputs(stage_module)) if main else nullcontext()):
             return module.run(cfg)
     except ConfigError as e:
         _fail(str(e), 2)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
+        if _ENTRY_POINT:  # the process ends now: its exit handlers run with no second Ctrl-C cutting them
+            ignore_stop_signals()
         _fail(f"{signal.Signals(signum).name}: stopped; the last checkpoint is kept and the next run resumes from it",
               128 + signum)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
@@ -123,6 +127,24 @@ for _number, (_name, _what) in enumerate({
     "evaluate": "test accuracy, per-class accuracy, noise detection, plots, metrics.json.",
 }.items(), start=1):
     _stage_command(_name.replace("_", "-"), _name, f"Stage {_number}: {_what} Reads {stage_params_help(_name)}.")
+
+
+@app.command("own-files", rich_help_panel="Pipeline bookkeeping")
+def own_files() -> None:
+    """List the files of your own data folder (data/own): path, size and modification time, nothing read. DVC's
+    first stage; the stages that read your data depend on this list instead of on the folder, so that `dvc status`
+    never opens a named pipe or a device placed there (it would wait forever). Such a file is refused in one line."""
+    from labelnoise.io import list_files, save_json
+    from labelnoise.runtime import repo_root
+    from stages.common import PATHS
+
+    folder = repo_root() / "data" / "own"  # `dvc exp` copies list the repository's folder, which they read
+    try:
+        files = list_files(folder, what="data/own")
+    except ValueError as e:
+        _fail(str(e), 1)
+    save_json(PATHS.own_files, {"folder": "data/own", "files": [list(f) for f in files]})
+    typer.echo(f"{len(files)} files in data/own")
 
 
 def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]]) -> tuple[Any, str, list[Any]]:
@@ -387,4 +409,5 @@ def preset(
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    _ENTRY_POINT = True
     app()

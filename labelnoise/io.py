@@ -174,6 +174,60 @@ def readable(path: str | Path) -> Path:
     return path
 
 
+def _kind(mode: int) -> str:
+    import stat
+
+    return ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+
+
+def regular_file(path: str | Path, *, what: str) -> Path:
+    """``path`` when it is a regular file (a symlink is followed); else one ValueError line naming ``what`` and the
+    file: reading a named pipe or a device (a link to ``/dev/zero``) would block or never end."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{what}: {path} does not exist" + (" (a link to a missing file)" if path.is_symlink()
+                                                              else "")) from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{what}: {path} is {_kind(mode)}, not a file: remove it or replace it by the file itself")
+    return path
+
+
+def list_files(folder: str | Path, *, what: str) -> list[tuple[str, int, int]]:
+    """(path relative to ``folder``, size, mtime in ns) of every file under ``folder`` (links followed, hidden
+    entries included), sorted; nothing is read. Anything that is not a regular file or a folder (a named pipe, a
+    device, a link to one or to nothing) is one ValueError line naming it: reading it would block or never end.
+    A missing ``folder`` lists nothing."""
+    import stat
+
+    folder = Path(folder)
+    found: list[tuple[str, int, int]] = []
+    seen: set[tuple[int, int]] = set()  # folders walked (a link back to a parent is walked once, not forever)
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        here = os.stat(top)
+        if (here.st_dev, here.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        for name in sorted(dirs + files):
+            path = Path(top) / name
+            try:
+                info = path.stat()
+            except OSError:
+                raise ValueError(f"{what}: {path} is a link to a missing file: remove it or fix the link") from None
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{what}: {path} is {_kind(info.st_mode)}, not a file: remove it from {folder} or "
+                                 "replace it by the file itself")
+            found.append((path.relative_to(folder).as_posix(), info.st_size, info.st_mtime_ns))
+    return sorted(found)
+
+
 def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
     """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:

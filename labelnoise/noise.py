@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labelnoise.io import read_label_csv, read_npz, save_npz
+from labelnoise.io import read_label_csv, read_npz, regular_file, save_npz
 from labelnoise.schema import rng as _rng
 
 NoiseKind = Literal["none", "symmetric", "pair", "asymmetric", "transition", "structured", "instance", "open_set",
@@ -486,9 +486,7 @@ def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | Non
     A file that is missing, unreadable, of another kind, without ``key``, or without a 1-d integer array is one
     ValueError line naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"noise.file: {path} does not exist")
+    path = regular_file(path, what="noise.file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return _read_label_csv(path, classes, paths)

@@ -155,19 +155,79 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopState:
+    """Whether a stage scope (:func:`stop_signals`) is open, and whether a stop is already being acted on."""
+
+    scope = False
+    under_way = False
+
+
+def stop_under_way() -> bool:
+    """True once a stop is being acted on inside a stage: every later SIGINT / SIGTERM is then ignored."""
+    return _StopState.under_way
+
+
+def begin_stop() -> None:
+    """A stop is being acted on (a :class:`Stopped` is about to be raised): inside a stage, the signals that follow
+    are ignored until the stage ends, so that the unwinding (the checkpoint, MLflow runs marked KILLED, the
+    outputs put back) is not cut short by a second Ctrl-C. Outside a stage it changes nothing."""
+    if _StopState.scope:
+        _StopState.under_way = True
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    if _StopState.under_way:
+        return
+    begin_stop()
+    name = signal.Signals(signum).name
+    raise Stopped(f"{name}: stopped", signum)
+
+
 @contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """Inside: SIGTERM raises :class:`Stopped` (Python's default would end the process at once, leaving no
-    checkpoint and the MLflow runs RUNNING). An ignored SIGTERM stays ignored; only the main thread can."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+def stop_signals() -> Iterator[None]:
+    """A stage's signal dispositions. Inside: SIGINT and SIGTERM raise :class:`Stopped` at once (Python's default
+    for SIGTERM would end the process on the spot, leaving no checkpoint and the MLflow runs RUNNING); the signals
+    after the first are ignored until the block ends. The training loop sets its own handler for its duration
+    (finish the step, save a checkpoint, then stop). An ignored signal (a job started in the background by a
+    non-interactive shell, ``nohup``) stays ignored; only the main thread can own handlers. Afterwards the
+    dispositions are as they were."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Stopped("terminated (SIGTERM)", signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, old in previous.items():
+        if old != signal.SIG_IGN:
+            signal.signal(sig, _raise_stop)
+    _StopState.scope, _StopState.under_way = True, False
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _StopState.scope, _StopState.under_way = False, False
+
+
+def ignore_stop_signals() -> None:
+    """SIGINT and SIGTERM ignored from now on: for a process that is ending after a stop (its exit handlers run
+    unhurried, with no traceback from a second Ctrl-C)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _child_after_fork() -> None:
+    """A forked child (a library's worker pool) does not inherit this process's stop handlers: it gets the default
+    dispositions, so that the pool's SIGTERM ends it. An ignored signal stays ignored."""
+    _StopState.scope = _StopState.under_way = False
+    for sig in STOP_SIGNALS:
+        if callable(signal.getsignal(sig)):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except ValueError:  # not the child's main thread
+                pass
+
+
+os.register_at_fork(after_in_child=_child_after_fork)

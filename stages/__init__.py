@@ -34,6 +34,11 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# DVC stages that compute nothing and read no params (a CLI command each, no MLflow run): own_files lists data/own
+# for the stages that read it, so that DVC never opens a file of it.
+BOOKKEEPING = ("own_files",)
+
+
 def stage_params_help(stage: str) -> str:
     """The params a stage reads, for its CLI help: sections, and single keys grouped by section."""
     sections = [k for k in STAGE_PARAMS[stage] if "." not in k]

@@ -20,7 +20,7 @@ import numpy as np
 
 from labelnoise import datasets, tracking
 from labelnoise.config import Config
-from labelnoise.io import read_label_csv, save_json
+from labelnoise.io import read_label_csv, regular_file, save_json
 from labelnoise.runtime import repo_path
 from stages.common import PATHS, STAGE_PARAMS, setup
 
@@ -67,9 +67,7 @@ def read_clean_file(name: str, *, classes: list[str], paths: list[str] | None,
     """``data.clean_file``: a CSV of trusted labels, ``index,label`` (an index in the dataset's order) or, for a
     folder dataset, ``path,label``; a label is a class name or index. Returns (indices, labels), int64 (m,) each;
     a file that is missing, repeats an image, names an unknown one or a label out of range is one line."""
-    path = repo_path(name)
-    if not path.is_file():
-        raise ValueError(f"data.clean_file: {path} does not exist")
+    path = regular_file(repo_path(name), what="data.clean_file")
     _, idx, labels = read_label_csv(path, param="data.clean_file", classes=classes, paths=paths)
     if idx.size and idx.max() >= n:
         raise ValueError(f"data.clean_file: {path}: index {idx.max()} is not one of the dataset's 0..{n - 1}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,3 +46,27 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- no fork of the test process
+# A fork of this multi-threaded process (torch's and MLflow's threads) can leave the child deadlocked on a lock
+# another thread held at that moment: a library's worker pool once hung the suite that way. Every test fails that
+# forks it, except a subprocess's fork-and-exec (its preexec_fn is the only Python that runs in the child).
+_FORKS: list[str] = []
+
+
+def _record_fork() -> None:
+    stack = traceback.extract_stack()[:-1]
+    if not any(frame.filename.endswith(f"{os.sep}subprocess.py") for frame in stack):
+        _FORKS.append("".join(traceback.format_list(stack[-6:])))
+
+
+os.register_at_fork(before=_record_fork)
+
+
+@pytest.fixture(autouse=True)
+def no_fork_of_the_test_process() -> Iterator[None]:
+    start = len(_FORKS)
+    yield
+    forks = _FORKS[start:]
+    assert not forks, f"the test process was forked {len(forks)} time(s), first from:\n{forks[0]}"

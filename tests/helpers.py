@@ -39,18 +39,32 @@ def terminal_signals() -> None:
 
 
 class SigintAt(nn.Module):
-    """Wraps a model; sends SIGINT to this process at the n-th training forward (a user's Ctrl-C)."""
+    """Wraps a model; sends SIGINT (a user's Ctrl-C), or ``sig``, to this process at the n-th training forward."""
 
-    def __init__(self, model: nn.Module, at: int) -> None:
+    def __init__(self, model: nn.Module, at: int, sig: int = signal.SIGINT) -> None:
         super().__init__()
-        self.model, self.at, self.calls = model, at, 0
+        self.model, self.at, self.sig, self.calls = model, at, sig, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.calls += 1
             if self.calls == self.at:
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(self.sig)
         return self.model(x)
+
+
+@contextmanager
+def live_signals() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt and SIGTERM ends the process inside the block (a terminal's dispositions),
+    whatever the launcher of the tests left ignored."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def nan_from(model: nn.Module, forward: int) -> nn.Module:

@@ -100,3 +100,24 @@ def test_cleanlab_restores_finished_folds_and_ends_identically(workdir: Path) ->
     np.testing.assert_array_equal(load_weights("models/student_weights.npz")["weight"], flagged)
     changed = runner.invoke(app, ["train-student", *CLEANLAB, "-S", "train.lr=0.04"])  # another config
     assert changed.exit_code == 0 and "predictions restored" not in changed.output
+
+
+def test_cleanlab_flags_in_this_process_whatever_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cleanlab's default n_jobs is the number of cores: a multiprocessing pool that forks this process (the suite's
+    autouse guard fails a test that forks it). On 4 cores or 1 the flags and the scores are cleanlab's."""
+    import psutil
+    from cleanlab.filter import find_label_issues
+
+    from labelnoise.methods.cleanlab import flag_issues
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 10, 3000)
+    probs = rng.dirichlet(np.ones(10), 3000)
+    probs[np.arange(3000), truth] += 1.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    labels = np.where(rng.random(3000) < 0.2, rng.integers(0, 10, 3000), truth)  # about 18 % wrong
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 4)
+    issues, quality = flag_issues(labels, probs, filter_by="prune_by_noise_rate")
+    assert issues.dtype == bool and issues.shape == (3000,) and 0 < issues.sum() < 3000
+    np.testing.assert_array_equal(issues, find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1))
+    assert quality.shape == (3000,) and ((quality >= 0) & (quality <= 1)).all()

@@ -17,7 +17,7 @@ from labelnoise import engine, runtime
 from labelnoise.config import from_dict, merge, read_yaml
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
-from tests.helpers import SigintAt, live_sigint, nan_from, split_student
+from tests.helpers import SigintAt, live_sigint, live_signals, nan_from, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -277,6 +277,24 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path) -> None:
     assert resumed.resumed_epochs == pytest.approx(1.5)
     assert resumed.history == straight.history
     assert_same_weights(resumed.model.state_dict(), straight.model.state_dict())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_the_last_step_is_a_stop_and_the_rerun_reuses_the_finished_run(tmp_path, sig: int) -> None:
+    """A signal during the last step of the last epoch (no step follows to poll the flag) still stops: the
+    finished checkpoint is saved, TrainingInterrupted is raised (a stage then exits 128 + signal instead of going
+    on with its next phase), and the rerun takes the finished run as its result, the same numbers."""
+    cfg, data = recipe_cfg(epochs=2), separable_view()
+    straight = run_fit(cfg, data, model=SigintAt(new_model(), at=-1))
+    ckpt, last = tmp_path / "ckpt.pt", 2 * math.ceil(96 / 16)
+    with live_signals():
+        with pytest.raises(engine.TrainingInterrupted, match="the end of training") as stopped:
+            run_fit(cfg, data, ckpt, model=SigintAt(new_model(), at=last, sig=sig))
+    assert stopped.value.signum == sig
+    assert torch.load(ckpt, weights_only=True)["finished"] is True
+    again = run_fit(cfg, data, ckpt, model=SigintAt(new_model(seed=7), at=-1))
+    assert again.history == straight.history
+    assert_same_weights(again.model.state_dict(), straight.model.state_dict())
 
 
 def test_an_ignored_sigint_stays_ignored() -> None:

@@ -42,6 +42,11 @@ def project(projects: tuple[tuple[Path, dict[str, str]], Path]) -> tuple[Path, d
     return projects[0]
 
 
+def _ran(out: str) -> list[str]:
+    """The stages a `dvc repro` ran, but own_files (it lists data/own at every repro)."""
+    return [m for m in re.findall(r"Running stage '(\w+)'", out) if m != "own_files"]
+
+
 def _client(root: Path) -> tuple[MlflowClient, str]:
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("labelnoise")
@@ -212,8 +217,33 @@ def test_second_repro_reruns_nothing(project: tuple[Path, dict[str, str]]) -> No
     client, exp_id = _client(root)
     before = len(client.search_runs([exp_id]))
     out = sh(["dvc", "repro"], root, env)
-    assert "Running stage" not in out.stdout
+    assert _ran(out.stdout) == []
     assert len(client.search_runs([exp_id])) == before
+
+
+def test_a_named_pipe_or_a_device_in_data_own_is_refused_and_dvc_never_waits_on_it(
+        project: tuple[Path, dict[str, str]]) -> None:
+    """DVC would read a file it hashes to the end: a named pipe blocks it, a link to /dev/zero never ends. The
+    stages that read data/own depend on its listing instead; the listing refuses such a file in one line."""
+    import os
+    import subprocess
+
+    root, env = project
+    own = root / "data" / "own"
+    for special, kind in ((own / "labels.csv", "a named pipe"), (own / "images" / "x.png", "a character device")):
+        special.parent.mkdir(exist_ok=True)
+        os.mkfifo(special) if kind == "a named pipe" else special.symlink_to("/dev/zero")
+        try:
+            status = subprocess.run(["dvc", "status"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+            assert status.returncode == 0, status.stderr
+            repro = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+            assert repro.returncode != 0
+            errors = [line for line in (repro.stdout + repro.stderr).splitlines() if line.startswith("error:")]
+            assert errors == [f"error: data/own: {special} is {kind}, not a file: remove it from {own} or replace "
+                              "it by the file itself"], repro.stdout + repro.stderr
+        finally:
+            special.unlink()
+    assert _ran(sh(["dvc", "repro"], root, env).stdout) == []
 
 
 def test_outputs_of_a_failed_or_killed_repro_come_back_with_dvc_checkout(project: tuple[Path, dict[str, str]]) -> None:
@@ -250,7 +280,7 @@ def test_outputs_of_a_failed_or_killed_repro_come_back_with_dvc_checkout(project
     assert not (root / "models" / "student.pt").exists()
     sh(["dvc", "checkout"], root, env)
     assert _output_digests(root) == before
-    assert "Running stage" not in sh(["dvc", "repro"], root, env).stdout
+    assert _ran(sh(["dvc", "repro"], root, env).stdout) == []
 
 
 def test_dvc_experiment_is_tracked(project: tuple[Path, dict[str, str]]) -> None:

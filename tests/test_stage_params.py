@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from labelnoise.config import flatten, read_yaml
-from stages import STAGE_PARAMS, stage_params_help
+from stages import BOOKKEEPING, STAGE_PARAMS, stage_params_help
 from tests.helpers import import_graph
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ NOT_OUTPUT_CODE = {"labelnoise.config", "labelnoise.schema", "labelnoise.trackin
 
 
 def test_dvc_yaml_lists_exactly_the_params_of_the_map() -> None:
-    assert list(DVC["stages"]) == list(STAGE_PARAMS)
+    assert list(DVC["stages"]) == [*BOOKKEEPING, *STAGE_PARAMS]
     for stage, keys in STAGE_PARAMS.items():
         assert DVC["stages"][stage]["params"] == list(keys), stage
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from labelnoise.datasets import Arrays, Dataset, Notes, Source, register_dataset
+from labelnoise.io import regular_file
 from labelnoise.schema import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -151,6 +152,8 @@ class Folder(Source):
         images = np.empty((len(entries), data.channels, data.image_size, data.image_size), dtype=np.uint8)
         ok = np.ones(len(entries), dtype=bool)
         for i, e in enumerate(entries):
+            if e.file.exists():  # a named pipe or a device would block or never end (a missing file: below)
+                regular_file(e.file, what="data.path")
             try:
                 images[i] = load_image(e.file, size=data.image_size, channels=data.channels)
             except (OSError, ValueError, SyntaxError) as err:  # PIL: missing, truncated, not an image

@@ -35,7 +35,14 @@ from labelnoise.engine.predict import autocast, evaluate_accuracy
 from labelnoise.engine.records import WeightLog
 from labelnoise.engine.task import Task
 from labelnoise.io import save_torch
-from labelnoise.runtime import Stopped, resolve_channels_last, resolve_precision
+from labelnoise.runtime import (
+    STOP_SIGNALS,
+    Stopped,
+    begin_stop,
+    resolve_channels_last,
+    resolve_precision,
+    stop_under_way,
+)
 
 if TYPE_CHECKING:
     from labelnoise.views import TrainView
@@ -245,25 +252,28 @@ class FitResult:
 
 @contextmanager
 def _stop_flag(log: Callable[[str], None]) -> Iterator[Callable[[], int]]:
-    """The first Ctrl-C or SIGTERM sets a flag (the signal's number) the loop polls between steps (then a
-    checkpoint is saved); a second one raises :class:`Stopped` at once. Only the main thread can own signal
-    handlers. An ignored signal (SIGINT of a job started in the background by a non-interactive shell,
-    ``nohup``) stays ignored."""
+    """The first Ctrl-C or SIGTERM sets a flag (the signal's number) the loop polls between steps and at the end of
+    every epoch, the last included (then a checkpoint is saved and :class:`TrainingInterrupted` raised); a second
+    one raises :class:`Stopped` at once; once a stop is under way (:func:`~labelnoise.runtime.begin_stop`) the
+    rest are ignored. Only the main thread can own signal handlers. An ignored signal (SIGINT of a job started
+    in the background by a non-interactive shell, ``nohup``) stays ignored."""
     flag = {"signum": 0}
     if threading.current_thread() is not threading.main_thread():
         yield lambda: 0
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if stop_under_way():
+            return
         if flag["signum"]:
+            begin_stop()
             raise Stopped(f"{signal.Signals(signum).name} again: stopped at once", signum)
         flag["signum"] = signum
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         log(f"{signal.Signals(signum).name}: finishing the current step and saving a checkpoint ({again} again to "
             "abort now)")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(sig) != signal.SIG_IGN}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         yield lambda: flag["signum"]
     finally:
@@ -276,6 +286,7 @@ def _interrupted(where: str, checkpoint_path: str | Path | None, log: Callable[[
              else "no checkpoint path, nothing saved")
     message = f"interrupted at {where}: {saved}"
     log(message)
+    begin_stop()
     raise TrainingInterrupted(message, signum)
 
 
@@ -454,9 +465,15 @@ def fit(
             if on_epoch is not None:
                 on_epoch(row)
 
-            # ---- stop (Ctrl-C during evaluation: the checkpoint above is complete)
-            if interrupted() and epoch + 1 < recipe.epochs:
-                _interrupted(f"the end of epoch {epoch + 1}", checkpoint_path, log, interrupted())
+            # ---- stop (Ctrl-C during evaluation: the checkpoint above is complete). torchrun: every rank asks, so
+            # all stop together.
+            if epoch + 1 < recipe.epochs and distributed.any_rank(bool(interrupted())):
+                _interrupted(f"the end of epoch {epoch + 1}", checkpoint_path, log, interrupted() or signal.SIGTERM)
+
+        # ---- a stop asked during the last epoch (or while a finished run was read) is a stop too: the checkpoint
+        # is the finished run, which the rerun takes as its result
+        if distributed.any_rank(bool(interrupted())):
+            _interrupted("the end of training", checkpoint_path, log, interrupted() or signal.SIGTERM)
 
     model.eval()
     return FitResult(model=model, history=history, best_state=best_state, best_epoch=best_epoch,

@@ -126,6 +126,18 @@ def out_of_fold_probs(
     return pred_probs, also_probs, fold
 
 
+def flag_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab on (n,) labels and (n, K) out-of-sample probabilities: (the label issues (n,) bool, the label-quality
+    scores (n,) float in [0, 1], low = likely wrong). In this process: cleanlab's default ``n_jobs`` is a
+    multiprocessing pool, which forks this multi-threaded process (torch's and MLflow's threads), and a forked child
+    can deadlock on a lock one of them held at that moment."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    issues = find_label_issues(labels, pred_probs, filter_by=filter_by, n_jobs=1)
+    return np.asarray(issues, dtype=bool), np.asarray(get_label_quality_scores(labels, pred_probs))
+
+
 def prune_and_retrain(
     new_model: Callable[[], nn.Module],
     data: TrainView,
@@ -141,16 +153,12 @@ def prune_and_retrain(
     """Steps 1–3 above. ``new_model()`` builds a fresh student; ``cfg`` is the method's params (``folds``,
     ``filter_by``), ``recipe`` the training recipe of every fit; every fit writes its own resume checkpoint
     beside ``checkpoint_path`` (the final one at it); ``on_epoch`` sees the final student's epochs only."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
     labels = data.y_train.numpy()
     n = labels.shape[0]
     pred_probs, _, _ = out_of_fold_probs(new_model, data, folds=cfg.folds, recipe=recipe, seed=seed, device=device,
                                       checkpoint_path=checkpoint_path, log=log)
-    issues = find_label_issues(labels, pred_probs, filter_by=cfg.filter_by)
+    issues, quality = flag_issues(labels, pred_probs, filter_by=cfg.filter_by)
     issues[data.n_noisy:] = False  # trusted examples (include_trusted) are never pruned
-    quality = get_label_quality_scores(labels, pred_probs)
     kept = np.flatnonzero(~issues)
     if kept.size == 0:
         raise ValueError("cleanlab flagged every train label; nothing is left to train on")
