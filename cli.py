@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from stages import stage_params_help
+from stages import STAGES, get_stage, stage_params_help
 
 app = typer.Typer(
     add_completion=False,
@@ -48,9 +48,6 @@ def _fail(message: str, code: int) -> NoReturn:
 
 _ENTRY_POINT = False  # True when this module is the process's program (not imported, as by the tests' CliRunner)
 
-# stages that run under `torchrun --nproc_per_node N cli.py STAGE` (the others train nothing)
-DISTRIBUTED_STAGES = ("pretrain_mentor", "train_student", "correct_labels")
-
 
 def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> dict[str, Any]:
     """Validate params at the edge, then run ``stages.<stage_module>.run(cfg)``.
@@ -62,7 +59,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     """
     import importlib
 
-    from labelnoise.config import ConfigError, load_config
+    from labelnoise.config import ConfigError, load_config, restrict
 
     if params.is_file() and params.resolve().parent != Path.cwd().resolve():  # paths are the workspace's
         _fail(f"{params} is another workspace's params (this one is {Path.cwd().resolve()}): a stage reads and "
@@ -79,16 +76,16 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     from labelnoise.runtime import ignore_stop_signals, stop_signals
     from stages.common import stage_outputs
 
-    if world_size() > 1 and stage_module not in DISTRIBUTED_STAGES:
+    if world_size() > 1 and not get_stage(stage_module).torchrun:
         _fail(f"stage {stage_module} runs in one process: start it without torchrun "
-              f"(torchrun runs: {', '.join(DISTRIBUTED_STAGES)})", 2)
+              f"(torchrun runs: {', '.join(s.name for s in STAGES if s.torchrun)})", 2)
 
     module = importlib.import_module(f"stages.{stage_module}")
     try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them); SIGTERM acts as Ctrl-C
         main = is_main()
         with (stop_signals(), workspace_lock(stage_module) if main else nullcontext(),
               all_or_nothing(stage_outputs(stage_module)) if main else nullcontext()):
-            return module.run(cfg)
+            return module.run(restrict(cfg, get_stage(stage_module).params, stage=stage_module))
     except ConfigError as e:
         _fail(str(e), 2)
     except KeyboardInterrupt as e:
@@ -117,22 +114,15 @@ def _stage_command(name: str, module: str, doc: str) -> Callable[..., None]:
     return command
 
 
-for _number, (_name, _what) in enumerate({
-    "download": "fetch and verify the dataset, cut train / clean / val / test.",
-    "inject_noise": "corrupt the train labels with a named noise model; record which changed.",
-    "estimate_noise": "estimate the noise rate and transition matrix from the noisy labels and the trusted subset.",
-    "pretrain_mentor": "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).",
-    "train_student": "train the student on the noisy labels with `student.method` (resumes from its checkpoint).",
-    "correct_labels": "joint optimization of network and labels, then retrain on them.",
-    "evaluate": "test accuracy, per-class accuracy, noise detection, plots, metrics.json.",
-}.items(), start=1):
-    _stage_command(_name.replace("_", "-"), _name, f"Stage {_number}: {_what} Reads {stage_params_help(_name)}.")
+for _number, _stage in enumerate((s for s in STAGES if s.tracked), start=1):
+    _stage_command(_stage.name.replace("_", "-"), _stage.name,
+                   f"Stage {_number}: {_stage.summary} Reads {stage_params_help(_stage.name)}.")
 
 
-@app.command("own-files", rich_help_panel="Pipeline bookkeeping")
+@app.command("own-files")
 def own_files() -> None:
-    """List the files of your own data folder (data/own): path, size and modification time, nothing read. DVC's
-    first stage; the stages that read your data depend on this list instead of on the folder, so that `dvc status`
+    """Stage 0 (bookkeeping): list the files of your own data folder (data/own): path, size and modification time,
+    nothing read. The stages that read your data depend on this list instead of on the folder, so that `dvc status`
     never opens a named pipe or a device placed there (it would wait forever). Such a file is refused in one line."""
     from labelnoise.io import list_files, save_json
     from labelnoise.runtime import repo_root
@@ -147,8 +137,8 @@ def own_files() -> None:
     typer.echo(f"{len(files)} files in data/own")
 
 
-def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]]) -> tuple[Any, str, list[Any]]:
-    """(config, store URI, ``query(uri, experiment)``): bad params exit 2, an unreadable store exits 1."""
+def _read_store(params: Path, query: Callable[[str, Any], Any]) -> tuple[Any, str, Any]:
+    """(config, store URI, ``query(uri, config)``): bad params exit 2, an unreadable store exits 1."""
     from labelnoise import tracking
     from labelnoise.config import ConfigError, load_config
 
@@ -159,7 +149,7 @@ def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]])
     uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
     try:
         with tracking.no_http_retries():  # a server that does not answer: one line in seconds
-            return cfg, uri, query(uri, cfg.base.experiment)
+            return cfg, uri, query(uri, cfg)
     except Exception as e:  # noqa: BLE001 - an unreadable store is one line
         _fail(f"cannot read MLflow store {uri}: {str(e).splitlines()[0]}", 1)
 
@@ -167,6 +157,11 @@ def _read_store(params: Path, query: Callable[[str, str], list[dict[str, Any]]])
 @app.command()
 def compare(
     n: Annotated[int, typer.Option("--last", "-n", min=1, help="How many pipeline executions to show.")] = 5,
+    methods: Annotated[bool, typer.Option("--methods", help="Instead: every method on this params file's setting "
+                                          "(data, noise, network, epochs), the newest finished run of each, with "
+                                          "and without label correction (a markdown table).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="With --methods: write the table to this file "
+                                             "(e.g. reports/methods.md) instead of printing it.")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Show the last N pipeline executions from MLflow: the params that differ and their test accuracy."""
@@ -175,7 +170,10 @@ def compare(
 
     from labelnoise import tracking
 
-    cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.last_pipelines(uri, experiment, n))
+    if methods:
+        _methods_table(params, out)
+        return
+    cfg, uri, runs = _read_store(params, lambda uri, cfg: tracking.last_pipelines(uri, cfg.base.experiment, n))
     if not runs:
         typer.echo(f"no pipeline runs in experiment {cfg.base.experiment!r} at {tracking.shown(uri)}")
         return
@@ -194,6 +192,25 @@ def compare(
     Console(width=max(170, 120 + 18 * len(keys))).print(table)
     if not keys:
         typer.echo("(all params equal across these runs)")
+
+
+def _methods_table(params: Path, out: Path | None) -> None:
+    from labelnoise import tracking
+    from labelnoise.config import flatten
+    from labelnoise.io import write_atomic
+    from labelnoise.studies import method_rows, methods_table, setting_line, setting_params
+
+    if out is not None and out.is_dir():
+        _fail(f"--out {out} is a folder: give the markdown file to write (e.g. {out / 'methods.md'})", 2)
+    cfg, uri, rows = _read_store(params, lambda uri, cfg: method_rows(tracking.matching_pipelines(
+        uri, cfg.base.experiment, setting_params(flatten(cfg.to_dict())))))
+    flat = flatten(cfg.to_dict())
+    text = methods_table(rows, setting=setting_line(flat, cfg.base.experiment))
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    write_atomic(out, lambda p: p.write_text(text))
+    typer.echo(f"wrote {out} ({len(rows)} methods with a finished run)")
 
 
 @app.command("label-issues")
@@ -367,7 +384,7 @@ def report(
     except ValueError as e:
         _fail(str(e), 1)
     curves = CURVES if spec and spec.get("view") == "memorisation" else ()
-    cfg, uri, runs = _read_store(params, lambda uri, experiment: tracking.study_runs(uri, experiment, study, curves))
+    cfg, uri, runs = _read_store(params, lambda uri, cfg: tracking.study_runs(uri, cfg.base.experiment, study, curves))
     if not runs:
         _fail(f"no finished pipeline runs tagged study={study!r} in experiment {cfg.base.experiment!r} at {uri}", 1)
     swept = [k for k in tracking.differing_params(runs) if k != "base.study"]

@@ -1,25 +1,11 @@
-"""Settings from the noise estimate, not from the user: the params whose value may be ``auto``, and the rule that
-turns stage estimate_noise's estimate (reports/noise_estimate.json) into each. A user does not know the noise
-rate; the papers' settings are per noise level (their tables), so ``auto`` reads the level off the estimate.
+"""Settings from the noise estimate, not from the user: the params whose value may be ``auto``, and the machinery that
+turns stage estimate_noise's estimate (reports/noise_estimate.json) into each. A user does not know the noise rate;
+the papers' settings are per noise level (their tables), so ``auto`` reads the level off the estimate.
 
-Every rule, with where it comes from (the README lists them too):
-
-- ``mentor.percentile``: p = clip(1 − r̂, 0.5, 0.8), keep the fraction estimated clean. It reproduces the official
-  MentorNet DD scripts' table exactly (p 0.8 / 0.6 / 0.5 at 20 / 40 / 80 % noise; their PD table is 0.75 / 0.75
-  / 0.5).
-- ``mentor.dd_noise_kind``: the DD mentor learns on a copy of the trusted subset corrupted with the *estimated*
-  transition matrix T̂ (exact per-class counts, :func:`labelnoise.noise.corrupt` ``transition``), so it learns to
-  spot the structure the data has (pair, instance-like), not symmetric noise at a guessed rate.
-- ``student.mentormix.mixup_alpha`` and ``second_reweight``: the official MentorMix CIFAR-10 settings at the
-  noise level nearest r̂ (α 2 / 8 / 8 / 4 at 20 / 40 / 60 / 80 %, the second reweighting on from 60 %).
-- ``correction.noisy_label_weight``: the corrected label is the posterior of the class given the network's
-  averaged prediction s̄ and the given label ỹ under the estimated channel, y ∝ s̄ · T̂[:, ỹ] (Bayes' rule; a
-  number w instead assumes a symmetric channel w·I + (1 − w)/C) — where the estimate's misfit check passed.
-  Where it failed (the noise is not class-conditional as estimated: ``estimate.misfit_tolerance``), 0: the given
-  labels are ignored and the corrected label is the teacher's prediction (self-training).
-- ``correction.teacher``: the mean of the student's and a trusted-only network's predictions (``ensemble``) where
-  the check passed; the trusted-only network alone where it failed (the student learnt the misleading labels);
-  the student where there is no trusted subset. Measured in the README ("Label correction").
+Each rule lives with the code whose param it settles and registers itself here (:func:`rule`): the MentorNet's
+(``mentor.percentile``, ``mentor.dd_noise_kind``) in :mod:`labelnoise.mentornet`, a method's in its file
+(``student.mentormix.*``), label correction's (``correction.teacher``, ``correction.noisy_label_weight``) in
+:mod:`labelnoise.correction`. :data:`RULES` lists them all, each with its one-line rule and source.
 """
 
 from __future__ import annotations
@@ -35,13 +21,6 @@ import numpy as np
 from labelnoise.io import load_json
 
 AUTO = "auto"
-
-# The official MentorMix CIFAR-10 settings (Jiang et al. 2020, its code's run scripts), by noise level.
-MENTORMIX_LEVELS = (0.2, 0.4, 0.6, 0.8)
-MENTORMIX_ALPHA = (2.0, 8.0, 8.0, 4.0)
-MENTORMIX_SECOND_REWEIGHT = (False, False, True, True)
-PERCENTILE_RANGE = (0.5, 0.8)  # the official MentorNet DD scripts' p at 80 % and 20 % noise
-
 
 @dataclass(frozen=True)
 class NoiseEstimate:
@@ -63,39 +42,11 @@ class NoiseEstimate:
                    class_conditional=bool(fit.get("class_conditional", True)))
 
 
-def teacher(estimate: NoiseEstimate, *, joint_epochs: int = 0) -> str:
-    """``correction.teacher: auto``: ensemble where the channel explains the labels, trusted where it does not,
-    student without a trusted subset or with a phase 1 (``correction.epochs`` > 0: it starts from the student)."""
-    if not estimate.n_trusted or joint_epochs:
-        return "student"
-    return "ensemble" if estimate.class_conditional else "trusted"
-
-
-def percentile(rate: float) -> float:
-    """``mentor.percentile: auto``: clip(1 − r̂, 0.5, 0.8)."""
-    lo, hi = PERCENTILE_RANGE
-    return float(np.clip(1.0 - rate, lo, hi))
-
-
-def _level(rate: float) -> int:
-    return int(np.argmin([abs(rate - level) for level in MENTORMIX_LEVELS]))
-
-
-def mixup_alpha(rate: float) -> float:
-    """``student.mentormix.mixup_alpha: auto``: the official α at the noise level nearest r̂."""
-    return MENTORMIX_ALPHA[_level(rate)]
-
-
-def second_reweight(rate: float) -> bool:
-    """``student.mentormix.second_reweight: auto``: on at the official levels that use it (60, 80 %)."""
-    return MENTORMIX_SECOND_REWEIGHT[_level(rate)]
-
-
 def auto_keys(cfg: Any, sections: list[str] | tuple[str, ...]) -> list[str]:
     """The dotted keys under ``sections`` (params section names, or ``student``) whose value is ``auto`` and that
     a rule here settles."""
     keys = []
-    for key in RULES:
+    for key in sorted(RULES):
         section, *path = key.split(".")
         if section not in sections:
             continue
@@ -109,33 +60,23 @@ def auto_keys(cfg: Any, sections: list[str] | tuple[str, ...]) -> list[str]:
 
 def settle(cfg: Any, estimate: NoiseEstimate, keys: list[str]) -> tuple[Any, dict[str, Any]]:
     """``cfg`` with the ``auto`` params in ``keys`` replaced by their rule's value, and {key: value} of every key
-    settled (for the run's records). ``mentor.dd_noise_kind`` and ``correction.noisy_label_weight`` (where the
-    misfit check passed) stay ``auto`` in the config: the stages that read them take T̂ from ``estimate``."""
+    settled (for the run's records). A rule that answers :data:`KEEP` leaves ``auto`` in place (the stage that
+    reads it takes T̂ from ``estimate``) and records its note."""
     chosen: dict[str, Any] = {}
-    if "mentor.percentile" in keys:
-        chosen["mentor.percentile"] = percentile(estimate.rate)
-        cfg = dataclasses.replace(cfg, mentor=dataclasses.replace(cfg.mentor, percentile=chosen["mentor.percentile"]))
-    mix = {}
-    if "student.mentormix.mixup_alpha" in keys:
-        mix["mixup_alpha"] = chosen["student.mentormix.mixup_alpha"] = mixup_alpha(estimate.rate)
-    if "student.mentormix.second_reweight" in keys:
-        mix["second_reweight"] = chosen["student.mentormix.second_reweight"] = second_reweight(estimate.rate)
-    if mix:
-        block = dataclasses.replace(cfg.student.mentormix, **mix)
-        cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, mentormix=block))
-    fixed = {}
-    if "correction.teacher" in keys:
-        fixed["teacher"] = chosen["correction.teacher"] = teacher(estimate, joint_epochs=cfg.correction.epochs)
-    for key in ("mentor.dd_noise_kind", "correction.noisy_label_weight"):
-        if key in keys:
-            chosen[key] = f"the estimated transition matrix ({estimate.use}, rate {estimate.rate:.3f})"
-    if "correction.noisy_label_weight" in keys and not estimate.class_conditional:
-        fixed["noisy_label_weight"] = 0.0
-        chosen["correction.noisy_label_weight"] = ("0: the given labels ignored (the estimated channel does not "
-                                                   "explain them: estimate.misfit_tolerance)")
-    if fixed:
-        cfg = dataclasses.replace(cfg, correction=dataclasses.replace(cfg.correction, **fixed))
+    for key in keys:
+        r = RULES[key]
+        value = r.value(estimate, cfg)
+        chosen[key] = r.note(estimate) if r.note is not None else value
+        if value is not KEEP:
+            cfg = replace_at(cfg, key, value)
     return cfg, chosen
+
+
+def replace_at(cfg: Any, key: str, value: Any) -> Any:
+    """``cfg`` (nested frozen dataclasses) with the dotted ``key`` set to ``value``."""
+    head, _, rest = key.partition(".")
+    inner = value if not rest else replace_at(getattr(cfg, head), rest, value)
+    return dataclasses.replace(cfg, **{head: inner})
 
 
 def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
@@ -159,14 +100,32 @@ def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
     return settled, chosen, estimate
 
 
-# key -> the rule in one line (README "Settings from the estimate", the CLI's records)
-RULES: dict[str, str] = {
-    "mentor.percentile": "clip(1 - estimated rate, 0.5, 0.8): the official MentorNet DD table",
-    "mentor.dd_noise_kind": "the trusted copy corrupted with the estimated transition matrix",
-    "student.mentormix.mixup_alpha": "the official MentorMix alpha at the nearest noise level (2/8/8/4)",
-    "student.mentormix.second_reweight": "on at the nearest official level 60 or 80 %",
-    "correction.noisy_label_weight": "posterior under the estimated transition matrix: s̄ · T[:, noisy label]; "
-                                     "0 (labels ignored) where the misfit check fails",
-    "correction.teacher": "ensemble (student + trusted-only network); trusted where the misfit check fails; "
-                          "student without a trusted subset or with a phase 1",
-}
+KEEP = object()  # a rule's value that leaves ``auto`` in the config (the reader takes T̂ from the estimate)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How ``key`` is set when its value is ``auto``: ``value(estimate, cfg)`` (or KEEP), ``doc`` the rule in one
+    line (README, the run's records), ``note(estimate)`` what the run records it chose (default: the value)."""
+
+    key: str
+    doc: str
+    value: Callable[[NoiseEstimate, Any], Any]
+    note: Callable[[NoiseEstimate], str] | None = None
+
+
+RULES: dict[str, Rule] = {}  # key -> its rule, registered by the module that owns the param
+
+
+def rule(key: str, doc: str, value: Callable[[NoiseEstimate, Any], Any],
+         note: Callable[[NoiseEstimate], str] | None = None) -> Rule:
+    """Register the ``auto`` rule of the param ``key`` (called at import by the module that owns it)."""
+    if key in RULES and RULES[key].value is not value:
+        raise ValueError(f"auto rule {key!r} is registered twice")
+    RULES[key] = Rule(key, doc, value, note)
+    return RULES[key]
+
+
+def estimated_channel(estimate: NoiseEstimate) -> str:
+    """The note of a rule that hands the estimated transition matrix to the stage."""
+    return f"the estimated transition matrix ({estimate.use}, rate {estimate.rate:.3f})"

@@ -22,16 +22,17 @@ from typing import Any, Literal
 import yaml
 
 from labelnoise import datasets
+from labelnoise.correction import CorrectionConfig
 from labelnoise.datasets import DataConfig
 from labelnoise.engine.recipe import Recipe
 from labelnoise.mentornet import MentorConfig
 from labelnoise.methods import method_names, registered
-from labelnoise.methods.joint_optimization import CorrectionConfig
 from labelnoise.models import list_models
 from labelnoise.noise import NoiseConfig
 from labelnoise.noise_estimate import EstimateConfig
 from labelnoise.schema import ConfigError
 from labelnoise.schema import rng as _rng
+from labelnoise.trusted import TrustedConfig
 
 
 # ----------------------------------------------------------------------------- sections
@@ -74,6 +75,7 @@ class Config:
     estimate: EstimateConfig
     mentor: MentorConfig
     train: Recipe
+    trusted: TrustedConfig
     student: Any = dataclasses.field(metadata={"section": student_config_type})  # built from the registry
     correction: CorrectionConfig
     evaluate: EvaluateConfig
@@ -83,6 +85,86 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- a stage's view of the params
+# Keys every stage may read without declaring them: how it runs, not what it computes.
+EXECUTION = ("base.threads", "base.tracking_uri", "base.experiment", "base.study")
+_UNDECLARED = object()  # the value of a key the stage did not declare
+
+
+class UndeclaredParamError(RuntimeError):
+    """A stage read a param that its record (stages.STAGES, hence dvc.yaml) does not declare: DVC would not re-run
+    it when that param changes. A bug of the stage, named in one line."""
+
+    def __init__(self, key: str, stage: str) -> None:
+        super().__init__(f"stage {stage} read the param {key}, which it does not declare (stages.STAGES and "
+                         "dvc.yaml): a change to it would not re-run the stage; declare it or stop reading it")
+
+
+class _Absent:
+    """A params section (or block) the stage did not declare: any read of it is an UndeclaredParamError."""
+
+    def __init__(self, key: str, stage: str) -> None:
+        self.__dict__.update(_key=key, _stage=stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise UndeclaredParamError(f"{self._key}.{name}", self._stage)
+
+    def __repr__(self) -> str:
+        return f"<{self._key}: not declared by stage {self._stage}>"
+
+
+@functools.cache
+def _partial_class(cls: type) -> type:
+    """``cls`` whose fields holding _UNDECLARED raise UndeclaredParamError when read (dataclasses.replace of such an
+    instance works when it gives those fields new values: what a stage does that overrides part of a recipe)."""
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if value is _UNDECLARED:
+            key, stage = self.__dict__.get("_where", ("?", "?"))
+            raise UndeclaredParamError(f"{key}.{name}", stage)
+        return value
+
+    return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__})
+
+
+def _restrict(value: Any, key: str, entries: tuple[str, ...], stage: str) -> Any:
+    if key in entries:
+        return value
+    if not any(e.startswith(key + ".") for e in entries):  # nothing under it declared
+        return _Absent(key, stage) if dataclasses.is_dataclass(value) else _UNDECLARED
+    fields = {f.name: _restrict(getattr(value, f.name), f"{key}.{f.name}", entries, stage)
+              for f in dataclasses.fields(value)}
+    out = _partial_class(type(value))(**fields)
+    object.__setattr__(out, "_where", (key, stage))
+    return out
+
+
+def restrict(cfg: Config, entries: tuple[str, ...] | list[str], *, stage: str) -> Config:
+    """``cfg`` as stage ``stage`` sees it: only ``entries`` (whole sections, blocks or single keys, as the stage's
+    record declares them) and :data:`EXECUTION` can be read; any other read raises UndeclaredParamError. The
+    whole config stays reachable through :func:`unrestricted` for what describes a run (MLflow's names and tags)."""
+    entries = tuple(entries) + EXECUTION
+    sections = {f.name: _restrict(getattr(cfg, f.name), f.name, entries, stage) for f in dataclasses.fields(cfg)}
+    # a class of its own carries the whole config and the entries, so that dataclasses.replace keeps them
+    view = type("Config", (type(cfg),), {"_whole": unrestricted(cfg), "_entries": entries,
+                                         "__module__": __name__})
+    return view(**sections)
+
+
+def unrestricted(cfg: Config) -> Config:
+    """The whole config behind a stage's view (:func:`restrict`), or ``cfg`` itself."""
+    return getattr(type(cfg), "_whole", cfg)
+
+
+def declares(cfg: Config, key: str) -> bool:
+    """Whether ``key`` can be read in ``cfg`` (always, outside a stage's view)."""
+    entries = getattr(type(cfg), "_entries", None)
+    return entries is None or any(key == e or key.startswith(e + ".") for e in entries)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -136,6 +218,22 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
+# Params that moved: the old name (a key or a whole block) → the new one. An old name in a params file or an
+# override is one line naming the new one, never silently ignored.
+RENAMED: dict[str, str] = {
+    "student.clean_only": "trusted",
+    "student.clean_only.epochs": "trusted.epochs",
+    "student.clean_only.augment": "trusted.augment",
+}
+
+
+def _unknown(key: str, known: str = "") -> ConfigError:
+    """The error for an unknown param ``key``: the new name where it was renamed."""
+    if key in RENAMED:
+        return ConfigError(f"{key}: renamed to {RENAMED[key]} (move the value there)")
+    return ConfigError(f"{key}: unknown parameter" + (f" (known: {known})" if known else ""))
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -147,7 +245,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{_join(prefix, unknown[0])}: unknown parameter (known: {', '.join(fields)})")
+        raise _unknown(_join(prefix, unknown[0]), ", ".join(fields))
     values = {}
     for name, f in fields.items():
         key = _join(prefix, name)
@@ -193,10 +291,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         *parents, leaf = dotted.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise ConfigError(f"{dotted}: unknown parameter")
+                raise _unknown(dotted)
             node = node[p]
         if leaf not in node:
-            raise ConfigError(f"{dotted}: unknown parameter")
+            raise _unknown(dotted)
         node[leaf] = _parse_value(dotted, text)
     return out
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelnoise import auto
 from labelnoise.engine import Task, fit
 from labelnoise.io import save_torch
 from labelnoise.schema import rng
@@ -74,6 +75,25 @@ class MentorConfig:
     dd_epochs: int = rng(1, 10_000)  # dd: epochs of the feature-recording student on the clean subset
     seed: int = rng(0)  # mentor initialisation and data sampling
 
+
+# ---- auto settings from the noise estimate (labelnoise.auto)
+PERCENTILE_RANGE = (0.5, 0.8)  # the official MentorNet DD scripts' p at 80 % and 20 % noise
+
+
+def auto_percentile(rate: float) -> float:
+    """``mentor.percentile: auto``: p = clip(1 − r̂, 0.5, 0.8), keep the fraction estimated clean. It reproduces the
+    official MentorNet DD scripts' table exactly (p 0.8 / 0.6 / 0.5 at 20 / 40 / 80 % noise; their PD table is
+    0.75 / 0.75 / 0.5)."""
+    lo, hi = PERCENTILE_RANGE
+    return float(np.clip(1.0 - rate, lo, hi))
+
+
+auto.rule("mentor.percentile", "clip(1 - estimated rate, 0.5, 0.8): the official MentorNet DD table",
+          lambda estimate, cfg: auto_percentile(estimate.rate))
+# the DD mentor learns on a copy of the trusted subset corrupted with the estimated T̂ (exact per-class counts), so
+# it learns to spot the structure the data has (pair, instance-like), not symmetric noise at a guessed rate
+auto.rule("mentor.dd_noise_kind", "the trusted copy corrupted with the estimated transition matrix",
+          lambda estimate, cfg: auto.KEEP, note=auto.estimated_channel)
 
 NUM_PROGRESS = 100  # the epoch feature is the percent of training done, 0..99 (official: 100-row table)
 GRAD_CLIP_NORM = 5.0  # official training_mentornet/train.py: clip_by_global_norm(grads, 5)

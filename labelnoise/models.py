@@ -294,14 +294,6 @@ def create_model(
     return ImageClassifier(Normalize(mean, std), net, name=name, in_channels=in_channels, image_size=image_size)
 
 
-def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """``build()`` with the global torch RNG seeded by ``seed`` for the call, and left as it was after: a fresh
-    network whose initial weights depend on ``seed`` only, not on what ran before."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 # ----------------------------------------------------------------------------- saved models
 
 

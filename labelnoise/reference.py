@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from labelnoise.engine import Task, fit, predict_logits
-from labelnoise.models import channel_stats, create_model, seeded
-from labelnoise.runtime import resolve_channels_last
+from labelnoise.models import channel_stats, create_model
+from labelnoise.runtime import resolve_channels_last, seeded
 from labelnoise.views import TrainView
 
 

@@ -9,13 +9,14 @@ import random
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 
 def repo_root() -> Path:
@@ -76,13 +77,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()`` with the global torch RNG seeded by ``seed`` for the call, and left as it was after: a fresh
+    network whose initial weights depend on ``seed`` only, not on what ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 # ----------------------------------------------------------------------------- random streams
 # Every random stream a run draws from besides the batch order has an id here, so that two uses never share one
 # and a new use does not shift another's draws (np.random.SeedSequence([seed, id]) per stream). A plug-in may
 # name a stream not listed: its id is then derived from the name (at or above 10,000, clear of these).
 STREAMS: dict[str, int] = {
     "spade": 1,  # SPADE / MentorMix: burn-in dropout, the sampling layer, mixup partners and ratios
-    "cleanlab_folds": 41,  # cleanlab: fold assignment, final student's initial weights (41 + 1 + fold: each fold's)
+    "folds": 41,  # cross-fitting (engine.folds): fold assignment, each fold's initial weights (41 + 1 + fold);
+    #               cleanlab's final student's initial weights
     "mentor_refit": 1000,  # SPADE: mentor refit k draws from stream 1000 + k
     "joint": 2001,  # label correction, phase 1: batch order and augmentation
     "retrain": 2002,  # label correction, phase 2: batch order and augmentation

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from labelnoise.methods import display_name, registered
+from labelnoise.describe import ORACLE, as_number, level_label, method_label
+from labelnoise.methods import display_name, get_method, method_names, registered, table_names
 
 # Metrics a report shows when the runs have them (the headline numbers of the evaluate stage).
 REPORT_METRICS = ("test_acc", "train_steps", "test_acc_best_clean", "corrected_test_acc", "detection_auroc",
@@ -60,16 +61,8 @@ def grid_points(grid: dict[str, list[str]]) -> list[list[str]]:
     return [[f"{k}={v}" for k, v in zip(keys, values, strict=True)] for values in itertools.product(*grid.values())]
 
 
-def _as_number(value: str) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _sort_key(value: str) -> tuple[int, float, str]:
-    number = _as_number(value)
+    number = as_number(value)
     return (0, number, "") if number is not None else (1, 0.0, value)
 
 
@@ -104,7 +97,7 @@ def _series(points: list[dict[str, Any]], x: str, keys: Sequence[str],
 
 
 def _numeric(series: dict[str, list[tuple[str, dict[str, float]]]]) -> bool:
-    return all(_as_number(v) is not None for s in series.values() for v, _ in s)
+    return all(as_number(v) is not None for s in series.values() for v, _ in s)
 
 
 def write_report(runs: list[dict[str, Any]], *, study: str, swept: Sequence[str], out_dir: Path,
@@ -296,25 +289,6 @@ def sweep_runs(runs: list[dict[str, Any]], spec: dict[str, Any], variant: str, s
     return found
 
 
-ORACLE = "Oracle (CE, clean labels)"
-
-
-def method_label(params: dict[str, Any]) -> str:
-    """The run's method as tables name it (CE, SPADE-DD, ...), or the oracle (CE on clean labels)."""
-    if params.get("noise.kind") == "none":
-        return ORACLE
-    return display_name(str(params.get("student.method", "")), params.get("mentor.kind"))
-
-
-def level_label(params: dict[str, Any]) -> str:
-    """'symmetric 40 %', 'pair 45 %', ... or 'clean' (no noise)."""
-    kind = params.get("noise.kind", "")
-    if kind == "none":
-        return "clean"
-    rate = _as_number(params.get("noise.rate", ""))
-    return f"{kind} {rate * 100:g} %" if rate is not None else str(kind)
-
-
 def method_order(corrected: str | None) -> tuple[list[str], list[str]]:
     """(every table name in table order, with "<corrected> + correction" after ``corrected``; ours: those of the
     methods that use the MentorNet, and the corrected one)."""
@@ -336,7 +310,7 @@ def _pct(value: float | None) -> str:
 def _levels(found: Collection[str]) -> list[str]:
     """Noise levels in table order: symmetric ones first, then by kind and rate ('clean' left out)."""
     return sorted((lv for lv in found if lv != "clean"),
-                  key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], _as_number(lv.split()[1]) or 0))
+                  key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], as_number(lv.split()[1]) or 0))
 
 
 def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: Any, *,
@@ -513,7 +487,7 @@ CURVES = ("test_acc", "train_acc_noisy")  # the per-epoch metrics `cli.py report
 def memorisation_label(params: dict[str, Any]) -> str:
     """The method's table name, '+ joint optimization' where label correction ran its phase 1 (correction.epochs)."""
     label = method_label(params)
-    return f"{label} + joint optimization" if (_as_number(params.get("correction.epochs", "0")) or 0) > 0 else label
+    return f"{label} + joint optimization" if (as_number(params.get("correction.epochs", "0")) or 0) > 0 else label
 
 
 def _verdict(wins: int, of: int) -> str:
@@ -549,7 +523,8 @@ def memorisation_section(points: list[dict[str, Any]], lines: list[str], figure:
             peak = max(test, key=lambda p: p[1]) if test else None
             final = m.get("test_acc")
             drop = f"{100 * (final - peak[1]):+.2f}" if peak and final is not None else "—"
-            trusted = rows[name]["params"].get("student.method") == "clean_only"  # its epochs: the trusted set's
+            method = rows[name]["params"].get("student.method", "")  # its steps: the trusted set's for a method on it
+            trusted = method in method_names() and not get_method(method).uses_noisy_labels
             lines.append(f"| {name} | {_pct(peak[1]) + f' ({peak[0]})' if peak else '—'} | {_pct(final)} | {drop} | "
                          f"{'— (trusted labels)' if trusted else _pct(m.get('final_train_acc_noisy'))} | — |")
             if trusted:
@@ -602,3 +577,75 @@ def memorisation_section(points: list[dict[str, Any]], lines: list[str], figure:
                          for lv, m in recovered) + ".")
     if found:
         lines += ["", "## The papers' claims in this regime", "", *found]
+
+
+# ----------------------------------------------------------------------------- the methods on one setting
+# Params that define a setting: runs of different methods are comparable only when all of these agree.
+SETTING_SECTIONS = ("data", "noise")
+SETTING_KEYS = ("train.model", "train.epochs")
+
+
+def setting_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The params (flat, as on a pipeline's parent run) that define its setting."""
+    return {k: v for k, v in flat.items() if k.split(".")[0] in SETTING_SECTIONS or k in SETTING_KEYS}
+
+
+def setting_line(flat: Mapping[str, Any], experiment: str) -> str:
+    """The setting of a methods table in words, and how its rows were chosen."""
+    return (f"Setting: {flat.get('data.dataset')} · {level_label(dict(flat))} · {flat.get('train.model')}, "
+            f"{flat.get('train.epochs')} epochs. Test accuracy of the final-epoch model. Rows: per method, the "
+            f"latest finished pipeline run in the MLflow store (experiment `{experiment}`) with the same `data.*`, "
+            "`noise.*`, `train.model` and `train.epochs` params.")
+
+
+def method_rows(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For every registered method variant, the first of ``runs`` (newest first: pipeline runs of one setting, as
+    :func:`labelnoise.tracking.matching_pipelines` yields them) that ran it and has a test accuracy (a standalone
+    stage's parent run has none): variant → {the headline metrics, "run_id", "date"}."""
+    import datetime as dt
+
+    rows: dict[str, dict[str, Any]] = {}
+    variants = table_names()
+    for r in runs:
+        name = display_name(r["params"].get("student.method", "?"), r["params"].get("mentor.kind"))
+        if name in rows or name not in variants or "test_acc" not in r["metrics"]:
+            continue
+        rows[name] = {**{k: r["metrics"].get(k, math.nan)
+                         for k in ("test_acc", "detection_auroc", "corrected_test_acc", "recovered_label_acc")},
+                      "run_id": r["run_id"],
+                      "date": dt.datetime.fromtimestamp((r["end"] or r["start"]) / 1000).strftime("%Y-%m-%d %H:%M")}
+        if len(rows) == len(variants):
+            break
+    return rows
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return format(x, spec) if isinstance(x, int | float) and math.isfinite(x) else "—"
+
+
+def methods_table(rows: Mapping[str, Mapping[str, Any]], *, setting: str) -> str:
+    """Markdown: one row per registered method variant (methods.table_names()) and one for it + correction.
+
+    ``rows``: variant → {"test_acc", "detection_auroc", "corrected_test_acc", "recovered_label_acc" (floats,
+    NaN or missing = not available), "run_id", "date"} (:func:`method_rows`); a variant absent from ``rows`` has
+    no run yet (dashes).
+    """
+    lines = [
+        f"{setting}",
+        "",
+        "| method | test accuracy | noise-detection AUROC | recovered-label accuracy | run | date |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for variant in table_names():
+        r = rows.get(variant)
+        if r is None:
+            lines += [f"| {name} | — | — | — | no finished run | — |" for name in (variant, f"{variant} + correction")]
+            continue
+        run = f"`{r['run_id'][:8]}`"
+        auroc = _fmt(r.get("detection_auroc", math.nan), ".3f") if variant != "CE" else "—"
+        lines.append(f"| {variant} | {_fmt(r.get('test_acc', math.nan), '.2%')} | {auroc} | — | {run} | {r['date']} |")
+        lines.append(
+            f"| {variant} + correction | {_fmt(r.get('corrected_test_acc', math.nan), '.2%')} | — | "
+            f"{_fmt(r.get('recovered_label_acc', math.nan), '.2%')} | {run} | {r['date']} |"
+        )
+    return "\n".join(lines) + "\n"

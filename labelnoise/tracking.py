@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelnoise.config import Config, flatten
 from labelnoise.runtime import repo_root
 
 # MLflow 3 opens an experiment in its GenAI view unless this tag names a model-training experiment.
@@ -117,21 +116,26 @@ def git_commit(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def run_tags(cfg: Config, root: Path) -> dict[str, str]:
+@dataclass(frozen=True)
+class Execution:
+    """A pipeline execution as the stages describe it (this module knows no config): the store, the parent run's
+    name, the tags of the parent and its stage runs (what ran: dataset, noise, method, model, study), and every
+    param, flattened with dots (the parent run's params)."""
+
+    tracking_uri: str  # base.tracking_uri (MLFLOW_TRACKING_URI overrides it)
+    experiment: str
+    name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+
+
+def run_tags(execution: Execution, root: Path) -> dict[str, str]:
     """Tags shared by the parent and its stage runs."""
-    tags = {
-        "git_commit": git_commit(root),
-        "dataset": cfg.data.dataset,
-        "noise": cfg.noise.kind,
-        "method": cfg.student.method,
-        "model": cfg.train.model,
-    }
+    tags = {"git_commit": git_commit(root), **execution.tags}
     if name := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = name
     tags |= {"mlflow.source.type": "LOCAL", "mlflow.source.name": "cli.py",  # the UI's Source column
              "mlflow.source.git.commit": tags["git_commit"]}
-    if cfg.base.study:
-        tags["study"] = cfg.base.study
     return tags
 
 
@@ -327,26 +331,18 @@ def _experiment_id(client: Any, name: str, root: Path) -> str:
     return exp.experiment_id
 
 
-def pipeline_name(cfg: Config) -> str:
-    """What a pipeline execution ran, as its run's name: ``SPADE-DD · symmetric 40 % · fashion_mnist · cnn``
-    (then the DVC experiment's name, when there is one)."""
-    from labelnoise.studies import level_label, method_label
-
-    flat = flatten(cfg.to_dict())
-    parts = [method_label(flat), level_label(flat), cfg.data.dataset, cfg.train.model]
-    return " · ".join([*parts, *([name] if (name := os.environ.get("DVC_EXP_NAME")) else [])])
-
-
-def _find_or_create_parent(client: Any, exp_id: str, key: str | None, cfg: Config, tags: dict[str, str]) -> str:
+def _find_or_create_parent(client: Any, exp_id: str, key: str | None, execution: Execution,
+                           tags: dict[str, str]) -> str:
     if key is not None:
         found = client.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1)
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-    parent = client.create_run(exp_id, run_name=pipeline_name(cfg),
+    name = " · ".join([execution.name, *([exp] if (exp := os.environ.get("DVC_EXP_NAME")) else [])])
+    parent = client.create_run(exp_id, run_name=name,
                                tags={**tags, KIND_TAG: "pipeline", KEY_TAG: key or f"standalone:{time.time_ns()}"})
-    _log_params(client, parent.info.run_id, flatten(cfg.to_dict()))
+    _log_params(client, parent.info.run_id, execution.params)
     return parent.info.run_id
 
 
@@ -354,7 +350,7 @@ def _find_or_create_parent(client: Any, exp_id: str, key: str | None, cfg: Confi
 _CHECK_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-def check_store(cfg: Config) -> str:
+def check_store(tracking_uri: str, experiment: str) -> str:
     """Raise ``TrackingError`` (one line) unless the MLflow store can be reached and written; returns its URI.
 
     Stages call this before any work, so an unusable store never costs a training run. A SQLite store
@@ -362,7 +358,7 @@ def check_store(cfg: Config) -> str:
     experiment lookup (and create the experiment when it is new).
     """
     root = repo_root()
-    uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
+    uri = resolve_tracking_uri(tracking_uri, root)
     db = Path(path) if (path := _sqlite_file(uri)) is not None else None
     if db is not None:  # a SQLite file, checked directly: MLflow retries for minutes
         import sqlite3
@@ -386,7 +382,7 @@ def check_store(cfg: Config) -> str:
                                 "fix base.tracking_uri or MLFLOW_TRACKING_URI") from None
     try:
         with no_http_retries(), _setup_lock(db):  # MLflow creates a new store's tables without a lock of its own
-            _experiment_id(_client(uri), cfg.base.experiment, root)
+            _experiment_id(_client(uri), experiment, root)
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         raise _unusable(uri, e) from None
     return uri
@@ -425,19 +421,12 @@ def _setup_lock(db: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def stage_params(flat: dict[str, Any], sections: tuple[str, ...]) -> dict[str, Any]:
-    """The params a stage's run logs: every ``base.*`` key and those of ``sections`` (sections or dotted keys)."""
-    return {k: v for k, v in flat.items()
-            if k.startswith("base.") or any(k == e or k.startswith(e + ".") for e in sections)}
-
-
 @contextmanager
-def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Iterator[StageRun]:
-    """Open the child run for ``stage`` under this execution's parent run.
+def stage_run(stage: str, execution: Execution, *, params: Mapping[str, Any]) -> Iterator[StageRun]:
+    """Open the child run for ``stage`` under ``execution``'s parent run, with the stage's own ``params`` (flat).
 
-    Logs ``base`` plus the stage's own params ``sections`` (:func:`stage_params`). The child ends FINISHED, KILLED on
-    Ctrl-C, or FAILED if the block raises; the parent is marked finished after each stage.
-    Store problems surface here, before any work starts, as ``TrackingError``.
+    The child ends FINISHED, KILLED on Ctrl-C, or FAILED if the block raises; the parent is marked finished after
+    each stage. Store problems surface here, before any work starts, as ``TrackingError``.
     """
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -447,16 +436,15 @@ def stage_run(stage: str, cfg: Config, *, sections: tuple[str, ...] = ()) -> Ite
         yield NullRun()
         return
     root = repo_root()
-    uri = resolve_tracking_uri(cfg.base.tracking_uri, root)
-    tags = run_tags(cfg, root)
+    uri = resolve_tracking_uri(execution.tracking_uri, root)
+    tags = run_tags(execution, root)
     try:
         client = _client(uri)
-        exp_id = _experiment_id(client, cfg.base.experiment, root)
-        parent_id = _find_or_create_parent(client, exp_id, pipeline_key(), cfg, tags)
+        exp_id = _experiment_id(client, execution.experiment, root)
+        parent_id = _find_or_create_parent(client, exp_id, pipeline_key(), execution, tags)
         child = client.create_run(exp_id, run_name=stage,
                                   tags={**tags, KIND_TAG: "stage", MLFLOW_PARENT_RUN_ID: parent_id})
-        params = stage_params(flatten(cfg.to_dict()), sections)
-        _log_params(client, child.info.run_id, params)
+        _log_params(client, child.info.run_id, dict(params))
     except Exception as e:  # noqa: BLE001 - any store failure becomes one line
         raise _unusable(uri, e) from None
     run = StageRun(client, child.info.run_id, parent_id, uri)

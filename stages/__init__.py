@@ -1,6 +1,8 @@
 """The pipeline's stages, one module each (`stages/<stage>.py`, DVC stage `<stage>`, CLI command `<stage-with-dashes>`),
 and the one map of the params each reads. Importing this package loads nothing else of the project."""
 
+from dataclasses import dataclass
+
 # The training recipe's keys each use of it reads (a use overrides the others: see its own params).
 _RECIPE = ("model", "pretrained", "epochs", "batch_size", "epoch_size", "eval_batch_size", "lr", "momentum", "nesterov",
            "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "onecycle_pct_start", "augment",
@@ -11,32 +13,64 @@ def _train_but(*overridden: str) -> tuple[str, ...]:
     return tuple(f"train.{k}" for k in _RECIPE if k not in overridden)
 
 
-# What each stage reads of the params: whole sections or single keys. dvc.yaml's `params` (so DVC re-runs exactly
-# the stages a change concerns), the params of the stage's MLflow child run and the CLI help follow this one map;
-# tests/test_stage_params.py checks dvc.yaml against it.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "download": ("data",),
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline: DVC stage ``name`` = module ``stages/<name>.py`` = CLI command ``name`` with
+    dashes = MLflow child run ``name``. dvc.yaml follows this record (tests/test_stage_params.py checks it): its
+    ``params`` are ``params`` (so DVC re-runs exactly the stages a change concerns; the stage's MLflow run logs them
+    and the stage is handed a config holding only them), its outs / metrics / plots are the dvc.yaml ``vars``
+    named in ``outputs``."""
+
+    name: str
+    summary: str  # the CLI help's first sentence
+    params: tuple[str, ...] = ()  # whole sections or single keys it reads
+    outputs: tuple[str, ...] = ()  # names of dvc.yaml vars: every path the stage writes
+    torchrun: bool = False  # may run as several processes (it trains networks)
+    tracked: bool = True  # an MLflow child run; False: bookkeeping for DVC (reads no params, computes nothing)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("own_files", "list the files of data/own (path, size, time; nothing read) for the stages that read them.",
+          outputs=("own_files",), tracked=False),
+    Stage("download", "fetch and verify the dataset, cut train / clean / val / test.", ("data",),
+          ("prepared", "data_report")),
     # open_set / massive other: images of another dataset (data.root, mirrors); instance: the reference classifier
     # trains with the recipe (noise.reference_* override its network, epochs, lr, batch size and precision)
-    "inject_noise": ("data", "noise", "base.device", "base.deterministic",
-                     *_train_but("model", "pretrained", "epochs", "lr", "batch_size", "precision")),
-    # folds of the recipe's network, estimate.epochs each; the misfit check's with student.clean_only's budget
-    "estimate_noise": ("base.seed", "base.device", "base.deterministic", "estimate", "student.clean_only",
-                       *_train_but("epochs")),
+    Stage("inject_noise", "corrupt the train labels with a named noise model; record which changed.",
+          ("data", "noise", "base.device", "base.deterministic",
+           *_train_but("model", "pretrained", "epochs", "lr", "batch_size", "precision")),
+          ("noisy", "noise_plot", "noise_report")),
+    # folds of the recipe's network, estimate.epochs each; the misfit check's with the trusted budget
+    Stage("estimate_noise", "estimate the noise rate and transition matrix from the noisy labels and the trusted "
+          "subset.", ("base.seed", "base.device", "base.deterministic", "estimate", "trusted",
+                      *_train_but("epochs")),
+          ("noise_estimate_plot", "noise_estimate")),
     # dd: the recording student trains with the recipe for mentor.dd_epochs epochs
-    "pretrain_mentor": ("base.seed", "base.device", "base.deterministic", "mentor", *_train_but("epochs")),
-    "train_student": ("base.seed", "base.device", "base.deterministic", "mentor", "train", "student"),
+    Stage("pretrain_mentor", "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).",
+          ("base.seed", "base.device", "base.deterministic", "mentor", *_train_but("epochs")),
+          ("mentor_model", "mentor_plots", "mentor_report"), torchrun=True),
+    Stage("train_student", "train the student on the noisy labels with `student.method` (resumes from its "
+          "checkpoint).", ("base.seed", "base.device", "base.deterministic", "mentor", "train", "trusted", "student"),
+          ("student_model", "student_best", "student_weights", "curves"), torchrun=True),
     # both phases: the recipe with correction's own lr, schedule and epochs; the network is the student's. The
-    # trusted teacher (correction.teacher): the recipe with student.clean_only's epochs and augmentation
-    "correct_labels": ("base.seed", "base.device", "base.deterministic", "base.model_alias", "correction",
-                       "student.clean_only", *_train_but("model", "pretrained", "epochs")),
-    "evaluate": ("base.device", "evaluate"),
-}
+    # trusted teacher (correction.teacher): the recipe with the trusted budget's epochs and augmentation
+    Stage("correct_labels", "joint optimization of network and labels, then retrain on them.",
+          ("base.seed", "base.device", "base.deterministic", "base.model_alias", "correction", "trusted",
+           *_train_but("model", "pretrained", "epochs")),
+          ("corrected", "final_model", "correction_plots", "correction_report"), torchrun=True),
+    Stage("evaluate", "test accuracy, per-class accuracy, noise detection, plots, metrics.json.",
+          ("base.device", "evaluate"), ("plots_dir", "label_issues", "metrics")),
+)
+_BY_NAME = {s.name: s for s in STAGES}
+TRACKED = tuple(s.name for s in STAGES if s.tracked)  # the stages proper, in pipeline order
 
 
-# DVC stages that compute nothing and read no params (a CLI command each, no MLflow run): own_files lists data/own
-# for the stages that read it, so that DVC never opens a file of it.
-BOOKKEEPING = ("own_files",)
+def get_stage(name: str) -> Stage:
+    return _BY_NAME[name]
+
+
+# What each tracked stage reads of the params (the records' ``params``, by name).
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {s.name: s.params for s in STAGES if s.tracked}
 
 
 def stage_params_help(stage: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from labelnoise import runtime
 from labelnoise.config import Config
-from stages import STAGE_PARAMS  # noqa: F401  (re-exported: the stages read their map from here)
+from stages import STAGE_PARAMS, get_stage  # noqa: F401  (re-exported: the stages read their map from here)
 
 DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
 
@@ -23,18 +24,9 @@ def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:
 
 
 def stage_outputs(stage: str, dvc_file: str | Path = DVC_FILE) -> list[Path]:
-    """Every path stage ``stage`` declares in dvc.yaml (outs, metrics, plots), ``${var}`` resolved."""
-    spec = yaml.safe_load(Path(dvc_file).read_text())
-    variables = {k: str(v) for k, v in _load_paths(dvc_file).items()}
-    declared = spec["stages"][stage]
-    paths = []
-    for section in ("outs", "metrics", "plots"):
-        for entry in declared.get(section, []):
-            name = next(iter(entry)) if isinstance(entry, dict) else entry
-            for key, value in variables.items():
-                name = name.replace("${" + key + "}", value)
-            paths.append(Path(name))
-    return paths
+    """Every path stage ``stage`` writes (its record's ``outputs``: dvc.yaml vars, resolved there)."""
+    paths = _load_paths(dvc_file)
+    return [paths[var] for var in get_stage(stage).outputs]
 
 
 class _Paths:
@@ -59,22 +51,63 @@ def require(*paths: Path) -> None:
 
 def setup(cfg: Config) -> None:
     """Once per stage, before any work: under torchrun join the process group; the MLflow store must be
-    usable (rank 0 talks to it); then threads and seeds."""
+    usable (rank 0 talks to it); then threads, and seeds for a stage that declares base.seed."""
     from labelnoise import distributed, tracking
+    from labelnoise.config import declares
 
-    distributed.init(runtime.resolve_device(cfg.base.device).type)
+    device = cfg.base.device if declares(cfg, "base.device") else "cpu"
+    distributed.init(runtime.resolve_device(device).type)
     if distributed.is_main():
-        tracking.check_store(cfg)
+        tracking.check_store(cfg.base.tracking_uri, cfg.base.experiment)
     runtime.set_threads(cfg.base.threads)
-    runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
+    if declares(cfg, "base.seed"):
+        runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
 
+
+def execution(cfg: Config) -> Any:
+    """The pipeline execution ``cfg`` belongs to, as MLflow records it (labelnoise.tracking.Execution): its parent
+    run's name says what ran (``SPADE-DD · symmetric 40 % · fashion_mnist · cnn``), its tags and params are every
+    param's. Read from the whole config: it describes the execution, no stage computes from it."""
+    from labelnoise import tracking
+    from labelnoise.config import flatten, unrestricted
+    from labelnoise.describe import run_name
+
+    whole = unrestricted(cfg)
+    flat = flatten(whole.to_dict())
+    tags = {"dataset": whole.data.dataset, "noise": whole.noise.kind, "method": whole.student.method,
+            "model": whole.train.model, **({"study": whole.base.study} if whole.base.study else {})}
+    return tracking.Execution(tracking_uri=whole.base.tracking_uri, experiment=whole.base.experiment,
+                              name=run_name(flat),
+                              tags=tags, params=flat)
+
+
+def stage_run(stage: str, cfg: Config) -> Any:
+    """The MLflow child run of ``stage`` (a context manager yielding labelnoise.tracking.StageRun): the params it
+    logs are ``base`` and the stage's own (its record)."""
+    from labelnoise import tracking
+
+    whole = execution(cfg)
+    return tracking.stage_run(stage, whole, params=stage_params(whole.params, get_stage(stage).params))
+
+
+def stage_params(flat: dict[str, Any], entries: tuple[str, ...]) -> dict[str, Any]:
+    """The params a stage's run logs: every ``base.*`` key and those of ``entries`` (sections or dotted keys)."""
+    return {k: v for k, v in flat.items()
+            if k.startswith("base.") or any(k == e or k.startswith(e + ".") for e in entries)}
 
 
 def training_data(cfg: Config) -> dict[str, str]:
-    """The files the student trains from, by the name MLflow shows as its dataset inputs."""
-    return {cfg.data.dataset: PATHS.prepared, f"{cfg.data.dataset} noisy labels ({cfg.noise.kind})": PATHS.noisy}
+    """The files the student trains from, by the name MLflow shows as its dataset inputs (names describe the
+    execution: read from the whole config)."""
+    from labelnoise.config import unrestricted
+
+    whole = unrestricted(cfg)
+    return {whole.data.dataset: PATHS.prepared,
+            f"{whole.data.dataset} noisy labels ({whole.noise.kind})": PATHS.noisy}
 
 
 def registered_name(cfg: Config) -> str:
     """The MLflow registered model a pipeline's models are versions of: one per dataset."""
-    return f"labelnoise-{cfg.data.dataset}"
+    from labelnoise.config import unrestricted
+
+    return f"labelnoise-{unrestricted(cfg).data.dataset}"

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import datasets, tracking
+from labelnoise import datasets
 from labelnoise.config import Config
 from labelnoise.io import read_label_csv, regular_file, save_json
 from labelnoise.runtime import repo_path
-from stages.common import PATHS, STAGE_PARAMS, setup
+from stages.common import PATHS, setup, stage_run
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def run(cfg: Config) -> dict[str, Any]:
     sizes = prepared.sizes()
     metrics = {"n_train": sizes["train"], "n_clean": sizes["clean"], "n_val": sizes["val"], "n_test": sizes["test"]}
 
-    with tracking.stage_run("download", cfg, sections=STAGE_PARAMS["download"]) as tracked:
+    with stage_run("download", cfg) as tracked:
         datasets.save_prepared(PATHS.prepared, prepared)
         save_json(PATHS.data_report, report)
         tracked.log_metrics(metrics)

@@ -2,7 +2,7 @@
 trusted clean subset — never from the true train labels (a TrainView).
 
 ``estimate.folds`` networks (the recipe's, ``estimate.epochs`` each) train with cross-entropy on the other folds
-of the noisy train set (:func:`labelnoise.methods.cleanlab.out_of_fold_probs`, resumable per fold). From them:
+of the noisy train set (:func:`labelnoise.engine.folds.out_of_fold_probs`, resumable per fold). From them:
 
 - the confusion inversion (:func:`labelnoise.noise_estimate.confusion_transition`): each fold network's confusion
   on the trusted examples inverted out of the joint of its predictions and the noisy labels (needs a trusted
@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import tracking
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
+from labelnoise.engine.folds import out_of_fold_probs
 from labelnoise.io import save_json
-from labelnoise.methods.cleanlab import out_of_fold_probs
 from labelnoise.models import channel_stats, create_model
 from labelnoise.noise import load_noisy
 from labelnoise.noise_estimate import (
@@ -51,8 +50,9 @@ from labelnoise.noise_estimate import (
 )
 from labelnoise.plots import plot_matrices
 from labelnoise.runtime import derived_seed, resolve_device
+from labelnoise.trusted import trusted_recipe
 from labelnoise.views import make_train_view, trusted_only, without_test
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from stages.common import PATHS, require, setup, stage_run
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def run(cfg: Config) -> dict[str, Any]:
     kwargs = dict(num_classes=k, in_channels=channels, image_size=max(height, width), mean=mean, std=std)
     recipe = dataclasses.replace(cfg.train, epochs=e.epochs)
 
-    with tracking.stage_run("estimate_noise", cfg, sections=STAGE_PARAMS["estimate_noise"]) as tracked:
+    with stage_run("estimate_noise", cfg) as tracked:
         probs, trusted_probs, fold = out_of_fold_probs(
             lambda: create_model(cfg.train.model, **kwargs), view, folds=e.folds, recipe=recipe, seed=cfg.base.seed,
             device=device, checkpoint_path=Path(PATHS.estimate_ckpt), also=view.x_clean if has_trusted else None)
@@ -89,8 +89,7 @@ def run(cfg: Config) -> dict[str, Any]:
         chosen = estimates[use]
         fit = None
         if has_trusted and e.trusted_folds:  # the misfit check: networks that never saw a given label
-            check = dataclasses.replace(cfg.train, epochs=cfg.student.clean_only.epochs,
-                                        augment=cfg.student.clean_only.augment)
+            check = trusted_recipe(cfg.train, cfg.trusted)
             ckpt = Path(PATHS.estimate_ckpt)
             held, on_noisy, part = out_of_fold_probs(
                 lambda: create_model(cfg.train.model, **kwargs), without_test(trusted_only(view)),

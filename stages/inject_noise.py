@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import noise, reference, tracking
+from labelnoise import noise, reference
 from labelnoise.config import Config
 from labelnoise.datasets import Prepared, class_map_for, load_prepared, open_set_pool, resolve_open_set_source
 from labelnoise.io import save_json
 from labelnoise.plots import plot_matrix, plot_per_class
 from labelnoise.runtime import repo_path, resolve_device
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from stages.common import PATHS, require, setup, stage_run
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def run(cfg: Config) -> dict[str, Any]:
         **extra,
     }
 
-    with tracking.stage_run("inject_noise", cfg, sections=STAGE_PARAMS["inject_noise"]) as tracked:
+    with stage_run("inject_noise", cfg) as tracked:
         noise.save_noisy(PATHS.noisy, nl)
         save_json(PATHS.noise_report, report)
         scope = " in mapped classes" if nc.kind == "asymmetric" else ""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from labelnoise import distributed, noise, runtime, tracking
+from labelnoise import distributed, noise, runtime
 from labelnoise import mentornet as mn
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config, ConfigError
@@ -38,7 +38,7 @@ from labelnoise.io import save_json
 from labelnoise.metrics import detection_quality
 from labelnoise.models import channel_stats, create_model
 from labelnoise.plots import plot_weight_maps
-from stages.common import PATHS, STAGE_PARAMS, require, setup
+from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
 
 PD_PLOT_PROGRESS = (10, 50, 95)  # burn-in, self-paced and linear phases of official_pd
 MIN_DD_EXAMPLES = 10  # corrupted and correct labels each, at least, in the dd mentor's data
@@ -72,7 +72,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if not distributed.is_main():  # torchrun: rank 0 writes the outputs
         return {}
 
-    with tracking.stage_run("pretrain_mentor", cfg, sections=STAGE_PARAMS["pretrain_mentor"]) as tracked:
+    with stage_run("pretrain_mentor", cfg) as tracked:
         tracked.set_tags({"mentor": cfg.mentor.kind})
         mn.save_mentor(PATHS.mentor_model, result.mentor, cfg=cfg.mentor, num_classes=result.num_classes,
                        info={k: v for k, v in report.items()  # no timing: same params, same bytes

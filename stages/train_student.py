@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from labelnoise import distributed, tracking
+from labelnoise import distributed
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import load_prepared
@@ -38,7 +38,7 @@ from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view, with_trusted
-from stages.common import PATHS, STAGE_PARAMS, registered_name, require, setup, training_data
+from stages.common import PATHS, STAGE_PARAMS, registered_name, require, setup, stage_run, training_data
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 # Metrics that go on the pipeline's parent run instead: a study's table shows each run's budget and how far the
@@ -91,7 +91,7 @@ def run(cfg: Config) -> dict[str, float]:
     # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
     model = create_model(t.model, pretrained=t.pretrained, **model_kwargs)
 
-    with tracking.stage_run("train_student", cfg, sections=STAGE_PARAMS["train_student"]) as tracked:
+    with stage_run("train_student", cfg) as tracked:
         tracked.set_tags({"method": s.method, "model": t.model,
                           **({"mentor": cfg.mentor.kind} if method.uses_mentor else {}),
                           **{f"auto.{key}": str(value) for key, value in chosen.items()}})
@@ -103,7 +103,7 @@ def run(cfg: Config) -> dict[str, float]:
                             new_model=lambda: create_model(t.model, pretrained=t.pretrained, **model_kwargs),
                             seed=cfg.base.seed, device=device, weights_at=s.weights_at, mentor=mentor,
                             mentor_cfg=cfg.mentor, checkpoint_path=Path(PATHS.student_ckpt), on_epoch=on_epoch,
-                            transition=None if estimate is None else estimate.transition)
+                            transition=None if estimate is None else estimate.transition, trusted=cfg.trusted)
         trained = method.run(ctx)
         result = trained.fit
         last = result.history[-1]

@@ -13,7 +13,8 @@ from torch import nn
 
 from labelnoise import auto
 from labelnoise.config import from_dict, merge, read_yaml
-from labelnoise.methods.joint_optimization import noisy_label_posterior, one_hot
+from labelnoise.correction import noisy_label_posterior, one_hot
+from labelnoise.mentornet import auto_percentile
 from labelnoise.methods.spade import SpadeTask
 from labelnoise.noise import NoisyLabels
 from labelnoise.views import make_train_view, subset_view, with_trusted
@@ -29,13 +30,23 @@ def default_config(**sections):
 
 def test_the_percentile_rule_is_the_official_dd_table() -> None:
     # official MentorNet DD scripts: p 0.8 / 0.6 / 0.5 at 20 / 40 / 80 % noise
-    assert [auto.percentile(r) for r in (0.2, 0.4, 0.8)] == pytest.approx([0.8, 0.6, 0.5])
-    assert auto.percentile(0.0) == 0.8 and auto.percentile(0.95) == 0.5 and auto.percentile(0.3) == pytest.approx(0.7)
+    assert [auto_percentile(r) for r in (0.2, 0.4, 0.8)] == pytest.approx([0.8, 0.6, 0.5])
+    assert auto_percentile(0.0) == 0.8 and auto_percentile(0.95) == 0.5 and auto_percentile(0.3) == pytest.approx(0.7)
 
 
 def test_mentormix_settings_are_the_official_ones_at_the_nearest_level() -> None:
-    assert [auto.mixup_alpha(r) for r in (0.1, 0.2, 0.45, 0.55, 0.62, 0.75, 0.95)] == [2, 2, 8, 8, 8, 4, 4]
-    assert [auto.second_reweight(r) for r in (0.2, 0.4, 0.49, 0.6, 0.8)] == [False, False, False, True, True]
+    def settled(key: str, rate: float) -> object:
+        return auto.RULES[key].value(auto.NoiseEstimate(rate=rate, transition=np.eye(2), use="confusion"), None)
+
+    alpha, second = "student.mentormix.mixup_alpha", "student.mentormix.second_reweight"
+    assert [settled(alpha, r) for r in (0.1, 0.2, 0.45, 0.55, 0.62, 0.75, 0.95)] == [2, 2, 8, 8, 8, 4, 4]
+    assert [settled(second, r) for r in (0.2, 0.4, 0.49, 0.6, 0.8)] == [False, False, False, True, True]
+
+
+def test_every_auto_rule_lives_with_the_code_whose_param_it_settles() -> None:
+    owners = {"mentor": "labelnoise.mentornet", "student": "labelnoise.methods.", "correction": "labelnoise.correction"}
+    for key, r in auto.RULES.items():
+        assert r.value.__module__.startswith(owners[key.split(".")[0]]), key
 
 
 def test_settle_replaces_exactly_the_auto_params_it_is_given() -> None:
@@ -94,7 +105,7 @@ def test_a_stage_settles_only_the_auto_params_under_its_own_entries(tmp_path: Pa
 
     monkeypatch.chdir(tmp_path)
     save_json("estimate.json", {"rate": 0.8, "transition": np.eye(10).tolist(), "use": "confusion", "n_trusted": 50})
-    # correct_labels reads student.clean_only (its trusted teacher's budget), not student.mentormix
+    # correct_labels reads `trusted` (its trusted teacher's budget), not student.mentormix
     _, chosen, _ = auto.settle_stage(default_config(), STAGE_PARAMS["correct_labels"], "estimate.json")
     assert set(chosen) == {"correction.noisy_label_weight", "correction.teacher"}
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise import tracking
 from labelnoise.config import load_config
+from stages.common import stage_run
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -77,7 +78,7 @@ def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch:
     for i, lr in enumerate((0.1, 0.02)):
         monkeypatch.setenv("LABELNOISE_PIPELINE_ID", f"test-{i}")
         cfg = load_config(workdir / "params.yaml", [f"train.lr={lr}"])
-        with tracking.stage_run("evaluate", cfg) as run:
+        with stage_run("evaluate", cfg) as run:
             run.log_metrics({"test_acc": 0.5 + i / 10}, on_parent=True)
     result = runner.invoke(app, ["compare", "-n", "2"])
     assert result.exit_code == 0, result.output
@@ -129,7 +130,6 @@ def test_compare_and_report_ask_a_tracking_server_once(workdir: Path, monkeypatc
                                                        args: list[str], query: str) -> None:
     """A server that does not answer is one line in seconds: the store is read with MLflow's HTTP retries off
     (its default, 7 retries with back-off, held `compare` for minutes), as the stages' store check does."""
-    from labelnoise import tracking
 
     seen: list[str | None] = []
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
+from labelnoise import correction
 from labelnoise.config import Config, ConfigError, from_dict, merge, read_yaml
-from labelnoise.methods import joint_optimization as correction
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
 from tests.helpers import nan_from, split_student
@@ -227,7 +227,7 @@ def new_model(seed: int = 0) -> nn.Module:
 
 def run_both(data: Any, c: Any, s: Any, *, path: Path | None = None, joint_model: nn.Module | None = None,
              crash: tuple[str, int] | None = None, log: list[str] | None = None,
-             trusted: np.ndarray | None = None) -> tuple[correction.JointResult, correction.RetrainResult]:
+             trusted: np.ndarray | None = None) -> tuple[correction.Relabelled, correction.RetrainResult]:
     """Phase 1 then phase 2 on ``data``, their checkpoints at ``path`` (phase 1: ``*.joint.pt``) as the stage keeps
     them; ``crash=(phase, epoch)`` raises after that epoch's checkpoint."""
     joint_model = joint_model or new_model(0)

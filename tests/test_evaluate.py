@@ -12,8 +12,9 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from labelnoise import plots
+from labelnoise import evaluation, plots
 from labelnoise.config import Config, from_dict, merge, read_yaml
 from tests.helpers import split_student
 
@@ -158,6 +159,7 @@ def _write_inputs(cfg: Config) -> dict[str, np.ndarray]:
     )
 
     save_json(PATHS.correction_report, {**CORRECTION_REPORT, "final_model": {"test_acc": 0.1}})
+    save_json(PATHS.noise_report, {"kind": cfg.noise.kind, "realised_rate": 0.25})
 
     curves = _curves()
     Path(PATHS.curves).parent.mkdir(parents=True, exist_ok=True)
@@ -187,9 +189,24 @@ def _independent_acc(path: Path, images: np.ndarray, labels: np.ndarray) -> tupl
     return float((pred == labels).mean()), pred
 
 
-def _methods_table(path: Path) -> tuple[str, dict[str, dict[str, str]]]:
-    """The table's first line (the setting) and its rows: method → column header → cell."""
-    lines = path.read_text().splitlines()
+def _methods_rows(cfg: Config) -> tuple[str, dict[str, dict[str, str]]]:
+    """The methods table of ``cfg``'s setting, as `compare --methods` builds it from the store: its first line (the
+    setting) and its rows: method → column header → cell."""
+    return _table_rows(_methods_text(cfg))
+
+
+def _methods_text(cfg: Config) -> str:
+    from labelnoise import studies, tracking
+    from labelnoise.config import flatten
+
+    flat = flatten(cfg.to_dict())
+    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri)
+    rows = studies.method_rows(tracking.matching_pipelines(uri, cfg.base.experiment, studies.setting_params(flat)))
+    return studies.methods_table(rows, setting=studies.setting_line(flat, cfg.base.experiment))
+
+
+def _table_rows(text: str) -> tuple[str, dict[str, dict[str, str]]]:
+    lines = text.splitlines()
     cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
     header, body = cells[0], cells[2:]  # cells[1]: the |---| line
     assert all(len(row) == len(header) for row in body)
@@ -248,7 +265,7 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "corrected" in list(series)[2]
     assert logged["test_acc"] == report["test_acc"]
     assert report["method"] == "ce"  # ce: weights are all 1, detection does not apply
-    assert all(report[k] is None for k in evaluate.DETECTION)
+    assert all(report[k] is None for k in evaluation.DETECTION)
     assert not any(k.startswith("detection_") for k in logged)
 
     # ---- figures
@@ -278,17 +295,18 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert {f"test_acc_class/{c}" for c in CLASSES} <= set(m)
     assert child.data.params["evaluate.batch_size"] == "7"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert artifacts == {"metrics.json", "methods.md", "label_issues.csv", "confusion.png", "curves.png",
-                         "per_class.png", "label_issues.png"}
+    assert artifacts == {"metrics.json", "label_issues.csv", "confusion.png", "curves.png", "per_class.png",
+                         "label_issues.png"}
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["test_acc"] == pytest.approx(report["test_acc"])
     assert parent.data.metrics["test_acc_best_clean"] == pytest.approx(report["test_acc_best_clean"])
     assert parent.data.metrics["corrected_test_acc"] == pytest.approx(acc_corrected)
     assert parent.data.metrics["recovered_label_acc"] == pytest.approx(CORRECTION_REPORT["recovered_label_acc"])
 
-    # ---- methods table, empty store: this run's method and its correction row, the other methods empty
-    setting, rows = _methods_table(Path(PATHS.methods_table))
-    for part in ("digits", "symmetric", "rate 0.25", "cnn", f"{cfg.train.epochs} epochs"):
+    # ---- the methods table (compare --methods), from the store: this run's method and its correction row, the
+    # other methods empty
+    setting, rows = _methods_rows(cfg)
+    for part in ("digits", "symmetric 25 %", "cnn", f"{cfg.train.epochs} epochs"):
         assert part in setting
     assert list(rows) == [
         "CE",
@@ -316,7 +334,7 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     recovered = CORRECTION_REPORT["recovered_label_acc"]
     assert _pct(ce_corr["recovered-label accuracy"]) == pytest.approx(recovered, abs=5e-5)
     assert ce["noise-detection AUROC"] == "—" and ce["recovered-label accuracy"] == "—"
-    assert ce["run"] == ce_corr["run"] == f"`{parent.info.run_id[:8]}` (this run)"
+    assert ce["run"] == ce_corr["run"] == f"`{parent.info.run_id[:8]}`"
     for name in list(rows)[2:]:
         assert rows[name]["test accuracy"] == "—" and rows[name]["run"] == "no finished run"
 
@@ -337,7 +355,7 @@ def test_evaluate_missing_input_writes_nothing(in_tmp: Path) -> None:
         with pytest.raises(FileNotFoundError, match=str(missing)):
             evaluate.run(cfg)
         (in_tmp / "aside").rename(missing)
-    assert not Path(PATHS.metrics).exists() and not Path(PATHS.methods_table).exists()
+    assert not Path(PATHS.metrics).exists()
     assert not (in_tmp / "mlflow.db").exists()
 
 
@@ -353,11 +371,10 @@ def test_evaluate_unusable_store_writes_nothing(in_tmp: Path, monkeypatch: pytes
     with pytest.raises(TrackingError):
         evaluate.run(cfg)
     assert not Path(PATHS.metrics).exists() and not Path(PATHS.plots_dir).exists()
-    assert not Path(PATHS.methods_table).exists()
 
 
 def test_read_curves_round_trip(tmp_path: Path) -> None:
-    from stages.evaluate import read_curves
+    from labelnoise.evaluation import read_curves
 
     path = tmp_path / "c.csv"
     path.write_text("epoch,train_loss,test_acc\n1,2.0,0.5\n2,1.5,\n")
@@ -516,11 +533,13 @@ def test_methods_table_takes_other_methods_from_the_store(in_tmp: Path) -> None:
     evaluate.run(cfg)
 
     report = json.loads(Path(PATHS.metrics).read_text())
-    table = Path(PATHS.methods_table).read_text()
+    table = _methods_text(cfg)
     assert "99.00%" not in table  # no run of another setting, unfinished, or superseded
-    _, rows = _methods_table(Path(PATHS.methods_table))
+    _, rows = _table_rows(table)
     assert _pct(rows["CE"]["test accuracy"]) == pytest.approx(report["test_acc"], abs=5e-5)
-    assert rows["CE"]["run"].endswith("(this run)")
+    (this,) = client.search_runs([exp_id], "tags.`mlflow.runName` = 'evaluate'", order_by=[
+        "attributes.start_time DESC"], max_results=1)
+    assert rows["CE"]["run"] == f"`{this.data.tags['mlflow.parentRunId'][:8]}`"  # the newest CE run: this one
 
     pd, pd_corr = rows["SPADE-PD"], rows["SPADE-PD + correction"]
     assert pd["run"] == pd_corr["run"] == f"`{pd_run.info.run_id[:8]}`"
@@ -542,16 +561,20 @@ def test_methods_table_takes_other_methods_from_the_store(in_tmp: Path) -> None:
     assert (mix["run"], mix["test accuracy"], mix["noise-detection AUROC"]) == (f"`{mix_id[:8]}`", "43.00%", "0.700")
     assert rows["MentorMix-PD"]["run"] == "no finished run"
 
-    # the table is also an artifact of the evaluate run
-    (child,) = client.search_runs(
-        [exp_id], "tags.`mlflow.runName` = 'evaluate'", order_by=["attributes.start_time DESC"], max_results=1
-    )
-    local = client.download_artifacts(child.info.run_id, "methods.md", str(in_tmp))
-    assert Path(local).read_text() == table
+    # the CLI writes the same table
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    written = CliRunner().invoke(app, ["compare", "--methods", "--out", "reports/methods.md"])
+    assert written.exit_code == 0, written.output
+    assert Path("reports/methods.md").read_text() == table
 
 
 def test_correction_summary_and_method_variant() -> None:
-    from stages.evaluate import correction_summary, method_variant
+    from labelnoise.evaluation import correction_summary
+    from labelnoise.methods import display_name as method_variant
 
     assert correction_summary({"label_acc_before": 0.6, "recovered_label_acc": 0.8, "label_recovery": {}}) == {
         "label_acc_before": 0.6,
@@ -573,7 +596,8 @@ def test_matching_pipelines_pages_newest_first(in_tmp: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from labelnoise import tracking
-    from stages.evaluate import setting_params
+    from labelnoise.config import flatten
+    from labelnoise.studies import setting_params
 
     cfg = _config(in_tmp)
     client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
@@ -584,6 +608,7 @@ def test_matching_pipelines_pages_newest_first(in_tmp: Path) -> None:
         for i, c in enumerate([cfg, other] * 3)
     ]
     uri = f"sqlite:///{in_tmp}/mlflow.db"
-    found = tracking.matching_pipelines(uri, "pages", setting_params(cfg), exclude={made[2]}, page_size=2)
+    found = tracking.matching_pipelines(uri, "pages", setting_params(flatten(cfg.to_dict())), exclude={made[2]},
+                                        page_size=2)
     assert [r["run_id"] for r in found] == [made[4], made[0]]  # newest first, across pages; made[2] excluded
     assert list(tracking.matching_pipelines(uri, "no such experiment", {})) == []

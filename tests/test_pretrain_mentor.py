@@ -216,7 +216,7 @@ def test_dd_auto_learns_on_the_estimated_noise(in_tmp: Path) -> None:
 
     cfg = config(kind="dd")  # the defaults: percentile and the copy's noise auto
     write_prepared(cfg)
-    with pytest.raises(FileNotFoundError, match="mentor.percentile, mentor.dd_noise_kind = auto"):
+    with pytest.raises(FileNotFoundError, match="mentor.dd_noise_kind, mentor.percentile = auto"):
         pretrain_mentor.run(cfg)
     pair = 0.7 * np.eye(10) + 0.3 * np.roll(np.eye(10), 1, axis=1)  # what estimate_noise found: pair noise, 30 %
     save_json(PATHS.noise_estimate, {"rate": 0.3, "transition": pair.tolist(), "use": "confusion"})

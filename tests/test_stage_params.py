@@ -12,20 +12,29 @@ from typer.testing import CliRunner
 
 from cli import app
 from labelnoise.config import flatten, read_yaml
-from stages import BOOKKEEPING, STAGE_PARAMS, stage_params_help
+from stages import STAGE_PARAMS, STAGES, stage_params_help
 from tests.helpers import import_graph
 
 REPO = Path(__file__).resolve().parent.parent
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
-# Modules whose code does not change what a stage writes: the params schema (a changed value is a changed param) and
-# the MLflow logging.
-NOT_OUTPUT_CODE = {"labelnoise.config", "labelnoise.schema", "labelnoise.tracking"}
+# Modules whose code does not change what a stage writes: the params schema (a changed value is a changed param),
+# the MLflow logging and the run's name in it.
+NOT_OUTPUT_CODE = {"labelnoise.config", "labelnoise.schema", "labelnoise.tracking", "labelnoise.describe"}
 
 
 def test_dvc_yaml_lists_exactly_the_params_of_the_map() -> None:
-    assert list(DVC["stages"]) == [*BOOKKEEPING, *STAGE_PARAMS]
+    assert list(DVC["stages"]) == [s.name for s in STAGES]
     for stage, keys in STAGE_PARAMS.items():
         assert DVC["stages"][stage]["params"] == list(keys), stage
+
+
+def test_dvc_yaml_outputs_are_the_records_outputs() -> None:
+    """Every out, metric and plot of a stage in dvc.yaml is one of its record's outputs (a dvc.yaml var), and the
+    reverse: the all-or-nothing commit and `dvc checkout` cover the same files."""
+    for stage in STAGES:
+        declared = [entry if isinstance(entry, str) else next(iter(entry))
+                    for section in ("outs", "metrics", "plots") for entry in DVC["stages"][stage.name].get(section, [])]
+        assert sorted(declared) == sorted(f"${{{var}}}" for var in stage.outputs), stage.name
 
 
 def test_every_entry_of_the_map_is_a_param() -> None:
@@ -62,11 +71,11 @@ def test_dvc_yaml_depends_on_every_module_the_stage_imports(stage: str) -> None:
 
 
 def test_stage_runs_log_exactly_the_params_of_the_map() -> None:
-    from labelnoise import tracking
+    from stages.common import stage_params
 
     flat = {"base.seed": 0, "base.device": "auto", "data.dataset": "digits", "train.lr": 0.1, "train.epochs": 3,
             "student.method": "ce", "student.spade.burn_in": 0.2, "noise.rate": 0.4}
-    chosen = tracking.stage_params(flat, ("train.lr", "student"))
+    chosen = stage_params(flat, ("train.lr", "student"))
     assert chosen == {"base.seed": 0, "base.device": "auto", "train.lr": 0.1, "student.method": "ce",
                       "student.spade.burn_in": 0.2}
 

@@ -7,7 +7,8 @@ label-correction phases, the instance-noise reference classifier, cleanlab's fol
 - :mod:`~labelnoise.engine.optim`: SGD and the lr schedules; :mod:`~labelnoise.engine.augment`: crop + flip;
 - :mod:`~labelnoise.engine.predict`: logits and accuracy of a split;
 - :mod:`~labelnoise.engine.records`: per-example records of chosen epochs and their file;
-- :mod:`~labelnoise.engine.checkpoint`: fingerprints, config differences, RNG states.
+- :mod:`~labelnoise.engine.checkpoint`: fingerprints, config differences, RNG states;
+- :mod:`~labelnoise.engine.folds`: out-of-fold predictions (cross-fitting).
 
 The engine knows no method, dataset or params file: it takes a model, a :class:`~labelnoise.views.TrainView`, a
 task and a training recipe (any object with the ``train`` params' fields).

@@ -10,7 +10,7 @@ registry for these facts; it never tests a method's name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ class MethodContext:
     mentor: nn.Module | None = None  # the pretrained MentorNet (methods that use one)
     mentor_cfg: Any = None  # the mentor params
     transition: np.ndarray | None = None  # the estimated noise transition matrix (K, K), for ``auto`` settings
+    trusted: Any = None  # the budget of a network trained on the trusted subset alone (params `trusted`)
     checkpoint_path: Path | None = None
     on_epoch: Callable[[dict[str, float]], None] | None = None
     log: Callable[[str], None] = log_to_stderr
@@ -84,8 +85,11 @@ class Method:
     summary: str  # one line for the CLI help and the README
     uses_mentor: bool = False  # needs the MentorNet of stage pretrain_mentor
     scores_labels: bool = False  # its records score every train label (noise detection, label issues)
+    uses_noisy_labels: bool = True  # False: it trains on the trusted subset alone (its steps count trusted batches)
     order: int = 100  # position in tables and reports (baselines first)
     params: type | None = None  # the dataclass of its params block (student.<name> in params.yaml), if it has one
+    note: Callable[[Mapping[str, Any], int, int], str] | None = None  # (its params as trained, a 1-based epoch,
+    #   the epochs) → a note on that epoch's records (SPADE's burn-in: its weights are example dropout)
     task: Callable[[MethodContext], Task] | None = None  # one fit of the engine with this task
     train: Callable[[MethodContext], MethodResult] | None = None  # or a training procedure of its own
 
@@ -115,6 +119,10 @@ class Method:
             if mentor is not None:
                 out["mentor"]["weights"] = module_fingerprint(mentor)
         return out
+
+    def record_note(self, params: Mapping[str, Any], epoch: int, epochs: int) -> str:
+        """A note on the records of ``epoch`` (1-based) of a run of ``epochs`` with the method's ``params``."""
+        return self.note(params, epoch, epochs) if self.note is not None else ""
 
     def display_name(self, mentor_kind: str | None = None) -> str:
         """The table name: "CE", or "SPADE-DD" for a method that uses a DD mentor."""

@@ -29,9 +29,8 @@ from torch import Tensor, nn
 
 from labelnoise.engine import Task, fit, predict_logits, weight_epochs
 from labelnoise.methods.base import Method, MethodContext, MethodResult, register
-from labelnoise.models import seeded
 from labelnoise.noise_estimate import glc_transition
-from labelnoise.runtime import derived_seed
+from labelnoise.runtime import derived_seed, seeded
 from labelnoise.views import subset_view, with_trusted
 
 

@@ -10,13 +10,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labelnoise import auto
 from labelnoise.mentornet import MovingPercentile
 from labelnoise.methods.base import Method, register
-from labelnoise.methods.spade import SpadeParams, SpadeTask, mentor_task
+from labelnoise.methods.spade import SpadeParams, SpadeTask, burn_in_note, mentor_task
 from labelnoise.schema import rng
 
 
@@ -29,6 +31,24 @@ class MentorMixParams(SpadeParams):
     mixup_alpha: float | Literal["auto"] = rng(0.0, 1000.0, lo_open=True)  # λ ~ Beta(α, α), λ = max(λ, 1 - λ)
     mix_temperature: float = rng(0.0, 1000.0, lo_open=True)  # partners drawn from softmax(v / T) (official: T = 1)
     second_reweight: bool | Literal["auto"]  # weight the mixed examples' losses by the mentor again
+
+
+# ---- auto settings from the noise estimate (labelnoise.auto): the official MentorMix CIFAR-10 settings (Jiang et al.
+# 2020, its code's run scripts) at the noise level nearest the estimated rate
+LEVELS = (0.2, 0.4, 0.6, 0.8)
+MIXUP_ALPHA = (2.0, 8.0, 8.0, 4.0)
+SECOND_REWEIGHT = (False, False, True, True)
+
+
+def nearest_level(rate: float) -> int:
+    """The index of the official noise level nearest ``rate``."""
+    return int(np.argmin([abs(rate - level) for level in LEVELS]))
+
+
+auto.rule("student.mentormix.mixup_alpha", "the official MentorMix alpha at the nearest noise level (2/8/8/4)",
+          lambda estimate, cfg: MIXUP_ALPHA[nearest_level(estimate.rate)])
+auto.rule("student.mentormix.second_reweight", "on at the nearest official level 60 or 80 %",
+          lambda estimate, cfg: SECOND_REWEIGHT[nearest_level(estimate.rate)])
 
 
 def mentor_mix(x: Tensor, y: Tensor, v: Tensor, *, alpha: float, temperature: float,
@@ -146,6 +166,6 @@ class MentorMixTask(SpadeTask):
 
 METHOD = register(Method(
     name="mentormix", order=30, display="MentorMix", uses_mentor=True, scores_labels=True, params=MentorMixParams,
-    summary="MentorNet weights steer mixup partners and ratios, then weight the mix again",
+    summary="MentorNet weights steer mixup partners and ratios, then weight the mix again", note=burn_in_note,
     task=lambda ctx: mentor_task(MentorMixTask, ctx),
 ))

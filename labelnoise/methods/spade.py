@@ -323,8 +323,16 @@ def mentor_task(task_cls: type[SpadeTask], ctx: MethodContext) -> SpadeTask:
                     dd_transition=ctx.transition)
 
 
+def burn_in_note(params: Mapping[str, Any], epoch: int, epochs: int) -> str:
+    """The records of an epoch that lies (partly) in the burn-in: v there is an example-dropout draw."""
+    burn_in = float(params.get("burn_in", 0.0))
+    if epoch <= burn_in * epochs:
+        return "burn-in: v = example dropout"
+    return "partly burn-in" if epoch - 1 < burn_in * epochs else ""
+
+
 METHOD = register(Method(
     name="spade", order=20, display="SPADE", uses_mentor=True, scores_labels=True, params=SpadeParams,
     summary="MentorNet weights every example; burn-in, then student and mentor trained together",
-    task=lambda ctx: mentor_task(SpadeTask, ctx),
+    note=burn_in_note, task=lambda ctx: mentor_task(SpadeTask, ctx),
 ))
