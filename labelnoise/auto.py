@@ -42,16 +42,16 @@ class NoiseEstimate:
                    class_conditional=bool(fit.get("class_conditional", True)))
 
 
-def auto_keys(cfg: Any, sections: list[str] | tuple[str, ...]) -> list[str]:
-    """The dotted keys under ``sections`` (params section names, or ``student``) whose value is ``auto`` and that
-    a rule here settles."""
+def auto_keys(cfg: Any, entries: Iterable[str]) -> list[str]:
+    """The dotted keys under ``entries`` (params sections, blocks or keys) whose value is ``auto`` and that a rule
+    settles (no other key is read)."""
+    entries = tuple(entries)
     keys = []
     for key in sorted(RULES):
-        section, *path = key.split(".")
-        if section not in sections:
+        if not any(key == e or key.startswith(e + ".") for e in entries):
             continue
-        value = getattr(cfg, section)
-        for name in path:
+        value = cfg
+        for name in key.split("."):
             value = getattr(value, name)
         if value == AUTO:
             keys.append(key)
@@ -82,14 +82,12 @@ def replace_at(cfg: Any, key: str, value: Any) -> Any:
 def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
                  used: Callable[[str], bool] = lambda key: True) -> tuple[Any, dict[str, Any], NoiseEstimate | None]:
     """A stage's ``auto`` params settled from the estimate at ``estimate_path`` (stage estimate_noise's report):
-    those in the sections of ``params`` (the stage's entries of STAGE_PARAMS) that this run ``used`` (e.g. a
-    mentor's only for a method with one). Returns (the config with values in their place, {key: value chosen},
+    those under ``params`` (the stage's entries: sections, blocks or keys) that this run ``used`` (e.g. a
+    method's own block's only). Returns (the config with values in their place, {key: value chosen},
     the estimate, or None when nothing the run uses is auto). A missing estimate is one line naming the params
     that need it."""
-    params = tuple(params)
-    sections = tuple(dict.fromkeys(k.split(".")[0] for k in params))
-    keys = [key for key in auto_keys(cfg, sections)  # only keys under the stage's entries (a section or a block)
-            if used(key) and any(key == p or key.startswith(p + ".") for p in params)]
+    keys = [key for key in auto_keys(cfg, [k for k in RULES if used(k) and any(
+        k == p or k.startswith(p + ".") for p in params)])]  # only keys under the stage's entries, that it uses
     if not keys:
         return cfg, {}, None
     if not Path(estimate_path).is_file():

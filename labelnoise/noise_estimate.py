@@ -28,10 +28,15 @@ under the estimated channel must not be trusted.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import torch
+from torch import nn
 
 from labelnoise.schema import rng
 
@@ -146,3 +151,71 @@ def noise_rate(transition: np.ndarray, prior: np.ndarray) -> float:
     """The overall fraction of wrong labels under ``transition`` (K, K) and true-class ``prior`` (K,):
     Σ_i π_i (1 − T[i, i])."""
     return float(np.asarray(prior, dtype=np.float64) @ (1.0 - np.diag(np.asarray(transition, dtype=np.float64))))
+
+
+# ----------------------------------------------------------------------------- the estimate of a train set
+def estimator(cfg: EstimateConfig, *, has_trusted: bool) -> str:
+    """The estimator ``estimate.use`` names (``auto``: the confusion inversion where there is a trusted subset, else
+    the confident joint); one that needs a trusted subset without one is one ValueError line."""
+    use = ("confusion" if has_trusted else "confident_joint") if cfg.use == "auto" else cfg.use
+    if use != "confident_joint" and not has_trusted:
+        raise ValueError(f"estimate.use: {use} needs a trusted clean subset (data.clean_size > 0 or data.clean_file); "
+                         "use auto or confident_joint")
+    return use
+
+
+def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_model: Callable[[], nn.Module],
+             seed: int, device: torch.device, checkpoint_path: Path) -> dict[str, Any]:
+    """Estimate the noise of ``view``'s train labels (a TrainView: the noisy labels and the trusted subset, never a
+    true train label) with every estimator the data allows, and the misfit check of the one used; returns the
+    report (JSON-ready: ``use``, ``rate``, ``transition``, ``estimates`` {name: rate, transition, prior}, ``fit``).
+
+    The fold networks (``cfg.folds`` of ``new_model()``, the ``recipe`` with ``cfg.epochs``) give out-of-sample
+    probabilities of the train set and predict the trusted examples; the misfit check's networks
+    (``cfg.trusted_folds``, the ``trusted`` budget) are trained on the trusted subset alone. Both resume per fold
+    beside ``checkpoint_path`` (``.trusted`` for the check's)."""
+    from labelnoise.engine.folds import out_of_fold_probs
+    from labelnoise.runtime import derived_seed
+    from labelnoise.trusted import trusted_recipe
+    from labelnoise.views import trusted_only, without_test
+
+    k, has_trusted = view.num_classes, view.x_clean.shape[0] > 0
+    use = estimator(cfg, has_trusted=has_trusted)
+    probs, trusted_probs, fold = out_of_fold_probs(
+        new_model, view, folds=cfg.folds, recipe=dataclasses.replace(recipe, epochs=cfg.epochs), seed=seed,
+        device=device, checkpoint_path=checkpoint_path, also=view.x_clean if has_trusted else None)
+    noisy = view.y_train.numpy()
+    marginal = np.bincount(noisy, minlength=k) / max(noisy.size, 1)  # (K,) the noisy labels' class frequencies
+    estimates: dict[str, dict[str, Any]] = {}
+    if has_trusted:
+        t, prior = confusion_transition(noisy, probs, fold, trusted_probs, view.y_clean.numpy(), k)
+        estimates["confusion"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
+        t = glc_transition(trusted_probs.mean(axis=0), view.y_clean.numpy(), k)
+        prior = prior_from_noisy(marginal, t)
+        estimates["glc"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
+    t, prior = confident_joint_transition(noisy, probs)
+    estimates["confident_joint"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
+    chosen = estimates[use]
+    fit = None
+    if has_trusted and cfg.trusted_folds:  # the misfit check: networks that never saw a given label
+        ckpt = Path(checkpoint_path)
+        held, on_noisy, part = out_of_fold_probs(
+            new_model, without_test(trusted_only(view)), folds=cfg.trusted_folds,
+            recipe=trusted_recipe(recipe, trusted), seed=derived_seed(seed, "trusted_check"), device=device,
+            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"), also=view.x_train)
+        y_clean = view.y_clean.numpy()
+        fit = channel_misfit(noisy, on_noisy, [held[part == f] for f in range(cfg.trusted_folds)],
+                             [y_clean[part == f] for f in range(cfg.trusted_folds)], chosen["transition"],
+                             chosen["prior"])
+        fit.update(tolerance=cfg.misfit_tolerance, class_conditional=fit["gap"] <= cfg.misfit_tolerance + 2 * fit["se"])
+    return {
+        "use": use, "rate": chosen["rate"], "transition": chosen["transition"].tolist(),
+        "classes": list(view.classes), "n_train": int(noisy.size), "n_trusted": int(view.x_clean.shape[0]),
+        "folds": cfg.folds, "epochs": cfg.epochs,
+        "fit": fit,  # channel_misfit of the estimate used (None: no trusted subset or estimate.trusted_folds 0)
+        "estimates": {name: {"rate": est["rate"], "transition": est["transition"].tolist(),
+                             "prior": est["prior"].tolist()} for name, est in estimates.items()},
+        "glc": None if not has_trusted else "the folds' mean p(noisy | x) on the trusted examples, by true class",
+        "confusion": None if not has_trusted else ("each fold network's confusion on the trusted examples "
+                                                   "inverted out of its joint with the noisy labels"),
+    }

@@ -90,7 +90,7 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 # and a new use does not shift another's draws (np.random.SeedSequence([seed, id]) per stream). A plug-in may
 # name a stream not listed: its id is then derived from the name (at or above 10,000, clear of these).
 STREAMS: dict[str, int] = {
-    "spade": 1,  # SPADE / MentorMix: burn-in dropout, the sampling layer, mixup partners and ratios
+    "weighting": 1,  # SPADE / MentorMix: burn-in dropout, the sampling layer, mixup partners and ratios
     "folds": 41,  # cross-fitting (engine.folds): fold assignment, each fold's initial weights (41 + 1 + fold);
     #               cleanlab's final student's initial weights
     "mentor_refit": 1000,  # SPADE: mentor refit k draws from stream 1000 + k

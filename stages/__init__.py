@@ -45,12 +45,14 @@ STAGES: tuple[Stage, ...] = (
           "subset.", ("base.seed", "base.device", "base.deterministic", "estimate", "trusted",
                       *_train_but("epochs")),
           ("noise_estimate_plot", "noise_estimate")),
-    # dd: the recording student trains with the recipe for mentor.dd_epochs epochs
-    Stage("pretrain_mentor", "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd).",
-          ("base.seed", "base.device", "base.deterministic", "mentor", *_train_but("epochs")),
+    # dd: the recording student trains with the recipe for mentor.dd_epochs epochs; student.method: whether the
+    # student uses a mentor at all (if not, a record of no mentor, whatever the mentor params)
+    Stage("pretrain_mentor", "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd), for a "
+          "method that uses one.", ("base.seed", "base.device", "base.deterministic", "student.method", "mentor",
+                                    *_train_but("epochs")),
           ("mentor_model", "mentor_plots", "mentor_report"), torchrun=True),
     Stage("train_student", "train the student on the noisy labels with `student.method` (resumes from its "
-          "checkpoint).", ("base.seed", "base.device", "base.deterministic", "mentor", "train", "trusted", "student"),
+          "checkpoint).", ("base.seed", "base.device", "base.deterministic", "train", "trusted", "student"),
           ("student_model", "student_best", "student_weights", "curves"), torchrun=True),
     # both phases: the recipe with correction's own lr, schedule and epochs; the network is the student's. The
     # trusted teacher (correction.teacher): the recipe with the trusted budget's epochs and augmentation

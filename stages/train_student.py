@@ -3,8 +3,9 @@
 asks the method registry what it needs (a mentor or not) and never which method it runs.
 
 Inputs: PATHS.prepared, PATHS.noisy, and for a method that uses the mentor PATHS.mentor_model (stage
-pretrain_mentor). The student sees a TrainView (noisy train labels, the trusted clean subset, test images for
-monitoring), never the true train labels; the corruption mask is not read here.
+pretrain_mentor; the mentor's params come from its record, so the stage reads none itself). The student sees a
+TrainView (noisy train labels, the trusted clean subset, test images for monitoring), never the true train labels;
+the corruption mask is not read here.
 Outputs: PATHS.student_model (last epoch), PATHS.student_best (best clean-subset accuracy; test accuracy is
 never used to choose), PATHS.curves (one CSV row per epoch; a weighting method adds mean_weight and its own
 columns, e.g. l_pt, mentor_updates), PATHS.student_weights (npz: epochs (E,), loss / loss_diff / weight
@@ -12,12 +13,11 @@ columns, e.g. l_pt, mentor_updates), PATHS.student_weights (npz: epochs (E,), lo
 method; for a method that scores labels the weight is its score, low = likely wrong: the mentor's v, or
 cleanlab's label quality; otherwise 1).
 
-Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out).
-An unfinished checkpoint with the same student params, seed and data is resumed and the run ends
-with the same numbers as an uninterrupted one; a different config is not resumed (the differing keys are
-printed) and training starts fresh; a corrupt checkpoint stops the stage with one line (delete it to
-start over). After a successful run the checkpoint is kept, marked finished, for inspection (history,
-RNG states); a finished checkpoint is never resumed: the next run starts from scratch and overwrites it.
+Resume checkpoint: PATHS.student_ckpt, written after every epoch and on Ctrl-C (not a DVC out). An unfinished
+checkpoint with the same student params, seed and data is resumed and the run ends with the same numbers as an
+uninterrupted one; a different config is not resumed (the differing keys are printed) and training starts fresh; a
+corrupt checkpoint stops the stage with one line (delete it to start over). A finished checkpoint of the same
+config is the result: a stage that failed after training trains nothing again.
 """
 
 from __future__ import annotations
@@ -38,7 +38,15 @@ from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view, with_trusted
-from stages.common import PATHS, STAGE_PARAMS, registered_name, require, setup, stage_run, training_data
+from stages.common import (
+    PATHS,
+    STAGE_PARAMS,
+    registered_name,
+    require,
+    setup,
+    stage_run,
+    training_data,
+)
 
 CURVE_COLUMNS = ("epoch", "train_loss", "train_acc_noisy", "clean_acc", "test_acc", "lr")
 # Metrics that go on the pipeline's parent run instead: a study's table shows each run's budget and how far the
@@ -64,78 +72,56 @@ def run(cfg: Config) -> dict[str, float]:
     """Train the student; write PATHS.student_model, PATHS.student_best, PATHS.curves, PATHS.student_weights."""
     method = get_method(cfg.student.method)
     require(PATHS.prepared, PATHS.noisy, *([PATHS.mentor_model] if method.uses_mentor else []))
-    # auto settings from the noise estimate: the mentor's for a method that uses one, the method's own block's
-    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["train_student"], PATHS.noise_estimate, used=lambda key: (
-        key.startswith("mentor.") and method.uses_mentor) or key.startswith(f"student.{cfg.student.method}."))
+    # auto settings of the method's own block from the noise estimate (the mentor's are in its record)
+    cfg, chosen, _ = settle_stage(cfg, STAGE_PARAMS["train_student"], PATHS.noise_estimate,
+                                  used=lambda key: key.startswith(f"student.{cfg.student.method}."))
     s, t = cfg.student, cfg.train
     setup(cfg)
     if method.train is not None and distributed.active():
         raise ConfigError(f"student.method {s.method} runs in one process: start it without torchrun")
     device = resolve_device(cfg.base.device)
-    mentor = None
+    mentor = mentor_cfg = channel = None
     if method.uses_mentor:  # other methods never read the mentor
-        from labelnoise.mentornet import load_mentor
+        from labelnoise.mentornet import student_mentor
 
-        mentor = load_mentor(PATHS.mentor_model, device)
-
-    # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced
-    # images); `prepared` is dropped right after.
+        mentor, mentor_cfg, channel = student_mentor(PATHS.mentor_model, device)
+    # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced images)
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     n = view.x_train.shape[0]  # the noisy train examples: the records and outputs are theirs
     if s.include_trusted and view.x_clean.shape[0]:  # the trusted subset trains too, with its true labels
         view = with_trusted(view)
     _, channels, height, width = view.x_train.shape
     mean, std = channel_stats(view.x_train)  # (C,) each, from train images only (no labels)
-    model_kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,
-                                        image_size=max(height, width), mean=mean, std=std)
+    kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,
+                                  image_size=max(height, width), mean=mean, std=std)
     # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
-    model = create_model(t.model, pretrained=t.pretrained, **model_kwargs)
+    model = create_model(t.model, pretrained=t.pretrained, **kwargs)
 
     with stage_run("train_student", cfg) as tracked:
-        tracked.set_tags({"method": s.method, "model": t.model,
-                          **({"mentor": cfg.mentor.kind} if method.uses_mentor else {}),
+        tracked.set_tags({"method": s.method, "model": t.model, **({"mentor": mentor_cfg.kind} if mentor_cfg else {}),
                           **{f"auto.{key}": str(value) for key, value in chosen.items()}})
-
-        def on_epoch(row: dict[str, float]) -> None:
-            tracked.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-
         ctx = MethodContext(name=s.method, params=getattr(s, s.method, None), recipe=t, data=view, model=model,
-                            new_model=lambda: create_model(t.model, pretrained=t.pretrained, **model_kwargs),
+                            new_model=lambda: create_model(t.model, pretrained=t.pretrained, **kwargs),
                             seed=cfg.base.seed, device=device, weights_at=s.weights_at, mentor=mentor,
-                            mentor_cfg=cfg.mentor, checkpoint_path=Path(PATHS.student_ckpt), on_epoch=on_epoch,
-                            transition=None if estimate is None else estimate.transition, trusted=cfg.trusted)
+                            mentor_cfg=mentor_cfg, mentor_channel=channel, trusted=cfg.trusted,
+                            checkpoint_path=Path(PATHS.student_ckpt), on_epoch=lambda row: tracked.log_metrics(
+                                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
         trained = method.run(ctx)
-        result = trained.fit
-        last = result.history[-1]
+        result, last = trained.fit, trained.fit.history[-1]
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
         config = method.checkpoint_config(ctx.params, t, seed=cfg.base.seed, weights_at=s.weights_at,
-                                          mentor_cfg=cfg.mentor)
-        save_torch(PATHS.student_model, model_record(result.model, model_name=t.model, model_kwargs=model_kwargs,
-                                               epoch=int(last["epoch"]), clean_acc=last["clean_acc"], config=config))
-        best = create_model(t.model, **model_kwargs)
+                                          mentor_cfg=mentor_cfg)
+        best = create_model(t.model, **kwargs)
         best.load_state_dict(result.best_state)
-        save_torch(PATHS.student_best, model_record(best, model_name=t.model, model_kwargs=model_kwargs,
-                                                    epoch=result.best_epoch, clean_acc=result.best_clean_acc,
-                                                    config=config))
+        for path, net, epoch, clean_acc in ((PATHS.student_model, result.model, last["epoch"], last["clean_acc"]),
+                                            (PATHS.student_best, best, result.best_epoch, result.best_clean_acc)):
+            save_torch(path, model_record(net, model_name=t.model, model_kwargs=kwargs, epoch=int(epoch),
+                                          clean_acc=clean_acc, config=config))
         write_curves(PATHS.curves, result.history)
-        records = {key: value[:, :n] if value.ndim == 2 else value for key, value in trained.weights.items()}
-        save_weights(PATHS.student_weights, records, method=s.method)  # the noisy train examples' only
-
-        metrics = {
-            "final_clean_acc": last["clean_acc"],
-            "final_test_acc": last["test_acc"],  # monitoring; stage evaluate reports the official number
-            "final_train_acc_noisy": last["train_acc_noisy"],
-            "best_clean_acc": result.best_clean_acc,
-            "best_epoch": float(result.best_epoch),
-            "epochs": float(len(result.history)),
-            "train_steps": float(result.steps),  # the final model's optimiser steps (clean_only: on the trusted set)
-        }
-        if "mean_weight" in last:  # fraction of the data the last epoch used
-            metrics["final_mean_weight"] = last["mean_weight"]
-        if "mentor_updates" in result.extra:
-            metrics["mentor_updates"] = float(len(result.extra["mentor_updates"]))
-        metrics |= trained.metrics
+        save_weights(PATHS.student_weights, {key: value[:, :n] if value.ndim == 2 else value  # the noisy examples'
+                                             for key, value in trained.weights.items()}, method=s.method)
+        metrics = trained.summary()
         tracked.log_metrics({key: metrics[key] for key in HEADLINE}, on_parent=True)
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})
         tracked.log_artifact(PATHS.curves)

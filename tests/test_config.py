@@ -113,3 +113,33 @@ def test_data_and_noise_sections_are_typed_objects() -> None:
     assert (cfg.data.dataset, cfg.noise.open_set_source) == ("digits", "cifar10")  # names from the dataset registry
     with pytest.raises(ConfigError, match="data.dataset: must be a string, got 3"):
         load_config(REPO / "params.yaml", ["data.dataset=3"])
+
+
+def test_a_stage_sees_only_the_params_it_declares(make_config) -> None:
+    """Every stage is handed config.restrict(cfg, its record's params): a read of another key is one line naming the
+    key and the stage (DVC would not re-run the stage when that key changes); overriding exactly the undeclared
+    fields of a section (a use's own recipe) works; the whole config stays reachable for the run's description."""
+    import dataclasses
+
+    from labelnoise.config import UndeclaredParamError, declares, restrict, unrestricted
+    from stages import get_stage
+
+    cfg = make_config()
+    seen = restrict(cfg, get_stage("inject_noise").params, stage="inject_noise")
+    assert seen.noise == cfg.noise and seen.train.epoch_size == cfg.train.epoch_size
+    assert seen.base.threads == cfg.base.threads  # how it runs, not what it computes: always readable
+    for read in (lambda: seen.train.epochs, lambda: seen.mentor.kind, lambda: seen.student.method,
+                 lambda: seen.base.seed, lambda: dataclasses.asdict(seen.train)):
+        with pytest.raises(UndeclaredParamError, match="stage inject_noise read the param "):
+            read()
+    own = dataclasses.replace(seen.train, model="cnn", pretrained=False, epochs=3, lr=0.1, batch_size=8,
+                              precision="fp32")
+    assert own.epochs == 3 and dataclasses.asdict(own)["momentum"] == cfg.train.momentum
+    with pytest.raises(UndeclaredParamError, match="train.model"):
+        dataclasses.replace(seen.train, epochs=3)  # train.model and the rest are still undeclared
+    student = restrict(cfg, get_stage("train_student").params, stage="train_student")
+    settled = dataclasses.replace(student, correction=cfg.correction)  # a replaced Config keeps its view
+    assert unrestricted(settled) is cfg and declares(settled, "student.method")
+    assert not declares(settled, "mentor.kind") and declares(cfg, "mentor.kind")
+    with pytest.raises(UndeclaredParamError, match="mentor.hidden"):
+        print(settled.mentor.hidden)

@@ -34,7 +34,17 @@ FORBIDDEN = {
     "labelnoise.engine": ("labelnoise.methods", "labelnoise.mentornet", "labelnoise.config", "labelnoise.tracking",
                           "labelnoise.models"),
     "labelnoise.mentornet": ("labelnoise.methods", "labelnoise.config", "labelnoise.tracking"),
-    "labelnoise.methods": ("labelnoise.config", "labelnoise.tracking"),
+    "labelnoise.trusted": ("labelnoise.methods", "labelnoise.config", "labelnoise.tracking"),
+    "labelnoise.methods": ("labelnoise.config", "labelnoise.tracking", "labelnoise.correction",
+                           "labelnoise.evaluation", "labelnoise.studies"),
+    "labelnoise.correction": ("labelnoise.config", "labelnoise.tracking", "labelnoise.evaluation",
+                              "labelnoise.studies"),
+    "labelnoise.evaluation": ("labelnoise.config", "labelnoise.tracking", "labelnoise.studies"),
+    # MLflow's layer sits below everything that describes runs: it knows no config, method or report
+    "labelnoise.tracking": ("labelnoise.config", "labelnoise.studies", "labelnoise.describe", "labelnoise.methods",
+                            "labelnoise.engine", "labelnoise.models", "labelnoise.mentornet", "labelnoise.datasets",
+                            "labelnoise.noise", "labelnoise.correction", "labelnoise.evaluation", "labelnoise.views",
+                            "labelnoise.auto"),
 }
 
 
@@ -94,3 +104,22 @@ def test_every_module_imports_on_its_own() -> None:
     out = subprocess.run([sys.executable, "-c", script, *names], cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_no_code_outside_a_methods_file_branches_on_a_method_name() -> None:
+    """A method's facts live in its registry entry: no comparison with a method's name anywhere else in the library,
+    the stages or the CLI (``if method == "clean_only"``): code asks the registry instead."""
+    from labelnoise.methods import method_names
+
+    names = set(method_names())
+    files = [p for p in LIB.rglob("*.py") if "methods" not in p.relative_to(LIB).parts]
+    files += [*(REPO / "stages").glob("*.py"), REPO / "cli.py"]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                values = [node.left, *node.comparators]
+                values += [e for v in node.comparators if isinstance(v, ast.Tuple | ast.List | ast.Set) for e in v.elts]
+                found += [f"{path.relative_to(REPO)}:{node.lineno} {v.value!r}" for v in values
+                          if isinstance(v, ast.Constant) and v.value in names]
+    assert found == []

@@ -28,6 +28,7 @@ from tests.test_spade import (
     new_model,
     noisy_view,
     run_fit,
+    save_settled_mentor,
     stage_workspace,
     view_fields_only,
 )
@@ -347,7 +348,7 @@ def test_train_student_and_evaluate_stages_with_mentormix(tmp_path, monkeypatch)
     estimate_noise.run(cfg)  # the auto settings read the noise estimate
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # mentormix needs the pretrain_mentor stage's output
-    mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})
+    save_settled_mentor(PATHS.mentor_model, new_mentor(cfg), cfg)
 
     metrics = train_student.run(cfg)
 

@@ -93,6 +93,18 @@ def new_mentor(cfg: Config, seed: int = 0, k: int = 3) -> mn.MentorNet:
     return mn.MentorNet.from_config(cfg.mentor, num_classes=k)
 
 
+def save_settled_mentor(path: str, mentor: mn.MentorNet, cfg: Config) -> None:
+    """Save ``mentor`` as stage pretrain_mentor does: its auto params settled from the noise estimate, and the channel
+    its DD copy is corrupted with."""
+    from labelnoise import auto
+    from stages import get_stage
+    from stages.common import PATHS
+
+    settled, _, estimate = auto.settle_stage(cfg, get_stage("pretrain_mentor").params, PATHS.noise_estimate)
+    channel = estimate.transition if estimate is not None and settled.mentor.dd_noise_kind == "auto" else None
+    mn.save_mentor(path, mentor, cfg=settled.mentor, num_classes=3, info={}, dd_transition=channel)
+
+
 class StubMentor(nn.Module):
     """MentorNet-shaped stand-in: v = σ(−scale · loss_diff); remembers its inputs."""
 
@@ -499,7 +511,7 @@ def test_train_student_and_evaluate_stages_with_spade(tmp_path, monkeypatch) -> 
     estimate_noise.run(cfg)  # the auto settings read the noise estimate
     with pytest.raises(FileNotFoundError, match="mentor"):
         train_student.run(cfg)  # spade needs the pretrain_mentor stage's output
-    mn.save_mentor(PATHS.mentor_model, new_mentor(cfg), cfg=cfg.mentor, num_classes=3, info={})
+    save_settled_mentor(PATHS.mentor_model, new_mentor(cfg), cfg)
 
     metrics = train_student.run(cfg)
 

@@ -38,8 +38,8 @@ class MethodContext:
     device: torch.device
     weights_at: Sequence[float] = (1.0,)  # fractions of training whose per-example records are kept
     mentor: nn.Module | None = None  # the pretrained MentorNet (methods that use one)
-    mentor_cfg: Any = None  # the mentor params
-    transition: np.ndarray | None = None  # the estimated noise transition matrix (K, K), for ``auto`` settings
+    mentor_cfg: Any = None  # the mentor params (as its record has them: settled)
+    mentor_channel: np.ndarray | None = None  # (K, K) the channel of the DD mentor's corrupted copy (its record's)
     trusted: Any = None  # the budget of a network trained on the trusted subset alone (params `trusted`)
     checkpoint_path: Path | None = None
     on_epoch: Callable[[dict[str, float]], None] | None = None
@@ -74,6 +74,25 @@ class MethodResult:
     fit: FitResult
     weights: dict[str, np.ndarray]
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        """What a trained student reports: its last and best epochs (test accuracy: monitoring), its optimiser steps
+        (on the trusted set for a method that trains there), the weighting's last mean weight and mentor updates
+        where it has them, and the method's own metrics."""
+        result, last = self.fit, self.fit.history[-1]
+        return {
+            "final_clean_acc": last["clean_acc"],
+            "final_test_acc": last["test_acc"],  # monitoring; stage evaluate reports the official number
+            "final_train_acc_noisy": last["train_acc_noisy"],
+            "best_clean_acc": result.best_clean_acc,
+            "best_epoch": float(result.best_epoch),
+            "epochs": float(len(result.history)),
+            "train_steps": float(result.steps),
+            **({"final_mean_weight": last["mean_weight"]} if "mean_weight" in last else {}),
+            **({"mentor_updates": float(len(result.extra["mentor_updates"]))} if "mentor_updates" in result.extra
+               else {}),
+            **self.metrics,
+        }
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelnoise import distributed
-from labelnoise.datasets import class_map_for
 from labelnoise.engine import Task
 from labelnoise.mentornet import (
     MentorConfig,
@@ -30,8 +29,8 @@ from labelnoise.mentornet import (
     fit_mentor,
     progress_percent,
 )
+from labelnoise.mentornet.pretrain import dd_copy
 from labelnoise.methods.base import Method, MethodContext, register
-from labelnoise.noise import corrupt
 from labelnoise.runtime import STREAMS, derived_seed
 from labelnoise.schema import rng
 
@@ -141,7 +140,7 @@ class SpadeTask(Task):
         clean: tuple[Tensor, Tensor] | None = None,
         dataset: str = "",
         n_noisy: int | None = None,  # train positions from here on are trusted examples (v = 1)
-        dd_transition: np.ndarray | None = None,  # mentor.dd_noise_kind auto: the estimated T of DD refits' copy
+        dd_transition: np.ndarray | None = None,  # the channel of the DD mentor's copy (its record's), for refits
     ) -> None:
         super().__init__(label_smoothing=recipe.label_smoothing)
         self.mentor = mentor.to(device).eval()  # called under no_grad: the student's backward never reaches it
@@ -151,7 +150,7 @@ class SpadeTask(Task):
         self.n_noisy, self.dd_transition = n_noisy, dd_transition
         self.burn_in_steps = round(cfg.burn_in * total_steps)
         self.percentile = MovingPercentile.from_config(mentor_cfg, num_classes=num_classes)
-        self.generator = torch.Generator(device=device).manual_seed(derived_seed(seed, "spade"))
+        self.generator = torch.Generator(device=device).manual_seed(derived_seed(seed, "weighting"))
         self.refits: list[dict[str, float]] = []  # one row per mentor update: step, progress, fit statistics
         self._lr_ref = 0.0  # lr_change: the lr at the previous refit (before the first: the highest lr so far)
         self._recent = (_RecentBatches(cfg.mentor_update_batches, recipe.batch_size, device)
@@ -161,19 +160,10 @@ class SpadeTask(Task):
             if clean is None or clean[0].shape[0] == 0:
                 raise ValueError("student.mentor_update with a dd mentor needs the trusted clean subset "
                                  "(data.clean_size > 0 or data.clean_file)")
-            self._clean = self._corrupted_clean_copy(*clean, num_classes=num_classes, dataset=dataset)
-
-    def _corrupted_clean_copy(self, x: Tensor, y: Tensor, *, num_classes: int,
-                              dataset: str) -> tuple[Tensor, Tensor, Tensor]:
-        """(x, noisy copy of the clean labels, correct (bool)): DD's training signal with a known mask."""
-        m = self.mentor_cfg
-        if m.dd_noise_kind == "auto" and self.dd_transition is None:
-            raise ValueError("mentor.dd_noise_kind: auto needs the noise estimate (stage estimate_noise)")
-        kind = "transition" if m.dd_noise_kind == "auto" else m.dd_noise_kind
-        noisy = corrupt(y.cpu().numpy(), kind=kind, rate=m.dd_noise_rate, num_classes=num_classes,
-                        rng=np.random.default_rng(m.dd_noise_seed), transition=self.dd_transition,
-                        class_map=class_map_for(dataset, "auto") if m.dd_noise_kind == "asymmetric" else None)
-        return x, torch.from_numpy(noisy.labels), torch.from_numpy(~noisy.mask)
+            x, y = clean  # DD's training signal with a known mask: the mentor's own corrupted copy
+            noisy = dd_copy(y.cpu().numpy(), mentor_cfg, num_classes=num_classes, dataset=dataset,
+                            transition=dd_transition)
+            self._clean = x, torch.from_numpy(noisy.labels), torch.from_numpy(~noisy.mask)
 
     # ---- one mini-batch
     def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int,
@@ -320,7 +310,7 @@ def mentor_task(task_cls: type[SpadeTask], ctx: MethodContext) -> SpadeTask:
                     total_steps=ctx.total_steps, steps_per_epoch=ctx.steps_per_epoch, device=ctx.device, seed=ctx.seed,
                     num_classes=len(ctx.data.classes), clean=(ctx.data.x_clean, ctx.data.y_clean),
                     dataset=ctx.data.dataset, n_noisy=ctx.data.n_noisy if ctx.data.trusted_in_train else None,
-                    dd_transition=ctx.transition)
+                    dd_transition=ctx.mentor_channel)
 
 
 def burn_in_note(params: Mapping[str, Any], epoch: int, epochs: int) -> str:

@@ -643,30 +643,64 @@ def weight_map(mentor: MentorNet, *, loss: Tensor, loss_diff: Tensor, progress: 
 
 
 def save_mentor(path: str | Path, mentor: MentorNet, *, cfg: MentorConfig, num_classes: int,
-                info: dict[str, Any]) -> Path:
-    """Write {state_dict, config (the mentor params as a dict), num_classes, info} atomically."""
+                info: dict[str, Any], dd_transition: np.ndarray | None = None) -> Path:
+    """Write {state_dict, config (the mentor params as a dict, settled), num_classes, info, dd_transition (the
+    estimated channel a DD mentor's copy was corrupted with, else None)} atomically: what a student needs of its
+    mentor, so that it reads no mentor param itself."""
     record = {
         "state_dict": {k: v.detach().cpu().clone() for k, v in mentor.state_dict().items()},
         "config": dataclasses.asdict(cfg),
         "num_classes": int(num_classes),
         "info": info,
+        "dd_transition": None if dd_transition is None else np.asarray(dd_transition, dtype=np.float64).tolist(),
     }
     return save_torch(path, record)
 
 
-def load_mentor(path: str | Path, device: torch.device | str = "cpu") -> MentorNet:
-    """Rebuild a mentor written by :func:`save_mentor`, in eval mode on ``device``."""
+NO_MENTOR = "the student's method uses no mentor"
+
+
+def save_no_mentor(path: str | Path) -> Path:
+    """Write the record of no mentor (the student's method uses none): the same bytes whatever the mentor params,
+    so that a change to them leaves such a student's stage up to date."""
+    return save_torch(path, {"state_dict": None, "config": None, "info": {"note": NO_MENTOR}})
+
+
+def read_mentor(path: str | Path, device: torch.device | str = "cpu") -> tuple[MentorNet, MentorConfig,
+                                                                                 np.ndarray | None]:
+    """(the mentor written by :func:`save_mentor`, in eval mode on ``device``; its params; the DD copy's channel)."""
     from labelnoise.io import read_torch
 
-    record = read_torch(path, remedy="run the pretrain_mentor stage (dvc repro pretrain_mentor)")
+    remedy = "run the pretrain_mentor stage (dvc repro pretrain_mentor)"
+    record = read_torch(path, remedy=remedy)
+    if record.get("state_dict") is None and record.get("config") is None:
+        raise ValueError(f"{path} holds no mentor ({NO_MENTOR} when it was written): {remedy}")
     try:
         c = record["config"]
         mentor = MentorNet(num_classes=int(record["num_classes"]), label_dim=int(c["label_dim"]),
                            epoch_dim=int(c["epoch_dim"]), hidden=int(c["hidden"]),
                            epoch_embedding_trainable=bool(c["epoch_embedding_trainable"]))
         mentor.load_state_dict(record["state_dict"])
+        cfg = MentorConfig(**c)
     except Exception as e:  # truncated file, another format, missing keys, wrong shapes
         first = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"{path}: not a valid MentorNet file ({type(e).__name__}: {first}); "
                          "re-run the pretrain_mentor stage") from None
-    return mentor.to(device).eval()
+    t = record.get("dd_transition")
+    return mentor.to(device).eval(), cfg, None if t is None else np.asarray(t, dtype=np.float64)
+
+
+def load_mentor(path: str | Path, device: torch.device | str = "cpu") -> MentorNet:
+    """Rebuild a mentor written by :func:`save_mentor`, in eval mode on ``device``."""
+    return read_mentor(path, device)[0]
+
+
+def student_mentor(path: str | Path, device: torch.device | str = "cpu") -> tuple[MentorNet, MentorConfig,
+                                                                                    np.ndarray | None]:
+    """:func:`read_mentor` for a student: its params must be settled (stage pretrain_mentor settles the ``auto``
+    ones from the noise estimate), else one line."""
+    mentor, cfg, channel = read_mentor(path, device)
+    if cfg.percentile == "auto":
+        raise ValueError(f"{path}: its mentor.percentile is still auto (written before the noise estimate settled "
+                         "it): re-run the pretrain_mentor stage")
+    return mentor, cfg, channel
