@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 from labelnoise import datasets
 from labelnoise.config import load_config
 from labelnoise.datasets.folder import load_image
+from labelnoise.io import read_label_csv
 from labelnoise.scaffold import sh, tiny_project
 from stages.download import read_clean_file
 from tests.helpers import write_digits
@@ -125,6 +127,41 @@ def test_a_given_clean_subset_is_the_clean_split_and_never_overlaps() -> None:
     with pytest.raises(ValueError, match="index 85 is the test split"):
         datasets.make_splits(labels, n_official_train=80, clean_size=0, val_size=0, test_size=0, train_limit=0,
                              seed=0, clean_idx=np.array([3, 85]))
+
+
+# ----------------------------------------------------------------------------- label files
+def test_a_clean_file_names_the_image_it_repeats(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("path,label\nx/b.png,two\nx/a.png,one\nx/b.png,one\n")
+    with pytest.raises(ValueError, match="lists the image 'x/b.png' 2 times: list each once"):
+        read_clean_file(str(tmp_path / "c.csv"), classes=["zero", "one", "two"], paths=["x/a.png", "x/b.png"], n=2)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("index,label\n", "has a header row but no rows of labels"),
+    ("", r"needs a header row with the columns index and label \(found: nothing\)"),
+    ("index,label\n0,99999999999999999999999\n", "row 2: label '99999999999999999999999' is too large to be a class "
+                                                 "index"),
+    ("index,label\n0,one\n1,\u00b2\n", r"row 3: label '\u00b2' is neither a class index nor a class name"),
+    ("index,label\n\u00b2,one\n", r"row 2: index '\u00b2' is not a non-negative integer"),
+    ("index,label\n99999999999999999999999,one\n", "row 2: index '99999999999999999999999' is too large"),
+    ("index,label\n0,one\n\n1,two\n1,x\n", r"row 5: label 'x' is neither"),  # a blank line is a row too
+    (b"\x89PNG\r\n\x1a\n\x00\x00", r"cannot be read \(not UTF-8 text: .utf-8. codec"),
+])
+def test_label_csv_errors_name_the_file_and_row(tmp_path: Path, text: str | bytes, says: str) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=rf"^data.clean_file: {re.escape(str(path))}:? .*{says}"):
+        read_label_csv(path, param="data.clean_file", classes=["zero", "one", "two"])
+
+
+def test_label_csv_with_a_byte_order_mark_and_integer_class_names(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_bytes("\ufeffindex,label\n0,two\n1,0\n".encode())
+    assert read_label_csv(path, param="p", classes=["zero", "one", "two"])[0] == "index"
+    assert read_label_csv(path, param="p", classes=["zero", "one", "two"])[2].tolist() == [2, 0]
+    path.write_text("index,label\n0,10\n1,0\n")  # class names that are integers: a label is one of them
+    with pytest.raises(ValueError, match=r"row 3: label '0' is not a class name \(classes: 10, 20\)"):
+        read_label_csv(path, param="p", classes=["10", "20"])
 
 
 # ----------------------------------------------------------------------------- the pipeline on your own data
