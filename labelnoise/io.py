@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -325,43 +326,87 @@ def read_torch(path: str | Path, *, remedy: str, keys: Iterable[str] = ()) -> di
     return obj
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+HUGE = 10**30  # what parse_int gives for an integer of more digits: beyond any index, and no int() digit limit
+_INT64 = np.iinfo(np.int64)
+
+
+def parse_int(text: str) -> int | None:
+    """``text`` as an integer when it is one written in ASCII digits (a leading ``-`` allowed), else None: ``int()``
+    and ``str.isdigit()`` also take ``"²"`` or ``"٣"``. More than 30 digits come back as ±``HUGE``."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    digits = text.removeprefix("-")
+    value = int(digits) if len(digits) <= 30 else HUGE
+    return -value if text.startswith("-") else value
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and the rows of a CSV file in UTF-8 (a byte-order mark is skipped), each row with its row number
+    as a spreadsheet counts it (the header is row 1, a blank line is a row too). A file that cannot be read, or is
+    not UTF-8 CSV text, is a ValueError saying why in a few words (the caller names the file)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text: {one_line(e)[:160]}") from None
+    except (OSError, csv.Error) as e:
+        raise ValueError(f"not CSV text: {one_line(e)[:160]}" if isinstance(e, csv.Error) else one_line(e)[:200]
+                         ) from None
+    return header, rows
+
+
 def read_label_csv(path: str | Path, *, param: str, classes: list[str] | None = None,
                    paths: list[str] | None = None) -> tuple[str, np.ndarray, np.ndarray]:
     """A CSV of labels with a header row: ``index`` (an image's index in the dataset's order) or, given the
-    dataset's image ``paths``, ``path``; and ``label``, a class index or a name of ``classes``. Returns (the key
-    column's name, the images' indices int64 (n,), the labels int64 (n,)); anything else is one ValueError line
-    naming ``param`` and the row."""
-    import csv
-
+    dataset's image ``paths``, ``path``; and ``label``, a name of ``classes`` or a class index (an index only when no
+    class name is an integer: with names like 10, 20 a label must be one of them). A byte-order mark is fine.
+    Returns (the key column's name, the images' indices int64 (n,), the labels int64 (n,)); anything else (no rows,
+    a label or index that is no such thing) is one ValueError line naming ``param``, the file and the row."""
     path = Path(path)
     keys = ("index", "path") if paths is not None else ("index",)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{param}: {path} cannot be read ({one_line(e)[:200]})") from None
-    key = next((k for k in keys if rows and k in rows[0]), None)
-    if key is None or "label" not in rows[0]:
-        raise ValueError(f"{param}: {path} needs a header row with the columns {' or '.join(keys)} and label")
+        header, rows = read_csv_rows(path)
+    except ValueError as e:
+        raise ValueError(f"{param}: {path} cannot be read ({e})") from None
+    key = next((k for k in keys if k in header), None)
+    if key is None or "label" not in header:
+        raise ValueError(f"{param}: {path} needs a header row with the columns {' or '.join(keys)} and label "
+                         f"(found: {', '.join(header) or 'nothing'})")
+    if not rows:
+        raise ValueError(f"{param}: {path} has a header row but no rows of labels")
     names = {c: i for i, c in enumerate(classes or [])}
+    indices_allowed = not any(parse_int(c) is not None for c in names)
+    known = f" (classes: {', '.join(list(names)[:12])}{', ...' if len(names) > 12 else ''})" if names else ""
     where = {p: i for i, p in enumerate(paths or [])}
     index = np.empty(len(rows), dtype=np.int64)
     labels = np.empty(len(rows), dtype=np.int64)
-    for r, row in enumerate(rows):
+    for i, (r, row) in enumerate(rows):
         text, cell = (row["label"] or "").strip(), (row[key] or "").strip()
-        if text in names:
-            labels[r] = names[text]
-        elif text.lstrip("-").isdigit():
-            labels[r] = int(text)
-        else:
-            known = f" (classes: {', '.join(names)})" if names else ""
-            raise ValueError(f"{param}: {path} row {r + 2}: label {text!r} is neither a class index nor a class "
-                             f"name{known}")
-        if key == "path" and cell not in where:
-            raise ValueError(f"{param}: {path} row {r + 2}: {cell!r} is not an image of the dataset")
-        if key == "index" and not cell.isdigit():
-            raise ValueError(f"{param}: {path} row {r + 2}: index {cell!r} is not a non-negative integer")
-        index[r] = where[cell] if key == "path" else int(cell)
+        at = f"{param}: {path} row {r}"
+        k = names[text] if text in names else parse_int(text)
+        if k is None:
+            raise ValueError(f"{at}: label {text!r} is neither a class index nor a class name{known}")
+        if text not in names and not indices_allowed:
+            raise ValueError(f"{at}: label {text!r} is not a class name{known}")
+        if not _INT64.min <= k <= _INT64.max:  # a class index out of range is the caller's to say
+            raise ValueError(f"{at}: label {text!r} is too large to be a class index{known}")
+        labels[i] = k
+        if key == "path":
+            if cell not in where:
+                raise ValueError(f"{at}: {cell!r} is not an image of the dataset")
+            index[i] = where[cell]
+            continue
+        n = parse_int(cell)
+        if n is None or n < 0:
+            raise ValueError(f"{at}: index {cell!r} is not a non-negative integer")
+        if n > _INT64.max:
+            raise ValueError(f"{at}: index {cell!r} is too large to be an image's index")
+        index[i] = n
     return key, index, labels
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelnoise.io import atomic_path
+from labelnoise.io import atomic_path, read_csv_rows
 
 COLUMNS = ("rank", "index", "dataset_index", "path", "given", "suggested", "p_given", "p_suggested", "score", "flagged",
            "suggested_by")
@@ -90,12 +90,20 @@ def write_csv(path: str | Path, issues: LabelIssues, *, classes: list[str], sugg
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """The rows of :func:`write_csv`'s file, as dicts of strings, in its (suspicion) order."""
+    """The rows of :func:`write_csv`'s file, as dicts of strings, in its (suspicion) order. A file of another kind
+    (other columns, not UTF-8 CSV text, a row of the wrong length) is one ValueError line naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run the evaluate stage (dvc repro evaluate)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or list(reader.fieldnames)[: len(COLUMNS)] != list(COLUMNS):
-            raise ValueError(f"{path} is not a label-issues table (columns {reader.fieldnames})")
-        return list(reader)
+    again = "run the evaluate stage again (dvc repro evaluate)"
+    try:
+        header, rows = read_csv_rows(path)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a label-issues table ({e}); {again}") from None
+    if header[: len(COLUMNS)] != list(COLUMNS):
+        raise ValueError(f"{path} is not a label-issues table (columns {', '.join(header)[:200] or 'none'}); {again}")
+    for r, row in rows:
+        if None in row or None in row.values():  # csv.DictReader: cells beyond the header / missing cells
+            cells = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+            raise ValueError(f"{path}: row {r} has {cells} cells, not {len(header)}; {again}")
+    return [row for _, row in rows]

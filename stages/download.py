@@ -66,13 +66,16 @@ def read_clean_file(name: str, *, classes: list[str], paths: list[str] | None,
                     n: int) -> tuple[np.ndarray, np.ndarray]:
     """``data.clean_file``: a CSV of trusted labels, ``index,label`` (an index in the dataset's order) or, for a
     folder dataset, ``path,label``; a label is a class name or index. Returns (indices, labels), int64 (m,) each;
-    a file that is missing, repeats an image, names an unknown one or a label out of range is one line."""
+    a file that is missing, empty, repeats an image, names an unknown one or a label out of range is one line."""
     path = regular_file(repo_path(name), what="data.clean_file")
-    _, idx, labels = read_label_csv(path, param="data.clean_file", classes=classes, paths=paths)
-    if idx.size and idx.max() >= n:
+    key, idx, labels = read_label_csv(path, param="data.clean_file", classes=classes, paths=paths)
+    if idx.max() >= n:
         raise ValueError(f"data.clean_file: {path}: index {idx.max()} is not one of the dataset's 0..{n - 1}")
-    if len(set(idx.tolist())) != idx.size or not idx.size:
-        raise ValueError(f"data.clean_file: {path} must list at least one image, each once")
+    values, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        twice, times = values[counts > 1][0], counts[counts > 1][0]
+        shown = repr(paths[twice]) if key == "path" and paths is not None else f"index {twice}"
+        raise ValueError(f"data.clean_file: {path} lists the image {shown} {times} times: list each once")
     out_of_range = labels[(labels < 0) | (labels >= len(classes))]
     if out_of_range.size:
         raise ValueError(f"data.clean_file: {path}: label {out_of_range[0]} is outside [0, {len(classes)})")

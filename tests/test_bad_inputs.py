@@ -129,6 +129,33 @@ def _unknown_class_row(own: Path) -> None:
     manifest.write_text("\n".join(lines) + "\n")
 
 
+def _manifest_row(row: int, change: Callable[[list[str]], list[str]]) -> Callable[[Path], None]:
+    """Change the cells (path, label, split) of the manifest's ``row`` (the header is row 1)."""
+    def then(own: Path) -> None:
+        lines = (own / "manifest.csv").read_text().splitlines()
+        lines[row - 1] = ",".join(change(lines[row - 1].split(",")))
+        (own / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return then
+
+
+def _only_class(own: Path) -> None:
+    for folder in own.iterdir():
+        if folder.name != "seven":
+            shutil.rmtree(folder)
+
+
+def _bomb(own: Path) -> None:
+    """The first image of class one becomes a PNG whose header claims 30000 x 30000 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    first = sorted((own / "one").iterdir())[0]
+    first.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+                      + chunk(b"IEND", b""))
+
+
 def _full_disk(mp: pytest.MonkeyPatch) -> None:
     """torch.save fails as it does on a full disk (its zip writer's own message)."""
     def full(*args: object, **kwargs: object) -> None:
@@ -220,6 +247,23 @@ ROWS = [
         "cannot be read as an image", setup=_own("tree", corrupt=(7,))),
     Row("manifest with an unknown class", ["download", *FOLDER, "-S", "data.path=own/manifest.csv"], 1,
         "has the unknown class 'eleven'", setup=_own("manifest", then=_unknown_class_row)),
+    Row("manifest row outside its folder", ["download", *FOLDER, "-S", "data.path=own/manifest.csv"], 1,
+        "row 3 (../../../../../../../../etc/passwd) is outside",
+        setup=_own("manifest", then=_manifest_row(3, lambda c: ["../../../../../../../../etc/passwd", *c[1:]]))),
+    Row("manifest with the same image in train and test", ["download", *FOLDER, "-S", "data.path=own/manifest.csv"],
+        1, "row 2 (img/0000.png) and row 6 (img/0000.png) are the same image, in train and test",
+        setup=_own("manifest", then=_manifest_row(6, lambda c: ["img/0000.png", *c[1:]]))),  # row 6: a test row
+    Row("image tree of one class", ["download", *FOLDER, "-S", "data.path=own"], 1,
+        "has 1 class (seven); a classifier needs at least 2", setup=_own("tree", then=_only_class)),
+    Row("decompression bomb image", ["download", *FOLDER, "-S", "data.path=own", "-S", "data.skip_bad_images=false"],
+        1, "cannot be read as an image (Image size (900000000 pixels) exceeds limit", setup=_own("tree", then=_bomb)),
+    Row("clean file with a header row only", ["download", *FOLDER, "-S", "data.path=own", "-S",
+                                              "data.clean_file=own/clean.csv"], 1,
+        "has a header row but no rows of labels",
+        setup=_own("split_tree", then=lambda own: (own / "clean.csv").write_text("\ufeffindex,label\n"))),
+    Row("label-issues table that is not text", ["label-issues"], 1,
+        "reports/label_issues.csv is not a label-issues table (not UTF-8 text",
+        setup=_write("reports/label_issues.csv", bytes(range(256)) * 16)),
     Row("clean file overlapping the test split", ["download", *FOLDER, "-S", "data.path=own", "-S",
                                                   "data.clean_file=own/clean.csv"], 1,
         "data.clean_file: index 299 is the test split",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,21 @@ def test_csv_round_trip_and_refusals(tmp_path: Path) -> None:
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not a label-issues table"):
         read_csv(tmp_path / "other.csv")
+
+
+def test_label_issues_table_that_is_binary_or_has_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "label_issues.csv"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not a label-issues table \(not UTF-8 text"):
+        read_csv(path)
+    path.write_bytes(b"\x00" * 40)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not a label-issues table"):
+        read_csv(path)
+    path.write_text("\ufeff" + ",".join(COLUMNS) + "\n1,0,0,,cat,dog,0.1,0.9,,yes,x\n")
+    assert read_csv(path)[0]["given"] == "cat"
+    path.write_text(",".join(COLUMNS) + "\n1,0,0,,cat,dog\n")
+    with pytest.raises(ValueError, match="row 2 has 6 cells, not 11"):
+        read_csv(path)
 
 
 def test_cli_shows_the_top_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

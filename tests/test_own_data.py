@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import shutil
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from PIL import Image
 from labelnoise import datasets
 from labelnoise.config import load_config
 from labelnoise.datasets.folder import load_image
+from labelnoise.io import read_label_csv
 from labelnoise.scaffold import sh, tiny_project
 from stages.download import read_clean_file
 from tests.helpers import write_digits
@@ -125,6 +129,203 @@ def test_a_given_clean_subset_is_the_clean_split_and_never_overlaps() -> None:
     with pytest.raises(ValueError, match="index 85 is the test split"):
         datasets.make_splits(labels, n_official_train=80, clean_size=0, val_size=0, test_size=0, train_limit=0,
                              seed=0, clean_idx=np.array([3, 85]))
+
+
+# ----------------------------------------------------------------------------- files that are not what they seem
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` 8-bit grayscale pixels and holds none (what a decompression bomb's
+    header looks like: PIL refuses it from the header alone)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def _manifest(folder: Path, rows: list[str], *, images: tuple[str, ...] = ("a.png", "b.png", "c.png", "d.png"),
+              text: str | None = None) -> Path:
+    """``folder/m.csv`` with ``rows`` (after the header path,label,split), and 8x8 images ``images`` beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in images:
+        Image.fromarray(np.full((8, 8), 100, dtype=np.uint8)).save(folder / name)
+    (folder / "m.csv").write_text(text if text is not None else "path,label,split\n" + "\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
+def test_16_bit_images_are_scaled_by_the_full_16_bit_range(tmp_path: Path) -> None:
+    """A 16-bit PNG (mode I;16) and a 32-bit integer TIFF (mode I) holding 0..65535 come out as v * 255 / 65535,
+    rounded: the whole grey scale, not 0 and 255 only. Values a 16-bit range cannot hold, or floating point
+    pixels, are refused in one line."""
+    values = (np.arange(64).reshape(8, 8) * 1040).astype(np.uint16)  # 0 .. 65520
+    expected = np.round(values * (255 / 65535)).astype(np.uint8)
+    Image.fromarray(values).save(tmp_path / "a.png")
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "b.tif")
+    assert Image.open(tmp_path / "a.png").mode == "I;16" and Image.open(tmp_path / "b.tif").mode == "I"
+    for name in ("a.png", "b.tif"):
+        np.testing.assert_array_equal(load_image(tmp_path / name, size=8, channels=1), expected[None])
+        rgb = load_image(tmp_path / name, size=8, channels=3)
+        assert rgb.shape == (3, 8, 8) and (rgb == expected[None]).all()
+    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(tmp_path / "c.tif")
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(tmp_path / "d.tif")
+    for name, says in (("c.tif", "outside 0..65535"), ("d.tif", "floating-point")):
+        with pytest.raises(ValueError, match=says):
+            load_image(tmp_path / name, size=8, channels=1)
+
+
+@pytest.mark.parametrize(("folders", "classes"), [
+    (["5", "7"], ["5", "7"]), (["10", "9", "100"], ["9", "10", "100"]), (["0", "1", "2"], ["0", "1", "2"]),
+    (["b", "10", "a"], ["10", "a", "b"])])
+def test_class_folders_named_by_numbers_are_names(tmp_path: Path, folders: list[str], classes: list[str]) -> None:
+    """The classes are the folders found (integers sorted as numbers), never 0..max: no empty class appears."""
+    for name in folders:
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((8, 8), 10 * len(name), dtype=np.uint8)).save(tmp_path / name / "x.png")
+    raw = datasets.load_dataset(_data(tmp_path, test_size=1))
+    assert raw.classes == classes
+    assert [raw.classes[k] for k in raw.labels] == [p.split("/")[0] for p in raw.paths]
+
+
+def test_one_class_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "5").mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "5" / "x.png")
+    with pytest.raises(ValueError, match=r"has 1 class \(5\); a classifier needs at least 2"):
+        datasets.load_dataset(_data(tmp_path, test_size=1))
+
+
+def test_manifest_labels_are_names_and_an_index_needs_data_classes(tmp_path: Path) -> None:
+    """A mistyped label 1000000 is one more class, not a million; an integer label is a class index only when
+    data.classes names the classes (and none of them is an integer)."""
+    path = _manifest(tmp_path, ["a.png,3,", "b.png,1000000,", "c.png,3,test", "d.png,3,"])
+    raw = datasets.load_dataset(_data(path))
+    assert raw.classes == ["3", "1000000"] and raw.labels.tolist() == [0, 1, 0, 0]
+    path = _manifest(tmp_path, ["a.png,1,", "b.png,cat,", "c.png,0,test", "d.png,dog,"])
+    raw = datasets.load_dataset(_data(path, classes=["cat", "dog"]))
+    assert raw.labels.tolist() == [1, 0, 1, 0]
+    with pytest.raises(ValueError, match=r"row 4 \(c.png\) has the unknown class '7'"):
+        datasets.load_dataset(_data(_manifest(tmp_path, ["a.png,1,", "b.png,cat,", "c.png,7,", "d.png,dog,"]),
+                                    classes=["cat", "dog"]))
+    with pytest.raises(ValueError, match="has the unknown class '0'"):  # integer names: a label is one of them
+        datasets.load_dataset(_data(_manifest(tmp_path, ["a.png,10,", "b.png,20,", "c.png,0,", "d.png,10,"]),
+                                    classes=["10", "20"]))
+
+
+@pytest.mark.parametrize(("rows", "says"), [
+    (["a.png,x,train", "b.png,y,", "a.png,x,test"], r"row 2 \(a.png\) and row 4 \(a.png\) are the same image, in "
+                                                   r"train and test"),
+    (["a.png,x,", "b.png,y,", "./sub/../a.png,x,"], r"row 2 \(a.png\) and row 4 \(./sub/../a.png\) are the same image"),
+    (["a.png,x,", "b.png,y,", "link.png,x,test"], r"row 2 \(a.png\) and row 4 \(link.png\) are the same image, in "
+                                                  "train and test"),
+])
+def test_a_manifest_lists_each_image_once(tmp_path: Path, rows: list[str], says: str) -> None:
+    path = _manifest(tmp_path, rows)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=says):
+        datasets.load_dataset(_data(path))
+
+
+def test_a_tree_refuses_the_same_file_in_train_and_test(tmp_path: Path) -> None:
+    own = write_digits(tmp_path / "own", layout="split_tree", n=30)
+    first = own["path"] / own["names"][0]  # train/<class>/<i>.png
+    (own["path"] / own["names"][-1]).with_name("copy.png").symlink_to(first)  # in a test class folder
+    with pytest.raises(ValueError, match=f"{own['names'][0]} and test/.*/copy.png are the same image, in train and "
+                                         "test"):
+        datasets.load_dataset(_data(own["path"]))
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute", "link", "passwd", "link_folder"])
+def test_every_image_lies_inside_the_data_folder(tmp_path: Path, where: str) -> None:
+    """A path that leaves the manifest's folder (``..``, absolute, or a link to a file elsewhere) is one line, before
+    any file is opened; an absolute path inside it is fine."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(outside / "z.png")
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "link.png").symlink_to(outside / "z.png")
+    (folder / "sub" / "far").symlink_to(outside)
+    bad = {"relative": "../elsewhere/z.png", "absolute": str(outside / "z.png"), "link": "link.png",
+           "passwd": "../../../../../../../../etc/passwd", "link_folder": "sub/far/z.png"}[where]
+    path = _manifest(folder, ["a.png,x,", f"{bad},y,", "c.png,y,", f"{folder / 'd.png'},x,test"])
+    with pytest.raises(ValueError, match=rf"row 3 \({re.escape(bad)}\) is outside {re.escape(str(folder))} "):
+        datasets.load_dataset(_data(path, skip_bad_images=True))
+    path = _manifest(folder, ["a.png,x,", "b.png,y,", "c.png,y,", f"{folder / 'd.png'},x,test"])
+    assert datasets.load_dataset(_data(path)).paths[-1] == str(folder / "d.png")
+
+
+def test_a_tree_refuses_a_link_out_of_it(tmp_path: Path) -> None:
+    own = write_digits(tmp_path / "own", layout="tree", n=30)
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "z.png")
+    (own["path"] / "zero" / "z.png").symlink_to(tmp_path / "z.png")
+    with pytest.raises(ValueError, match=r"zero/z.png is outside .*own .*resolves to .*z.png"):
+        datasets.load_dataset(_data(own["path"]))
+
+
+@pytest.mark.parametrize("pixels", [30000, 10000])  # over twice PIL's limit (its error), over it (its warning)
+def test_a_decompression_bomb_is_a_bad_image(tmp_path: Path, pixels: int) -> None:
+    own = write_digits(tmp_path, layout="tree", n=40)
+    bomb = own["path"] / own["names"][5]
+    bomb.write_bytes(_png_header(pixels, pixels))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bomb))} cannot be read as an image \(.*exceeds limit"):
+        datasets.load_dataset(_data(own["path"], test_size=5))
+    raw = datasets.load_dataset(_data(own["path"], test_size=5, skip_bad_images=True))
+    assert len(raw.images) == 39 and raw.rejected == [f"{own['names'][5]}: skipped, cannot be read as an image "
+                                                      f"(Image size ({pixels * pixels} pixels) exceeds limit of "
+                                                      f"{Image.MAX_IMAGE_PIXELS * (2 if pixels == 30000 else 1)} "
+                                                      "pixels, could be decompression bomb DOS attack.)"]
+
+
+def test_manifest_with_a_byte_order_mark_or_without_rows(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, [], text="\ufeffpath,label\na.png,x\nb.png,y\nc.png,x\nd.png,y\n")
+    assert datasets.load_dataset(_data(path, test_size=2)).classes == ["x", "y"]
+    for text, says in (("path,label,split\n", "has a header row but no image rows"),
+                       ("", r"needs a header row with the columns path,label\[,split\] \(found: nothing\)"),
+                       ("file,class\na.png,x\n", r"needs a header row .*\(found: file, class\)")):
+        with pytest.raises(ValueError, match=rf"data.path: {re.escape(str(path))} {says}"):
+            datasets.load_dataset(_data(_manifest(tmp_path, [], text=text)))
+
+
+def test_a_missing_parquet_cell_is_empty_not_a_class_named_none(tmp_path: Path) -> None:
+    import pandas as pd
+
+    _manifest(tmp_path, [])
+    pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "label": ["x", None, "y"]}).to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=r"row 3: needs a path, a label .* got 'b.png', '', 'train'"):
+        datasets.load_dataset(_data(tmp_path / "m.parquet"))
+
+
+# ----------------------------------------------------------------------------- label files
+def test_a_clean_file_names_the_image_it_repeats(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("path,label\nx/b.png,two\nx/a.png,one\nx/b.png,one\n")
+    with pytest.raises(ValueError, match="lists the image 'x/b.png' 2 times: list each once"):
+        read_clean_file(str(tmp_path / "c.csv"), classes=["zero", "one", "two"], paths=["x/a.png", "x/b.png"], n=2)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("index,label\n", "has a header row but no rows of labels"),
+    ("", r"needs a header row with the columns index and label \(found: nothing\)"),
+    ("index,label\n0,99999999999999999999999\n", "row 2: label '99999999999999999999999' is too large to be a class "
+                                                 "index"),
+    ("index,label\n0,one\n1,\u00b2\n", r"row 3: label '\u00b2' is neither a class index nor a class name"),
+    ("index,label\n\u00b2,one\n", r"row 2: index '\u00b2' is not a non-negative integer"),
+    ("index,label\n99999999999999999999999,one\n", "row 2: index '99999999999999999999999' is too large"),
+    ("index,label\n0,one\n\n1,two\n1,x\n", r"row 5: label 'x' is neither"),  # a blank line is a row too
+    (b"\x89PNG\r\n\x1a\n\x00\x00", r"cannot be read \(not UTF-8 text: .utf-8. codec"),
+])
+def test_label_csv_errors_name_the_file_and_row(tmp_path: Path, text: str | bytes, says: str) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=rf"^data.clean_file: {re.escape(str(path))}:? .*{says}"):
+        read_label_csv(path, param="data.clean_file", classes=["zero", "one", "two"])
+
+
+def test_label_csv_with_a_byte_order_mark_and_integer_class_names(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_bytes("\ufeffindex,label\n0,two\n1,0\n".encode())
+    assert read_label_csv(path, param="p", classes=["zero", "one", "two"])[0] == "index"
+    assert read_label_csv(path, param="p", classes=["zero", "one", "two"])[2].tolist() == [2, 0]
+    path.write_text("index,label\n0,10\n1,0\n")  # class names that are integers: a label is one of them
+    with pytest.raises(ValueError, match=r"row 3: label '0' is not a class name \(classes: 10, 20\)"):
+        read_label_csv(path, param="p", classes=["10", "20"])
 
 
 # ----------------------------------------------------------------------------- the pipeline on your own data

@@ -141,7 +141,7 @@ class DataConfig:
     truth: bool  # the data's labels are true ones; false: they are the (noisy) labels you have, not checked
     clean_file: str  # a trusted subset given as a file (.csv index,label or path,label); "" = none given
     path: str  # folder: an image tree root/<class>/<image> (or root/{train,test}/<class>/...) or a manifest
-    classes: list[str]  # folder: class names in label order; [] = from the data (sorted names, or 0..K-1)
+    classes: list[str]  # folder: class names in label order; [] = the data's names, sorted (as numbers if integers)
     image_size: int = _rng(1, 4096)  # folder: images are resized (shorter side) and centre-cropped to this square
     channels: int = _rng(1, 3)  # folder: 1 (grayscale) or 3 (RGB)
     skip_bad_images: bool  # folder: skip (and report) an unreadable image instead of stopping at it

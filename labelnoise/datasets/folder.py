@@ -3,24 +3,37 @@
 - an image tree ``<path>/<class>/<image>`` (torchvision's ImageFolder): every image is train data, and a test split
   of ``data.test_size`` is cut from it, stratified;
 - a tree with its own test split ``<path>/train/<class>/<image>`` and ``<path>/test/<class>/<image>``;
-- a manifest ``<path>`` (``.csv`` or ``.parquet``) with the columns ``path,label`` and optionally ``split``
-  (``train`` or ``test``; empty = train); a relative image path is the manifest's folder's, a label a class name
-  or a class index.
+- a manifest ``<path>`` (``.csv`` in UTF-8, or ``.parquet``) with the columns ``path,label`` and optionally
+  ``split`` (``train`` or ``test``; empty = train), one row per image; a relative image path is the manifest's
+  folder's.
+
+Every image must lie inside the data folder (the tree, or the manifest's folder: what DVC tracks), links followed,
+and be listed once: a path that leaves it (``..``, an absolute path elsewhere, a link out) or a file listed twice
+(the same image in train and test would leak the test split into training) is one line naming the rows, before
+any image is read.
 
 Images of any size and mode are converted once (stage download) to what the pipeline trains on: grayscale
 (``data.channels: 1``) or RGB (3), the shorter side resized to ``data.image_size`` (antialiased) and centre-cropped
-to a square. The classes are ``data.classes`` when given, else the train part's class names sorted (a tree's class
-folders, a manifest's labels), or 0..K-1 when every label is an index; a label outside them is one line naming
-it. The dataset's order, which every file of labels (``noise.file``, ``data.clean_file``) follows: the train part
-first, then the test part; in a tree by class folder, then file name, both sorted; in a manifest by row.
+to a square. A 16-bit image (mode I;16, or I holding 0..65535) is scaled by its full 16-bit range, v * 255 / 65535
+(not stretched per image: one brightness stays one brightness across images); one with values a 16-bit range cannot
+hold, or of floating-point pixels, is a bad image.
 
-An image that cannot be read is one line naming its file, or with ``data.skip_bad_images: true`` it is left out
-and listed in the data report.
+Classes. A label is a class *name*, never silently an index. The classes are ``data.classes`` when given, else the
+names the train part holds (a tree's class folders, a manifest's labels), sorted: as numbers when every name is an
+integer (``9, 10, 100``), else as text. So folders ``5`` and ``7`` are two classes, and a mistyped label
+``1000000`` is one more class, never a million empty ones. An integer label that is not a class name is a class
+index only where ``data.classes`` is given and none of its names is an integer; names ``0..K-1`` are their own
+indices anyway. Any other label (a test label of a class the train part lacks) is one line naming it. The dataset's
+order, which every file of labels (``noise.file``, ``data.clean_file``) follows: the train part first, then the
+test part; in a tree by class folder, then file name, both sorted; in a manifest by row.
+
+An image that cannot be read (missing, truncated, not an image, over PIL's decompression-bomb limit of pixels) is
+one line naming its file, or with ``data.skip_bad_images: true`` it is left out and listed in the data report.
 """
 
 from __future__ import annotations
 
-import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from labelnoise.datasets import Arrays, Dataset, Notes, Source, register_dataset
-from labelnoise.io import regular_file
+from labelnoise.io import one_line, parse_int, read_csv_rows, regular_file
 from labelnoise.schema import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -44,6 +57,12 @@ class Entry:
     name: str  # how reports and label files name it: its path relative to the tree or as the manifest gives it
     label: str  # a class name, or a class index as text
     split: str  # train | test
+    row: int = 0  # a manifest's row (the header is row 1); 0 in a tree
+
+    @property
+    def where(self) -> str:
+        """How a message names it: ``row 3 (img/a.png)`` in a manifest, ``cat/a.png`` in a tree."""
+        return f"row {self.row} ({self.name})" if self.row else self.name
 
 
 def list_tree(root: Path) -> list[Entry]:
@@ -68,73 +87,131 @@ def list_tree(root: Path) -> list[Entry]:
     return entries
 
 
+def _read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A manifest's header and its rows (row number, cells as text; a missing parquet cell is empty)."""
+    if path.suffix.lower() != ".parquet":
+        return read_csv_rows(path)
+    import pandas as pd  # lazy: only parquet manifests need it
+
+    frame = pd.read_parquet(path)
+    cells = frame.astype(object).where(frame.notna(), "")  # NaN / None: an empty cell, not the class 'nan'
+    return [str(c) for c in frame.columns], [(r, {str(k): str(v) for k, v in row.items()})
+                                             for r, row in enumerate(cells.to_dict("records"), start=2)]
+
+
 def list_manifest(path: Path) -> list[Entry]:
     """The rows of a manifest (path,label[,split]), train rows before test rows, each part in row order."""
     if not path.is_file():
         raise ValueError(f"data.path: {path} does not exist")
     try:
-        if path.suffix.lower() == ".parquet":
-            import pandas as pd  # lazy: only parquet manifests need it
-
-            rows = pd.read_parquet(path).astype(str).to_dict("records")
-        else:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
+        header, rows = _read_table(path)
     except Exception as e:  # noqa: BLE001 - not a table of the kind its name says: one line
-        raise ValueError(f"data.path: {path} cannot be read as a manifest ({' '.join(str(e).split())[:200]})"
-                          ) from None
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"data.path: {path} needs a header row with the columns path,label[,split] and one row "
-                          "per image")
+        raise ValueError(f"data.path: {path} cannot be read as a manifest ({one_line(e)[:200]})") from None
+    if not {"path", "label"} <= set(header):
+        raise ValueError(f"data.path: {path} needs a header row with the columns path,label[,split] "
+                         f"(found: {', '.join(header)[:200] or 'nothing'})")
+    if not rows:
+        raise ValueError(f"data.path: {path} has a header row but no image rows (one row per image)")
     entries = []
-    for r, row in enumerate(rows, start=2):
+    for r, row in rows:
         name, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         split = (row.get("split") or "").strip() or "train"
         if not name or not label or split not in SPLITS:
             raise ValueError(f"data.path: {path} row {r}: needs a path, a label and a split train or test (or "
-                              f"none), got {name!r}, {label!r}, {split!r}")
-        file = Path(name) if Path(name).is_absolute() else path.parent / name
-        entries.append(Entry(file, name, label, split))
+                             f"none), got {name!r}, {label!r}, {split!r}")
+        entries.append(Entry(path.parent / name, name, label, split, r))  # an absolute name stays itself
     return sorted(entries, key=lambda e: SPLITS.index(e.split))  # stable: row order within a part
 
 
+def check_files(entries: list[Entry], folder: Path, *, where: Path) -> None:
+    """Every entry's file lies inside ``folder`` (links followed) and no file is listed twice (the same path, a
+    link to it or a hard link); else one ValueError line naming the entries (``where``: the tree or manifest).
+    Nothing is opened."""
+    top = folder.resolve()
+    seen: dict[object, Entry] = {}
+    for e in entries:
+        try:
+            real = e.file.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            raise ValueError(f"data.path: {where}: {e.where} is a loop of links; fix or remove it") from None
+        if top not in real.parents:
+            raise ValueError(f"data.path: {where}: {e.where} is outside {top} (it resolves to {real}); keep every "
+                             "image inside it (what DVC tracks): move or copy the image in")
+        try:
+            info = real.stat()
+            key: object = (info.st_dev, info.st_ino)
+        except OSError:  # missing: said when it is read
+            key = real
+        first = seen.setdefault(key, e)
+        if first is not e:
+            leak = ", in train and test (the test split would leak into training)" if first.split != e.split else ""
+            raise ValueError(f"data.path: {where}: {first.where} and {e.where} are the same image{leak}; list each "
+                             "image once")
+
+
 def class_names(entries: list[Entry], given: list[str]) -> list[str]:
-    """``given``, else the train part's labels: 0..K-1 as text when all are indices, else the names sorted."""
+    """``given``, else the train part's labels sorted: as numbers when all are integers, else as text. Never a
+    class no entry names (a label ``5`` is the class named 5, not index 5 of six)."""
     if given:
         return list(given)
     names = {e.label for e in entries if e.split == "train"}
-    if all(n.isdigit() for n in names):
-        return [str(i) for i in range(max(map(int, names)) + 1)]
+    if all(parse_int(n) is not None for n in names):
+        return sorted(names, key=lambda n: (parse_int(n), n))
     return sorted(names)
 
 
-def label_indices(entries: list[Entry], classes: list[str], *, where: Path) -> np.ndarray:
-    """int64 (n,): each entry's class index; a label that is neither a class name nor an index is one line."""
+def label_indices(entries: list[Entry], classes: list[str], *, given: bool, where: Path) -> np.ndarray:
+    """int64 (n,): each entry's class index. A label is a class name; an integer one that is not is a class index
+    only when the classes were ``given`` and none of them is an integer. Anything else is one line."""
     lookup = {c: i for i, c in enumerate(classes)}
+    by_index = given and not any(parse_int(c) is not None for c in classes)
     out = np.empty(len(entries), dtype=np.int64)
     for i, e in enumerate(entries):
-        k = lookup.get(e.label, int(e.label) if e.label.isdigit() else -1)
-        if not 0 <= k < len(classes):
+        k = lookup.get(e.label, parse_int(e.label) if by_index else None)
+        if k is None or not 0 <= k < len(classes):
             shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
-            raise ValueError(f"data.path: {where}: {e.name} has the unknown class {e.label!r} (classes: {shown}; "
-                              "set data.classes to name them all)")
+            raise ValueError(f"data.path: {where}: {e.where} has the unknown class {e.label!r} (classes: {shown}; "
+                             "set data.classes to name them all)")
         out[i] = k
     return out
 
 
 def load_image(file: Path, *, size: int, channels: int) -> np.ndarray:
     """uint8 (C, size, size): ``file`` in grayscale or RGB, shorter side resized to ``size`` (bilinear,
-    antialiased when shrinking), centre-cropped. Raises OSError / ValueError when it cannot be read."""
+    antialiased when shrinking), centre-cropped; a 16-bit image scaled by 255 / 65535. Raises OSError / ValueError
+    when it cannot be read (a decompression bomb: PIL's pixel limit, whose warning counts as the error too)."""
     from PIL import Image  # lazy: only folder datasets decode image files
 
-    with Image.open(file) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(file) as im:
+                im = _eight_bit(im).convert("L" if channels == 1 else "RGB")
+                w, h = im.size
+                scale = size / min(w, h)
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+                left, top = (im.width - size) // 2, (im.height - size) // 2
+                a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(one_line(e)) from None
     return a[None] if channels == 1 else a.transpose(2, 0, 1)  # (H, W) / (H, W, 3) -> (C, H, W)
+
+
+def _eight_bit(im: Any) -> Any:
+    """A 16-bit image (I;16*, or I with values 0..65535) as 8-bit grayscale, v * 255 / 65535 rounded; PIL's own
+    conversion clips it to 0..255 (every pixel black or white). Other modes as they are; F or I outside 0..65535:
+    ValueError."""
+    from PIL import Image
+
+    if im.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no fixed range: save it with 8 or 16 bits per channel")
+    if not im.mode.startswith("I"):
+        return im
+    a = np.asarray(im)  # (H, W) uint16 / int32
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise ValueError(f"pixel values {a.min()}..{a.max()} outside 0..65535 (mode {im.mode}): save it with 8 or "
+                         "16 bits per channel")
+    return Image.fromarray(np.round(a * (255 / 65535)).astype(np.uint8))
 
 
 @dataclass(frozen=True)
@@ -149,6 +226,7 @@ class Folder(Source):
         path = Path(data.path)
         is_manifest = path.suffix.lower() in MANIFEST_SUFFIXES
         entries = list_manifest(path) if is_manifest else list_tree(path)
+        check_files(entries, path.parent if is_manifest else path, where=path)
         images = np.empty((len(entries), data.channels, data.image_size, data.image_size), dtype=np.uint8)
         ok = np.ones(len(entries), dtype=bool)
         for i, e in enumerate(entries):
@@ -164,11 +242,14 @@ class Folder(Source):
                 notes.reject(f"{e.name}: skipped, cannot be read as an image ({why})")
                 ok[i] = False
         entries = [e for e, good in zip(entries, ok, strict=True) if good]
-        classes = class_names(entries, list(data.classes))
-        labels = label_indices(entries, classes, where=path)
         n_train = sum(e.split == "train" for e in entries)
         if n_train == 0:
             raise ValueError(f"data.path: {path} has no train images")
+        classes = class_names(entries, list(data.classes))
+        if len(classes) < 2:
+            raise ValueError(f"data.path: {path} has 1 class ({classes[0]}); a classifier needs at least 2 (class "
+                             "folders, or labels of train images)")
+        labels = label_indices(entries, classes, given=bool(data.classes), where=path)
         return Arrays(images=images[ok], labels=labels, n_official_train=n_train, classes=classes,
                       paths=[e.name for e in entries]), f"folder:{path}"
 
