@@ -231,9 +231,10 @@ def test_a_named_pipe_or_a_device_in_data_own_is_refused_and_dvc_never_waits_on_
 
     root, env = project
     own = root / "data" / "own"
-    for special, kind in ((own / "labels.csv", "a named pipe"), (own / "images" / "x.png", "a character device")):
+    specials = ((own / "labels.csv", "a named pipe (FIFO)"), (own / "images" / "x.png", "a character device"))
+    for special, kind in specials:
         special.parent.mkdir(exist_ok=True)
-        os.mkfifo(special) if kind == "a named pipe" else special.symlink_to("/dev/zero")
+        os.mkfifo(special) if kind.startswith("a named pipe") else special.symlink_to("/dev/zero")
         try:
             status = subprocess.run(["dvc", "status"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
             assert status.returncode == 0, status.stderr

@@ -15,6 +15,7 @@ import torch
 
 from labelnoise import datasets
 from labelnoise.config import Config, ConfigError, from_dict, merge, read_yaml
+from labelnoise.mentornet.pretrain import DD_PLOT_NAME, PD_PLOT_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,7 +81,7 @@ def test_pd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     from stages import pretrain_mentor
     from stages.common import PATHS
 
-    cfg = config(kind="pd", curriculum="self_paced")
+    cfg = config(kind="pd", curriculum="self_paced", percentile=0.7)  # settled: the student reads it from the record
     write_prepared(cfg)
     logged = pretrain_mentor.run(cfg)
 
@@ -91,14 +92,15 @@ def test_pd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     assert logged["mae_holdout"] == pytest.approx(report["mae_holdout"])
     mentor = load_mentor(PATHS.mentor_model)
     assert mentor.num_classes == 10
-    assert [p.name for p in Path(PATHS.mentor_plots).iterdir()] == [pretrain_mentor.PD_PLOT_NAME]
-    assert_png(Path(PATHS.mentor_plots) / pretrain_mentor.PD_PLOT_NAME)
+    assert [p.name for p in Path(PATHS.mentor_plots).iterdir()] == [PD_PLOT_NAME]
+    assert_png(Path(PATHS.mentor_plots) / PD_PLOT_NAME)
 
     (run,) = stage_runs(in_tmp)
     assert run.info.status == "FINISHED" and run.data.tags["mentor"] == "pd"
     assert run.data.metrics["mae_holdout"] == pytest.approx(report["mae_holdout"])
-    assert run.data.params["mentor.kind"] == "pd" and "student.method" not in run.data.params
-    # the stage's params (stages.STAGE_PARAMS): the mentor, and the recipe a dd mentor's student trains with
+    assert run.data.params["mentor.kind"] == "pd" and "student.spade.burn_in" not in run.data.params
+    # the stage's params (its record): the mentor, whether the student uses one, the recipe a dd mentor's student
+    # trains with
     assert "train.lr" in run.data.params and "train.epochs" not in run.data.params
     client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp}/mlflow.db")
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -127,7 +129,7 @@ def test_dd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     assert [row["epoch"] for row in report["per_epoch"]] == [1, 2, 3]
     assert logged["auroc"] == pytest.approx(report["auroc"])
     assert load_mentor(PATHS.mentor_model).num_classes == 10
-    assert_png(Path(PATHS.mentor_plots) / pretrain_mentor.DD_PLOT_NAME)
+    assert_png(Path(PATHS.mentor_plots) / DD_PLOT_NAME)
 
     (run,) = stage_runs(in_tmp)
     assert run.info.status == "FINISHED" and run.data.tags["mentor"] == "dd"
@@ -139,7 +141,7 @@ def test_dd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
 
     # the folder holds this kind's figure only: a pd run afterwards replaces it
     pretrain_mentor.run(dataclasses.replace(cfg, mentor=dataclasses.replace(cfg.mentor, kind="pd")))
-    assert [p.name for p in Path(PATHS.mentor_plots).iterdir()] == [pretrain_mentor.PD_PLOT_NAME]
+    assert [p.name for p in Path(PATHS.mentor_plots).iterdir()] == [PD_PLOT_NAME]
 
 
 def test_dd_never_reads_the_train_pool_labels(in_tmp: Path) -> None:

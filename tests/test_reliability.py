@@ -377,7 +377,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path: Path
         "import mlflow.store.tracking.sqlalchemy_store\n"
         f"ready = Path({str(ready)!r}); (ready / str(os.getpid())).touch()\n"
         "while len(list(ready.iterdir())) < 4: time.sleep(0.001)\n"
-        "check_store(cfg)\n"
+        "check_store(cfg.base.tracking_uri, cfg.base.experiment)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(4)]
