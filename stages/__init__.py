@@ -16,8 +16,8 @@ def _train_but(*overridden: str) -> tuple[str, ...]:
 # tests/test_stage_params.py checks dvc.yaml against it.
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "download": ("data",),
-    # open_set / massive other: images of another dataset (data.root, mirrors); instance: the reference classifier
-    # trains with the recipe (noise.reference_* override its network, epochs, lr, batch size and precision)
+    # open_set, massive from another source: another dataset's images (data.root, mirrors); instance: the reference
+    # classifier trains with the recipe (noise.instance overrides its network, epochs, lr, batch size, precision)
     "inject_noise": ("data", "noise", "base.device", "base.deterministic",
                      *_train_but("model", "pretrained", "epochs", "lr", "batch_size", "precision")),
     # folds of the recipe's network, estimate.epochs each; the misfit check's with student.clean_only's budget

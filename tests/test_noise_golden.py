@@ -1,6 +1,7 @@
 """Golden noisy labels: stage inject_noise on a fixed dataset gives, for every noise kind and seed, the labels, mask,
 images and index recorded here (a sha256 of their bytes). Recorded before the noise models became plug-ins
-(labelnoise/noise/), so a refactor that changes one random draw, or the order of two, fails here."""
+(labelnoise/noise/, with the params of the layout then: noise.delta, noise.massive_source: other and
+noise.open_set_source, ...), so a refactor that changes one random draw, or the order of two, fails here."""
 
 from __future__ import annotations
 
@@ -33,21 +34,20 @@ def prepared(dataset: str = "digits", shape: tuple[int, int, int] = (1, 8, 8)):
                     test_idx=test, classes=[f"c{i}" for i in range(10)], dataset=dataset)
 
 
-# kind -> its params (the noise section's keys besides kind and seed)
+# case -> the noise section's keys besides seed (kind: the case's name unless given)
 CASES: dict[str, dict] = {
     "none": {"rate": 0.4},
     "symmetric": {"rate": 0.45},
     "pair": {"rate": 0.3},
-    "asymmetric": {"rate": 0.5, "class_map": "auto"},  # digits: MNIST's shipped map
-    "transition": {"transition": MATRIX},
-    "structured": {"rate": 0.5, "delta": 0.6},
+    "asymmetric": {"rate": 0.5, "asymmetric": {"class_map": "auto"}},  # digits: MNIST's shipped map
+    "transition": {"transition": {"matrix": MATRIX}},
+    "structured": {"rate": 0.5, "structured": {"delta": 0.6}},
     "instance": {"rate": 0.4},  # the reference classifier's probabilities are fixed (fake_reference)
-    "open_set": {"rate": 0.3, "open_set_source": "auto"},  # digits: white noise
-    "open_set_digits": {"kind": "open_set", "rate": 0.25, "open_set_source": "auto"},  # fashion_mnist: digits images
-    "massive": {"alpha": 2.0, "n_clean": 40, "massive_source": "train"},
-    "massive_other": {"kind": "massive", "alpha": 1.5, "n_clean": 30, "massive_source": "other",
-                      "open_set_source": "white_noise"},
-    "given": {"file": "given.npy"},
+    "open_set": {"rate": 0.3, "open_set": {"source": "auto"}},  # digits: white noise
+    "open_set_digits": {"kind": "open_set", "rate": 0.25, "open_set": {"source": "auto"}},  # fashion_mnist: digits
+    "massive": {"massive": {"alpha": 2.0, "n_clean": 40, "source": "train"}},
+    "massive_other": {"kind": "massive", "massive": {"alpha": 1.5, "n_clean": 30, "source": "white_noise"}},
+    "given": {"given": {"file": "given.npy", "key": ""}},
 }
 
 GOLDEN: dict[tuple[str, int], str] = {  # (case, noise.seed) -> digest, recorded at commit 71873b8 (before the registry)

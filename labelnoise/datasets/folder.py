@@ -11,7 +11,7 @@ Images of any size and mode are converted once (stage download) to what the pipe
 (``data.channels: 1``) or RGB (3), the shorter side resized to ``data.image_size`` (antialiased) and centre-cropped
 to a square. The classes are ``data.classes`` when given, else the train part's class names sorted (a tree's class
 folders, a manifest's labels), or 0..K-1 when every label is an index; a label outside them is one line naming
-it. The dataset's order, which every file of labels (``noise.file``, ``data.clean_file``) follows: the train part
+it. The dataset's order, which every file of labels (``noise.given.file``, ``data.clean_file``) follows: the train part
 first, then the test part; in a tree by class folder, then file name, both sorted; in a manifest by row.
 
 An image that cannot be read is one line naming its file, or with ``data.skip_bad_images: true`` it is left out
