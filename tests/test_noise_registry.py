@@ -57,6 +57,21 @@ def test_a_key_of_the_former_layout_names_its_new_place(old: str, new: str) -> N
         from_dict(raw)
 
 
+@pytest.mark.parametrize(("kind", "options"), [
+    ("symmetric", {}), ("pair", {}), ("asymmetric", {"class_map": {0: 1, 2: 3}}),
+    ("transition", {"transition": np.full((4, 4), 0.25)}), ("structured", {"delta": 0.5})])
+def test_the_class_conditional_models_share_one_core(kind: str, options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of them is the shared core (one seeded permutation per class, drawn first) and a rule of its own."""
+    from labelnoise.noise import base
+
+    drawn = []
+    permutations = base.class_permutations
+    monkeypatch.setattr(base, "class_permutations", lambda *a: drawn.append(a[1]) or permutations(*a))
+    y = np.repeat(np.arange(4), 10)
+    nl = noise.corrupt(y, kind=kind, rate=0.5, num_classes=4, rng=np.random.default_rng(0), **options)
+    assert drawn == [4] and nl.mask.any()
+
+
 # ----------------------------------------------------------------------------- kind facts live in the registry
 def _about_the_kind(node: ast.expr) -> bool:
     """An expression that reads the noise kind: ``x.kind``, a name ``kind``, ``x["kind"]`` or a lookup of
