@@ -1,10 +1,11 @@
 """Typed, validated configuration: `params.yaml` → frozen dataclasses, checked once at the edge.
 
 `params.yaml` is the single source of default values: the dataclasses carry types and ranges, not defaults.
-Each section's dataclass lives beside the code that reads it (``data`` with the datasets, ``noise`` with the noise
-models, ``mentor`` with the MentorNet, ``train`` with the engine, ``correction`` with joint optimization, each
-method's block ``student.<method>`` with the method); this module assembles them into :class:`Config` and checks
-what spans sections. Every error names the offending key in one line (``ConfigError``).
+Each section's dataclass lives beside the code that reads it (``data`` with the datasets, ``noise`` and each noise
+model's block ``noise.<kind>`` with the noise models, ``mentor`` with the MentorNet, ``train`` with the engine,
+``correction`` with joint optimization, each method's block ``student.<method>`` with the method); this module
+assembles them into :class:`Config` and checks what spans sections. Every error names the offending key in one line
+(``ConfigError``); a key that moved names its new place.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from typing import Any, Literal
 
 import yaml
 
-from labelnoise import datasets
 from labelnoise.correction import CorrectionConfig
 from labelnoise.datasets import DataConfig
 from labelnoise.engine.recipe import Recipe
 from labelnoise.mentornet import MentorConfig
 from labelnoise.methods import method_names, registered
 from labelnoise.models import list_models
-from labelnoise.noise import NoiseConfig
+from labelnoise.noise import RENAMED as NOISE_RENAMED
+from labelnoise.noise import check_config as check_noise_config
+from labelnoise.noise import noise_config_type
 from labelnoise.noise_estimate import EstimateConfig
 from labelnoise.schema import ConfigError
 from labelnoise.schema import rng as _rng
@@ -71,7 +73,7 @@ def _student_type(blocks: tuple[tuple[str, type], ...]) -> type:
 class Config:
     base: BaseConfig
     data: DataConfig
-    noise: NoiseConfig
+    noise: Any = dataclasses.field(metadata={"section": noise_config_type})  # built from the noise registry
     estimate: EstimateConfig
     mentor: MentorConfig
     train: Recipe
@@ -219,19 +221,13 @@ _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 # Params that moved: the old name (a key or a whole block) → the new one. An old name in a params file or an
-# override is one line naming the new one, never silently ignored.
+# override is one line naming the new one, never silently ignored. The noise models' own table first.
 RENAMED: dict[str, str] = {
+    **NOISE_RENAMED,
     "student.clean_only": "trusted",
     "student.clean_only.epochs": "trusted.epochs",
     "student.clean_only.augment": "trusted.augment",
 }
-
-
-def _unknown(key: str, known: str = "") -> ConfigError:
-    """The error for an unknown param ``key``: the new name where it was renamed."""
-    if key in RENAMED:
-        return ConfigError(f"{key}: renamed to {RENAMED[key]} (move the value there)")
-    return ConfigError(f"{key}: unknown parameter" + (f" (known: {known})" if known else ""))
 
 
 def _join(prefix: str, name: str) -> str:
@@ -240,12 +236,13 @@ def _join(prefix: str, name: str) -> str:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'params'}: must be a mapping, got {raw!r}")
+        raise ConfigError(_renamed(prefix) or f"{prefix or 'params'}: must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise _unknown(_join(prefix, unknown[0]), ", ".join(fields))
+        key = _join(prefix, unknown[0])
+        raise ConfigError(_renamed(key) or f"{key}: unknown parameter (known: {', '.join(fields)})")
     values = {}
     for name, f in fields.items():
         key = _join(prefix, name)
@@ -264,6 +261,15 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             raise ConfigError(f"{key}: must be <= {hi}, got {value}")
         values[name] = value
     return cls(**values)
+
+
+def _renamed(key: str) -> str | None:
+    """The one line for a key of an earlier params layout that moved (None: ``key`` never existed)."""
+    if key not in RENAMED:
+        return None
+    where = ("a noise model's own params are in its block noise.<kind>" if key in NOISE_RENAMED
+             else "move the value there")
+    return f"{key}: renamed {RENAMED[key]} ({where})"
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -291,10 +297,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         *parents, leaf = dotted.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise _unknown(dotted)
+                raise ConfigError(_renamed(dotted) or f"{dotted}: unknown parameter")
             node = node[p]
         if leaf not in node:
-            raise _unknown(dotted)
+            raise ConfigError(_renamed(dotted) or f"{dotted}: unknown parameter")
         node[leaf] = _parse_value(dotted, text)
     return out
 
@@ -354,34 +360,15 @@ def _cross_checks(cfg: Config) -> None:
                           f"got {s.method!r}")
     if any(not 0.0 < w <= 1.0 for w in s.weights_at):
         raise ConfigError("student.weights_at: must be fractions of training in (0, 1]")
-    for key, model in (("train.model", t.model), ("noise.reference_model", cfg.noise.reference_model)):
-        if model not in list_models():
-            raise ConfigError(f"{key}: must be one of {', '.join(repr(m) for m in list_models())}, got {model!r}")
+    if t.model not in list_models():
+        raise ConfigError(f"train.model: must be one of {', '.join(repr(m) for m in list_models())}, got {t.model!r}")
     t.check("train")
     if 0 < cfg.correction.epochs < cfg.correction.begin:  # no label update would ever happen (0: no phase 1)
         raise ConfigError(f"correction.begin: must be <= correction.epochs ({cfg.correction.epochs})")
     m = cfg.mentor
     if m.pd_linear_from < m.pd_burn_in:
         raise ConfigError(f"mentor.pd_linear_from: must be >= mentor.pd_burn_in ({m.pd_burn_in})")
-    n = cfg.noise
-    sources = datasets.open_set_sources()  # auto, white_noise and the registered datasets
-    if n.open_set_source not in sources:
-        raise ConfigError(f"noise.open_set_source: must be one of {', '.join(repr(x) for x in sources)}, "
-                          f"got {n.open_set_source!r}")
-    if n.kind == "given" and not n.file:
-        raise ConfigError("noise.file: a file of noisy labels is required with noise.kind: given")
-    if n.kind == "open_set":
-        try:
-            datasets.resolve_open_set_source(cfg.data.dataset, n.open_set_source)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    if n.kind == "transition":
-        rows = n.transition
-        if not rows or any(len(r) != len(rows) for r in rows):
-            raise ConfigError("noise.transition: must be a square K x K matrix")
-        for i, r in enumerate(rows):
-            if any(p < 0 for p in r) or abs(sum(r) - 1.0) > 1e-6:
-                raise ConfigError(f"noise.transition[{i}]: row must be non-negative and sum to 1, sums to {sum(r):.6g}")
+    check_noise_config(cfg.noise, dataset=cfg.data.dataset, networks=list_models())
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

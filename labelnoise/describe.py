@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from labelnoise.methods import display_name
+from labelnoise.noise import is_clean
 
 
 def as_number(value: Any) -> float | None:
@@ -24,7 +25,7 @@ ORACLE = "Oracle (CE, clean labels)"
 
 def method_label(params: dict[str, Any]) -> str:
     """The run's method as tables name it (CE, SPADE-DD, ...), or the oracle (CE on clean labels)."""
-    if params.get("noise.kind") == "none":
+    if is_clean(str(params.get("noise.kind", ""))):
         return ORACLE
     return display_name(str(params.get("student.method", "")), params.get("mentor.kind"))
 
@@ -32,7 +33,7 @@ def method_label(params: dict[str, Any]) -> str:
 def level_label(params: dict[str, Any]) -> str:
     """'symmetric 40 %', 'pair 45 %', ... or 'clean' (no noise)."""
     kind = params.get("noise.kind", "")
-    if kind == "none":
+    if is_clean(str(kind)):
         return "clean"
     rate = as_number(params.get("noise.rate", ""))
     return f"{kind} {rate * 100:g} %" if rate is not None else str(kind)

@@ -1,6 +1,7 @@
 """The instance-noise reference classifier: a ``cnn`` trained on the trusted clean subset only scores every train
-example (``noise.kind: instance`` flips the examples it finds hardest; see :func:`labelnoise.noise.corrupt_instance`).
-It trains through the engine, above the noise models, which work on arrays only.
+example (``noise.kind: instance`` flips the examples it finds hardest; see
+:func:`labelnoise.noise.instance.corrupt_instance`). It trains through the engine, above the noise models, which work
+on arrays only and are handed it as a :class:`labelnoise.noise.Classifier` (:func:`trainer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from labelnoise.engine import Task, fit, predict_logits
 from labelnoise.models import channel_stats, create_model
-from labelnoise.runtime import resolve_channels_last, seeded
+from labelnoise.runtime import resolve_channels_last, resolve_device, seeded
 from labelnoise.views import TrainView
 
 
@@ -34,7 +35,7 @@ def reference_probabilities(
 
     x_fit: uint8 (n_fit, C, H, W) with labels y_fit (n_fit,), the trusted clean subset; x_score: uint8
     (n, C, H, W), the train images (their labels are not passed: the classifier never sees them). Trained with
-    plain cross-entropy through the engine with ``recipe`` (the ``train`` recipe with the ``noise.reference_*``
+    plain cross-entropy through the engine with ``recipe`` (the ``train`` recipe with the ``noise.instance``
     overrides, :func:`recipe_for`); ``seed`` alone decides the initial weights and the batch order. Returns
     (n, K) float64 rows summing to 1 (softmax of the float32 logits, taken in float64). ``log(line)`` gets the
     per-epoch lines (None: silent).
@@ -50,7 +51,7 @@ def reference_probabilities(
     result = fit(model, view, Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed, device=device,
                  progress=False,
                  log=(lambda line: log(f"reference classifier: {line}")) if log is not None else (lambda line: None),
-                 remedy="lower noise.reference_lr")
+                 remedy="lower noise.instance.lr")
     device = torch.device(device)
     logits = predict_logits(result.model, torch.from_numpy(np.ascontiguousarray(x_score)),
                             batch_size=recipe.eval_batch_size, device=device,
@@ -58,9 +59,23 @@ def reference_probabilities(
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
-def recipe_for(train: Any, noise: Any) -> Any:
-    """The reference classifier's recipe: the ``train`` recipe with the ``noise.reference_*`` overrides (its network,
-    epochs, peak lr, batch size and precision; fp32 by default, so the noisy labels do not depend on the CPU)."""
-    return dataclasses.replace(train, model=noise.reference_model, pretrained=False, epochs=noise.reference_epochs,
-                               lr=noise.reference_lr, batch_size=noise.reference_batch_size,
-                               precision=noise.reference_precision)
+def recipe_for(train: Any, settings: Any) -> Any:
+    """The reference classifier's recipe: the ``train`` recipe with the overrides of ``settings`` (the block
+    ``noise.instance``: its network, epochs, peak lr, batch size and precision; fp32 by default, so the noisy labels
+    do not depend on the CPU)."""
+    return dataclasses.replace(train, model=settings.model, pretrained=False, epochs=settings.epochs,
+                               lr=settings.lr, batch_size=settings.batch_size, precision=settings.precision)
+
+
+def trainer(train: Any, *, device: str = "auto", log: Callable[[str], None] | None = None) -> Callable[..., np.ndarray]:
+    """The reference classifier as the noise models take it (:class:`labelnoise.noise.Classifier`): trains with the
+    ``train`` recipe and a model's ``settings`` (:func:`recipe_for`, seeded by ``settings.seed``) on ``device`` (the
+    ``base.device`` param, resolved when it trains: a model that trains none needs no device)."""
+
+    def train_and_score(x_fit: np.ndarray, y_fit: np.ndarray, x_score: np.ndarray, *, classes: list[str],
+                        dataset: str, settings: Any) -> np.ndarray:
+        return reference_probabilities(x_fit, y_fit, x_score, classes=classes, dataset=dataset,
+                                       recipe=recipe_for(train, settings), seed=settings.seed,
+                                       device=resolve_device(device), log=log)
+
+    return train_and_score

@@ -391,13 +391,18 @@ def _values(runs: list[dict[str, Any]], key: str) -> list[Any]:
     return sorted({_norm(r["params"].get(key)) for r in runs}, key=lambda v: _sort_key(str(v)))
 
 
+# The params the massive view reads of its runs (the blocks of noise models massive and structured)
+ALPHA, N_CLEAN, SOURCE = "noise.massive.alpha", "noise.massive.n_clean", "noise.massive.source"
+DELTA = "noise.structured.delta"
+
+
 def clean_needed(runs: list[dict[str, Any]], target: float) -> dict[float, float | None]:
-    """α → the smallest ``noise.n_clean`` reaching ``target`` test accuracy, interpolated on log n_clean between
+    """α → the smallest ``noise.massive.n_clean`` reaching ``target`` test accuracy, interpolated on log n_clean between
     the two sizes around it (None: not reached at the largest size)."""
     needed: dict[float, float | None] = {}
-    for alpha in _values(runs, "noise.alpha"):
-        curve = [(n, a) for n in _values(runs, "noise.n_clean")
-                 if (a := _acc(runs, noise__alpha=alpha, noise__n_clean=n)) is not None]
+    for alpha in _values(runs, ALPHA):
+        curve = [(n, a) for n in _values(runs, N_CLEAN)
+                 if (a := _acc(runs, **{ALPHA: alpha, N_CLEAN: n})) is not None]
         needed[alpha] = None
         for (n0, a0), (n1, a1) in zip([(None, None), *curve], curve, strict=False):
             if a1 >= target:
@@ -418,15 +423,15 @@ def massive_section(sweeps: dict[str, list[dict[str, Any]]], spec: dict[str, Any
     found = []
     clean = sweeps.get("clean", [])
     if clean:
-        sizes, alphas = _values(clean, "noise.n_clean"), _values(clean, "noise.alpha")
-        drop = {n: (_acc(clean, noise__n_clean=n, noise__alpha=alphas[0]) or 0)
-                - (_acc(clean, noise__n_clean=n, noise__alpha=alphas[-1]) or 0) for n in sizes}
-        top = {n: _acc(clean, noise__n_clean=n, noise__alpha=alphas[-1]) for n in sizes}
+        sizes, alphas = _values(clean, N_CLEAN), _values(clean, ALPHA)
+        drop = {n: (_acc(clean, **{N_CLEAN: n, ALPHA: alphas[0]}) or 0)
+                - (_acc(clean, **{N_CLEAN: n, ALPHA: alphas[-1]}) or 0) for n in sizes}
+        top = {n: _acc(clean, **{N_CLEAN: n, ALPHA: alphas[-1]}) for n in sizes}
         holds = drop[sizes[-1]] < drop[sizes[0]] and (top[sizes[-1]] or 0) > (top[sizes[0]] or 0)
         found.append(
             f"- **Accuracy stays high as α grows, given enough clean examples** — "
             f"{'holds' if holds else 'does not hold'}: from α = {alphas[0]:g} to α = {alphas[-1]:g} test accuracy "
-            + "; ".join(f"with {n} clean examples {_pct(_acc(clean, noise__n_clean=n, noise__alpha=alphas[0]))} → "
+            + "; ".join(f"with {n} clean examples {_pct(_acc(clean, **{N_CLEAN: n, ALPHA: alphas[0]}))} → "
                         f"{_pct(top[n])} ({-100 * drop[n]:+.2f} points)" for n in sizes) + ".")
         target = float(spec.get("target_acc", 0.75))
         needed = clean_needed(clean, target)
@@ -436,13 +441,13 @@ def massive_section(sweeps: dict[str, list[dict[str, Any]]], spec: dict[str, Any
         lines += [f"| {a:g} | {'—' if n is None else f'{n:.0f}'} |" for a, n in needed.items()]
         reached = [(str(a), {"n_clean_needed": n}) for a, n in needed.items() if n is not None]
         if reached:
-            figure({f"target {_pct(target)}": reached}, "noise.alpha", "clean_needed",
+            figure({f"target {_pct(target)}": reached}, ALPHA, "clean_needed",
                    f"clean examples needed for {_pct(target)} test accuracy", ["n_clean_needed"])
     alpha = sweeps.get("alpha", [])
     if alpha:
-        pairs = [(a, _acc(alpha, noise__alpha=a, noise__massive_source="train"),
-                  _acc(alpha, noise__alpha=a, noise__massive_source="other"))
-                 for a in _values(alpha, "noise.alpha") if a]
+        other = next((s for s in _values(alpha, SOURCE) if s != "train"), None)  # the other source (digits, ...)
+        pairs = [(a, _acc(alpha, **{ALPHA: a, SOURCE: "train"}), _acc(alpha, **{ALPHA: a, SOURCE: other}))
+                 for a in _values(alpha, ALPHA) if a]
         pairs = [(a, t, o) for a, t, o in pairs if t is not None and o is not None]
         wins = sum(o > t for _, t, o in pairs)
         found.append(f"- **Noise from another source hurts less than same-dataset noise** — "
@@ -451,7 +456,7 @@ def massive_section(sweeps: dict[str, list[dict[str, Any]]], spec: dict[str, Any
                          f"α = {a:g}: same dataset {_pct(t)}, other source {_pct(o)}" for a, t, o in pairs) + ".")
     delta = sweeps.get("delta", [])
     if delta:
-        curve = [(d, _acc(delta, noise__delta=d)) for d in _values(delta, "noise.delta")]
+        curve = [(d, _acc(delta, **{DELTA: d})) for d in _values(delta, DELTA)]
         curve = [(d, a) for d, a in curve if a is not None]
         falls = sum(a1 < a0 for (_, a0), (_, a1) in zip(curve, curve[1:], strict=False))
         holds = len(curve) > 1 and curve[-1][1] < curve[0][1]

@@ -34,8 +34,8 @@ STAGES: tuple[Stage, ...] = (
           outputs=("own_files",), tracked=False),
     Stage("download", "fetch and verify the dataset, cut train / clean / val / test.", ("data",),
           ("prepared", "data_report")),
-    # open_set / massive other: images of another dataset (data.root, mirrors); instance: the reference classifier
-    # trains with the recipe (noise.reference_* override its network, epochs, lr, batch size and precision)
+    # open_set, massive from another source: another dataset's images (data.root, mirrors); instance: the reference
+    # classifier trains with the recipe (noise.instance overrides its network, epochs, lr, batch size, precision)
     Stage("inject_noise", "corrupt the train labels with a named noise model; record which changed.",
           ("data", "noise", "base.device", "base.deterministic",
            *_train_but("model", "pretrained", "epochs", "lr", "batch_size", "precision")),

@@ -91,14 +91,14 @@ def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch:
 def test_sweep_grid_parsing_and_points() -> None:
     from labelnoise.studies import grid_points, parse_grid
 
-    grid = parse_grid(["noise.rate=0.2,0.4", "noise.transition=[[1, 0], [0, 1]],[[0, 1], [1, 0]]",
+    grid = parse_grid(["noise.rate=0.2,0.4", "noise.transition.matrix=[[1, 0], [0, 1]],[[0, 1], [1, 0]]",
                        "train.batch_size= 32 "])
-    assert grid == {"noise.rate": ["0.2", "0.4"], "noise.transition": ["[[1, 0], [0, 1]]", "[[0, 1], [1, 0]]"],
+    assert grid == {"noise.rate": ["0.2", "0.4"], "noise.transition.matrix": ["[[1, 0], [0, 1]]", "[[0, 1], [1, 0]]"],
                     "train.batch_size": ["32"]}
     points = grid_points(grid)
-    assert len(points) == 4 and points[0] == ["noise.rate=0.2", "noise.transition=[[1, 0], [0, 1]]",
+    assert len(points) == 4 and points[0] == ["noise.rate=0.2", "noise.transition.matrix=[[1, 0], [0, 1]]",
                                               "train.batch_size=32"]
-    assert points[1][1] == "noise.transition=[[0, 1], [1, 0]]"  # the last key varies fastest
+    assert points[1][1] == "noise.transition.matrix=[[0, 1], [1, 0]]"  # the last key varies fastest
     for bad in (["rate=1,2"], ["noise.rate"], ["noise.rate=0.1,,0.2"], ["noise.rate=1", "noise.rate=2"], []):
         with pytest.raises(ValueError, match="sweep"):
             parse_grid(bad)

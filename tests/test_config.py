@@ -9,7 +9,6 @@ import pytest
 from labelnoise.config import (
     ConfigError,
     DataConfig,
-    NoiseConfig,
     apply_overrides,
     flatten,
     from_dict,
@@ -17,6 +16,7 @@ from labelnoise.config import (
     merge,
     read_yaml,
 )
+from labelnoise.noise import get_noise, noise_config_type
 from tests.helpers import split_student
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_default_params_and_presets_validate() -> None:
         ("train.model=vgg", "train.model: must be one of"),
         ("student.method=magic", "student.method: must be one of"),
         ("noise.kind=gaussian", "noise.kind: must be one of"),
-        ("noise.open_set_source=svhn", "noise.open_set_source: must be one of"),
+        ("noise.open_set.source=svhn", "noise.open_set.source: must be one of"),
         ("data.clean_size=-5", "data.clean_size: must be >= 0"),
         ("train.milestones=[0.8,0.2]", "train.milestones"),
         ("student.mentormix.mixup_alpha=0", "student.mentormix.mixup_alpha: must be > 0.0"),
@@ -54,9 +54,14 @@ def test_default_params_and_presets_validate() -> None:
         ("student.method=mentormix", None),
         ("student.spade.burn_in=1.5", "student.spade.burn_in: must be <= 1.0"),
         ("student.cleanlab.folds=1", "student.cleanlab.folds: must be >= 2"),
-        ("noise.reference_model=vgg", "noise.reference_model: must be one of"),
+        ("noise.instance.model=vgg", "noise.instance.model: must be one of"),
         ("train.warmup_epochs=20", "train.warmup_epochs: must be < train.epochs"),
-        ("noise.transition=[[0.5,0.6],[0,1]]", None),  # only checked when kind=transition
+        ("noise.transition.matrix=[[0.5,0.6],[0,1]]", None),  # only checked when kind=transition
+        ('noise.given.file=""', None),  # only required when kind=given
+        ("noise.delta=0.5", "noise.delta: renamed noise.structured.delta"),  # the layout before the blocks
+        ("noise.massive_source=other", "noise.massive_source: renamed noise.massive.source"),
+        ("noise.reference_seed=1", "noise.reference_seed: renamed noise.instance.seed"),
+        ("noise.transition=[[1]]", "noise.transition: renamed noise.transition.matrix"),
     ],
 )
 def test_bad_value_names_the_key(override: str, message: str | None) -> None:
@@ -69,12 +74,12 @@ def test_bad_value_names_the_key(override: str, message: str | None) -> None:
 
 def test_transition_must_be_row_stochastic_and_square() -> None:
     base = ["noise.kind=transition"]
-    with pytest.raises(ConfigError, match=r"noise.transition\[0\]: row must be non-negative and sum to 1"):
-        load_config(REPO / "params.yaml", [*base, "noise.transition=[[0.5,0.6],[0,1]]"])
+    with pytest.raises(ConfigError, match=r"noise.transition.matrix\[0\]: row must be non-negative and sum to 1"):
+        load_config(REPO / "params.yaml", [*base, "noise.transition.matrix=[[0.5,0.6],[0,1]]"])
     with pytest.raises(ConfigError, match="square"):
-        load_config(REPO / "params.yaml", [*base, "noise.transition=[[1,0]]"])
-    cfg = load_config(REPO / "params.yaml", [*base, "noise.transition=[[0.7,0.3],[0.2,0.8]]"])
-    assert cfg.noise.transition == [[0.7, 0.3], [0.2, 0.8]]
+        load_config(REPO / "params.yaml", [*base, "noise.transition.matrix=[[1,0]]"])
+    cfg = load_config(REPO / "params.yaml", [*base, "noise.transition.matrix=[[0.7,0.3],[0.2,0.8]]"])
+    assert cfg.noise.transition.matrix == [[0.7, 0.3], [0.2, 0.8]]
 
 
 def test_unknown_and_missing_keys(tmp_path: Path) -> None:
@@ -104,13 +109,14 @@ def test_ints_widen_to_float_and_flatten() -> None:
     assert isinstance(cfg.train.lr, float)
     flat = flatten(cfg.to_dict())
     assert flat["train.lr"] == 1.0 and flat["data.dataset"] == "fashion_mnist"
-    assert "noise.class_map" in flat
+    assert "noise.asymmetric.class_map" in flat and "noise.instance.epochs" in flat
 
 
 def test_data_and_noise_sections_are_typed_objects() -> None:
-    cfg = load_config(REPO / "params.yaml", ["data.dataset=digits", "noise.open_set_source=cifar10"])
-    assert isinstance(cfg.data, DataConfig) and isinstance(cfg.noise, NoiseConfig)
-    assert (cfg.data.dataset, cfg.noise.open_set_source) == ("digits", "cifar10")  # names from the dataset registry
+    cfg = load_config(REPO / "params.yaml", ["data.dataset=digits", "noise.open_set.source=cifar10"])
+    assert isinstance(cfg.data, DataConfig) and isinstance(cfg.noise, noise_config_type())
+    assert (cfg.data.dataset, cfg.noise.open_set.source) == ("digits", "cifar10")  # names from the dataset registry
+    assert isinstance(cfg.noise.open_set, get_noise("open_set").params)  # each block: its model's dataclass
     with pytest.raises(ConfigError, match="data.dataset: must be a string, got 3"):
         load_config(REPO / "params.yaml", ["data.dataset=3"])
 

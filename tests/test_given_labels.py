@@ -1,5 +1,6 @@
-"""Noisy labels given as a file (noise.kind: given): the safe readers, the alignment with the dataset's order, the
-refusals, and the CIFAR-10N preset on a small CIFAR-10 archive and a CIFAR-10_human.pt of the same format."""
+"""Noisy labels given as a file (noise.kind: given, noise.given.file): the safe readers, the alignment with the
+dataset's order, the refusals, and the CIFAR-10N preset on a small CIFAR-10 archive and a CIFAR-10_human.pt of the
+same format."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from labelnoise import noise
 from labelnoise.config import merge, read_yaml
+from labelnoise.noise import given
 from tests.test_datasets import patch_cifar, write_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,9 +33,9 @@ def test_each_file_kind_reads_its_labels(tmp_path: Path) -> None:
         pickle.dump({"worse_label": labels}, f)
     (tmp_path / "e.csv").write_text("index,label\n2,owl\n0,dog\n1,cat\n3,owl\n4,ant\n")  # any order, class names
     for name in ("a.npy", "b.pt", "c.pt", "d.pkl"):
-        got = noise.read_label_file(tmp_path / name, key="" if name.endswith("npy") else "worse_label")
+        got = given.read_label_file(tmp_path / name, key="" if name.endswith("npy") else "worse_label")
         assert got.dtype == np.int64 and got.tolist() == labels.tolist(), name
-    got = noise.read_label_file(tmp_path / "e.csv", classes=["cat", "ant", "owl", "dog"])
+    got = given.read_label_file(tmp_path / "e.csv", classes=["cat", "ant", "owl", "dog"])
     assert got.tolist() == labels.tolist()
 
 
@@ -47,8 +48,8 @@ class RunsCode:
     ("x.pkl", lambda p: p.write_bytes(pickle.dumps({"worse_label": RunsCode()})), "worse_label",
      "refused builtins.print"),
     ("x.npy", lambda p: np.save(p, np.array([object()], dtype=object), allow_pickle=True), "", "cannot be read"),
-    ("x.pt", lambda p: torch.save({"a": np.arange(3)}, p), "", "holds a dict (a): set noise.key"),
-    ("x.pt", lambda p: torch.save({"a": np.arange(3)}, p), "b", "noise.key: 'b' is not in"),
+    ("x.pt", lambda p: torch.save({"a": np.arange(3)}, p), "", "holds a dict (a): set noise.given.key"),
+    ("x.pt", lambda p: torch.save({"a": np.arange(3)}, p), "b", "noise.given.key: 'b' is not in"),
     ("x.npy", lambda p: np.save(p, np.zeros((2, 2))), "", "not a 1-d array of integer labels"),
     ("x.csv", lambda p: p.write_text("index,label\n0,zebra\n"), "", "neither a class index nor a class name"),
     ("x.csv", lambda p: p.write_text("index,label\n0,1\n0,2\n"), "", "must hold 0..1, each once"),
@@ -59,17 +60,17 @@ def test_bad_files_are_one_line(tmp_path: Path, name: str, write, key: str, says
     path = tmp_path / name
     write(path)
     with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        noise.read_label_file(path, key=key, classes=["a", "b"])
+        given.read_label_file(path, key=key, classes=["a", "b"])
 
 
 def test_given_takes_the_labels_of_the_train_positions() -> None:
     file_labels = np.array([0, 1, 2, 0, 1, 2])
-    nl = noise.given(file_labels, np.array([5, 1, 3]), true=np.array([2, 0, 0]), num_classes=3)
+    nl = given.given_labels(file_labels, np.array([5, 1, 3]), true=np.array([2, 0, 0]), num_classes=3)
     assert nl.labels.tolist() == [2, 1, 0] and nl.mask.tolist() == [False, True, False]
-    unknown = noise.given(file_labels, np.array([5, 1]), true=None, num_classes=3)
+    unknown = given.given_labels(file_labels, np.array([5, 1]), true=None, num_classes=3)
     assert not unknown.mask.any()
     with pytest.raises(ValueError, match="label 2 is outside"):
-        noise.given(file_labels, np.array([2]), true=None, num_classes=2)
+        given.given_labels(file_labels, np.array([2]), true=None, num_classes=2)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10N
@@ -105,7 +106,7 @@ def cifar10n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dic
 @pytest.mark.parametrize("key", ["worse_label", "aggre_label"])
 def test_cifar10n_preset_trains_on_the_annotators_labels(cifar10n, key: str) -> None:
     root, contents, human = cifar10n
-    for args in (["download"], ["inject-noise", "-S", f"noise.key={key}"]):
+    for args in (["download"], ["inject-noise", "-S", f"noise.given.key={key}"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     prepared = np.load(root / "data" / "prepared.npz")
@@ -114,7 +115,7 @@ def test_cifar10n_preset_trains_on_the_annotators_labels(cifar10n, key: str) -> 
     np.testing.assert_array_equal(noisy["labels"], human[key][train_idx])  # the file's labels, in its order
     np.testing.assert_array_equal(noisy["mask"], human[key][train_idx] != human["clean_label"][train_idx])
     report = json.loads((root / "reports" / "noise.json").read_text())
-    assert report["kind"] == "given" and report["key"] == key and report["rate_source"] == "noise.file"
+    assert report["kind"] == "given" and report["key"] == key and report["rate_source"] == "noise.given.file"
     assert report["realised_rate"] == pytest.approx(noisy["mask"].mean()) and report["requested_rate"] is None
     assert report["n_file_labels"] == contents["n_train"] and len(report["file_sha256"]) == 64
     assert np.array_equal(prepared["labels"][prepared["clean_idx"]],
@@ -126,9 +127,9 @@ def test_cifar10n_refusals_are_one_line_and_write_nothing(cifar10n) -> None:
     assert runner.invoke(app, ["download"]).exit_code == 0
     torch.save({k: v[:-1] for k, v in human.items()}, root / "data" / "short.pt")
     for args, says in (
-            (["-S", "noise.key=majority"], "noise.key: 'majority' is not in"),
-            (["-S", "noise.file=data/short.pt"], "holds 149 labels; cifar10 has 150 or 180"),
-            (["-S", "noise.file=data/missing.pt"], "does not exist")):
+            (["-S", "noise.given.key=majority"], "noise.given.key: 'majority' is not in"),
+            (["-S", "noise.given.file=data/short.pt"], "holds 149 labels; cifar10 has 150 or 180"),
+            (["-S", "noise.given.file=data/missing.pt"], "does not exist")):
         result = runner.invoke(app, ["inject-noise", *args])
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 1 and len(lines) == 1 and says in lines[0], result.output

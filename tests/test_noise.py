@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from labelnoise import noise, reference
+from labelnoise.noise.instance import corrupt_instance, instance_scores
+from labelnoise.noise.massive import corrupt_massive
+from labelnoise.noise.open_set import corrupt_open_set
+from labelnoise.noise.structured import structured_transition
 
 K = 10
 # Uneven class sizes, so rounding differs from class to class; class 6 has a single example.
@@ -127,7 +131,7 @@ def test_asymmetric_swap_at_rate_one_exchanges_the_two_classes() -> None:
 
 def test_asymmetric_unreachable_rate_names_the_class_map() -> None:
     y = make_labels([10, 10, 0, 0, 0, 0, 0, 0, 0, 0])  # only classes 0 and 1 present
-    with pytest.raises(ValueError, match="noise.class_map"):
+    with pytest.raises(ValueError, match="noise.asymmetric.class_map"):
         run(y, "asymmetric", 0.4, class_map={9: 1, 2: 0})
     # rate 0 asks for nothing, which is reachable
     assert not run(y, "asymmetric", 0.0, class_map={9: 1}).mask.any()
@@ -135,7 +139,7 @@ def test_asymmetric_unreachable_rate_names_the_class_map() -> None:
 
 @pytest.mark.parametrize("bad", [{}, {3: 3}, {10: 1}, {1: -1}])
 def test_asymmetric_rejects_bad_maps(bad: dict[int, int]) -> None:
-    with pytest.raises(ValueError, match="noise.class_map"):
+    with pytest.raises(ValueError, match="noise.asymmetric.class_map"):
         run(make_labels(COUNTS), "asymmetric", 0.4, class_map=bad)
 
 
@@ -180,9 +184,9 @@ def test_transition_ignores_rate_and_checks_the_matrix() -> None:
     b = run(y, "transition", 0.9, transition=t)
     np.testing.assert_array_equal(a.labels, b.labels)
     assert not run(y, "transition", 0.5, transition=np.eye(K)).mask.any()
-    with pytest.raises(ValueError, match="noise.transition"):
+    with pytest.raises(ValueError, match="noise.transition.matrix"):
         run(y, "transition", 0.0, transition=np.eye(K - 1))
-    with pytest.raises(ValueError, match="noise.transition"):
+    with pytest.raises(ValueError, match="noise.transition.matrix"):
         run(y, "transition", 0.0, transition=np.full((K, K), 0.2))
 
 
@@ -289,8 +293,9 @@ def tiny_prepared(n_per_class: int = 12, k: int = 4):
 
 @pytest.mark.parametrize("overlay", [
     {"kind": "symmetric", "rate": 0.45},
-    {"kind": "asymmetric", "rate": 0.5, "class_map": {0: 1, 2: 3}},
-    {"kind": "transition", "transition": [[0.7, 0.3, 0, 0], [0, 1, 0, 0], [0.1, 0.1, 0.8, 0], [0, 0, 0.5, 0.5]]},
+    {"kind": "asymmetric", "rate": 0.5, "asymmetric": {"class_map": {0: 1, 2: 3}}},
+    {"kind": "transition",
+     "transition": {"matrix": [[0.7, 0.3, 0, 0], [0, 1, 0, 0], [0.1, 0.1, 0.8, 0], [0, 0, 0.5, 0.5]]}},
 ])
 def test_stage_corrupts_train_only_and_writes_outputs(tmp_path, monkeypatch, overlay) -> None:
     from labelnoise import io
@@ -339,10 +344,11 @@ def test_stage_bad_class_map_fails_before_writing(tmp_path, monkeypatch) -> None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     # digits' shipped (MNIST) map names classes up to 8, but this dataset has 4 classes
-    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"),
-                          {"base": {"threads": 1}, "noise": {"kind": "asymmetric", "class_map": "auto"}}))
+    cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"base": {"threads": 1},
+                                                            "noise": {"kind": "asymmetric",
+                                                                      "asymmetric": {"class_map": "auto"}}}))
     save_prepared(PATHS.prepared, tiny_prepared())
-    with pytest.raises(ValueError, match="noise.class_map"):
+    with pytest.raises(ValueError, match="noise.asymmetric.class_map"):
         inject_noise.run(cfg)
     assert not PATHS.noisy.exists() and not PATHS.noise_report.exists() and not PATHS.noise_plot.exists()
 
@@ -369,7 +375,7 @@ def independent_instance(y: np.ndarray, probs: np.ndarray, rate: float) -> np.nd
 def test_instance_rate_exact_per_class_and_flips_follow_the_rule(rate: float) -> None:
     y = make_labels(COUNTS)
     probs = random_probs(y.size)
-    nl = noise.corrupt(y, kind="instance", rate=rate, num_classes=K, rng=np.random.default_rng(0), pred_probs=probs)
+    nl = corrupt_instance(y, probs, rate=rate)
     check_result(y, nl)
     for c, n_c in enumerate(COUNTS):
         assert nl.mask[y == c].sum() == expected_changes(rate, n_c), f"class {c}"
@@ -379,8 +385,8 @@ def test_instance_rate_exact_per_class_and_flips_follow_the_rule(rate: float) ->
 def test_instance_flips_go_to_the_confusable_class_and_are_the_hardest() -> None:
     y = make_labels(COUNTS)
     probs = random_probs(y.size, seed=3)
-    nl = noise.corrupt_instance(y, probs, rate=0.45)
-    score, confusable = noise.instance_scores(y, probs)
+    nl = corrupt_instance(y, probs, rate=0.45)
+    score, confusable = instance_scores(y, probs)
     np.testing.assert_array_equal(score, probs[np.arange(y.size), y])
     np.testing.assert_array_equal(nl.labels[nl.mask], confusable[nl.mask])
     masked = probs.copy()
@@ -396,26 +402,26 @@ def test_instance_flips_go_to_the_confusable_class_and_are_the_hardest() -> None
 def test_instance_ties_break_by_index_and_higher_rate_is_a_superset() -> None:
     y = np.zeros(6, dtype=np.int64)
     probs = np.tile([0.5, 0.3, 0.2], (6, 1))  # all equally hard; confusable class 1
-    nl = noise.corrupt_instance(y, probs, rate=0.5)
+    nl = corrupt_instance(y, probs, rate=0.5)
     np.testing.assert_array_equal(nl.mask, [True, True, True, False, False, False])
     np.testing.assert_array_equal(nl.labels, [1, 1, 1, 0, 0, 0])
     y = make_labels(COUNTS)
     probs = random_probs(y.size, seed=5)
-    low, high = noise.corrupt_instance(y, probs, rate=0.2), noise.corrupt_instance(y, probs, rate=0.6)
+    low, high = corrupt_instance(y, probs, rate=0.2), corrupt_instance(y, probs, rate=0.6)
     assert np.all(high.mask[low.mask])
     np.testing.assert_array_equal(high.labels[low.mask], low.labels[low.mask])
 
 
 def test_instance_bad_inputs() -> None:
     y = make_labels(COUNTS)
+    with pytest.raises(ValueError, match="needs noise.instance.model, .* use labelnoise.noise.inject"):
+        run(y, "instance", 0.4)  # it trains a reference classifier on the dataset: corrupt has labels alone
     with pytest.raises(ValueError, match="pred_probs"):
-        run(y, "instance", 0.4)  # no reference probabilities
+        corrupt_instance(y, random_probs(y.size - 1), rate=0.4)
     with pytest.raises(ValueError, match="pred_probs"):
-        noise.corrupt_instance(y, random_probs(y.size - 1), rate=0.4)
-    with pytest.raises(ValueError, match="pred_probs"):
-        noise.corrupt_instance(y, np.full((y.size, K), np.nan), rate=0.4)
+        corrupt_instance(y, np.full((y.size, K), np.nan), rate=0.4)
     with pytest.raises(ValueError, match="noise.rate"):
-        noise.corrupt_instance(y, random_probs(y.size), rate=1.2)
+        corrupt_instance(y, random_probs(y.size), rate=1.2)
     with pytest.raises(ValueError, match="open_set"):
         run(y, "open_set", 0.4)  # replaces images: a different function
 
@@ -424,7 +430,7 @@ def test_instance_bad_inputs() -> None:
 @pytest.mark.parametrize("rate", [0.0, 0.2, 0.45, 1.0])
 def test_open_set_keeps_labels_and_replaces_exactly_round_rate_n(rate: float) -> None:
     y = make_labels(COUNTS)
-    nl = noise.open_set(y, rate=rate, num_classes=K, rng=np.random.default_rng(1), image_shape=(1, 6, 5))
+    nl = corrupt_open_set(y, rate=rate, num_classes=K, rng=np.random.default_rng(1), image_shape=(1, 6, 5))
     np.testing.assert_array_equal(nl.labels, y)
     assert nl.labels.dtype == np.int64
     for c, n_c in enumerate(COUNTS):
@@ -437,9 +443,9 @@ def test_open_set_keeps_labels_and_replaces_exactly_round_rate_n(rate: float) ->
 def test_open_set_white_noise_is_seeded_and_uniform() -> None:
     y = make_labels([400] * K)
     kw = dict(rate=0.5, num_classes=K, image_shape=(3, 8, 8))
-    a = noise.open_set(y, rng=np.random.default_rng(7), **kw)
-    b = noise.open_set(y, rng=np.random.default_rng(7), **kw)
-    c = noise.open_set(y, rng=np.random.default_rng(8), **kw)
+    a = corrupt_open_set(y, rng=np.random.default_rng(7), **kw)
+    b = corrupt_open_set(y, rng=np.random.default_rng(7), **kw)
+    c = corrupt_open_set(y, rng=np.random.default_rng(8), **kw)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.mask, b.mask)
     assert not np.array_equal(a.images, c.images)
@@ -453,22 +459,22 @@ def test_open_set_draws_from_the_source_with_replacement_only_when_short() -> No
     pool[:, 0, 0, 0], pool[:, 0, 0, 1] = np.arange(300) % 256, np.arange(300) // 256
     keys = {img.tobytes(): i for i, img in enumerate(pool)}
     assert len(keys) == 300
-    nl = noise.open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 2, 2),
-                        source_images=pool)
+    nl = corrupt_open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 2, 2),
+                          source_images=pool)
     picked = [keys[img.tobytes()] for img in nl.images]  # every replacement is a source image
     assert len(set(picked)) == len(picked) == nl.n_changed  # 139 < 300: no repeats
     small = pool[:20]
-    nl = noise.open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 2, 2),
-                        source_images=small)
+    nl = corrupt_open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 2, 2),
+                          source_images=small)
     assert all(img.tobytes() in keys and keys[img.tobytes()] < 20 for img in nl.images)
-    with pytest.raises(ValueError, match="noise.open_set_source"):
-        noise.open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 3, 3),
-                       source_images=pool)
+    with pytest.raises(ValueError, match="noise.open_set.source"):
+        corrupt_open_set(y, rate=0.5, num_classes=K, rng=np.random.default_rng(2), image_shape=(1, 3, 3),
+                         source_images=pool)
 
 
 def test_save_and_load_round_trip_with_images(tmp_path) -> None:
     y = make_labels(COUNTS)
-    nl = noise.open_set(y, rate=0.3, num_classes=K, rng=np.random.default_rng(0), image_shape=(1, 4, 4))
+    nl = corrupt_open_set(y, rate=0.3, num_classes=K, rng=np.random.default_rng(0), image_shape=(1, 4, 4))
     back = noise.load_noisy(noise.save_noisy(tmp_path / "noisy.npz", nl))
     np.testing.assert_array_equal(back.images, nl.images)
     np.testing.assert_array_equal(back.mask, nl.mask)
@@ -482,7 +488,7 @@ def test_train_view_uses_the_open_set_images_and_nothing_else_changes() -> None:
 
     p = tiny_prepared(n_per_class=20)
     true = p.labels[p.train_idx]
-    nl = noise.open_set(true, rate=0.5, num_classes=4, rng=np.random.default_rng(3), image_shape=(1, 4, 4))
+    nl = corrupt_open_set(true, rate=0.5, num_classes=4, rng=np.random.default_rng(3), image_shape=(1, 4, 4))
     view = make_train_view(p, nl)
     x = view.x_train.numpy()
     np.testing.assert_array_equal(x[nl.mask], nl.images)
@@ -519,17 +525,18 @@ def test_open_set_pool_digits_and_missing_cifar100(tmp_path) -> None:
                       classes=[], image_size=32, channels=3, skip_bad_images=False)
     pool = open_set_pool("digits", data, (1, 28, 28))
     assert pool.shape == (1797, 1, 28, 28) and pool.dtype == np.uint8
-    with pytest.raises(DataUnavailable, match=r"^noise.open_set_source: cifar100 images are not available") as e:
+    with pytest.raises(DataUnavailable, match=r"^noise.open_set.source: cifar100 images are not available") as e:
         open_set_pool("cifar100", data, (3, 32, 32))
     assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("noise.reference_epochs=0", "noise.reference_epochs: must be >= 1"),
-    ("noise.reference_lr=0", "noise.reference_lr: must be > 0.0"),
-    ("noise.reference_batch_size=1.5", "noise.reference_batch_size: must be an integer"),
-    ("noise.reference_seed=-1", "noise.reference_seed: must be >= 0"),
-    ("noise.open_set_source=svhn", "noise.open_set_source: must be one of"),
+    ("noise.instance.epochs=0", "noise.instance.epochs: must be >= 1"),
+    ("noise.instance.lr=0", "noise.instance.lr: must be > 0.0"),
+    ("noise.instance.batch_size=1.5", "noise.instance.batch_size: must be an integer"),
+    ("noise.instance.seed=-1", "noise.instance.seed: must be >= 0"),
+    ("noise.open_set.source=svhn", "noise.open_set.source: must be one of"),
+    ("noise.massive.source=other", "noise.massive.source: must be one of 'train', 'auto', 'white_noise'"),
     ("noise.kind=label_flip", "noise.kind: must be one of"),
 ])
 def test_bad_noise_params_one_clear_line(override: str, message: str) -> None:
@@ -544,11 +551,14 @@ def test_open_set_source_of_the_same_classes_is_a_config_error() -> None:
     from labelnoise.config import ConfigError, load_config
 
     base = ["noise.kind=open_set", "data.dataset=mnist"]
-    with pytest.raises(ConfigError, match="noise.open_set_source: digits images show classes of the dataset mnist"):
-        load_config(REPO / "params.yaml", [*base, "noise.open_set_source=digits"])
-    assert load_config(REPO / "params.yaml", [*base, "noise.open_set_source=auto"]).noise.open_set_source == "auto"
+    with pytest.raises(ConfigError, match="noise.open_set.source: digits images show classes of the dataset mnist"):
+        load_config(REPO / "params.yaml", [*base, "noise.open_set.source=digits"])
+    assert load_config(REPO / "params.yaml", [*base, "noise.open_set.source=auto"]).noise.open_set.source == "auto"
     # only checked for open_set: the source is unused otherwise
-    load_config(REPO / "params.yaml", ["data.dataset=mnist", "noise.open_set_source=digits"])
+    load_config(REPO / "params.yaml", ["data.dataset=mnist", "noise.open_set.source=digits"])
+    # massive's source likewise, for massive
+    with pytest.raises(ConfigError, match="noise.massive.source: digits images show classes of the dataset mnist"):
+        load_config(REPO / "params.yaml", ["noise.kind=massive", "data.dataset=mnist", "noise.massive.source=digits"])
 
 
 # ----------------------------------------------------------------------------- the stage: instance, open_set
@@ -585,11 +595,11 @@ def test_stage_instance_trains_the_reference_on_the_clean_subset_only(tmp_path, 
     np.testing.assert_array_equal(seen["x_score"], prepared.images[prepared.train_idx])
     assert all(not (isinstance(v, np.ndarray) and v.shape == true.shape) for v in seen.values())  # no train labels
     assert (seen["recipe"].epochs, seen["recipe"].lr, seen["recipe"].precision, seen["seed"]) == (
-        cfg.noise.reference_epochs, cfg.noise.reference_lr, cfg.noise.reference_precision, cfg.noise.reference_seed)
+        cfg.noise.instance.epochs, cfg.noise.instance.lr, cfg.noise.instance.precision, cfg.noise.instance.seed)
     assert seen["recipe"].momentum == cfg.train.momentum  # the rest is the shared training recipe
 
     nl = noise.load_noisy(PATHS.noisy)
-    np.testing.assert_array_equal(nl.labels, noise.corrupt_instance(true, probs, rate=0.4).labels)
+    np.testing.assert_array_equal(nl.labels, corrupt_instance(true, probs, rate=0.4).labels)
     report = io.load_json(PATHS.noise_report)
     assert report["kind"] == "instance" and report["confusable_fraction"] == 1.0
     assert report["realised_rate"] == pytest.approx(metrics["realised_rate"]) == pytest.approx(nl.mask.mean())
@@ -604,8 +614,8 @@ def test_stage_instance_real_reference_is_deterministic(tmp_path, monkeypatch) -
     from stages import inject_noise
     from stages.common import PATHS
 
-    cfg = stage_config(tmp_path, monkeypatch, {"kind": "instance", "rate": 0.3, "reference_epochs": 2,
-                                               "reference_batch_size": 16})
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "instance", "rate": 0.3,
+                                               "instance": {"epochs": 2, "batch_size": 16}})
     prepared = tiny_prepared(n_per_class=20)
     save_prepared(PATHS.prepared, prepared)
     inject_noise.run(cfg)
@@ -625,7 +635,7 @@ def test_stage_open_set_writes_images_the_train_view_uses(tmp_path, monkeypatch)
     from stages import inject_noise
     from stages.common import PATHS
 
-    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "rate": 0.5, "open_set_source": "auto"})
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "rate": 0.5, "open_set": {"source": "auto"}})
     prepared = tiny_prepared(n_per_class=20)  # dataset "digits": auto is white noise
     save_prepared(PATHS.prepared, prepared)
     metrics = inject_noise.run(cfg)
@@ -648,7 +658,7 @@ def test_stage_open_set_digits_source_resized(tmp_path, monkeypatch) -> None:
     from stages import inject_noise
     from stages.common import PATHS
 
-    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "rate": 0.25, "open_set_source": "auto"})
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "rate": 0.25, "open_set": {"source": "auto"}})
     p = tiny_prepared(n_per_class=20)
     images = np.random.default_rng(1).integers(0, 256, size=(len(p.labels), 1, 28, 28), dtype=np.uint8)
     p = Prepared(**{**vars(p), "images": images, "dataset": "fashion_mnist"})  # MNIST-shaped
@@ -665,13 +675,13 @@ def test_stage_open_set_missing_cifar100_fails_in_one_line_before_writing(tmp_pa
     from stages import inject_noise
     from stages.common import PATHS
 
-    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "open_set_source": "auto"},
+    cfg = stage_config(tmp_path, monkeypatch, {"kind": "open_set", "open_set": {"source": "auto"}},
                        data={"dataset": "cifar10", "root": str(tmp_path / "raw"), "download": False,
                              "mirrors": {"fashion_mnist": [], "mnist": [], "cifar10": [], "cifar100": []}})
     p = tiny_prepared()
     images = np.zeros((len(p.labels), 3, 32, 32), dtype=np.uint8)
     save_prepared(PATHS.prepared, Prepared(**{**vars(p), "images": images, "dataset": "cifar10"}))
-    with pytest.raises(DataUnavailable, match="noise.open_set_source: cifar100 images are not available") as e:
+    with pytest.raises(DataUnavailable, match="noise.open_set.source: cifar100 images are not available") as e:
         inject_noise.run(cfg)
     assert "\n" not in str(e.value)
     assert not PATHS.noisy.exists() and not PATHS.noise_report.exists() and not PATHS.noise_plot.exists()
@@ -688,7 +698,7 @@ def test_structured_interpolates_symmetric_and_pair_with_exact_counts() -> None:
         nl = run(y, "structured", 0.4, delta=delta)
         check_result(y, nl)
         np.testing.assert_array_equal(nl.mask, pair.mask)  # which examples change does not depend on delta
-        q = noise.structured_transition(k, rate=0.4, delta=delta)
+        q = structured_transition(k, rate=0.4, delta=delta)
         for c in range(k):
             m = expected_changes(0.4, 300)
             targets = np.bincount(nl.labels[(y == c) & nl.mask], minlength=k)
@@ -703,18 +713,18 @@ def test_structured_interpolates_symmetric_and_pair_with_exact_counts() -> None:
 
 
 def test_structured_transition_is_row_stochastic_and_checks_delta() -> None:
-    t = noise.structured_transition(4, rate=0.3, delta=0.25)
+    t = structured_transition(4, rate=0.3, delta=0.25)
     np.testing.assert_allclose(t.sum(axis=1), 1.0)
     assert t[0, 0] == pytest.approx(0.7) and t[0, 1] == pytest.approx(0.3 * (0.75 / 3 + 0.25))
     assert t[0, 2] == pytest.approx(0.3 * 0.25) and t[3, 0] == t[0, 1]
-    with pytest.raises(ValueError, match="noise.delta"):
-        noise.structured_transition(4, rate=0.3, delta=1.5)
+    with pytest.raises(ValueError, match="noise.structured.delta"):
+        structured_transition(4, rate=0.3, delta=1.5)
 
 
 # ----------------------------------------------------------------------------- massive (Rolnick et al.)
 def test_massive_keeps_n_clean_stratified_and_adds_alpha_random_labels() -> None:
     y = make_labels(COUNTS)  # 278 examples
-    nl = noise.massive(y, alpha=2.5, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
+    nl = corrupt_massive(y, alpha=2.5, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
     assert nl.labels.shape == nl.index.shape == (40 + 100,)
     assert (np.diff(nl.index) > 0).all() and nl.index.max() < y.size
     np.testing.assert_array_equal(nl.mask, nl.labels != y[nl.index])
@@ -723,30 +733,30 @@ def test_massive_keeps_n_clean_stratified_and_adds_alpha_random_labels() -> None
     clean_counts = noise.largest_remainder(np.array(COUNTS, dtype=float), 40)
     assert kept_true.sum() >= 40 and kept_true.sum() < 40 + 100  # random labels are right ~1 time in 10
     assert nl.mask.sum() > 100 * 0.75
-    again = noise.massive(y, alpha=2.5, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
+    again = corrupt_massive(y, alpha=2.5, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
     np.testing.assert_array_equal(again.labels, nl.labels)  # seeded: bit-identical
     np.testing.assert_array_equal(again.index, nl.index)
     per_class_kept = np.bincount(y[nl.index][kept_true], minlength=K)
     assert (per_class_kept >= clean_counts).all()
-    auto = noise.massive(y, alpha=1.0, n_clean=0, num_classes=K, rng=np.random.default_rng(3))
+    auto = corrupt_massive(y, alpha=1.0, n_clean=0, num_classes=K, rng=np.random.default_rng(3))
     assert auto.labels.size == 2 * (y.size // 2)  # n_clean = floor(n / (1 + alpha))
-    with pytest.raises(ValueError, match="lower noise.alpha or noise.n_clean"):
-        noise.massive(y, alpha=10.0, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
-    big = noise.massive(make_labels([2000] * 10), alpha=4.0, n_clean=1000, num_classes=K,
-                        rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="lower noise.massive.alpha or noise.massive.n_clean"):
+        corrupt_massive(y, alpha=10.0, n_clean=40, num_classes=K, rng=np.random.default_rng(3))
+    big = corrupt_massive(make_labels([2000] * 10), alpha=4.0, n_clean=1000, num_classes=K,
+                          rng=np.random.default_rng(0))
     added_labels = np.bincount(big.labels[~(big.labels == make_labels([2000] * 10)[big.index])], minlength=K)
     assert added_labels.min() > 0.8 * added_labels.mean()  # uniform over the classes
 
 
 def test_massive_from_another_source_replaces_the_added_images_only() -> None:
     y = make_labels(COUNTS)
-    same = noise.massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5))
-    other = noise.massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5), other_source=True,
-                          image_shape=(1, 4, 4), source_images=None)  # white noise
+    same = corrupt_massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5))
+    other = corrupt_massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5), other_source=True,
+                            image_shape=(1, 4, 4), source_images=None)  # white noise
     np.testing.assert_array_equal(other.index, same.index)  # same examples and labels, other images
     np.testing.assert_array_equal(other.labels, same.labels)
     assert other.mask.sum() == 80 and other.images.shape == (80, 1, 4, 4) and other.images.dtype == np.uint8
     pool = np.full((3, 1, 4, 4), 7, dtype=np.uint8)
-    drawn = noise.massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5), other_source=True,
-                          image_shape=(1, 4, 4), source_images=pool)
+    drawn = corrupt_massive(y, alpha=2.0, n_clean=40, num_classes=K, rng=np.random.default_rng(5), other_source=True,
+                            image_shape=(1, 4, 4), source_images=pool)
     assert (drawn.images == 7).all()  # a pool smaller than needed is drawn with replacement

@@ -359,7 +359,8 @@ def _with_truth(root: Path) -> dict:
     trusted = np.random.default_rng(2).permutation(n_train)[:150]
     (root / "data/own/clean.csv").write_text("index,label\n" + "".join(f"{i},{own['labels'][i]}\n" for i in trusted))
     raw = _params(root, path="data/own/images", clean_file="data/own/clean.csv", test_size=0)
-    raw["noise"].update(kind="given", file="data/own/noisy_labels.csv")
+    raw["noise"]["kind"] = "given"
+    raw["noise"]["given"]["file"] = "data/own/noisy_labels.csv"
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(["dvc", "repro"], root, env)
     trusted_names = {own["names"][i] for i in trusted}  # the trusted subset is not train data

@@ -421,3 +421,67 @@ def test_a_new_method_is_one_file_and_its_params_block(project: tuple[Path, dict
                "stages", "presets"], root, env).stdout
     assert sorted(line[3:] for line in code.splitlines()) == ["labelnoise/methods/gce.py"], code
     assert sh(["git", "diff", "--name-only", "--", "params.yaml"], root, env).stdout.split() == ["params.yaml"]
+
+
+UNIFORM = '''"""Noise model ``uniform``: a fraction ``level`` of each class gets a label drawn uniformly from all K
+classes, the true one included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from labelnoise.noise.base import Applied, NoiseInputs, NoiseModel, by_class, n_to_change, register
+from labelnoise.schema import rng
+
+
+@dataclass(frozen=True)
+class UniformParams:  # the params block noise.uniform
+    level: float = rng(0.0, 1.0)  # fraction of each class whose label is redrawn
+
+
+def apply(inputs: NoiseInputs) -> Applied:
+    k, level = inputs.num_classes, inputs.params.level
+
+    def rule(c: int, n_c: int, gen: np.random.Generator) -> np.ndarray:  # (m_c,) new labels, c itself included
+        return gen.integers(0, k, size=n_to_change(level, n_c))
+
+    return Applied(by_class(inputs, rule), requested_rate=level * (k - 1) / k, rate_source="noise.uniform.level")
+
+
+MODEL = register(NoiseModel(name="uniform", summary="labels redrawn uniformly from all K classes",
+                            class_conditional=True, apply=apply, params=UniformParams))
+'''
+
+
+def test_a_new_noise_model_is_one_file_and_its_params_block(project: tuple[Path, dict[str, str]]) -> None:
+    """A new file in labelnoise/noise/ and a `noise.uniform` block: `dvc repro` re-runs inject_noise and what follows,
+    and the model is reported, logged and plotted like the shipped ones; no other file of the project changes."""
+    root, env = project
+    sh(["git", "add", "-A"], root, env)  # the project as the tests before left it
+    sh(["git", "commit", "-qm", "before the new noise model", "--allow-empty"], root, env)
+    (root / "labelnoise" / "noise" / "uniform.py").write_text(UNIFORM)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["noise"]["kind"] = "uniform"
+    params["noise"]["uniform"] = {"level": 0.5}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    plot = root / "reports" / "noise_transition.png"
+    plot.unlink()
+    out = sh(["dvc", "repro"], root, env)
+    assert "Running stage 'inject_noise'" in out.stdout and "Running stage 'train_student'" in out.stdout
+    report = json.loads((root / "reports" / "noise.json").read_text())
+    assert report["kind"] == "uniform" and report["rate_source"] == "noise.uniform.level"
+    assert report["requested_rate"] == pytest.approx(0.45)  # 0.5 x 9/10 of the redrawn labels change
+    assert 0.35 < report["realised_rate"] < 0.55
+    noisy = np.load(root / "data" / "noisy.npz")
+    assert report["n_changed"] == int(noisy["mask"].sum())
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client, exp_id = _client(root)
+    runs = client.search_runs([exp_id], "attributes.run_name = 'inject_noise' and params.`noise.kind` = 'uniform'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["noise.uniform.level"] == "0.5" and runs[0].data.tags["noise"] == "uniform"
+    code = sh(["git", "status", "--porcelain", "--untracked-files=all", "--", "cli.py", "dvc.yaml", "labelnoise",
+               "stages", "presets"], root, env).stdout
+    assert sorted(line[3:] for line in code.splitlines()) == ["labelnoise/noise/uniform.py"], code
+    assert sh(["git", "diff", "--name-only", "--", "params.yaml"], root, env).stdout.split() == ["params.yaml"]

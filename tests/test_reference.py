@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from labelnoise import noise, reference
+from labelnoise import reference
 from labelnoise.config import load_config
+from labelnoise.noise.instance import corrupt_instance
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,8 +29,8 @@ def test_reference_classifier_is_seeded_and_bit_identical(one_thread) -> None:
     import torch
 
     x_fit, y_fit, x_train, y_train, classes = digits_clean_and_train()
-    cfg = load_config(REPO / "params.yaml", ["noise.reference_epochs=4", "noise.reference_batch_size=32"])
-    kw = dict(classes=classes, dataset="digits", recipe=reference.recipe_for(cfg.train, cfg.noise))
+    cfg = load_config(REPO / "params.yaml", ["noise.instance.epochs=4", "noise.instance.batch_size=32"])
+    kw = dict(classes=classes, dataset="digits", recipe=reference.recipe_for(cfg.train, cfg.noise.instance))
     torch.manual_seed(0)
     a = reference.reference_probabilities(x_fit, y_fit, x_train, seed=4, **kw)
     torch.manual_seed(1)  # the global RNG (seeded by base.seed in a stage) must not matter
@@ -40,13 +41,14 @@ def test_reference_classifier_is_seeded_and_bit_identical(one_thread) -> None:
     np.testing.assert_array_equal(a, b)  # same seed: bit-identical probabilities, hence labels
     assert not np.array_equal(a, c)
     assert (a.argmax(axis=1) == y_train).mean() > 0.5  # it learned something from 150 clean digits
-    la, lb = noise.corrupt_instance(y_train, a, rate=0.4), noise.corrupt_instance(y_train, b, rate=0.4)
+    la, lb = corrupt_instance(y_train, a, rate=0.4), corrupt_instance(y_train, b, rate=0.4)
     np.testing.assert_array_equal(la.labels, lb.labels)
 
 
 def test_the_recipe_is_the_shared_one_with_the_reference_overrides() -> None:
-    cfg = load_config(REPO / "params.yaml", ["train.lr=0.3", "train.momentum=0.5", "noise.reference_lr=0.07"])
-    r = reference.recipe_for(cfg.train, cfg.noise)
+    cfg = load_config(REPO / "params.yaml", ["train.lr=0.3", "train.momentum=0.5", "noise.instance.lr=0.07"])
+    settings = cfg.noise.instance
+    r = reference.recipe_for(cfg.train, settings)
     assert (r.model, r.epochs, r.lr, r.batch_size, r.precision) == (
-        cfg.noise.reference_model, cfg.noise.reference_epochs, 0.07, cfg.noise.reference_batch_size, "fp32")
+        settings.model, settings.epochs, 0.07, settings.batch_size, "fp32")
     assert r.momentum == 0.5 and r.weight_decay == cfg.train.weight_decay  # everything else: the shared recipe

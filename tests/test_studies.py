@@ -105,10 +105,10 @@ def test_trusted_report_gives_the_estimate_per_level_and_each_baseline(tmp_path:
 def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None:
     def acc(p: dict[str, str]) -> float:
         if p["noise.kind"] == "structured":
-            return 0.9 - 0.2 * float(p["noise.delta"])  # falls with delta: holds
-        alpha, n = float(p["noise.alpha"]), int(p["noise.n_clean"])
+            return 0.9 - 0.2 * float(p["noise.structured.delta"])  # falls with delta: holds
+        alpha, n = float(p["noise.massive.alpha"]), int(p["noise.massive.n_clean"])
         value = 0.9 - alpha * 0.3 / n  # more clean examples: a smaller drop
-        value += 0.02 * (p["noise.massive_source"] == "other")  # other source hurts less: holds
+        value += 0.02 * (p["noise.massive.source"] != "train")  # other source hurts less: holds
         value -= 0.01 * (int(p["train.batch_size"]) == 512)  # larger batches do NOT help
         return value - 0.05 * (float(p["train.lr"]) == 0.02)  # smaller lr does NOT help
 
@@ -164,7 +164,7 @@ def test_memorisation_report_reads_the_curves_and_checks_each_claim(tmp_path: Pa
 
 
 def test_clean_needed_interpolates_on_log_size() -> None:
-    runs = [{"params": {"noise.alpha": str(a), "noise.n_clean": str(n)}, "metrics": {"test_acc": acc}}
+    runs = [{"params": {"noise.massive.alpha": str(a), "noise.massive.n_clean": str(n)}, "metrics": {"test_acc": acc}}
             for a, n, acc in ((10, 100, 0.6), (10, 1000, 0.9), (50, 100, 0.5), (50, 1000, 0.7), (0, 100, 0.85))]
     needed = clean_needed(runs, 0.75)
     assert needed[0.0] == pytest.approx(100.0)

@@ -40,7 +40,7 @@ def test_train_view_holds_no_true_train_labels() -> None:
 def test_train_view_of_massive_noise_holds_only_its_examples(tmp_path: Path) -> None:
     p = _prepared()
     true = p.labels[p.train_idx]
-    nl = noise.massive(true, alpha=1.0, n_clean=8, num_classes=4, rng=np.random.default_rng(0))
+    nl = noise.massive.corrupt_massive(true, alpha=1.0, n_clean=8, num_classes=4, rng=np.random.default_rng(0))
     path = noise.save_noisy(tmp_path / "noisy.npz", nl)
     again = noise.load_noisy(path)
     np.testing.assert_array_equal(again.index, nl.index)

@@ -5,7 +5,7 @@ A dataset is one file in this folder. It registers a :class:`Dataset` (name, ima
 has an official test split, its default augmentation, its shipped asymmetric class map, its open-set noise
 sources) with a ``source`` that delivers its arrays. Every module here whose name does not start with ``_`` is
 imported with the package, so adding the file is enough: ``data.dataset`` accepts the new name, and
-``noise.class_map: auto`` and ``noise.open_set_source`` use its facts. ``digits.py`` is the example to copy.
+``noise.asymmetric.class_map: auto`` and ``noise.open_set.source`` use its facts. ``digits.py`` is the example to copy.
 
 Sources (``Dataset.source``): :class:`Bundled` (a function returns the arrays), or a :class:`Cached` family that
 keeps verified files under ``data.root`` and tries, in order (``load_dataset``):
@@ -43,7 +43,7 @@ from labelnoise.schema import ConfigError
 from labelnoise.schema import rng as _rng
 
 WHITE_NOISE = "white_noise"  # the open-set source that is no dataset: i.i.d. uniform pixels
-_RESERVED = ("auto", WHITE_NOISE)  # values of noise.open_set_source that no dataset may be called
+_RESERVED = ("auto", WHITE_NOISE)  # values of noise.open_set.source that no dataset may be called
 
 
 # ----------------------------------------------------------------------------- the facts of one dataset
@@ -51,11 +51,11 @@ _RESERVED = ("auto", WHITE_NOISE)  # values of noise.open_set_source that no dat
 class Dataset:
     """What the project knows about one dataset; registered once, read wherever a fact is needed.
 
-    ``class_map``: the shipped ``{true class: noisy class}`` map of asymmetric noise (``noise.class_map: auto``),
-    by class index; None: asymmetric noise needs an explicit map. ``open_set_auto``: what
-    ``noise.open_set_source: auto`` means for it (a dataset name, or ``white_noise``). ``same_classes``: datasets
-    whose images show its classes (itself always counts), so they are never its open-set noise; the relation is
-    read both ways, so a new dataset declares it in its own file only.
+    ``class_map``: the shipped ``{true class: noisy class}`` map of asymmetric noise
+    (``noise.asymmetric.class_map: auto``), by class index; None: asymmetric noise needs an explicit map.
+    ``open_set_auto``: what ``noise.open_set.source: auto`` means for it (a dataset name, or ``white_noise``).
+    ``same_classes``: datasets whose images show its classes (itself always counts), so they are never its open-set
+    noise; the relation is read both ways, so a new dataset declares it in its own file only.
     """
 
     name: str  # the value of params `data.dataset`
@@ -200,30 +200,33 @@ def _checked(raw: RawData, ds: Dataset) -> RawData:
 
 
 # ----------------------------------------------------------------------------- noise facts of a dataset
-def class_map_for(dataset: str, class_map_param: str | Mapping[int, int]) -> dict[int, int]:
-    """Resolve ``noise.class_map``: ``"auto"`` → a copy of the shipped map of ``dataset``, a mapping → itself.
+def class_map_for(dataset: str, class_map_param: str | Mapping[int, int], *,
+                  key: str = "noise.asymmetric.class_map") -> dict[int, int]:
+    """Resolve a class map param (``key``): ``"auto"`` → a copy of the shipped map of ``dataset``, a mapping →
+    itself.
 
-    Raises ValueError naming ``noise.class_map`` for another string or a dataset without a map.
+    Raises ValueError naming ``key`` for another string or a dataset without a map.
     """
     if isinstance(class_map_param, str):
         if class_map_param != "auto":
-            raise ValueError(f"noise.class_map: must be 'auto' or a mapping {{src: dst}}, got {class_map_param!r}")
+            raise ValueError(f"{key}: must be 'auto' or a mapping {{src: dst}}, got {class_map_param!r}")
         ds = _REGISTRY.get(dataset)
         if ds is None or ds.class_map is None:
-            raise ValueError(f"noise.class_map: no shipped class map for dataset {dataset!r}; "
+            raise ValueError(f"{key}: no shipped class map for dataset {dataset!r}; "
                              "give an explicit mapping {src: dst}")
         return dict(ds.class_map)
     out: dict[int, int] = {}
     for k, v in class_map_param.items():
         if isinstance(k, bool) or isinstance(v, bool) or not isinstance(k, (int, np.integer)) \
                 or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"noise.class_map: keys and values must be class indices, got {k!r}: {v!r}")
+            raise ValueError(f"{key}: keys and values must be class indices, got {k!r}: {v!r}")
         out[int(k)] = int(v)
     return out
 
 
 def open_set_sources() -> tuple[str, ...]:
-    """What ``noise.open_set_source`` accepts: ``auto``, ``white_noise`` and every registered dataset."""
+    """The sources of another dataset's images (``noise.open_set.source``, ``noise.massive.source``): ``auto``,
+    ``white_noise`` and every registered dataset."""
     return ("auto", WHITE_NOISE, *dataset_names())
 
 
@@ -233,32 +236,34 @@ def _show_same_classes(a: str, b: str) -> bool:
     return a == b or (da is not None and b in da.same_classes) or (db is not None and a in db.same_classes)
 
 
-def resolve_open_set_source(dataset: str, source: str) -> str:
-    """``noise.open_set_source`` for ``dataset``: ``auto`` → the dataset's ``open_set_auto`` (white_noise for an
+def resolve_open_set_source(dataset: str, source: str, *, key: str = "noise.open_set.source") -> str:
+    """The source param ``key`` for ``dataset``: ``auto`` → the dataset's ``open_set_auto`` (white_noise for an
     unknown dataset). A source whose images show the dataset's classes is a ValueError naming the param."""
     choices = open_set_sources()
     if source not in choices:
-        raise ValueError(f"noise.open_set_source: must be one of {', '.join(choices)}, got {source!r}")
+        raise ValueError(f"{key}: must be one of {', '.join(choices)}, got {source!r}")
     ds = _REGISTRY.get(dataset)
     resolved = (ds.open_set_auto if ds is not None else WHITE_NOISE) if source == "auto" else source
     if resolved not in choices:
-        raise ValueError(f"noise.open_set_source: auto means {resolved!r} for the dataset {dataset}, which is not "
+        raise ValueError(f"{key}: auto means {resolved!r} for the dataset {dataset}, which is not "
                          "a registered dataset; choose white_noise or another dataset")
     if resolved != WHITE_NOISE and _show_same_classes(resolved, dataset):
-        raise ValueError(f"noise.open_set_source: {resolved} images show classes of the dataset {dataset}, so they "
+        raise ValueError(f"{key}: {resolved} images show classes of the dataset {dataset}, so they "
                          "are not open-set noise for it; choose white_noise or another dataset")
     return resolved
 
 
-def open_set_pool(source: str, data: DataConfig, shape: tuple[int, int, int]) -> np.ndarray:
+def open_set_pool(source: str, data: DataConfig, shape: tuple[int, int, int], *,
+                  key: str = "noise.open_set.source") -> np.ndarray:
     """All images of the dataset ``source`` (fetched like ``data``: same cache, mirrors and network setting),
-    fitted to ``shape``: uint8 (M, *shape). One clear line (DataUnavailable) when they cannot be had."""
+    fitted to ``shape``: uint8 (M, *shape). One clear line naming the param ``key`` (DataUnavailable) when they
+    cannot be had."""
     if source not in _REGISTRY:
-        raise ValueError(f"noise.open_set_source: {source!r} is not a dataset")
+        raise ValueError(f"{key}: {source!r} is not a dataset")
     try:
         raw = load_dataset(dataclasses.replace(data, dataset=source))
     except DataUnavailable as e:
-        raise DataUnavailable(f"noise.open_set_source: {source} images are not available ({e})") from None
+        raise DataUnavailable(f"{key}: {source} images are not available ({e})") from None
     return fit_images(raw.images, shape)
 
 

@@ -35,7 +35,7 @@ DIGITS = register_dataset(Dataset(
     official_test=False,  # so stage download holds out `data.test_size` images as the test split
     source=Bundled(load),  # how the arrays are obtained: a function here; nothing to download or verify
     augment="none",  # what `student.augment: auto` picks (crop_flip suits 32x32 photos, not 8x8 digits)
-    class_map=MNIST_MAP,  # `noise.class_map: auto` for asymmetric noise: the same ten digits, the same confusions
-    open_set_auto="white_noise",  # `noise.open_set_source: auto`: seeded uniform pixels, offline like digits
+    class_map=MNIST_MAP,  # `noise.asymmetric.class_map: auto`: the same ten digits, the same confusions
+    open_set_auto="white_noise",  # `noise.open_set.source: auto`: seeded uniform pixels, offline like digits
     same_classes=("mnist",),  # MNIST images show digits too, so they are never open-set noise for it (and back)
 ))

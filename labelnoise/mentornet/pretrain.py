@@ -70,7 +70,7 @@ def check(m: MentorConfig, prepared: Prepared) -> None:
         raise ConfigError("mentor.dd_noise_rate: must be > 0 (the dd mentor learns to tell corrupted labels apart)")
     if m.dd_noise_kind == "asymmetric":
         try:
-            class_map_for(prepared.dataset, "auto")
+            class_map_for(prepared.dataset, "auto", key="mentor.dd_noise_kind")
         except ValueError as e:
             raise ConfigError(f"mentor.dd_noise_kind: asymmetric uses the dataset's shipped class map ({e})") from None
 
@@ -145,7 +145,7 @@ def dd_copy(y_true: np.ndarray, m: MentorConfig, *, num_classes: int, dataset: s
     if m.dd_noise_kind == "auto" and transition is None:
         raise ValueError("mentor.dd_noise_kind: auto needs the noise estimate (stage estimate_noise)")
     kind = "transition" if m.dd_noise_kind == "auto" else m.dd_noise_kind
-    class_map = class_map_for(dataset, "auto") if m.dd_noise_kind == "asymmetric" else None
+    class_map = class_map_for(dataset, "auto", key="mentor.dd_noise_kind") if m.dd_noise_kind == "asymmetric" else None
     return noise.corrupt(np.asarray(y_true), kind=kind, rate=m.dd_noise_rate, num_classes=num_classes,
                          transition=transition if m.dd_noise_kind == "auto" else None,
                          rng=np.random.default_rng(m.dd_noise_seed), class_map=class_map)
