@@ -162,7 +162,8 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
     k = len(prepared.classes)
     x = torch.from_numpy(np.ascontiguousarray(prepared.images[prepared.clean_idx]))  # (N, C, H, W) uint8
     y_true = prepared.labels[prepared.clean_idx]  # (N,)
-    kind = "transition" if m.dd_noise_kind == "auto" else m.dd_noise_kind
+    estimated = m.dd_noise_kind == "auto"  # the copy has the estimated channel's noise
+    kind = "transition" if estimated else m.dd_noise_kind
     corrupted = dd_copy(y_true, m, num_classes=k, dataset=prepared.dataset, transition=transition)
     y_noisy = torch.from_numpy(corrupted.labels)
     correct = torch.from_numpy(~corrupted.mask)  # (N,) bool: v* = 1[label correct]
@@ -208,7 +209,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
     report = {
         "kind": "dd",
         "dd_noise_kind": kind,
-        "dd_noise_rate": m.dd_noise_rate if kind != "transition" else None,
+        "dd_noise_rate": None if estimated else m.dd_noise_rate,
         "dd_noise_seed": m.dd_noise_seed,
         "dd_realised_rate": float(corrupted.mask.mean()),
         "dd_epochs": m.dd_epochs,
@@ -228,7 +229,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
         "per_epoch": per_epoch,
     }
 
-    what = (f"the estimated noise ({float(corrupted.mask.mean()):.2f})" if kind == "transition"
+    what = (f"the estimated noise ({float(corrupted.mask.mean()):.2f})" if estimated
             else f"{m.dd_noise_kind} {m.dd_noise_rate:g}")
 
     def plot(folder: Path) -> Path:
@@ -251,7 +252,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
 
     bad_all = record.features.target.numpy() < 0.5
     return Pretrained(mentor=mentor, num_classes=k, report=report, plot=plot,
-                      dd_transition=None if kind != "transition" else np.asarray(transition, dtype=np.float64))
+                      dd_transition=np.asarray(transition, dtype=np.float64) if estimated else None)
 
 
 def _epoch_at(history: list[dict[str, float]], progress: int) -> int:
