@@ -71,6 +71,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
         _fail(str(e), 2)
     from contextlib import nullcontext
 
+    from labelnoise import runtime
     from labelnoise.distributed import is_main, world_size
     from labelnoise.io import all_or_nothing, workspace_lock
     from labelnoise.runtime import ignore_stop_signals, stop_signals
@@ -81,6 +82,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
               f"(torchrun runs: {', '.join(s.name for s in STAGES if s.torchrun)})", 2)
 
     module = importlib.import_module(f"stages.{stage_module}")
+    runtime.set_stage(stage_module)
     try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them); SIGTERM acts as Ctrl-C
         main = is_main()
         with (stop_signals(), workspace_lock(stage_module) if main else nullcontext(),

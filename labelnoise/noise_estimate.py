@@ -183,7 +183,8 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
     use = estimator(cfg, has_trusted=has_trusted)
     probs, trusted_probs, fold = out_of_fold_probs(
         new_model, view, folds=cfg.folds, recipe=dataclasses.replace(recipe, epochs=cfg.epochs), seed=seed,
-        device=device, checkpoint_path=checkpoint_path, also=view.x_clean if has_trusted else None)
+        device=device, checkpoint_path=checkpoint_path, also=view.x_clean if has_trusted else None,
+        purpose="noise estimate: fold network")
     noisy = view.y_train.numpy()
     marginal = np.bincount(noisy, minlength=k) / max(noisy.size, 1)  # (K,) the noisy labels' class frequencies
     estimates: dict[str, dict[str, Any]] = {}
@@ -202,7 +203,8 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
         held, on_noisy, part = out_of_fold_probs(
             new_model, without_test(trusted_only(view)), folds=cfg.trusted_folds,
             recipe=trusted_recipe(recipe, trusted), seed=derived_seed(seed, "trusted_check"), device=device,
-            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"), also=view.x_train)
+            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"), also=view.x_train,
+            purpose="misfit check: trusted-only network")
         y_clean = view.y_clean.numpy()
         fit = channel_misfit(noisy, on_noisy, [held[part == f] for f in range(cfg.trusted_folds)],
                              [y_clean[part == f] for f in range(cfg.trusted_folds)], chosen["transition"],

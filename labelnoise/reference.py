@@ -51,7 +51,7 @@ def reference_probabilities(
     result = fit(model, view, Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed, device=device,
                  progress=False,
                  log=(lambda line: log(f"reference classifier: {line}")) if log is not None else (lambda line: None),
-                 remedy="lower noise.instance.lr")
+                 purpose="instance-noise reference", remedy="lower noise.instance.lr")
     device = torch.device(device)
     logits = predict_logits(result.model, torch.from_numpy(np.ascontiguousarray(x_score)),
                             batch_size=recipe.eval_batch_size, device=device,

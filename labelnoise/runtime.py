@@ -115,6 +115,28 @@ def derived_seed(seed: int, stream: int | str) -> int:
     return int(np.random.SeedSequence([seed, stream_id(stream)]).generate_state(1)[0])
 
 
+# ----------------------------------------------------------------------------- the ledger of trained networks
+LEDGER_ENV = "LABELNOISE_LEDGER"  # a file: every fit appends a line (the benchmark's cost table); unset: nothing
+_CURRENT_STAGE = {"name": ""}  # the stage this process runs (set by the CLI's stage runner)
+
+
+def set_stage(name: str) -> None:
+    """Name the stage this process runs, for the ledger."""
+    _CURRENT_STAGE["name"] = name
+
+
+def ledger(record: dict[str, Any]) -> None:
+    """Append ``record`` (and the stage) as a JSON line to the file named by ``LABELNOISE_LEDGER``, if set: what
+    each network of a run cost (the benchmark's cost table). Nothing otherwise."""
+    path = os.environ.get(LEDGER_ENV)
+    if not path:
+        return
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps({"stage": _CURRENT_STAGE["name"], **record}) + "\n")
+
+
 # ----------------------------------------------------------------------------- numeric choices of the device
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for a ``precision`` param (None = plain fp32).

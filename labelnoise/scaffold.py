@@ -40,6 +40,13 @@ def tiny_project(root: Path, *, repro: bool = True) -> dict[str, str]:
     """Copy the repository's code and params to ``root``, apply the tiny preset, `git init` + `dvc init`, commit,
     and (``repro``) run `dvc repro` once. Returns the environment to run commands there with (this
     interpreter's bin first on PATH, MLflow / DVC variables of the caller removed, a git identity)."""
+    return project(root, preset="tiny", repro=repro)
+
+
+def project(root: Path, *, preset: str | None = None, repro: bool = True, extra: dict[str, str] | None = None
+            ) -> dict[str, str]:
+    """:func:`tiny_project` with any preset, or none (the params as they are: the default pipeline); ``extra``:
+    variables to add to the returned environment (and to the first `dvc repro`)."""
     for name in COPY:
         src = REPO / name
         if src.is_dir():
@@ -51,12 +58,14 @@ def tiny_project(root: Path, *, repro: bool = True) -> dict[str, str]:
     # a git identity of its own, and none of the machine's git settings (a global commit.gpgsign, hooks)
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
                GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    env.update(extra or {})
     sh(["git", "init", "-q"], root, env)
-    sh([sys.executable, "cli.py", "preset", "tiny"], root, env)
+    if preset:
+        sh([sys.executable, "cli.py", "preset", preset], root, env)
     sh(["dvc", "init", "-q"], root, env)
     sh(["dvc", "config", "core.analytics", "false"], root, env)
     sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-qm", "tiny"], root, env)
+    sh(["git", "commit", "-qm", preset or "default"], root, env)
     if repro:
         sh(["dvc", "repro"], root, env)
     return env

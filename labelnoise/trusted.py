@@ -46,5 +46,5 @@ def train_on_trusted(model: torch.nn.Module, data: TrainView, *, cfg: TrustedCon
     log(f"{cfg.epochs} epochs on the {data.x_clean.shape[0]} trusted examples alone")
     return fit(model, trusted_only(data), Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed,
                device=device, config={"recipe": dataclasses.asdict(recipe), "seed": seed},
-               checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log,
+               checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log, purpose="trusted-only network",
                remedy="lower train.lr or check the data")

@@ -96,6 +96,12 @@ def without_test(view: TrainView) -> TrainView:
     return replace(view, x_test=view.x_test[:0], y_test=view.y_test[:0])
 
 
+def without_evaluation(view: TrainView) -> TrainView:
+    """The view without test images and without a clean subset: a fit on it evaluates nothing after each epoch and
+    keeps its last epoch (a network that only predicts afterwards, such as a cross-fitting fold's)."""
+    return replace(without_test(view), x_clean=view.x_clean[:0], y_clean=view.y_clean[:0])
+
+
 def trusted_only(view: TrainView) -> TrainView:
     """The view whose train split is the trusted clean subset with its true labels (and no clean subset left to
     select on: the fit keeps its last epoch). For methods that train on the trusted data alone."""

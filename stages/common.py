@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from labelnoise import runtime
@@ -62,6 +64,27 @@ def setup(cfg: Config) -> None:
     runtime.set_threads(cfg.base.threads)
     if declares(cfg, "base.seed"):
         runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
+    if declares(cfg, "train.precision") and distributed.is_main():
+        print(f"{how_it_runs(cfg)['runtime.precision_note']}", file=sys.stderr, flush=True)
+
+
+def how_it_runs(cfg: Config) -> dict[str, Any]:
+    """The machine's resolution of the stage's settings, logged with its params: the device, the threads and, for a
+    stage that trains, the precision (``train.precision: auto`` is bf16 only where the CPU has it natively)."""
+    from labelnoise.config import declares
+
+    device = runtime.resolve_device(cfg.base.device if declares(cfg, "base.device") else "cpu")
+    out: dict[str, Any] = {"runtime.device": str(device), "runtime.threads": torch.get_num_threads()}
+    if declares(cfg, "train.precision"):
+        amp = runtime.resolve_precision(cfg.train.precision, device)
+        precision = "bf16" if amp == torch.bfloat16 else "fp32"
+        why = ("" if cfg.train.precision != "auto" or device.type != "cpu" else
+               " (this CPU has native bf16)" if amp is not None else
+               " (this CPU has no native bf16: fp32 is its fast path; the README has the speed of both kinds)")
+        out |= {"runtime.precision": precision,
+                "runtime.precision_note": f"training on {device} with {out['runtime.threads']} threads in "
+                                          f"{precision}{why}"}
+    return out
 
 
 def execution(cfg: Config) -> Any:
@@ -87,7 +110,8 @@ def stage_run(stage: str, cfg: Config) -> Any:
     from labelnoise import tracking
 
     whole = execution(cfg)
-    return tracking.stage_run(stage, whole, params=stage_params(whole.params, get_stage(stage).params))
+    return tracking.stage_run(stage, whole, params={**stage_params(whole.params, get_stage(stage).params),
+                                                    **how_it_runs(cfg)})
 
 
 def stage_params(flat: dict[str, Any], entries: tuple[str, ...]) -> dict[str, Any]:

@@ -118,6 +118,7 @@ def retrain(
     result = fit(model, data, SoftTargetTask(soft_labels.float().to(device)), recipe=phase,
                  seed=derived_seed(seed, "retrain"), device=device, config=config, checkpoint_path=checkpoint_path,
                  progress=False, on_epoch=_renamed(on_epoch), log=log, name="retrain",
+                 purpose="label correction: retrain",
                  remedy="label correction (phase 2): lower correction.retrain_lr")
     return RetrainResult(model=result.model, history=_phase_history(result), best_state=result.best_state,
                          best_epoch=result.best_epoch, best_clean_acc=result.best_clean_acc, seconds=result.seconds,

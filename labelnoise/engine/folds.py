@@ -24,7 +24,7 @@ from labelnoise.engine.predict import predict_logits
 from labelnoise.engine.task import Task
 from labelnoise.io import read_npz, save_npz
 from labelnoise.runtime import STREAMS, derived_seed, seeded
-from labelnoise.views import TrainView, subset_view
+from labelnoise.views import TrainView, subset_view, without_evaluation
 
 
 def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> np.ndarray:
@@ -61,6 +61,7 @@ def out_of_fold_probs(
     checkpoint_path: Path,
     log: Callable[[str], None] = log_to_stderr,
     also: torch.Tensor | None = None,
+    purpose: str = "fold network",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Cross-validated predicted probabilities of the noisy train set, (n, K) float32: the train examples are cut
     into ``folds`` stratified folds (by noisy label, seeded), and a fresh network (``new_model()``, seeded per fold,
@@ -80,7 +81,7 @@ def out_of_fold_probs(
     extra = {} if also is None else {"also": hashlib.sha256(also.numpy().tobytes()).hexdigest()[:16]}
     for f in range(folds):
         held, rest = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        part = subset_view(data, rest)
+        part = without_evaluation(subset_view(data, rest))  # its last epoch predicts: nothing to evaluate or select
         config = {"recipe": dataclasses.asdict(recipe), "seed": seed + f}
         key = _config_hash({**config, "data": data_fingerprint(part), "held": held.tolist(), **extra})
         done = checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}.npz")
@@ -95,7 +96,7 @@ def out_of_fold_probs(
         model = seeded(new_model, derived_seed(seed, fold_stream + 1 + f))  # independent of restored folds
         fit(model, part, task, recipe=recipe, seed=seed + f, device=device, config=config, log=log,
             checkpoint_path=checkpoint_path.with_name(f"{checkpoint_path.stem}.fold{f}{checkpoint_path.suffix}"),
-            remedy="lower train.lr or check the data")
+            purpose=purpose, remedy="lower train.lr or check the data")
 
         pred_probs[held] = _softmax(model, data.x_train[torch.from_numpy(held)], recipe=recipe, device=device)
         fold_also = _softmax(model, also, recipe=recipe, device=device) if also is not None else None

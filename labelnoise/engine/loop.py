@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from labelnoise import distributed
+from labelnoise import distributed, runtime
 from labelnoise.engine.augment import crop_flip, resolve_augment
 from labelnoise.engine.checkpoint import data_fingerprint, load_checkpoint, rng_states, set_rng_states
 from labelnoise.engine.optim import make_optimizer, make_scheduler
@@ -315,6 +315,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     log: Callable[[str], None] = log_to_stderr,
     name: str = "epoch",
+    purpose: str = "",
     remedy: str = "lower the learning rate or check the data",
 ) -> FitResult:
     """Train ``model`` on ``data.x_train`` with the labels ``data.y_train`` for ``recipe.epochs`` epochs, the loss
@@ -332,7 +333,9 @@ def fit(
     one is the result (nothing is trained: a stage that failed after training redoes only what failed).
     ``on_epoch(row)`` is called for every epoch of the history, restored ones included. ``progress``: rich bar per
     epoch (None = only when stderr is a terminal). Per-example losses and weights of ``record_epochs`` come back
-    in ``FitResult.weights``. ``name`` starts each epoch's log line; ``remedy`` ends a non-finite-loss error.
+    in ``FitResult.weights``. ``name`` starts each epoch's log line; ``purpose`` says what the network is for in the
+    ledger of trained networks (:func:`labelnoise.runtime.ledger`; default ``name``); ``remedy`` ends a
+    non-finite-loss error.
     """
     device = torch.device(device)
     amp_dtype = resolve_precision(recipe.precision, device)
@@ -476,6 +479,14 @@ def fit(
             _interrupted("the end of training", checkpoint_path, log, interrupted() or signal.SIGTERM)
 
     model.eval()
+    trained = len(seconds) - len(ckpt["seconds"] if ckpt is not None else [])  # epochs this call trained (or ended)
+    if main and trained > 0:
+        per_epoch = recipe.epoch_size or n
+        runtime.ledger({"network": purpose or name, "images_per_epoch": per_epoch, "epochs": trained,
+                        "images": per_epoch * trained, "seconds": round(sum(seconds[-trained:]), 3),
+                        "evaluated_per_epoch": data.x_clean.shape[0] + data.x_test.shape[0],
+                        "precision": "bf16" if amp_dtype == torch.bfloat16 else "fp32" if amp_dtype is None
+                        else str(amp_dtype), "device": str(device), "threads": torch.get_num_threads()})
     return FitResult(model=model, history=history, best_state=best_state, best_epoch=best_epoch,
                      best_clean_acc=best_score if math.isfinite(best_score) else math.nan, resumed_epochs=resumed,
                      weights=records.arrays(), extra=task.result(), seconds=float(sum(seconds)),

@@ -122,7 +122,7 @@ class Method:
         result = fit(ctx.model, ctx.data, self.task(ctx), recipe=ctx.recipe, seed=ctx.seed, device=ctx.device,
                      config=config, checkpoint_path=ctx.checkpoint_path,
                      record_epochs=weight_epochs(ctx.weights_at, ctx.recipe.epochs), on_epoch=ctx.on_epoch,
-                     log=ctx.log, remedy="lower train.lr or check the data")
+                     log=ctx.log, purpose="student", remedy="lower train.lr or check the data")
         return MethodResult(fit=result, weights=result.weights)
 
     def checkpoint_config(self, params: Any, recipe: Any, *, seed: int, weights_at: Sequence[float] = (),

@@ -75,7 +75,7 @@ def prune_and_retrain(
     labels = data.y_train.numpy()
     n = labels.shape[0]
     pred_probs, _, _ = out_of_fold_probs(new_model, data, folds=cfg.folds, recipe=recipe, seed=seed, device=device,
-                                      checkpoint_path=checkpoint_path, log=log)
+                                      checkpoint_path=checkpoint_path, log=log, purpose="cleanlab: fold network")
     issues, quality = flag_issues(labels, pred_probs, filter_by=cfg.filter_by)
     issues[data.n_noisy:] = False  # trusted examples (include_trusted) are never pruned
     kept = np.flatnonzero(~issues)
