@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
         root.mkdir()
         env = project(root, preset=args.preset, repro=False, extra={LEDGER_ENV: str(ledger_path)})
         t0 = time.perf_counter()
-        sh(["dvc", "repro"], root, env)
+        sh(["dvc", "repro"], root, env, timeout=4 * 3600)
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in ledger_path.read_text().splitlines()] if ledger_path.exists() else []
+        metrics = json.loads((root / "reports" / "metrics.json").read_text())
     trained = sum(r["images"] for r in rows if not r.get("reused"))
     reused = sum(r["images"] for r in rows if r.get("reused"))
     print(f"\n{'stage':16} {'network':36} {'images x epochs':>18} {'seconds':>8} {'img/s':>7}  precision")
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['stage']:16} {r['network'][:36]:36} {shape:>18} {r['seconds']:8.1f} {rate:7.0f}  {r['precision']}")
     print(f"\ntrained {trained:,} images; reused networks worth {reused:,}; reuse ratio (trained / (trained + "
           f"reused)) {trained / max(trained + reused, 1):.3f}; dvc repro {wall / 60:.1f} min")
-    result = {"networks": rows, "images_trained": trained, "images_reused": reused,
+    print(f"the run's test accuracy: student {metrics['test_acc']:.4f}, label-corrected "
+          f"{metrics['corrected_test_acc']:.4f}")
+    result = {"networks": rows, "images_trained": trained, "images_reused": reused, "metrics": metrics,
               "reuse_ratio": trained / max(trained + reused, 1), "dvc_repro_s": wall, "preset": args.preset}
     save_json(args.out, result)
     print(f"wrote {args.out}")

@@ -8,7 +8,9 @@ as a table and written to reports/bench.json.
 - no-op `dvc repro`: seconds of a second `dvc repro` in a throw-away tiny-preset project (nothing to run:
   DVC hashes the dependencies and checks every stage);
 - peak resident memory of `cli.py train-student` (one epoch, the default params: full Fashion-MNIST, SPADE)
-  in a throw-away folder, the process's maximum RSS as the kernel reports it (wait4).
+  in a throw-away folder, the process's maximum RSS as the kernel reports it (wait4);
+- the default pipeline's cost, network by network, its wall-clock time and its reuse ratio: ``pipeline_cost.py``
+  (`dvc repro` in a throw-away copy; with ``--quick`` the tiny preset).
 
     python benchmarks/suite.py                    # make bench
     python benchmarks/suite.py --quick            # fewer steps (a smoke run)
@@ -28,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import throughput  # noqa: E402
+from benchmarks import pipeline_cost, throughput  # noqa: E402
 from labelnoise.io import save_json  # noqa: E402
 from labelnoise.scaffold import clean_env, sh, tiny_project  # noqa: E402
 
@@ -97,10 +99,17 @@ def main(argv: list[str] | None = None) -> dict:
     results |= ddp_ratio(20 if args.quick else 80, 1 if args.quick else 3, 1 if args.quick else 3)
     results["noop_dvc_repro_s"] = noop_repro_seconds()
     results["train_student_peak_rss_gib"] = peak_rss_gib(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        cost = pipeline_cost.main(["--out", str(Path(tmp) / "cost.json"), *(["--preset", "tiny"] if args.quick
+                                                                           else [])])
+    results |= {"pipeline_minutes": cost["dvc_repro_s"] / 60, "pipeline_images_trained": cost["images_trained"],
+                "pipeline_reuse_ratio": cost["reuse_ratio"]}
     rows = [("project loop / bare loop", "project_over_bare"), ("SPADE step / CE step", "spade_over_ce_step"),
             ("MentorMix step / CE step", "mentormix_over_ce_step"), ("2-process DDP / 1 process", "ddp2_over_ddp1"),
             ("no-op dvc repro (s)", "noop_dvc_repro_s"),
-            ("train_student peak RSS (GiB)", "train_student_peak_rss_gib")]
+            ("train_student peak RSS (GiB)", "train_student_peak_rss_gib"),
+            ("pipeline: dvc repro (min)", "pipeline_minutes"), ("pipeline: images trained", "pipeline_images_trained"),
+            ("pipeline: reuse ratio", "pipeline_reuse_ratio")]
     print(f"\n{'measure':32} {'value':>9}  target")
     for label, key in rows:
         op, bound = TARGETS.get(key, ("", None))
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
             "ok" if (results[key] >= bound if op == ">=" else results[key] <= bound) else "MISSED")
         print(f"{label:32} {results[key]:9.3f}  {verdict}")
     report = {**results, "targets": {k: f"{op} {b}" for k, (op, b) in TARGETS.items()}, "throughput": t,
+              "pipeline_cost": cost,
               "cpu_count": os.cpu_count(), "quick": args.quick}
     save_json(args.out, report)
     print(f"wrote {args.out}")

@@ -151,6 +151,16 @@ def bare_loop(model, x, y, *, optimizer, scheduler, batch_size, generator, amp_d
         torch.cuda.synchronize(device)
 
 
+def _train_step(model, optimizer, xb, yb, amp_dtype, device_type, label_smoothing):  # noqa: ANN001, ANN202
+    """One step of the bare loop, as a function torch.compile can take whole (forward, backward, optimiser)."""
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -191,6 +201,28 @@ def main(argv: list[str] | None = None) -> dict:
         bare_loop(b_model, x, y, optimizer=b_opt, scheduler=b_sched, batch_size=s.batch_size, generator=b_gen,
                   amp_dtype=amp_dtype, channels_last=channels_last, device=device, label_smoothing=s.label_smoothing)
 
+    # the other bare loops a PyTorch user would try: the other memory format, and torch.compile (its compile time
+    # is not counted here); the ratio is against the fastest bare loop found
+    o_model, o_opt, o_sched, o_gen = setup()
+    o_model = o_model.to(memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+
+    def bare_other_format() -> None:
+        bare_loop(o_model, x, y, optimizer=o_opt, scheduler=o_sched, batch_size=s.batch_size, generator=o_gen,
+                  amp_dtype=amp_dtype, channels_last=not channels_last, device=device,
+                  label_smoothing=s.label_smoothing)
+
+    c_model, c_opt, c_sched, c_gen = setup()
+    compiled_step = torch.compile(_train_step)
+
+    def bare_compiled() -> None:
+        c_model.train()
+        perm = torch.randperm(x.shape[0], generator=c_gen)
+        for start in range(0, x.shape[0], s.batch_size):
+            idx = perm[start : start + s.batch_size]
+            xb = x[idx].contiguous(memory_format=torch.channels_last) if channels_last else x[idx]
+            compiled_step(c_model, c_opt, xb, y[idx], amp_dtype, device.type, s.label_smoothing)
+            c_sched.step()
+
     def spade() -> None:
         engine.train_one_epoch(s_model, x, y, optimizer=s_opt, scheduler=s_sched, batch_size=s.batch_size,
                                device=device, generator=s_gen, task=spade_task, autocast_dtype=amp_dtype,
@@ -206,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         fn()
         return n / (time.perf_counter() - t0)
 
-    loops = {"project": project, "bare": bare, "spade": spade, "mentormix": mentormix}
+    loops = {"project": project, "bare": bare, "bare_other_format": bare_other_format, "bare_compiled": bare_compiled,
+             "spade": spade, "mentormix": mentormix}
     for fn in loops.values():  # warm-up: allocator, oneDNN primitive caches
         fn()
     rates: dict[str, list[float]] = {name: [] for name in loops}
@@ -214,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in range(args.repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: each loop runs first, ..., last
             rates[name].append(timed(loops[name]))
-    ratios = [p / b for p, b in zip(rates["project"], rates["bare"], strict=True)]
+    fastest = max(("bare", "bare_other_format", "bare_compiled"), key=lambda name: statistics.median(rates[name]))
+    ratios = [p / b for p, b in zip(rates["project"], rates[fastest], strict=True)]
     # step time ratio SPADE / CE = (img/s of CE) / (img/s of SPADE), per repeat
     spade_ratios = [c / sp for c, sp in zip(rates["project"], rates["spade"], strict=True)]
     mix_ratios = [c / m for c, m in zip(rates["project"], rates["mentormix"], strict=True)]  # MentorMix / CE
@@ -223,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         "batches_per_repeat": args.batches, "repeats": args.repeats, "data": source,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "channels_last": channels_last,
         "project_img_s": statistics.median(rates["project"]), "bare_img_s": statistics.median(rates["bare"]),
+        "bare_other_format_img_s": statistics.median(rates["bare_other_format"]),
+        "bare_compiled_img_s": statistics.median(rates["bare_compiled"]), "fastest_bare": fastest,
         "ratio": statistics.median(ratios), "target_ratio": TARGET,
         "spade_img_s": statistics.median(rates["spade"]), "spade_step_ratio": statistics.median(spade_ratios),
         "spade_target_ratio": SPADE_TARGET, "spade_mentor": mentor_source,
@@ -231,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         "mentormix_step_ratio": statistics.median(mix_ratios),
         "mentormix_second_reweight": mix.second_reweight, "mentormix_alpha": mix.mixup_alpha,
         "per_repeat": {"project_img_s": rates["project"], "bare_img_s": rates["bare"], "ratio": ratios,
+                       "bare_other_format_img_s": rates["bare_other_format"],
+                       "bare_compiled_img_s": rates["bare_compiled"],
                        "spade_img_s": rates["spade"], "spade_step_ratio": spade_ratios,
                        "mentormix_img_s": rates["mentormix"], "mentormix_step_ratio": mix_ratios},
     }
@@ -238,9 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{device}, data: {source}")
     print(f"project loop (train_one_epoch): {result['project_img_s']:8.0f} img/s")
     print(f"bare PyTorch loop:              {result['bare_img_s']:8.0f} img/s")
+    print(f"  in the other memory format:   {result['bare_other_format_img_s']:8.0f} img/s")
+    print(f"  compiled (torch.compile):     {result['bare_compiled_img_s']:8.0f} img/s (compile time not counted)")
     verdict = "ok" if result["ratio"] >= TARGET else f"below target {TARGET}"
-    print(f"ratio project/bare:             {result['ratio']:8.3f}  ({verdict}; median of {args.repeats} "
-          f"interleaved repeats)")
+    print(f"ratio project/fastest bare:     {result['ratio']:8.3f}  ({verdict}; fastest: {fastest}; median of "
+          f"{args.repeats} interleaved repeats)")
     print(f"spade loop (mentor {mentor_source}): {result['spade_img_s']:8.0f} img/s")
     verdict = "ok" if result["spade_step_ratio"] <= SPADE_TARGET else f"above target {SPADE_TARGET}"
     print(f"step time spade/ce:             {result['spade_step_ratio']:8.3f}  ({verdict}; median of "

@@ -165,10 +165,13 @@ def estimator(cfg: EstimateConfig, *, has_trusted: bool) -> str:
 
 
 def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_model: Callable[[], nn.Module],
-             seed: int, device: torch.device, checkpoint_path: Path) -> dict[str, Any]:
+             seed: int, device: torch.device, checkpoint_path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Estimate the noise of ``view``'s train labels (a TrainView: the noisy labels and the trusted subset, never a
-    true train label) with every estimator the data allows, and the misfit check of the one used; returns the
-    report (JSON-ready: ``use``, ``rate``, ``transition``, ``estimates`` {name: rate, transition, prior}, ``fit``).
+    true train label) with every estimator the data allows, and the misfit check of the one used. Returns the
+    report (JSON-ready: ``use``, ``rate``, ``transition``, ``estimates`` {name: rate, transition, prior}, ``fit``) and
+    the misfit check's networks' mean prediction on the train and test images ({"train": (n, K), "test":
+    (n_test, K)} float32; empty without a check): networks that never saw a given label, label correction's trusted
+    teacher.
 
     The fold networks (``cfg.folds`` of ``new_model()``, the ``recipe`` with ``cfg.epochs``) give out-of-sample
     probabilities of the train set and predict the trusted examples; the misfit check's networks
@@ -197,14 +200,16 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
     t, prior = confident_joint_transition(noisy, probs)
     estimates["confident_joint"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
     chosen = estimates[use]
-    fit = None
+    fit, predicted = None, {}
     if has_trusted and cfg.trusted_folds:  # the misfit check: networks that never saw a given label
-        ckpt = Path(checkpoint_path)
-        held, on_noisy, part = out_of_fold_probs(
+        ckpt, n = Path(checkpoint_path), noisy.size
+        held, on_images, part = out_of_fold_probs(
             new_model, without_test(trusted_only(view)), folds=cfg.trusted_folds,
             recipe=trusted_recipe(recipe, trusted), seed=derived_seed(seed, "trusted_check"), device=device,
-            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"), also=view.x_train,
-            purpose="misfit check: trusted-only network")
+            checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"),
+            also=torch.cat([view.x_train, view.x_test]), purpose="misfit check: trusted-only network")
+        on_noisy = on_images[:, :n]  # (folds, n, K); the test images' for label correction's teacher
+        predicted = {"train": on_noisy.mean(axis=0), "test": on_images[:, n:].mean(axis=0)}
         y_clean = view.y_clean.numpy()
         fit = channel_misfit(noisy, on_noisy, [held[part == f] for f in range(cfg.trusted_folds)],
                              [y_clean[part == f] for f in range(cfg.trusted_folds)], chosen["transition"],
@@ -220,4 +225,4 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
         "glc": None if not has_trusted else "the folds' mean p(noisy | x) on the trusted examples, by true class",
         "confusion": None if not has_trusted else ("each fold network's confusion on the trusted examples "
                                                    "inverted out of its joint with the noisy labels"),
-    }
+    }, predicted

@@ -28,9 +28,9 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def sh(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def sh(args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run ``args`` in ``cwd``; a non-zero exit raises RuntimeError with the end of stdout and stderr."""
-    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out

@@ -44,7 +44,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("estimate_noise", "estimate the noise rate and transition matrix from the noisy labels and the trusted "
           "subset.", ("base.seed", "base.device", "base.deterministic", "estimate", "trusted",
                       *_train_but("epochs")),
-          ("noise_estimate_plot", "noise_estimate")),
+          ("noise_estimate_plot", "noise_estimate", "trusted_probs")),
     # dd: the recording student trains with the recipe for mentor.dd_epochs epochs; student.method: whether the
     # student uses a mentor at all (if not, a record of no mentor, whatever the mentor params)
     Stage("pretrain_mentor", "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd), for a "

@@ -52,7 +52,7 @@ from labelnoise.config import Config
 from labelnoise.correction.report import correction_figures, correction_report
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import load_weights
-from labelnoise.io import read_torch, save_json, save_npz, save_torch
+from labelnoise.io import read_npz, read_torch, save_json, save_npz, save_torch
 from labelnoise.models import MODEL_RECORD_KEYS, create_model, load_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, seeded
@@ -61,6 +61,14 @@ from stages.common import PATHS, STAGE_PARAMS, execution, registered_name, requi
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
 HEADLINE = ("recovered_label_acc", "final_test_acc")
+
+
+def _trusted_probs() -> dict[str, np.ndarray] | None:
+    """The noise estimate's trusted-only predictions (none: that stage ran without its misfit check, or not)."""
+    if not Path(PATHS.trusted_probs).is_file():
+        return None
+    probs = read_npz(PATHS.trusted_probs, remedy="run the estimate_noise stage", keys=("train", "test"))
+    return probs if probs["train"].size else None
 
 
 def run(cfg: Config) -> dict[str, float]:
@@ -93,6 +101,7 @@ def run(cfg: Config) -> dict[str, float]:
             cfg=c, trusted=cfg.trusted, recipe=recipe, seed=cfg.base.seed, device=device,
             transition=estimate.transition if estimate is not None and c.noisy_label_weight == "auto" else None,
             weights=load_weights(PATHS.student_weights) if c.trust_mentor else None,
+            trusted_probs=_trusted_probs(),
             checkpoint_path=Path(PATHS.correction_ckpt), on_epoch=on_epoch)
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}

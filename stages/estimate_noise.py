@@ -35,7 +35,7 @@ import numpy as np
 
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
-from labelnoise.io import save_json
+from labelnoise.io import save_json, save_npz
 from labelnoise.models import channel_stats, create_model
 from labelnoise.noise import load_noisy
 from labelnoise.noise_estimate import estimate, estimator
@@ -56,10 +56,12 @@ def run(cfg: Config) -> dict[str, Any]:
     kwargs = dict(num_classes=view.num_classes, in_channels=channels, image_size=max(height, width), mean=mean,
                   std=std)
     with stage_run("estimate_noise", cfg) as tracked:
-        report = estimate(view, cfg=cfg.estimate, trusted=cfg.trusted, recipe=cfg.train,
-                          new_model=lambda: create_model(cfg.train.model, **kwargs), seed=cfg.base.seed,
-                          device=resolve_device(cfg.base.device), checkpoint_path=Path(PATHS.estimate_ckpt))
+        report, predicted = estimate(view, cfg=cfg.estimate, trusted=cfg.trusted, recipe=cfg.train,
+                                     new_model=lambda: create_model(cfg.train.model, **kwargs), seed=cfg.base.seed,
+                                     device=resolve_device(cfg.base.device), checkpoint_path=Path(PATHS.estimate_ckpt))
         save_json(PATHS.noise_estimate, report)
+        empty = np.zeros((0, view.num_classes), dtype=np.float32)  # no misfit check: no trusted-only predictions
+        save_npz(PATHS.trusted_probs, train=predicted.get("train", empty), test=predicted.get("test", empty))
         plot_matrices({f"{name} (rate {est['rate']:.3f})": np.asarray(est["transition"])
                        for name, est in report["estimates"].items()},
                       PATHS.noise_estimate_plot, labels=view.classes, xlabel="noisy label", ylabel="true class",

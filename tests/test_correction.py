@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -593,3 +595,52 @@ def test_a_trusted_teacher_needs_no_joint_epochs(workdir: Path, tiny_base: dict[
     with pytest.raises(ValueError, match="correction.teacher: ensemble needs correction.epochs: 0"):
         correct_labels.run(tiny(tiny_base, epochs=2, teacher="ensemble"))
     assert not Path("data/corrected.npz").exists()
+
+
+def test_the_trusted_teacher_is_the_noise_estimates_networks_and_none_is_trained_again(
+        workdir: Path, tiny_base: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The misfit check of stage estimate_noise trained networks on the trusted subset alone: their predictions
+    (models/trusted_probs.npz) are the trusted teacher, no network is trained for it (the ledger says what was
+    reused); without them the stage trains one on the whole trusted subset."""
+    from stages import correct_labels
+    from stages.common import PATHS
+
+    ledger = workdir / "ledger.jsonl"
+    monkeypatch.setenv("LABELNOISE_LEDGER", str(ledger))
+    cfg = tiny(tiny_base, epochs=0, noisy_label_weight=0.0, include_trusted=False, teacher="trusted")
+    correct_labels.run(cfg)
+    with np.load(PATHS.corrected) as z, np.load(PATHS.trusted_probs) as t:
+        np.testing.assert_allclose(z["soft"], t["train"], atol=1e-6)  # weight 0: the labels are the teacher's p
+    rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [r["network"] for r in rows if r.get("reused")] == ["label correction: trusted teacher"]
+    assert "trusted-only network" not in [r["network"] for r in rows]
+    assert not list(Path(PATHS.correction_ckpt).parent.glob("*.teacher.pt"))
+
+    ledger.unlink()
+    Path(PATHS.trusted_probs).unlink()  # an estimate without its misfit check: the stage trains its own teacher
+    correct_labels.run(cfg)
+    rows = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert "trusted-only network" in [r["network"] for r in rows] and not any(r.get("reused") for r in rows)
+
+
+def test_phase_2_fine_tunes_the_student_or_trains_a_fresh_network(workdir: Path, tiny_base: dict[str, Any],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """correction.retrain_init: student starts phase 2 from the student's weights, scratch from a fresh network
+    (seeded); both train correction.retrain_epochs epochs on the corrected labels."""
+    from labelnoise.correction.correct import retrain as real
+    from labelnoise.engine import module_fingerprint
+    from labelnoise.models import load_model
+    from stages import correct_labels
+    from stages.common import PATHS
+
+    started: list[str] = []
+
+    def spy(model, *args, **kwargs):
+        started.append(module_fingerprint(model))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["labelnoise.correction.correct"], "retrain", spy)
+    student = module_fingerprint(load_model(PATHS.student_model))
+    for init in ("student", "scratch"):
+        correct_labels.run(tiny(tiny_base, epochs=0, teacher="student", retrain_init=init))
+    assert started[0] == student and started[1] != student

@@ -440,3 +440,24 @@ def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
     assert [m.step for m in client.get_metric_history(child.info.run_id, "clean_acc")] == [1, 2, 3]
     assert child.data.metrics["best_epoch"] == metrics["best_epoch"]
     assert child.data.params["train.lr"] == "0.05"
+
+
+def test_a_fit_writes_what_it_cost_to_the_ledger_only_when_asked(tmp_path, monkeypatch) -> None:
+    """LABELNOISE_LEDGER names a file: each fit appends one JSON line (stage, purpose, images per epoch, epochs
+    trained, seconds, precision); a finished run reused from its checkpoint trains nothing and writes none."""
+    import json
+
+    cfg, data, ckpt = recipe_cfg(epochs=2), separable_view(), tmp_path / "ckpt.pt"
+    monkeypatch.delenv("LABELNOISE_LEDGER", raising=False)
+    run_fit(cfg, data)
+    assert not list(tmp_path.iterdir())
+    ledger = tmp_path / "ledger.jsonl"
+    monkeypatch.setenv("LABELNOISE_LEDGER", str(ledger))
+    runtime.set_stage("some_stage")
+    fit(new_model(), data, cfg, checkpoint_path=ckpt, purpose="a test network")
+    fit(new_model(), data, cfg, checkpoint_path=ckpt, purpose="a test network")  # the finished run, reused
+    (row,) = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert row["stage"] == "some_stage" and row["network"] == "a test network"
+    assert (row["images_per_epoch"], row["epochs"], row["images"]) == (96, 2, 192)
+    assert row["seconds"] > 0 and row["precision"] == "fp32" and row["evaluated_per_epoch"] == 60
+    runtime.set_stage("")

@@ -45,7 +45,8 @@ class CorrectionConfig:
     #   or the mean of the two softmaxes; auto: :func:`auto_teacher`
     trust_mentor: bool  # examples whose mentor weight exceeds trust_threshold keep their label
     trust_threshold: float = rng(0.0, 1.0)
-    retrain_epochs: int = rng(1, 10_000)  # phase 2: a fresh network on the corrected labels
+    retrain_init: Literal["student", "scratch"]  # phase 2 fine-tunes the student or trains a fresh network (paper)
+    retrain_epochs: int = rng(1, 10_000)  # phase 2: the final network trained on the corrected labels
     retrain_lr: float = rng(0.0, 10.0, lo_open=True)
     retrain_schedule: Literal["constant", "multistep", "cosine", "onecycle"]
 

@@ -3,8 +3,10 @@ optimization, then the final network retrained on them. What stage correct_label
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from labelnoise.correction.posterior import Relabelled, mean_softmax, posterior_
 from labelnoise.correction.retrain import RetrainResult, retrain
 from labelnoise.engine import evaluate_accuracy, log_to_stderr
 from labelnoise.methods import get_method, method_names
-from labelnoise.runtime import derived_seed, resolve_precision
+from labelnoise.runtime import derived_seed, ledger, resolve_precision
 from labelnoise.schema import ConfigError
 from labelnoise.trusted import train_on_trusted
 from labelnoise.views import TrainView, with_trusted, without_test
@@ -74,6 +76,38 @@ def mentor_trust(weights: Mapping[str, np.ndarray] | None, *, threshold: float, 
     return seen & (np.nan_to_num(last, nan=-math.inf) > threshold)
 
 
+def _teacher(kind: str, view: TrainView, student: nn.Module, fresh: Callable[[str], nn.Module],
+             trusted_probs: Mapping[str, np.ndarray] | None, *, trusted: Any, recipe: Any, seed: int,
+             device: torch.device, checkpoint_path: Path | None, on_epoch: Any,
+             log: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's softmax on the train images (n, C) and on the test images (n_test, C), CPU float32: the
+    student's (``student``), a trusted-only network's (``trusted``: the noise estimate's, else one trained here), or
+    their mean (``ensemble``)."""
+    def on(x: torch.Tensor, models: list[nn.Module]) -> torch.Tensor:
+        return mean_softmax(models, x, batch_size=recipe.eval_batch_size, device=device)
+
+    own = (on(view.x_train, [student]), on(view.x_test, [student]))
+    if kind == "student":
+        return own
+    if trusted_probs is not None:  # the misfit check's networks: reused, nothing trained
+        alone = (torch.from_numpy(np.asarray(trusted_probs["train"], dtype=np.float32)),
+                 torch.from_numpy(np.asarray(trusted_probs["test"], dtype=np.float32)))
+        if alone[0].shape != own[0].shape or alone[1].shape != own[1].shape:
+            raise ValueError(f"the trusted-only predictions have shapes {tuple(alone[0].shape)} and "
+                             f"{tuple(alone[1].shape)}, the data {tuple(own[0].shape)} and {tuple(own[1].shape)}: "
+                             "re-run the estimate_noise stage")
+        ledger({"network": "label correction: trusted teacher", "reused": True, "epochs": trusted.epochs,
+                "images_per_epoch": int(view.x_clean.shape[0]), "images": trusted.epochs * int(view.x_clean.shape[0])})
+    else:
+        fit = train_on_trusted(fresh("teacher_init"), without_test(view), cfg=trusted, recipe=recipe,
+                               seed=derived_seed(seed, "teacher"), device=device, checkpoint_path=checkpoint_path,
+                               on_epoch=on_epoch, log=log)
+        alone = (on(view.x_train, [fit.model]), on(view.x_test, [fit.model]))
+    if kind == "trusted":
+        return alone
+    return (own[0] + alone[0]) / 2, (own[1] + alone[1]) / 2
+
+
 def correct(
     view: TrainView,
     student: nn.Module,
@@ -86,6 +120,7 @@ def correct(
     device: torch.device,
     transition: np.ndarray | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
+    trusted_probs: Mapping[str, np.ndarray] | None = None,
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[str], Callable[[dict[str, float]], None] | None] = lambda phase: None,
     log: Callable[[str], None] = log_to_stderr,
@@ -97,8 +132,11 @@ def correct(
     ``cfg``: params ``correction`` (settled: no ``auto`` teacher); ``trusted``: params ``trusted`` (the trusted
     teacher's budget); ``recipe``: the training recipe of every phase (each with its own lr, schedule, epochs).
     ``transition`` (C, C): the estimated channel (``noisy_label_weight: auto``); ``weights``: the student's records
-    (``trust_mentor``). Resume files beside ``checkpoint_path`` (``.teacher``, ``.joint``; phase 2 at it);
-    ``on_epoch(phase)`` gives each phase's per-epoch logger (phase: teacher, joint, retrain).
+    (``trust_mentor``). ``trusted_probs``: the predictions of networks trained on the trusted subset alone that the
+    noise estimate's misfit check already trained ({"train": (n, C), "test": (n_test, C)}): they are the trusted
+    teacher, and none is trained here (without them: one network on the whole trusted subset, the ``trusted``
+    budget). Resume files beside ``checkpoint_path`` (``.teacher``, ``.joint``; phase 2 at it); ``on_epoch(phase)``
+    gives each phase's per-epoch logger (phase: teacher, joint, retrain).
     """
     c = cfg
     n = view.x_train.shape[0]
@@ -118,16 +156,11 @@ def correct(
                     autocast_dtype=resolve_precision(recipe.precision, device))
     student_test_acc = evaluate_accuracy(student, view.x_test, view.y_test, **accuracy)["acc"]
 
-    # ---- the teachers: the student, and (correction.teacher) a network trained on the trusted subset alone
-    teachers = [student]
-    if c.teacher != "student":
-        alone = train_on_trusted(fresh("teacher_init"), without_test(view), cfg=trusted, recipe=recipe,
-                                 seed=derived_seed(seed, "teacher"), device=device, checkpoint_path=beside("teacher"),
-                                 on_epoch=on_epoch("teacher"), log=log)  # its test accuracy: below
-        teachers = [alone.model] if c.teacher == "trusted" else [student, alone.model]
-    teacher_test_acc = student_test_acc if c.teacher == "student" else float(  # monitoring only
-        (mean_softmax(teachers, view.x_test, batch_size=recipe.eval_batch_size, device=device).argmax(dim=1)
-         == view.y_test.cpu()).float().mean())
+    # ---- the teacher's prediction p (n, C): the student's, a trusted-only one's (correction.teacher), or their mean
+    start = time.perf_counter()
+    p, p_test = _teacher(c.teacher, view, student, fresh, trusted_probs, trusted=trusted, recipe=recipe, seed=seed,
+                         device=device, checkpoint_path=beside("teacher"), on_epoch=on_epoch("teacher"), log=log)
+    teacher_test_acc = float((p_test.argmax(dim=1) == view.y_test.cpu()).float().mean())  # monitoring only
 
     # ---- the labels (phase 1 or one step), then phase 2: a fresh network on them. With correction.include_trusted
     # the trusted subset follows the n noisy examples in both, its true labels kept.
@@ -143,12 +176,16 @@ def correct(
         if (c.noisy_label_weight == "auto") != (transition is not None):
             raise ValueError("correction.noisy_label_weight: auto goes with the estimated transition matrix, "
                              "and only it")
+        k = view.num_classes  # the trusted examples (positions n..) keep their labels: any prediction will do
+        probs = torch.cat([p, torch.nn.functional.one_hot(data.y_train[n:], k).float()])
         labels = posterior_labels(
-            teachers, data.x_train, data.y_train, weight=c.noisy_label_weight, update=c.update,
-            batch_size=recipe.eval_batch_size, device=device,
+            probs, data.y_train, model=student, weight=c.noisy_label_weight, update=c.update, device=device,
             keep=None if keep is None else torch.as_tensor(keep, device=device),
-            channel=None if transition is None else torch.as_tensor(transition, dtype=torch.float32, device=device))
-    final = retrain(fresh("retrain_init"), data, labels.soft_labels, cfg=c, recipe=recipe, seed=seed, device=device,
+            channel=None if transition is None else torch.as_tensor(transition, dtype=torch.float32, device=device),
+            seconds=time.perf_counter() - start)
+    # phase 2: the final network, fine-tuned from the student or (the paper's) a fresh one
+    start_from = copy.deepcopy(student) if c.retrain_init == "student" else fresh("retrain_init")
+    final = retrain(start_from, data, labels.soft_labels, cfg=c, recipe=recipe, seed=seed, device=device,
                     checkpoint_path=ckpt, on_epoch=on_epoch("retrain"), log=log)
     labels = dataclasses.replace(labels, soft_labels=labels.soft_labels[:n], hard_history=labels.hard_history[:, :n])
     return Corrected(labels=labels, final=final, kept=kept, student_test_acc=student_test_acc,

@@ -70,19 +70,19 @@ class Relabelled:
     resumed_epochs: float = 0
 
 
-def posterior_labels(teachers: Sequence[nn.Module], x: Tensor, noisy: Tensor, *, weight: float | str, update: str,
-                     batch_size: int, device: torch.device, keep: Tensor | None = None,
-                     channel: Tensor | None = None) -> Relabelled:
-    """The labels of the images ``x`` (N, C, H, W) uint8 with given labels ``noisy`` (N,): :func:`noisy_label_posterior`
-    of the ``teachers``' mean softmax (eval mode) under ``channel`` (C, C) or the symmetric channel of ``weight``,
-    then :func:`update_labels` (``update``: soft | hard); ``keep`` (N,) bool examples keep their given label. No
-    training, no history; the returned model is the first teacher."""
+def posterior_labels(probs: Tensor, noisy: Tensor, *, model: nn.Module, weight: float | str, update: str,
+                     device: torch.device, keep: Tensor | None = None, channel: Tensor | None = None,
+                     seconds: float = 0.0) -> Relabelled:
+    """The labels of examples whose teacher predicts ``probs`` (N, C) and whose given labels are ``noisy`` (N,):
+    :func:`noisy_label_posterior` under ``channel`` (C, C) or the symmetric channel of ``weight``, then
+    :func:`update_labels` (``update``: soft | hard); ``keep`` (N,) bool examples keep their given label. No training,
+    no history; ``model`` is recorded as the network the labels came from, ``seconds`` as their cost."""
     start = time.perf_counter()
-    probs = mean_softmax(teachers, x, batch_size=batch_size, device=device).to(device)
-    post = noisy_label_posterior(probs, noisy.to(device), transition=channel, weight=weight)
+    noisy = noisy.to(device)
+    post = noisy_label_posterior(probs.to(device), noisy, transition=channel, weight=weight)
     labels = update_labels(post, mode=update)  # (N, C)
     if keep is not None:
-        labels[keep] = one_hot(noisy.to(device), labels.shape[1])[keep]
-    return Relabelled(model=teachers[0].eval(), soft_labels=labels.float().cpu(),
+        labels[keep] = one_hot(noisy, labels.shape[1])[keep]
+    return Relabelled(model=model.eval(), soft_labels=labels.float().cpu(),
                       hard_history=np.zeros((0, noisy.shape[0]), dtype=np.int64), history=[],
-                      seconds=time.perf_counter() - start)
+                      seconds=seconds + time.perf_counter() - start)
