@@ -73,7 +73,8 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
 
     from labelnoise import runtime
     from labelnoise.distributed import is_main, world_size
-    from labelnoise.io import all_or_nothing, workspace_lock
+    from labelnoise.engine import TrainingInterrupted
+    from labelnoise.io import COMMIT_JOURNAL, all_or_nothing, workspace_lock
     from labelnoise.runtime import ignore_stop_signals, stop_signals
     from stages.common import stage_outputs
 
@@ -86,7 +87,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     try:  # a failed stage changes none of its outputs (torchrun: rank 0 writes them); SIGTERM acts as Ctrl-C
         main = is_main()
         with (stop_signals(), workspace_lock(stage_module) if main else nullcontext(),
-              all_or_nothing(stage_outputs(stage_module)) if main else nullcontext()):
+              all_or_nothing(stage_outputs(stage_module), journal=COMMIT_JOURNAL) if main else nullcontext()):
             return module.run(restrict(cfg, get_stage(stage_module).params, stage=stage_module))
     except ConfigError as e:
         _fail(str(e), 2)
@@ -94,8 +95,13 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
         signum = getattr(e, "signum", signal.SIGINT)
         if _ENTRY_POINT:  # the process ends now: its exit handlers run with no second Ctrl-C cutting them
             ignore_stop_signals()
-        _fail(f"{signal.Signals(signum).name}: stopped; the last checkpoint is kept and the next run resumes from it",
-              128 + signum)
+        if isinstance(e, TrainingInterrupted):  # where the fit stopped and what it saved
+            detail = f" {e}"
+        elif get_stage(stage_module).resumable:
+            detail = "; the last checkpoint is kept and the next run resumes from it"
+        else:
+            detail = "; nothing was written, the same command starts it again"
+        _fail(f"{signal.Signals(signum).name}: stopped{detail}", 128 + signum)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 1)
     except Exception as e:  # noqa: BLE001 - a bug or an unforeseen input: still one line, unless asked
@@ -426,7 +432,24 @@ def preset(
     typer.echo(f"wrote {out} (preset {name})")
 
 
+def main() -> None:
+    """The program: a mistyped command, option or value is one `error:` line and exit 2, not a usage box."""
+    from typer._click.exceptions import UsageError  # typer's own click (it ships one)
+
+    if len(sys.argv) <= 1:
+        app()  # no command: the help
+    try:
+        code = app(standalone_mode=False)
+    except UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "cli.py"
+        typer.echo(f"error: {' '.join(e.format_message().split())} (see `python {where} --help`)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     _ENTRY_POINT = True
-    app()
+    main()

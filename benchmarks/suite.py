@@ -103,13 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
         cost = pipeline_cost.main(["--out", str(Path(tmp) / "cost.json"), *(["--preset", "tiny"] if args.quick
                                                                            else [])])
     results |= {"pipeline_minutes": cost["dvc_repro_s"] / 60, "pipeline_images_trained": cost["images_trained"],
-                "pipeline_reuse_ratio": cost["reuse_ratio"]}
+                "pipeline_reuse_ratio": cost["reuse_ratio"],
+                "pipeline_images_vs_before": cost["images_vs_before"] or float("nan")}
     rows = [("project loop / bare loop", "project_over_bare"), ("SPADE step / CE step", "spade_over_ce_step"),
             ("MentorMix step / CE step", "mentormix_over_ce_step"), ("2-process DDP / 1 process", "ddp2_over_ddp1"),
             ("no-op dvc repro (s)", "noop_dvc_repro_s"),
             ("train_student peak RSS (GiB)", "train_student_peak_rss_gib"),
             ("pipeline: dvc repro (min)", "pipeline_minutes"), ("pipeline: images trained", "pipeline_images_trained"),
-            ("pipeline: reuse ratio", "pipeline_reuse_ratio")]
+            ("pipeline: reuse ratio", "pipeline_reuse_ratio"),
+            ("pipeline: images / before", "pipeline_images_vs_before")]
     print(f"\n{'measure':32} {'value':>9}  target")
     for label, key in rows:
         op, bound = TARGETS.get(key, ("", None))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -203,12 +204,16 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # what torch, numpy and a seed take
+            raise ConfigError(f"{key}: must be a 64-bit integer (below 2**63 in size), got {value}")
         return value
     if tp is float:
         if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 (PyYAML) reads 1e-4 as a string; it is a number
+            value = float(value)  # YAML 1.1 (PyYAML) reads 1e-4 as a string; it is a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -279,9 +284,28 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return what if mark is None else f"{what} at line {mark.line + 1}, column {mark.column + 1}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} given twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` parsed as YAML (safe: no objects), a key given twice in a mapping refused (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _parse_value(key: str, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{key}: {text!r} is not a valid YAML value ({_yaml_problem(e)})") from None
 
@@ -318,7 +342,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(raw, dict):

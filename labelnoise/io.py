@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-# (temporary, final) renames held back by :func:`all_or_nothing`, and the output roots it covers
-_held: list[tuple[Path, Path]] | None = None
+# (temporary, final) renames held back by :func:`all_or_nothing` (temporary None: final is to be deleted), and
+# the output roots it covers
+_held: list[tuple[Path | None, Path]] | None = None
 _held_roots: tuple[Path, ...] = ()
+COMMIT_JOURNAL = ".labelnoise.commit.json"  # a stage's commit in progress, in its workspace (see all_or_nothing)
 
 
 def _is_held(path: Path) -> bool:
@@ -73,7 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def all_or_nothing(outputs: Iterable[str | Path]) -> Iterator[None]:
+def all_or_nothing(outputs: Iterable[str | Path], journal: str | Path | None = None) -> Iterator[None]:
     """A stage's outputs change together or not at all.
 
     Inside the block, files written with :func:`atomic_path` (and the helpers below) under any of
@@ -81,36 +84,55 @@ def all_or_nothing(outputs: Iterable[str | Path]) -> Iterator[None]:
     replace their final paths, and when it raises they are deleted, so a failed stage leaves the
     previous outputs exactly as they were. Other files (checkpoints) are written at once, as usual.
     Inside the block, read a just-written output through :func:`readable`.
+
+    ``journal``: a file naming every rename of the commit while it runs, so that a process killed between two
+    renames (SIGKILL, power loss) leaves no mix of new and old outputs: the next block with the same journal
+    finishes that commit first (:func:`finish_commit`).
     """
     global _held, _held_roots
     if _held is not None:
         raise RuntimeError("all_or_nothing blocks do not nest")
+    if journal is not None and finish_commit(journal):
+        print(f"finished the commit of a stage killed while it replaced its outputs ({journal})", file=sys.stderr)
     _held, _held_roots = [], tuple(Path(p).resolve() for p in outputs)
     try:
         yield
-        _replace_all(_held)
+        _replace_all(_held, journal=None if journal is None else Path(journal))
     finally:
         for tmp, _ in _held:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         _held, _held_roots = None, ()
 
 
-def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
-    """Move each temporary onto its final path, all or none: each previous file is kept under a temporary name
-    (a hard link, else a copy) until every rename has succeeded; a failed rename (a read-only or immutable file,
-    a full disk) puts back the ones already done and raises."""
+def _previous_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp{final.suffix}")
+
+
+def _replace_all(pairs: list[tuple[Path | None, Path]], *, journal: Path | None = None) -> None:
+    """Move each temporary onto its final path (none: delete the final path), all or none: each previous file is
+    kept under a temporary name (a hard link, else a copy) until every rename has succeeded; a failed rename (a
+    read-only or immutable file, a full disk) puts back the ones already done and raises. ``journal``: written
+    (whole) before the first rename, removed after the last: what :func:`finish_commit` completes."""
+    plan = [(tmp, final, _previous_name(final)) for tmp, final in pairs]
+    if journal is not None and plan:
+        save_json(journal, {"renames": [[None if t is None else str(t.resolve()), str(f.resolve()),
+                                         str(p.resolve())] for t, f, p in plan]})
     kept: list[tuple[Path, Path | None]] = []  # (final replaced, its previous content's temporary name or None)
     try:
-        for tmp, final in pairs:
-            previous = None
+        for tmp, final, previous in plan:
             if final.exists():
-                previous = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp{final.suffix}")
                 try:
                     os.link(final, previous)
                 except OSError:
                     shutil.copy2(final, previous)
+            else:
+                previous = None
             try:
-                os.replace(tmp, final)
+                if tmp is None:
+                    final.unlink(missing_ok=True)
+                else:
+                    os.replace(tmp, final)
             except BaseException:
                 if previous is not None:
                     previous.unlink(missing_ok=True)
@@ -128,6 +150,29 @@ def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
         for _, previous in kept:
             if previous is not None:
                 previous.unlink(missing_ok=True)
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+
+
+def finish_commit(journal: str | Path) -> bool:
+    """Complete the commit of a process killed between its renames (``journal`` left behind): every output it
+    had not yet renamed gets its new content (each temporary was written whole before the first rename), the
+    kept previous contents go. True when there was one to finish."""
+    journal = Path(journal)
+    if not journal.is_file():
+        return False
+    try:
+        renames = load_json(journal)["renames"]
+    except (ValueError, KeyError, TypeError):  # killed while writing the journal: no rename had begun
+        renames = []
+    for tmp, final, previous in renames:
+        if tmp is None:
+            Path(final).unlink(missing_ok=True)
+        elif Path(tmp).exists():
+            os.replace(tmp, final)
+        Path(previous).unlink(missing_ok=True)
+    journal.unlink()
+    return bool(renames)
 
 
 @contextmanager
@@ -170,9 +215,23 @@ def readable(path: str | Path) -> Path:
     """Where the newest content of ``path`` is: its held temporary inside :func:`all_or_nothing`, else itself."""
     path = Path(path)
     for tmp, final in reversed(_held or []):
-        if final == path or final.resolve() == path.resolve():
+        if tmp is not None and (final == path or final.resolve() == path.resolve()):
             return tmp
     return path
+
+
+def keep_only(folder: str | Path, written: Iterable[str | Path], pattern: str = "[!.]*.png") -> None:
+    """Delete the files of ``folder`` (a stage's own) matching ``pattern`` that are not among ``written``. Inside
+    :func:`all_or_nothing` the deletions wait for its commit, with the files written: a failed stage deletes
+    nothing."""
+    keep = {Path(p).resolve() for p in written}
+    for stale in Path(folder).glob(pattern):
+        if stale.resolve() in keep:
+            continue
+        if _is_held(stale):
+            _held.append((None, stale))  # type: ignore[union-attr]  # _is_held: _held is a list
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _kind(mode: int) -> str:
@@ -284,8 +343,16 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def load_problem(e: BaseException) -> str:
+    """Why a file could not be loaded, in a few words: torch's refusal of a file that holds code-carrying objects
+    reads as what it is (its own text ends in advice to load the file unsafely), the rest as the exception says."""
+    if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+        return "it holds Python objects beyond tensors and plain values, refused: loading them could run code"
+    return f"{type(e).__name__}: {one_line(e)[:200]}"
+
+
 def _unreadable(path: Path, e: BaseException, remedy: str) -> ValueError:
-    return ValueError(f"{path} is corrupt or unreadable ({type(e).__name__}: {one_line(e)[:200]}); {remedy}")
+    return ValueError(f"{path} is corrupt or unreadable ({load_problem(e)}); {remedy}")
 
 
 def read_npz(path: str | Path, *, remedy: str, keys: Iterable[str] = ()) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from labelnoise.config import load_yaml
 from labelnoise.describe import ORACLE, as_number, level_label, method_label
 from labelnoise.methods import display_name, get_method, method_names, registered, table_names
 
@@ -201,7 +202,7 @@ def load_study(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"study file {path}: {str(e).splitlines()[0]}") from e
     if not isinstance(spec, dict) or not isinstance(spec.get("sweeps"), list) or not spec["sweeps"]:

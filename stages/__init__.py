@@ -27,6 +27,7 @@ class Stage:
     outputs: tuple[str, ...] = ()  # names of dvc.yaml vars: every path the stage writes
     torchrun: bool = False  # may run as several processes (it trains networks)
     tracked: bool = True  # an MLflow child run; False: bookkeeping for DVC (reads no params, computes nothing)
+    resumable: bool = False  # keeps resume checkpoints (models/checkpoints/<name>*): a stopped run goes on from them
 
 
 STAGES: tuple[Stage, ...] = (
@@ -44,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("estimate_noise", "estimate the noise rate and transition matrix from the noisy labels and the trusted "
           "subset.", ("base.seed", "base.device", "base.deterministic", "estimate", "trusted",
                       *_train_but("epochs")),
-          ("noise_estimate_plot", "noise_estimate", "trusted_probs")),
+          ("noise_estimate_plot", "noise_estimate", "trusted_probs"), resumable=True),
     # dd: the recording student trains with the recipe for mentor.dd_epochs epochs; student.method: whether the
     # student uses a mentor at all (if not, a record of no mentor, whatever the mentor params)
     Stage("pretrain_mentor", "fit the MentorNet to a predefined curriculum (pd) or the clean subset (dd), for a "
@@ -53,13 +54,13 @@ STAGES: tuple[Stage, ...] = (
           ("mentor_model", "mentor_plots", "mentor_report"), torchrun=True),
     Stage("train_student", "train the student on the noisy labels with `student.method` (resumes from its "
           "checkpoint).", ("base.seed", "base.device", "base.deterministic", "train", "trusted", "student"),
-          ("student_model", "student_best", "student_weights", "curves"), torchrun=True),
+          ("student_model", "student_best", "student_weights", "curves"), torchrun=True, resumable=True),
     # both phases: the recipe with correction's own lr, schedule and epochs; the network is the student's. The
     # trusted teacher (correction.teacher): the recipe with the trusted budget's epochs and augmentation
-    Stage("correct_labels", "joint optimization of network and labels, then retrain on them.",
+    Stage("correct_labels", "correct the train labels, then train the final network on them.",
           ("base.seed", "base.device", "base.deterministic", "base.model_alias", "correction", "trusted",
            *_train_but("model", "pretrained", "epochs")),
-          ("corrected", "final_model", "correction_plots", "correction_report"), torchrun=True),
+          ("corrected", "final_model", "correction_plots", "correction_report"), torchrun=True, resumable=True),
     Stage("evaluate", "test accuracy, per-class accuracy, noise detection, plots, metrics.json.",
           ("base.device", "evaluate"), ("plots_dir", "label_issues", "metrics")),
 )

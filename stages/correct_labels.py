@@ -52,7 +52,7 @@ from labelnoise.config import Config
 from labelnoise.correction.report import correction_figures, correction_report
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import load_weights
-from labelnoise.io import read_npz, read_torch, save_json, save_npz, save_torch
+from labelnoise.io import keep_only, read_npz, read_torch, save_json, save_npz, save_torch
 from labelnoise.models import MODEL_RECORD_KEYS, create_model, load_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, seeded
@@ -122,9 +122,7 @@ def run(cfg: Config) -> dict[str, float]:
         save_json(PATHS.correction_report, report)
         figures = correction_figures(result, report, Path(PATHS.correction_plots), classes=list(view.classes),
                                      dataset=view.dataset, cfg=c)
-        for stale in Path(PATHS.correction_plots).glob("[!.]*.png"):  # the folder is this stage's
-            if stale not in figures:
-                stale.unlink()
+        keep_only(PATHS.correction_plots, figures)  # the folder is this stage's
         tracked.log_metrics({key: metrics[key] for key in HEADLINE if key in metrics}, on_parent=True)
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})
         tracked.log_artifact(PATHS.correction_report)

@@ -23,7 +23,7 @@ from labelnoise import mentornet as mn
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
-from labelnoise.io import save_json
+from labelnoise.io import keep_only, save_json
 from labelnoise.mentornet.pretrain import check, pretrain
 from labelnoise.methods import get_method
 from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
@@ -31,13 +31,6 @@ from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
 # Report entries logged as MLflow metrics (the rest of the report are settings and counts).
 METRICS = ("mae_train", "mae_holdout", "auroc", "auroc_loss", "auroc_last_epoch", "auroc_loss_last_epoch",
            "fit_auroc", "dd_realised_rate", "fit_loss_first", "fit_loss_last", "n_rows", "time_s")
-
-
-def _keep_only(folder: Path, written: list[Path]) -> None:
-    """The folder is this stage's: drop figures of another kind (or of a mentor no longer needed)."""
-    for stale in folder.glob("[!.]*.png"):
-        if stale not in written:
-            stale.unlink()
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -48,7 +41,7 @@ def run(cfg: Config) -> dict[str, Any]:
         mn.save_no_mentor(PATHS.mentor_model)
         save_json(PATHS.mentor_report, {"kind": None, "note": mn.NO_MENTOR})
         folder.mkdir(parents=True, exist_ok=True)
-        _keep_only(folder, [])
+        keep_only(folder, [])  # the folder is this stage's: no mentor, no figure
         return {}
     prepared = load_prepared(PATHS.prepared)
     check(cfg.mentor, prepared)  # bad params fail here: no run opened, nothing written
@@ -71,7 +64,7 @@ def run(cfg: Config) -> dict[str, Any]:
                        info={k: v for k, v in report.items() if k not in ("per_epoch", "time_s")},  # same bytes
                        dd_transition=result.dd_transition)
         written = [result.plot(folder)]
-        _keep_only(folder, written)
+        keep_only(folder, written)  # a figure of the other kind goes
         save_json(PATHS.mentor_report, report)
         for row in report.get("per_epoch", []):
             tracked.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))

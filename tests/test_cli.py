@@ -142,3 +142,24 @@ def test_compare_and_report_ask_a_tracking_server_once(workdir: Path, monkeypatc
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "error: cannot read MLflow store" in result.output and seen == ["0"]
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # set for the query only
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["compare", "-n", "0"], "error: Invalid value for '--last' / '-n'"),
+    (["compare", "-n", "-1"], "error: Invalid value for '--last' / '-n'"),
+    (["compare", "--bogus"], "error: No such option: --bogus"),
+    (["no-such-command"], "error: No such command 'no-such-command'"),
+    (["preset"], "error: Missing argument"),
+])
+def test_a_mistyped_command_line_is_one_error_line(args: list[str], says: str, tmp_path: Path) -> None:
+    """The program (not CliRunner, which keeps click's own handling) answers a usage mistake with one `error:` line
+    naming the help to read, and exit status 2."""
+    import subprocess
+    import sys
+
+    from labelnoise.scaffold import clean_env
+
+    out = subprocess.run([sys.executable, str(REPO / "cli.py"), *args], cwd=tmp_path, env=clean_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr.startswith(says) and out.stderr.count("\n") == 1 and "--help`" in out.stderr

@@ -62,6 +62,12 @@ def test_default_params_and_presets_validate() -> None:
         ("noise.massive_source=other", "noise.massive_source: renamed noise.massive.source"),
         ("noise.reference_seed=1", "noise.reference_seed: renamed noise.instance.seed"),
         ("noise.transition=[[1]]", "noise.transition: renamed noise.transition.matrix"),
+        ("train.lr=.nan", "train.lr: must be a finite number"),
+        ("noise.rate=.nan", "noise.rate: must be a finite number"),
+        ("evaluate.detection_threshold=.nan", "evaluate.detection_threshold: must be a finite number"),
+        ("train.lr=.inf", "train.lr: must be a finite number"),
+        ("base.seed=100000000000000000000000", "base.seed: must be a 64-bit integer"),
+        ("noise.rate={a: 1, a: 2}", "noise.rate: .* given twice"),
     ],
 )
 def test_bad_value_names_the_key(override: str, message: str | None) -> None:
@@ -70,6 +76,19 @@ def test_bad_value_names_the_key(override: str, message: str | None) -> None:
         return
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(REPO / "params.yaml", [override])
+
+
+def test_a_key_given_twice_in_the_params_file_is_refused(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys; a params file (or preset, or study) that gives one twice is refused
+    in one line naming the key and its line (a second section would otherwise replace the first)."""
+    text = (REPO / "params.yaml").read_text()
+    twice = tmp_path / "params.yaml"
+    twice.write_text(text + "\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"'train' given twice in one mapping at line \d+"):
+        load_config(twice)
+    twice.write_text(text.replace("  epochs: 15", "  epochs: 15\n  epochs: 16", 1))
+    with pytest.raises(ConfigError, match="'epochs' given twice"):
+        load_config(twice)
 
 
 def test_transition_must_be_row_stochastic_and_square() -> None:

@@ -55,12 +55,29 @@ class RunsCode:
     ("x.csv", lambda p: p.write_text("index,label\n0,1\n0,2\n"), "", "must hold 0..1, each once"),
     ("x.txt", lambda p: p.write_text("1\n2\n"), "", "unknown kind '.txt'"),
     ("x.pt", lambda p: p.write_bytes(b"not a file"), "", "cannot be read"),
+    ("x.pt", lambda p: torch.save({"worse_label": RunsCode()}, p), "worse_label",
+     "holds Python objects beyond tensors and plain values, refused: loading them could run code)"),
 ])
 def test_bad_files_are_one_line(tmp_path: Path, name: str, write, key: str, says: str) -> None:
     path = tmp_path / name
     write(path)
     with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         given.read_label_file(path, key=key, classes=["a", "b"])
+
+
+def test_a_code_carrying_torch_file_is_refused_without_advice_to_load_it_unsafely(tmp_path: Path) -> None:
+    """torch's own refusal ends in how to load the file with weights_only=False (which would run its code); the
+    one line says what the file holds and why it is refused, for a label file and for a model file alike."""
+    from labelnoise.io import read_torch
+
+    path = tmp_path / "student.pt"
+    torch.save({"state_dict": RunsCode()}, path)
+    for read in (lambda: given.read_label_file(path, key="state_dict", classes=["a", "b"]),
+                 lambda: read_torch(path, remedy="run train-student")):
+        with pytest.raises(ValueError) as caught:
+            read()
+        assert "could run code" in str(caught.value) and "weights_only" not in str(caught.value)
+        assert "\n" not in str(caught.value)
 
 
 def test_given_takes_the_labels_of_the_train_positions() -> None:

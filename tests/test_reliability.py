@@ -204,7 +204,8 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resumes_
     code, err = _interrupt(work, "train-student", ckpt, after=2, fraction=0.5, sig=sig)
     assert code == 128 + sig, err[-2000:]
     name = signal.Signals(sig).name
-    assert err.strip().splitlines()[-1].startswith(f"error: {name}: stopped; the last checkpoint is kept")
+    last = err.strip().splitlines()[-1]  # where the fit stopped and the checkpoint that resumes it
+    assert last.startswith(f"error: {name}: stopped at epoch ") and f"checkpoint saved to {STUDENT_CKPT}" in last, last
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert not saved["finished"] and 1 <= saved["epoch"] < 10
     with sqlite3.connect(work / "mlflow.db") as db:
@@ -317,6 +318,76 @@ def test_all_or_nothing_commits_together_or_not_at_all(tmp_path: Path) -> None:
         assert not b.exists()
     assert io.load_json(a) == io.load_json(b) == {"v": 2}
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["a.json", "b.json", "sub"]
+
+
+def test_a_stale_figure_goes_with_the_commit_and_stays_when_the_stage_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage drops the figures of its folder it did not write (another mentor kind's) through the commit: a failure
+    after the drop (a full disk, here a failed rename at the commit itself) leaves the old figure beside the old
+    model, and a success removes it with the new files in place."""
+    out = tmp_path / "reports" / "mentor"
+    io.save_json(tmp_path / "reports" / "mentor.json", {"v": 0})
+    (out).mkdir(parents=True)
+    (out / "dd_weights.png").write_bytes(b"old dd")
+    with pytest.raises(OSError, match="no space"), io.all_or_nothing([tmp_path / "reports"]):
+        io.save_json(out / "pd_weights.json", {"v": 1})
+        io.keep_only(out, [out / "pd_weights.json"])
+        assert (out / "dd_weights.png").exists()  # nothing deleted before the commit
+        raise OSError(28, "no space left on the device")
+    assert (out / "dd_weights.png").read_bytes() == b"old dd" and not (out / "pd_weights.json").exists()
+
+    rename = os.replace
+
+    def refuse_last(src: object, dst: object) -> None:  # the deletion done, then the next rename fails
+        if Path(dst).name == "z.json" and ".tmp" in Path(src).name:
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_last)
+    with pytest.raises(PermissionError), io.all_or_nothing([tmp_path / "reports"]):
+        io.keep_only(out, [])
+        io.save_json(out / "z.json", {"v": 1})
+    monkeypatch.undo()
+    assert (out / "dd_weights.png").read_bytes() == b"old dd"  # put back
+    assert sorted(p.name for p in out.iterdir()) == ["dd_weights.png"]
+
+    with io.all_or_nothing([tmp_path / "reports"]):
+        io.save_json(out / "pd_weights.json", {"v": 1})
+        io.keep_only(out, [out / "pd_weights.json"], pattern="[!.]*")
+    assert sorted(p.name for p in out.iterdir()) == ["pd_weights.json"]
+
+
+def test_a_commit_killed_between_its_renames_is_finished_by_the_next_stage(tmp_path: Path) -> None:
+    """SIGKILL between two renames of the commit would leave a new model beside old weights and curves; the journal
+    the commit writes first lets the next stage finish it: every output new, no temporary left."""
+    out, journal = tmp_path / "out", tmp_path / io.COMMIT_JOURNAL
+    for name in ("a.json", "b.json", "c.png"):
+        io.save_json(out / name, {"v": 0})
+    script = f"""
+import os
+from pathlib import Path
+from labelnoise import io
+rename, done = os.replace, []
+def killed(src, dst):
+    if Path(dst).parent == Path({str(out)!r}):  # an output's rename (not the journal's)
+        if done:
+            os._exit(9)  # SIGKILL's effect: no handler, no cleanup
+        done.append(dst)
+    rename(src, dst)
+os.replace = killed
+with io.all_or_nothing([{str(out)!r}], journal={str(journal)!r}):
+    for name in ("a.json", "b.json"):
+        io.save_json(Path({str(out)!r}) / name, {{"v": 1}})
+    io.keep_only({str(out)!r}, [Path({str(out)!r}) / n for n in ("a.json", "b.json")])
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert io.load_json(out / "a.json") == {"v": 1} and io.load_json(out / "b.json") == {"v": 0}  # the mix
+    assert journal.exists()
+    with io.all_or_nothing([out], journal=journal):
+        pass
+    assert io.load_json(out / "a.json") == io.load_json(out / "b.json") == {"v": 1} and not journal.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]  # c.png dropped, no temporary left
 
 
 def test_a_failed_rename_at_the_commit_puts_back_the_outputs_already_replaced(

@@ -66,7 +66,8 @@ def test_a_stop_at_the_end_of_a_folds_last_epoch_ends_the_stage_and_the_rerun_is
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the stage's handlers are gone with it
     assert stopped.exit_code == 143, stopped.output
     errors = [line for line in stopped.output.splitlines() if line.startswith("error:")]
-    assert errors == ["error: SIGTERM: stopped; the last checkpoint is kept and the next run resumes from it"]
+    assert len(errors) == 1 and errors[0].startswith("error: SIGTERM: stopped at the end of training: checkpoint "
+                                                     "saved to models/checkpoints/estimate_noise.fold0.pt"), errors
     checkpoints = work / "models" / "checkpoints"
     assert (checkpoints / "estimate_noise.fold0.pt").exists()
     assert not (checkpoints / "estimate_noise.fold1.pt").exists()  # the second fold never started
@@ -138,8 +139,8 @@ def test_ctrl_c_twice_is_one_line_no_traceback_and_the_runs_are_killed(noisy_wor
     err = "".join(lines)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        "error: SIGINT: stopped; the last checkpoint is kept and the next run resumes from it"], err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: SIGINT: stopped") and "resume" in errors[0], err[-3000:]
     with sqlite3.connect(work / "mlflow.db") as db:
         statuses = {status for (status,) in db.execute("select status from runs")}
     assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
@@ -172,3 +173,25 @@ def test_a_hanging_test_fails_with_every_threads_stack(tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert "Timeout" in out and "test_waits_forever" in out and "Stack of" in out, out[-3000:]
+
+
+def test_a_stage_without_checkpoints_says_nothing_was_kept(noisy_workspace: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrain-mentor keeps no resume checkpoint: its stop line says the same command starts it again, and names
+    no checkpoint; its outputs are not written."""
+    import stages.pretrain_mentor as stage
+
+    work = shutil.copytree(noisy_workspace, tmp_path / "work")
+
+    def stopped(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("the stop did not end the stage")
+
+    monkeypatch.setattr(stage, "pretrain", stopped)
+    with live_signals():
+        result = _in(work, "pretrain-mentor", "-S", "mentor.dd_noise_kind=symmetric", "-S", "mentor.percentile=0.7",
+                     monkeypatch=monkeypatch)
+    assert result.exit_code == 143, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: SIGTERM: stopped; nothing was written, the same command starts it again"]
+    assert not (work / "models" / "mentor.pt").exists()

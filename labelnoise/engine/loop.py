@@ -270,8 +270,7 @@ def _stop_flag(log: Callable[[str], None]) -> Iterator[Callable[[], int]]:
             raise Stopped(f"{signal.Signals(signum).name} again: stopped at once", signum)
         flag["signum"] = signum
         again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        log(f"{signal.Signals(signum).name}: finishing the current step and saving a checkpoint ({again} again to "
-            "abort now)")
+        log(f"{signal.Signals(signum).name}: finishing the current step ({again} again to abort now)")
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
@@ -282,12 +281,11 @@ def _stop_flag(log: Callable[[str], None]) -> Iterator[Callable[[], int]]:
 
 
 def _interrupted(where: str, checkpoint_path: str | Path | None, log: Callable[[str], None], signum: int) -> None:
-    saved = (f"checkpoint saved to {checkpoint_path}; run the same command again to resume" if checkpoint_path
-             else "no checkpoint path, nothing saved")
-    message = f"interrupted at {where}: {saved}"
-    log(message)
+    """Stop the fit: the exception's message is what the stage's one line says (``log``: unused, the caller's)."""
+    saved = (f"checkpoint saved to {checkpoint_path}, the same command resumes from it" if checkpoint_path
+             else "nothing saved, the same command starts it again")
     begin_stop()
-    raise TrainingInterrupted(message, signum)
+    raise TrainingInterrupted(f"at {where}: {saved}", signum)
 
 
 def _log_line(name: str, epochs: int, row: Mapping[str, float], seconds: float) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from labelnoise.datasets import Prepared
-from labelnoise.io import read_label_csv, regular_file
+from labelnoise.io import load_problem, read_label_csv, regular_file
 from labelnoise.noise.base import Applied, CheckContext, NoiseInputs, NoiseModel, NoisyLabels, register
 from labelnoise.runtime import repo_path
 from labelnoise.schema import ConfigError
@@ -90,8 +90,7 @@ def read_label_file(path: str | Path, *, key: str = "", classes: list[str] | Non
     try:
         obj: Any = loaders[suffix]()
     except Exception as e:  # noqa: BLE001 - truncated, foreign or code-carrying files: one line
-        raise ValueError(f"{FILE}: {path} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
-                         ) from None
+        raise ValueError(f"{FILE}: {path} cannot be read ({load_problem(e)})") from None
     if isinstance(obj, Mapping):
         if not key:
             raise ValueError(f"{FILE}: {path} holds a dict ({', '.join(map(str, obj))}): set {KEY}")
