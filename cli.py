@@ -155,6 +155,9 @@ def _read_store(params: Path, query: Callable[[str, Any], Any]) -> tuple[Any, st
     except ConfigError as e:
         _fail(str(e), 2)
     uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
+    if (missing := tracking.missing_store(uri)) is not None:  # reading it would create an empty store
+        _fail(f"no MLflow store at {missing}: nothing has run with it yet, or base.tracking_uri / "
+              "MLFLOW_TRACKING_URI is mistyped", 1)
     try:
         with tracking.no_http_retries():  # a server that does not answer: one line in seconds
             return cfg, uri, query(uri, cfg)

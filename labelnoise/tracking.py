@@ -58,6 +58,13 @@ def _sqlite_file(uri: str) -> str | None:
     return None
 
 
+def missing_store(uri: str) -> str | None:
+    """The file or folder of a local store (``sqlite:///PATH``, ``file:PATH``) when it does not exist (reading it
+    would create an empty one), else None."""
+    path = _sqlite_file(uri) or (uri.removeprefix("file://").removeprefix("file:") if uri.startswith("file:") else None)
+    return path if path is not None and not Path(path).exists() else None
+
+
 def resolve_tracking_uri(uri: str, root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` overrides ``uri``; a relative sqlite or file store resolves against ``root``."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri

@@ -73,8 +73,9 @@ def test_preset_writes_merged_valid_params(workdir: Path) -> None:
 
 
 def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    empty = runner.invoke(app, ["compare"])
-    assert empty.exit_code == 0 and "no pipeline runs" in empty.output
+    missing = runner.invoke(app, ["compare"])  # no store yet (or a mistyped one): one line, no empty store made
+    assert missing.exit_code == 1 and "error: no MLflow store at" in missing.output, missing.output
+    assert not list(workdir.glob("*.db")) and not (workdir / "mlruns").exists()
     for i, lr in enumerate((0.1, 0.02)):
         monkeypatch.setenv("LABELNOISE_PIPELINE_ID", f"test-{i}")
         cfg = load_config(workdir / "params.yaml", [f"train.lr={lr}"])
@@ -138,6 +139,7 @@ def test_compare_and_report_ask_a_tracking_server_once(workdir: Path, monkeypatc
         raise ConnectionError("Connection refused")
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setattr(tracking, query, unreachable)
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "error: cannot read MLflow store" in result.output and seen == ["0"]
