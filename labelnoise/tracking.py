@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,11 @@ KIND_TAG = "labelnoise.kind"  # "pipeline" or "stage"
 
 class TrackingError(RuntimeError):
     """The MLflow store cannot be reached or written (one clear line)."""
+
+
+# MLflow's SQL store logs every database error with its traceback (about 40 lines) before raising it; the raised
+# error is what this module reports, in one line (a full disk, a read-only file)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def shown(text: str) -> str:
@@ -162,6 +168,13 @@ def _locked(e: BaseException) -> bool:
     return "database is locked" in str(e)
 
 
+def _store_reason(e: BaseException) -> str:
+    """What the database said (SQLAlchemy wraps it in lines of advice), else the error's first line."""
+    said = re.search(r"\((?:sqlite3|psycopg2?|pymysql)[.\w]*\) ([^\n]+)", str(e))
+    text = said.group(1) if said else (str(e).splitlines() or [type(e).__name__])[0]
+    return shown(text.strip()[:300])
+
+
 def _patient(uri: str, what: str, call: Callable[[], Any], patience: float | None = None) -> Any:
     """``call()``, retried while the store is locked by another process, for ``patience`` seconds (default
     STORE_PATIENCE_S); then TrackingError in one line naming the remedy."""
@@ -172,7 +185,8 @@ def _patient(uri: str, what: str, call: Callable[[], Any], patience: float | Non
             return call()
         except Exception as e:
             if not _locked(e):
-                raise
+                raise TrackingError(f"MLflow store {shown(uri)} could not be written ({what}): {_store_reason(e)}"
+                                    ) from e
             if time.monotonic() >= deadline:
                 raise TrackingError(
                     f"MLflow store {shown(uri)} stayed locked by another process for {patience:g} s ({what}): end the "

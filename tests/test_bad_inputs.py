@@ -173,6 +173,13 @@ def _lock_store(work: Path) -> None:
     _HELD.append(con)
 
 
+def _full_store(work: Path) -> None:
+    """The row's SQLite store refuses every new metric as a full disk does (a trigger: SQLite's own error)."""
+    with sqlite3.connect(work / "mlflow.db") as con:
+        con.execute("CREATE TRIGGER full BEFORE INSERT ON metrics BEGIN SELECT RAISE(ABORT, 'database or disk is "
+                    "full'); END")
+
+
 def _pt_file(work: Path) -> None:
     n = len(load_prepared(work / "data/prepared.npz").labels)
     torch.save({"worse_label": np.zeros(n, dtype=np.int64)}, work / "given.pt")
@@ -318,6 +325,8 @@ ROWS = [
         env={"MLFLOW_TRACKING_URI": "sqlite:////proc/labelnoise.db"}),
     Row("MLflow store in a missing folder", ["inject-noise"], 1, "is in a folder that does not exist",
         env={"MLFLOW_TRACKING_URI": "sqlite:////nonexistent/folder/mlflow.db"}),
+    Row("MLflow store full", ["inject-noise"], 1,
+        "could not be written (logging metrics): database or disk is full", setup=_full_store),
     Row("MLflow store locked by another process", ["inject-noise"], 1,
         "is locked by another process (still after 1 s): end the process that holds it", setup=_lock_store,
         patch=lambda mp: mp.setattr(tracking, "STORE_PATIENCE_S", 1.0)),
