@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,19 @@ def _trusted_probs() -> dict[str, np.ndarray] | None:
         return None
     probs = read_npz(PATHS.trusted_probs, remedy="run the estimate_noise stage", keys=("train", "test"))
     return probs if probs["train"].size else None
+
+
+def _save(result: correction.Corrected, noisy_labels: np.ndarray, record: dict, recipe: Any, cfg: Config) -> None:
+    """PATHS.corrected (the corrected labels) and PATHS.final_model (the final network, how it was trained)."""
+    kept = result.kept if result.kept is not None else np.zeros(len(noisy_labels), dtype=bool)
+    save_npz(PATHS.corrected, soft=result.soft, hard=result.hard, changed=result.hard != noisy_labels,
+             trusted=kept, hard_history=result.labels.hard_history)
+    last = result.final.history[-1]
+    save_torch(PATHS.final_model, model_record(
+        result.final.model, model_name=record["model_name"], model_kwargs=record["model_kwargs"],
+        epoch=int(last["epoch"]), clean_acc=last["clean_acc"],
+        config={"correction": dataclasses.asdict(cfg.correction), "train": dataclasses.asdict(recipe),
+                "seed": cfg.base.seed}))
 
 
 def run(cfg: Config) -> dict[str, float]:
@@ -105,16 +119,8 @@ def run(cfg: Config) -> dict[str, float]:
             checkpoint_path=Path(PATHS.correction_ckpt), on_epoch=on_epoch)
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        n, final = len(noisy.labels), result.final
-        kept = result.kept if result.kept is not None else np.zeros(n, dtype=bool)
-        save_npz(PATHS.corrected, soft=result.soft, hard=result.hard, changed=result.hard != noisy.labels,
-                 trusted=kept, hard_history=result.labels.hard_history)
-        last = final.history[-1]
-        save_torch(PATHS.final_model, model_record(final.model, model_name=name, model_kwargs=record["model_kwargs"],
-                                                   epoch=int(last["epoch"]), clean_acc=last["clean_acc"],
-                                                   config={"correction": dataclasses.asdict(c),
-                                                           "train": dataclasses.asdict(recipe),
-                                                           "seed": cfg.base.seed}))
+        _save(result, noisy.labels, record, recipe, cfg)
+        final, last = result.final, result.final.history[-1]
 
         # ---- report (evaluation path: the true train labels are read here, after training)
         report, metrics = correction_report(result, noisy.labels, true_train_labels(prepared, noisy),

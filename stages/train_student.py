@@ -68,6 +68,21 @@ def write_curves(path: Any, history: list[dict[str, float]]) -> None:
 
 
 
+def _save(trained: Any, n: int, kwargs: dict[str, Any], config: dict[str, Any], cfg: Config) -> None:
+    """The student's outputs: its last and its best-on-the-trusted-subset model (with ``config``, how it trained),
+    its curves, and the per-example records of the ``n`` noisy examples."""
+    result, last, model = trained.fit, trained.fit.history[-1], cfg.train.model
+    best = create_model(model, **kwargs)
+    best.load_state_dict(result.best_state)
+    for path, net, epoch, clean_acc in ((PATHS.student_model, result.model, last["epoch"], last["clean_acc"]),
+                                        (PATHS.student_best, best, result.best_epoch, result.best_clean_acc)):
+        save_torch(path, model_record(net, model_name=model, model_kwargs=kwargs, epoch=int(epoch),
+                                      clean_acc=clean_acc, config=config))
+    write_curves(PATHS.curves, result.history)
+    save_weights(PATHS.student_weights, {key: value[:, :n] if value.ndim == 2 else value  # the noisy examples'
+                                         for key, value in trained.weights.items()}, method=cfg.student.method)
+
+
 def run(cfg: Config) -> dict[str, float]:
     """Train the student; write PATHS.student_model, PATHS.student_best, PATHS.curves, PATHS.student_weights."""
     method = get_method(cfg.student.method)
@@ -110,17 +125,8 @@ def run(cfg: Config) -> dict[str, float]:
         result, last = trained.fit, trained.fit.history[-1]
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        config = method.checkpoint_config(ctx.params, t, seed=cfg.base.seed, weights_at=s.weights_at,
-                                          mentor_cfg=mentor_cfg)
-        best = create_model(t.model, **kwargs)
-        best.load_state_dict(result.best_state)
-        for path, net, epoch, clean_acc in ((PATHS.student_model, result.model, last["epoch"], last["clean_acc"]),
-                                            (PATHS.student_best, best, result.best_epoch, result.best_clean_acc)):
-            save_torch(path, model_record(net, model_name=t.model, model_kwargs=kwargs, epoch=int(epoch),
-                                          clean_acc=clean_acc, config=config))
-        write_curves(PATHS.curves, result.history)
-        save_weights(PATHS.student_weights, {key: value[:, :n] if value.ndim == 2 else value  # the noisy examples'
-                                             for key, value in trained.weights.items()}, method=s.method)
+        _save(trained, n, kwargs, method.checkpoint_config(ctx.params, t, seed=cfg.base.seed, weights_at=s.weights_at,
+                                                          mentor_cfg=mentor_cfg), cfg)
         metrics = trained.summary()
         tracked.log_metrics({key: metrics[key] for key in HEADLINE}, on_parent=True)
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})
