@@ -379,6 +379,9 @@ def _cross_checks(cfg: Config) -> None:
     check_name("base.experiment:", cfg.base.experiment)
     if cfg.base.model_alias:
         check_name("base.model_alias:", cfg.base.model_alias)
+        if cfg.base.model_alias.lower() == "latest":  # MLflow's own name for the newest version
+            raise ConfigError("base.model_alias: 'latest' is MLflow's (models:/NAME/latest is the newest version "
+                              "already): choose another name, e.g. champion")
     if s.method not in method_names():
         raise ConfigError(f"student.method: must be one of {', '.join(repr(m) for m in method_names())}, "
                           f"got {s.method!r}")

@@ -278,11 +278,13 @@ class StageRun:
             _patient(self.uri, "logging datasets", lambda run_id=run_id: self.client.log_inputs(run_id, inputs))
 
     def log_model(self, model: Any, *, example: Any, registered: str, tags: Mapping[str, str],
-                  alias: str = "") -> str:
+                  alias: str = "", score: str = "test_acc", comparable: str = "test_split") -> str:
         """Log ``model`` (uint8 images (B, C, H, W) → logits (B, K)) as an MLflow PyTorch model of this run (its
         signature and input ``example`` from uint8 images, the project's ``labelnoise`` package with it, so
         ``mlflow.pyfunc.load_model`` needs no checkout), register it as a new version of ``registered`` with
-        ``tags``, and point ``alias`` (if any) at it. Returns the version."""
+        ``tags``, and point ``alias`` (if any) at it only where it beats the version that alias names
+        (:func:`beats`: by the tag ``score``, among versions with equal tag ``comparable``); MLflow's own
+        ``models:/NAME/latest`` names the newest version. Returns the version."""
         import tempfile
 
         import mlflow.pytorch
@@ -308,11 +310,33 @@ class StageRun:
                     raise
             version = self.client.create_model_version(registered, source=f"runs:/{self.run_id}/model",
                                                        run_id=self.run_id, tags=dict(tags))
-            if alias:
+            if alias and beats(dict(tags), _alias_tags(self.client, registered, alias), score, comparable):
                 self.client.set_registered_model_alias(registered, alias, version.version)
             return str(version.version)
 
         return _patient(self.uri, "registering a model", register)
+
+
+def _alias_tags(client: Any, registered: str, alias: str) -> dict[str, str] | None:
+    """The tags of the version ``alias`` names (None: it names none yet)."""
+    try:
+        return dict(client.get_model_version_by_alias(registered, alias).tags)
+    except Exception as e:  # MLflow: RESOURCE_DOES_NOT_EXIST for an alias not set
+        if "not found" in str(e).lower() or "does not exist" in str(e).lower() or "RESOURCE_DOES_NOT_EXIST" in str(e):
+            return None
+        raise
+
+
+def beats(new: Mapping[str, str], holder: Mapping[str, str] | None, score: str, comparable: str) -> bool:
+    """Whether a new version (its tags ``new``) takes an alias from the version holding it (``holder``): when
+    there is none, or when the holder has no ``score`` to compare; else only with the same ``comparable`` tag (the
+    same test split) and a strictly higher ``score`` (a tie keeps the holder). Another test split: not comparable,
+    the holder keeps it."""
+    if holder is None or score not in holder or comparable not in holder:
+        return True
+    if holder[comparable] != new.get(comparable):
+        return False
+    return float(new.get(score, "-inf")) > float(holder[score])
 
 
 class NullRun:

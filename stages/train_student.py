@@ -41,6 +41,7 @@ from labelnoise.views import make_train_view, with_trusted
 from stages.common import (
     PATHS,
     STAGE_PARAMS,
+    model_tags,
     registered_name,
     require,
     setup,
@@ -133,5 +134,5 @@ def run(cfg: Config) -> dict[str, float]:
         tracked.log_artifact(PATHS.curves)
         tracked.log_datasets(training_data(cfg))
         tracked.log_model(result.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
-                          tags={"kind": "student", "method": s.method, "test_acc": f"{last['test_acc']:.4f}"})
+                          tags=model_tags(view, last["test_acc"], kind="student", method=s.method))
     return metrics

@@ -63,6 +63,7 @@ def test_default_params_and_presets_validate() -> None:
         ("noise.reference_seed=1", "noise.reference_seed: renamed noise.instance.seed"),
         ("noise.transition=[[1]]", "noise.transition: renamed noise.transition.matrix"),
         ("train.lr=.nan", "train.lr: must be a finite number"),
+        ("base.model_alias=latest", "base.model_alias: 'latest' is MLflow's"),
         ("noise.rate=.nan", "noise.rate: must be a finite number"),
         ("evaluate.detection_threshold=.nan", "evaluate.detection_threshold: must be a finite number"),
         ("train.lr=.inf", "train.lr: must be a finite number"),
