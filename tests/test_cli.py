@@ -119,6 +119,10 @@ def test_sweep_bad_input_queues_nothing(workdir: Path, args: list[str], says: st
 
 
 def test_report_without_runs_is_one_line(workdir: Path) -> None:
+    missing = runner.invoke(app, ["report", "nothing-here"])  # no store at all: none is created by reading
+    assert missing.exit_code == 1 and missing.output.startswith(f"error: no MLflow store at {workdir / 'mlflow.db'}")
+    assert not (workdir / "mlflow.db").exists()
+    tracking.check_store(f"sqlite:///{workdir / 'mlflow.db'}", "labelnoise")  # a store, with no run in it
     result = runner.invoke(app, ["report", "nothing-here"])
     assert result.exit_code == 1
     assert [line for line in result.output.splitlines() if " INFO " not in line] == [
