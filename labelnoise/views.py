@@ -3,6 +3,7 @@ ones, which it does not carry. The true train labels reach evaluation code only 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -39,6 +40,18 @@ class TrainView:
     def n_noisy(self) -> int:
         """The train examples with noisy labels: positions 0..n_noisy-1 of the train split (the trusted follow)."""
         return self.x_train.shape[0] - self.trusted_in_train
+
+
+def digest(t: torch.Tensor) -> str:
+    """A short hash of a tensor's values (16 hex digits)."""
+    t = t.detach().cpu().contiguous()
+    return hashlib.blake2b(t.numpy().tobytes() if t.numel() else b"", digest_size=8).hexdigest()
+
+
+def test_split_id(view: TrainView) -> str:
+    """Which test split a test accuracy was measured on: the test images' shape and the hashes of them and their
+    labels."""
+    return f"{tuple(view.x_test.shape)}:{digest(view.x_test)}:{digest(view.y_test)}"
 
 
 def true_train_labels(prepared: Prepared, noisy: NoisyLabels) -> np.ndarray | None:

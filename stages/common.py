@@ -136,11 +136,3 @@ def registered_name(cfg: Config) -> str:
 
     return f"labelnoise-{unrestricted(cfg).data.dataset}"
 
-
-def model_tags(view: Any, test_acc: float, **tags: str) -> dict[str, str]:
-    """A registered model version's tags: ``tags``, its test accuracy and the test split it was measured on (a
-    hash of the test images and labels), which the model alias compares (labelnoise.tracking.beats)."""
-    from labelnoise.engine import data_fingerprint
-
-    split = data_fingerprint(view)
-    return {**tags, "test_acc": f"{test_acc:.4f}", "test_split": f"{split['x_test']} {split['y_test']}"}

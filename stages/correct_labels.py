@@ -57,8 +57,8 @@ from labelnoise.io import keep_only, read_npz, read_torch, save_json, save_npz, 
 from labelnoise.models import MODEL_RECORD_KEYS, create_model, load_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import derived_seed, resolve_device, seeded
-from labelnoise.views import make_train_view, true_train_labels
-from stages.common import PATHS, STAGE_PARAMS, execution, model_tags, registered_name, require, setup, stage_run
+from labelnoise.views import make_train_view, test_split_id, true_train_labels
+from stages.common import PATHS, STAGE_PARAMS, execution, registered_name, require, setup, stage_run
 
 # Headline numbers that also go on the pipeline's parent run (names distinct from stage evaluate's).
 HEADLINE = ("recovered_label_acc", "final_test_acc")
@@ -138,5 +138,6 @@ def run(cfg: Config) -> dict[str, float]:
         tracked.log_datasets({f"{dataset} corrected labels": PATHS.corrected})
         tracked.log_model(final.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
                           alias=cfg.base.model_alias,
-                          tags=model_tags(view, last["test_acc"], kind="label-corrected", method=method))
+                          tags={"kind": "label-corrected", "method": method, "test_acc": f"{last['test_acc']:.4f}",
+                                "test_split": test_split_id(view)})
     return metrics

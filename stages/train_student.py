@@ -37,11 +37,10 @@ from labelnoise.methods import MethodContext, get_method
 from labelnoise.models import channel_stats, create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.views import make_train_view, with_trusted
+from labelnoise.views import make_train_view, test_split_id, with_trusted
 from stages.common import (
     PATHS,
     STAGE_PARAMS,
-    model_tags,
     registered_name,
     require,
     setup,
@@ -134,5 +133,6 @@ def run(cfg: Config) -> dict[str, float]:
         tracked.log_artifact(PATHS.curves)
         tracked.log_datasets(training_data(cfg))
         tracked.log_model(result.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
-                          tags=model_tags(view, last["test_acc"], kind="student", method=s.method))
+                          tags={"kind": "student", "method": s.method, "test_acc": f"{last['test_acc']:.4f}",
+                                "test_split": test_split_id(view)})
     return metrics

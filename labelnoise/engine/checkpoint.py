@@ -6,25 +6,22 @@ import hashlib
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from labelnoise.io import read_torch
-
-if TYPE_CHECKING:
-    from labelnoise.views import TrainView
+from labelnoise.views import TrainView, digest
 
 
 def data_fingerprint(data: TrainView) -> dict[str, Any]:
     """Shapes and short hashes of what training reads, so a checkpoint from other data is refused."""
     out: dict[str, Any] = {"dataset": data.dataset, "classes": list(data.classes)}
     for name in ("x_train", "y_train", "x_clean", "y_clean", "x_test", "y_test"):
-        t = getattr(data, name).detach().cpu().contiguous()
-        h = hashlib.blake2b(t.numpy().tobytes() if t.numel() else b"", digest_size=8)
-        out[name] = f"{tuple(t.shape)}:{h.hexdigest()}"
+        t = getattr(data, name)
+        out[name] = f"{tuple(t.shape)}:{digest(t)}"
     return out
 
 
