@@ -171,7 +171,7 @@ def test_a_mistyped_command_line_is_one_error_line(args: list[str], says: str, t
     assert out.stderr.startswith(says) and out.stderr.count("\n") == 1 and "--help`" in out.stderr
 
 
-def test_latest_moves_to_every_version_and_the_champion_only_to_a_better_one(workdir: Path) -> None:
+def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_test_split(workdir: Path) -> None:
     """The model alias (champion) moves only to a version with a strictly higher test accuracy on the same test split
     (a tie keeps it; another split is not comparable and keeps it); MLflow's `models:/NAME/latest` is the newest."""
     import numpy as np
