@@ -138,6 +138,11 @@ def ledger(record: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- numeric choices of the device
+def precision_name(autocast_dtype: torch.dtype | None) -> str:
+    """What :func:`resolve_precision` chose, as the params name it: ``bf16``, ``fp32`` (no autocast) or the dtype."""
+    return "bf16" if autocast_dtype == torch.bfloat16 else "fp32" if autocast_dtype is None else str(autocast_dtype)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for a ``precision`` param (None = plain fp32).
 

@@ -77,7 +77,7 @@ def how_it_runs(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"runtime.device": str(device), "runtime.threads": torch.get_num_threads()}
     if declares(cfg, "train.precision"):
         amp = runtime.resolve_precision(cfg.train.precision, device)
-        precision = "bf16" if amp == torch.bfloat16 else "fp32"
+        precision = runtime.precision_name(amp)
         why = ("" if cfg.train.precision != "auto" or device.type != "cpu" else
                " (this CPU has native bf16)" if amp is not None else
                " (this CPU has no native bf16: fp32 is its fast path; the README has the speed of both kinds)")

@@ -86,15 +86,15 @@ def _teacher(kind: str, view: TrainView, student: nn.Module, fresh: Callable[[st
     def on(x: torch.Tensor, models: list[nn.Module]) -> torch.Tensor:
         return mean_softmax(models, x, batch_size=recipe.eval_batch_size, device=device)
 
-    own = (on(view.x_train, [student]), on(view.x_test, [student]))
     if kind == "student":
-        return own
+        return on(view.x_train, [student]), on(view.x_test, [student])
     if trusted_probs is not None:  # the misfit check's networks: reused, nothing trained
         alone = (torch.from_numpy(np.asarray(trusted_probs["train"], dtype=np.float32)),
                  torch.from_numpy(np.asarray(trusted_probs["test"], dtype=np.float32)))
-        if alone[0].shape != own[0].shape or alone[1].shape != own[1].shape:
+        shapes = ((view.x_train.shape[0], view.num_classes), (view.x_test.shape[0], view.num_classes))
+        if (tuple(alone[0].shape), tuple(alone[1].shape)) != shapes:
             raise ValueError(f"the trusted-only predictions have shapes {tuple(alone[0].shape)} and "
-                             f"{tuple(alone[1].shape)}, the data {tuple(own[0].shape)} and {tuple(own[1].shape)}: "
+                             f"{tuple(alone[1].shape)}, the data {shapes[0]} and {shapes[1]}: "
                              "re-run the estimate_noise stage")
         ledger({"network": "label correction: trusted teacher", "reused": True, "epochs": trusted.epochs,
                 "images_per_epoch": int(view.x_clean.shape[0]), "images": trusted.epochs * int(view.x_clean.shape[0])})
@@ -103,9 +103,9 @@ def _teacher(kind: str, view: TrainView, student: nn.Module, fresh: Callable[[st
                                seed=derived_seed(seed, "teacher"), device=device, checkpoint_path=checkpoint_path,
                                on_epoch=on_epoch, log=log)
         alone = (on(view.x_train, [fit.model]), on(view.x_test, [fit.model]))
-    if kind == "trusted":
+    if kind == "trusted":  # the student's own predictions are not needed
         return alone
-    return (own[0] + alone[0]) / 2, (own[1] + alone[1]) / 2
+    return (on(view.x_train, [student]) + alone[0]) / 2, (on(view.x_test, [student]) + alone[1]) / 2
 
 
 def correct(

@@ -483,8 +483,8 @@ def fit(
         runtime.ledger({"network": purpose or name, "images_per_epoch": per_epoch, "epochs": trained,
                         "images": per_epoch * trained, "seconds": round(sum(seconds[-trained:]), 3),
                         "evaluated_per_epoch": data.x_clean.shape[0] + data.x_test.shape[0],
-                        "precision": "bf16" if amp_dtype == torch.bfloat16 else "fp32" if amp_dtype is None
-                        else str(amp_dtype), "device": str(device), "threads": torch.get_num_threads()})
+                        "precision": runtime.precision_name(amp_dtype), "device": str(device),
+                        "threads": torch.get_num_threads()})
     return FitResult(model=model, history=history, best_state=best_state, best_epoch=best_epoch,
                      best_clean_acc=best_score if math.isfinite(best_score) else math.nan, resumed_epochs=resumed,
                      weights=records.arrays(), extra=task.result(), seconds=float(sum(seconds)),
