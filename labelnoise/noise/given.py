@@ -119,7 +119,9 @@ def _load_torch_plain(path: Path) -> Any:
     """``torch.load`` with weights only, numpy arrays of plain dtypes allowed too (how CIFAR-10N ships)."""
     import torch
 
-    numpy_globals = [np.ndarray, np.dtype, getattr(np, "_core", np).multiarray._reconstruct,
+    reconstruct = getattr(np, "_core", np).multiarray._reconstruct
+    numpy_globals = [np.ndarray, np.dtype, reconstruct,
+                     (reconstruct, "numpy.core.multiarray._reconstruct"),  # its name before numpy 2 (CIFAR-10N's file)
                      *(type(np.dtype(t)) for t in ("i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8", "?"))]
     with torch.serialization.safe_globals(numpy_globals):
         return torch.load(path, map_location="cpu", weights_only=True)
