@@ -15,7 +15,7 @@ from labelnoise.schema import ConfigError, rng
 
 @dataclass(frozen=True)
 class Recipe:
-    model: str  # an architecture of labelnoise.models (cnn | preact_resnet32 | wrn56_10 | resnet18)
+    model: str  # an architecture of labelnoise.models (models.list_models())
     pretrained: bool  # torchvision weights (resnet18 only; needs network access)
     epochs: int = rng(1, 10_000)
     epoch_size: int = rng(0)  # examples per epoch: 0 = the training set once; more = the set repeated (a fresh
