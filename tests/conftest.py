@@ -15,6 +15,11 @@ from labelnoise.config import Config, from_dict, merge, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
+# `make test` runs the suite in one worker process per core (pytest-xdist): each worker's torch gets its share of
+# the cores, so in-process training does not fight the other workers for them
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
