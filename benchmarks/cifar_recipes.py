@@ -39,12 +39,12 @@ from stages.common import PATHS  # noqa: E402
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux), with whether it has native bf16."""
+    """The CPU's model name (Linux), with whether ``auto`` precision finds native bf16 there (the runtime's test)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  platform.processor() or platform.machine())
-    bf16 = "avx512_bf16" in info or "amx_bf16" in info
-    return f"{model} ({'native' if bf16 else 'no native'} bf16)"
+    native = runtime.resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    return f"{model} ({'native' if native else 'no native'} bf16)"
 
 
 def clean_view(prepared_path: Path, limit: int) -> TrainView:

@@ -66,7 +66,7 @@ def prepare_cifar10n(images: str | Path, human: str | Path, out: str | Path, *, 
         found = tuple(sorted({e.label for e in entries if e.split == split}))
         if found != CLASSES:
             raise ValueError(f"{images}/{split}: class folders {', '.join(found)}; CIFAR-10's are {', '.join(CLASSES)}")
-    clean = read_label_file(human, key=CLEAN_KEY)
+    clean = read_label_file(human, key=CLEAN_KEY)  # one load per key: a 2.4 MB file, and each key checked alike
     labels = {name: read_label_file(human, key=key) for name, key in ANNOTATIONS.items()}
     train = [e for e in entries if e.split == "train"]
     for key, y in [(CLEAN_KEY, clean), *((ANNOTATIONS[name], y) for name, y in labels.items())]:
