@@ -16,6 +16,9 @@ Models:
   shortcuts here are 1x1 projections where the shape changes, the official code pads an average-pooled input).
 - ``resnet18``: torchvision's ResNet-18; for small images (<= 64 px) the stem becomes a stride-1
   conv without max-pool, as is standard on CIFAR.
+
+``create_model(..., members=2)`` builds an :class:`Ensemble` of that many independently initialised networks of
+one architecture, whose prediction is their mean logits (DivideMix's two networks).
 """
 
 from __future__ import annotations
@@ -71,6 +74,19 @@ class ImageClassifier(nn.Module):
                              f"{self.image_size}), got {tuple(x.shape)}: the data changed after the model was "
                              "trained; re-run the stages from train_student (dvc repro)")
         return self.net(self.normalize(x))
+
+
+class Ensemble(nn.Module):
+    """Networks of one architecture side by side (``members``); the prediction is their mean logits (the official
+    DivideMix test: the sum of its two networks' outputs, whose argmax is the same). Training methods that own
+    several networks (DivideMix) reach each one as ``members[i]``."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) uint8 → (B, K) mean logits
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
 @torch.no_grad()
@@ -311,13 +327,18 @@ def create_model(
     pretrained: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    members: int = 1,
 ) -> nn.Module:
     """Build model ``name`` taking uint8 (B, in_channels, H, W) images → logits (B, num_classes).
 
     ``mean``/``std``: per-channel statistics of the train images in [0, 1] units
     (:func:`channel_stats`); ``None`` means 0 and 1 (scaling by 1/255 only).
     ``pretrained`` is only meaningful for ``resnet18`` (torchvision weights, needs network access once).
+    ``members`` > 1: an :class:`Ensemble` of that many such networks, initialised one after the other.
     """
+    if members > 1:
+        return Ensemble([create_model(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                                      pretrained=pretrained, mean=mean, std=std) for _ in range(members)])
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(list_models())})")
     if pretrained and name != "resnet18":

@@ -108,7 +108,8 @@ def run(cfg: Config) -> dict[str, float]:
     _, channels, height, width = view.x_train.shape
     mean, std = channel_stats(view.x_train)  # (C,) each, from train images only (no labels)
     kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,
-                                  image_size=max(height, width), mean=mean, std=std)
+                                  image_size=max(height, width), mean=mean, std=std,
+                                  **({"members": method.networks} if method.networks > 1 else {}))
     # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
     model = create_model(t.model, pretrained=t.pretrained, **kwargs)
 

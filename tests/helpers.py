@@ -130,6 +130,16 @@ SPADE_KEYS = ("burn_in", "burn_in_keep", "weight_norm", "sample_weights", "mento
 MIX_KEYS = ("mixup_alpha", "mix_temperature", "second_reweight")
 
 
+def _block_keys(method: str) -> set[str]:
+    """The keys of the params block ``student.<method>`` (none for an unknown method or one without a block)."""
+    import dataclasses
+
+    from labelnoise.methods import get_method, method_names
+
+    params = get_method(method).params if method in method_names() else None
+    return {f.name for f in dataclasses.fields(params)} if params is not None else set()
+
+
 def split_student(overlay: dict) -> dict:
     """A params overlay whose ``student`` section is written flat (recipe keys, method keys and method-block keys
     together, as a test states a run) → the params' own layout: recipe keys under ``train``, a method's keys in
@@ -142,8 +152,10 @@ def split_student(overlay: dict) -> dict:
     for key, value in student.items():
         if key in RECIPE_KEYS:
             out.setdefault("train", {})[key] = value
+        elif key in _block_keys(method):
+            new.setdefault(method, {})[key] = value
         elif key in SPADE_KEYS:
-            new.setdefault(method if method in ("spade", "mentormix") else "spade", {})[key] = value
+            new.setdefault("spade", {})[key] = value
         elif key in MIX_KEYS:
             new.setdefault("mentormix", {})[key] = value
         else:

@@ -25,18 +25,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_shipped_methods_and_their_facts() -> None:
     # table order: baselines first (the trusted-data ones right after CE)
-    assert method_names() == ["ce", "clean_only", "ce_then_finetune", "glc", "cleanlab", "spade", "mentormix"]
+    assert method_names() == ["ce", "clean_only", "ce_then_finetune", "glc", "cleanlab", "spade", "mentormix", "elr",
+                              "dividemix"]
     facts = {m: (get_method(m).uses_mentor, get_method(m).scores_labels) for m in method_names()}
     assert facts == {"ce": (False, False), "clean_only": (False, False), "ce_then_finetune": (False, False),
-                     "glc": (False, True), "cleanlab": (False, True), "spade": (True, True), "mentormix": (True, True)}
+                     "glc": (False, True), "cleanlab": (False, True), "spade": (True, True), "mentormix": (True, True),
+                     "elr": (False, True), "dividemix": (False, True)}
     assert table_names() == ["CE", "Clean only", "CE + fine-tune", "GLC", "Cleanlab", "SPADE-PD", "SPADE-DD",
-                             "MentorMix-PD", "MentorMix-DD"]
+                             "MentorMix-PD", "MentorMix-DD", "ELR", "DivideMix"]
     assert display_name("spade", "dd") == "SPADE-DD" and display_name("ce", "dd") == "CE"
     assert display_name("retired", "dd") == "retired"  # a run of a method no longer registered keeps its name
 
 
 def test_unknown_method_and_bad_registrations_are_refused() -> None:
-    known = "ce, clean_only, ce_then_finetune, glc, cleanlab, spade, mentormix"
+    known = "ce, clean_only, ce_then_finetune, glc, cleanlab, spade, mentormix, elr, dividemix"
     with pytest.raises(ValueError, match=rf"unknown method 'coteaching' \(known: {known}\)"):
         get_method("coteaching")
     with pytest.raises(ValueError, match="registered twice"):
@@ -53,11 +55,12 @@ def _context(method: str, **student: object) -> MethodContext:
                          mentor=new_mentor(cfg), mentor_cfg=cfg.mentor, log=lambda line: None)
 
 
-@pytest.mark.parametrize("name", ["ce", "spade", "mentormix"])
+@pytest.mark.parametrize("name", ["ce", "spade", "mentormix", "elr"])
 def test_each_task_method_builds_an_engine_task(name: str) -> None:
-    settled = {"mixup_alpha": 2.0, "second_reweight": False} if name == "mentormix" else {}  # auto: stage-settled
+    settled = {"mentormix": {"mixup_alpha": 2.0, "second_reweight": False},  # auto: stage-settled
+               "elr": {"beta": 0.7, "lam": 3.0}}.get(name, {})
     task = get_method(name).task(_context(name, **settled))
-    assert isinstance(task, engine.Task) and task.weighted == get_method(name).uses_mentor
+    assert isinstance(task, engine.Task) and task.weighted == (name != "ce")
 
 
 def test_a_mentor_method_without_a_mentor_says_what_to_run() -> None:

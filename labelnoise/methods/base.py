@@ -106,6 +106,7 @@ class Method:
     scores_labels: bool = False  # its records score every train label (noise detection, label issues)
     uses_noisy_labels: bool = True  # False: it trains on the trusted subset alone (its steps count trusted batches)
     order: int = 100  # position in tables and reports (baselines first)
+    networks: int = 1  # its model is an Ensemble of this many networks (create_model(..., members=N)): DivideMix's 2
     params: type | None = None  # the dataclass of its params block (student.<name> in params.yaml), if it has one
     note: Callable[[Mapping[str, Any], int, int], str] | None = None  # (its params as trained, a 1-based epoch,
     #   the epochs) → a note on that epoch's records (SPADE's burn-in: its weights are example dropout)

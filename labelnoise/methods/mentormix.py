@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelnoise import auto
+from labelnoise.engine.mixmatch import beta_draw
 from labelnoise.mentornet import MovingPercentile
 from labelnoise.methods.base import Method, register
 from labelnoise.methods.spade import SpadeParams, SpadeTask, burn_in_note, mentor_task
@@ -65,9 +66,7 @@ def mentor_mix(x: Tensor, y: Tensor, v: Tensor, *, alpha: float, temperature: fl
     b = x.shape[0]
     probs = torch.softmax(v.float() / temperature, dim=0)  # (B,)
     partner = torch.multinomial(probs, b, replacement=True, generator=generator)  # (B,)
-    # torch.distributions.Beta takes no generator: Beta(α, α) = G1 / (G1 + G2) with G1, G2 ~ Gamma(α, 1).
-    g = torch._standard_gamma(torch.full((2, b), alpha, dtype=torch.float64, device=v.device), generator=generator)
-    lam = (g[0] / (g[0] + g[1])).nan_to_num(nan=1.0).float()  # (B,); both draws 0 (tiny α) → no mixing
+    lam = beta_draw(alpha, b, generator=generator, device=v.device)  # (B,)
     lam = torch.maximum(lam, 1.0 - lam)
     lam = torch.where(v >= 0.5, lam, 1.0 - lam)  # (B,)
     lam_x = lam.view(b, *([1] * (x.dim() - 1)))  # (B, 1, 1, 1)
