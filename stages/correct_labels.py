@@ -90,7 +90,9 @@ def run(cfg: Config) -> dict[str, float]:
     require(PATHS.prepared, PATHS.noisy, PATHS.student_model, *([PATHS.student_weights] if cfg.correction.trust_mentor
                                                                  else []))
     # noisy_label_weight auto: the estimated transition matrix (0 where the misfit check failed); teacher auto
-    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["correct_labels"], PATHS.noise_estimate)
+    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["correct_labels"], PATHS.noise_estimate,
+                                         used=lambda key: not key.startswith("correction.semi_")
+                                         or cfg.correction.retrain_loss == "semi")
     c = cfg.correction
     setup(cfg)
     device = resolve_device(cfg.base.device)

@@ -644,3 +644,38 @@ def test_phase_2_fine_tunes_the_student_or_trains_a_fresh_network(workdir: Path,
     for init in ("student", "scratch"):
         correct_labels.run(tiny(tiny_base, epochs=0, teacher="student", retrain_init=init))
     assert started[0] == student and started[1] != student
+
+
+# ----------------------------------------------------------------------------- phase 2, semi-supervised
+def test_semi_labelled_takes_the_confident_and_the_kept_labels() -> None:
+    from labelnoise.correction.retrain import semi_labelled
+
+    soft = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.6, 0.4, 0.0], [0.34, 0.33, 0.33]])
+    assert semi_labelled(soft, 0.6).tolist() == [True, False, True, False]
+    assert semi_labelled(soft, 0.6, np.array([False, False, False, True])).tolist() == [True, False, True, True]
+
+
+def test_semi_retrain_learns_from_the_confident_labels_and_the_rest_unlabelled() -> None:
+    data = separable_view(n_train=90, noisy=30)
+    k = 3
+    soft = torch.nn.functional.one_hot(data.y_train, k).float() * 0.9 + 0.1 / k  # confident: the given labels
+    soft[:30] = 1.0 / k  # the shifted labels: no confidence, so they train unlabelled
+    c, s = configs(retrain_loss="semi", semi_threshold=0.5, retrain_epochs=4, semi_view_augment="none")
+    lines: list[str] = []
+    final = correction.retrain(new_model(), data, soft, cfg=c, recipe=s, seed=0, log=lines.append)
+    assert any("60 of 90 labels used" in line for line in lines)
+    assert [row["labelled"] for row in final.history] == pytest.approx([60 / 90] * 4)
+    assert final.history[-1]["test_acc"] > 0.9 and final.history[-1]["lu"] >= 0
+    again = correction.retrain(new_model(), data, soft, cfg=c, recipe=s, seed=0, log=lines.append)
+    assert again.history == final.history  # seeded: views and mixing from the run's own stream
+
+
+def test_semi_threshold_auto_is_one_minus_the_estimated_rate() -> None:
+    from labelnoise import auto
+
+    estimate = auto.NoiseEstimate(rate=0.37, transition=np.eye(3), use="test")
+    assert auto.RULES["correction.semi_threshold"].value(estimate, None) == 0.63
+    c, s = configs(retrain_loss="semi", semi_threshold="auto")
+    with pytest.raises(ValueError, match="correction.semi_threshold: auto is settled"):
+        correction.retrain(new_model(), separable_view(), torch.full((60, 3), 1 / 3), cfg=c, recipe=s, seed=0,
+                           log=lambda line: None)

@@ -49,6 +49,14 @@ class CorrectionConfig:
     retrain_epochs: int = rng(1, 10_000)  # phase 2: the final network trained on the corrected labels
     retrain_lr: float = rng(0.0, 10.0, lo_open=True)
     retrain_schedule: Literal["constant", "multistep", "cosine", "onecycle"]
+    retrain_loss: Literal["soft", "semi"]  # phase 2: soft-target cross-entropy on every corrected label, or semi:
+    #   MixMatch with the confident corrected labels and the kept ones labelled, the rest unlabelled (retrain.py)
+    semi_threshold: float | Literal["auto"] = rng(0.0, 1.0)  # semi: labelled where the corrected label's probability
+    #   is >= this; auto: 1 − r̂ (as likely right as a given label on average, r̂ the estimated rate)
+    semi_lambda_u: float = rng(0.0, 1e6)  # semi: weight of the unlabelled (guessing) loss
+    semi_temperature: float = rng(0.0, 100.0, lo_open=True)  # semi: sharpening of the guesses
+    semi_mixup_alpha: float = rng(0.0, 1000.0, lo_open=True)  # semi: MixMatch's Beta(α, α)
+    semi_view_augment: Literal["none", "crop_flip"]  # semi: the views the guesses average (padding train.crop_padding)
 
 
 # ----------------------------------------------------------------------------- auto settings (labelnoise.auto)
@@ -77,6 +85,8 @@ def _weight_note(estimate: auto.NoiseEstimate) -> str:
     return "0: the given labels ignored (the estimated channel does not explain them: estimate.misfit_tolerance)"
 
 
+auto.rule("correction.semi_threshold", "1 - the estimated rate: a corrected label is used as a label when it is as "
+          "likely right as a given label is on average", lambda estimate, cfg: round(1.0 - estimate.rate, 4))
 auto.rule("correction.teacher", "ensemble (student + trusted-only network); trusted where the misfit check fails; "
           "student without a trusted subset or with a phase 1", auto_teacher)
 auto.rule("correction.noisy_label_weight", "posterior under the estimated transition matrix: s̄ · T[:, noisy label]; "

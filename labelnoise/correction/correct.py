@@ -186,7 +186,7 @@ def correct(
     # phase 2: the final network, fine-tuned from the student or (the paper's) a fresh one
     start_from = copy.deepcopy(student) if c.retrain_init == "student" else fresh("retrain_init")
     final = retrain(start_from, data, labels.soft_labels, cfg=c, recipe=recipe, seed=seed, device=device,
-                    checkpoint_path=ckpt, on_epoch=on_epoch("retrain"), log=log)
+                    checkpoint_path=ckpt, on_epoch=on_epoch("retrain"), log=log, kept=keep)
     labels = dataclasses.replace(labels, soft_labels=labels.soft_labels[:n], hard_history=labels.hard_history[:, :n])
     return Corrected(labels=labels, final=final, kept=kept, student_test_acc=student_test_acc,
                      teacher_test_acc=teacher_test_acc)

@@ -1,5 +1,9 @@
-"""Phase 2 of label correction: a fresh network trained on the corrected soft labels (soft-target cross-entropy,
-its own lr and schedule); it is the final model. Tanaka et al. 2018's second step."""
+"""Phase 2 of label correction: a fresh network (or the student) trained on the corrected soft labels, with its own
+lr and schedule; it is the final model. Tanaka et al. 2018's second step: soft-target cross-entropy on every label
+(``correction.retrain_loss: soft``). Or ``semi``: the corrected labels the correction is confident about
+(probability >= ``semi_threshold``) and the kept ones (the trusted subset) are labels, the other images are
+unlabelled data, and the network trains with MixMatch (:mod:`labelnoise.engine.mixmatch`, DivideMix's pieces with
+one network: its own sharpened mean prediction over two views as the guess)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelnoise.engine import FitResult, Task, fit, log_to_stderr, module_fingerprint
+from labelnoise.engine import mixmatch as mm
 from labelnoise.runtime import derived_seed
 from labelnoise.views import TrainView
 
@@ -47,6 +52,46 @@ class SoftTargetTask(Task):
         logits = model(xb).float()  # (B, K)
         soft = self.targets[idx]  # (B, C)
         return {"loss": compatibility_loss(logits, soft), "logits": logits, "target": soft.argmax(dim=1)}
+
+
+class SemiTask(Task):
+    """Phase 2 with ``retrain_loss: semi``: MixMatch on labelled examples (``labelled`` (N,) bool; target: the
+    corrected soft label) and unlabelled ones (target: the sharpened mean softmax of the network over the views)."""
+
+    def __init__(self, targets: Tensor, labelled: Tensor, x: Tensor, *, cfg: Any, crop_padding: int,
+                 seed: int) -> None:
+        super().__init__()
+        self.targets, self.labelled, self.x, self.cfg, self.crop_padding = targets, labelled, x, cfg, crop_padding
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, "semi"))  # views, mixing
+
+    def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int,
+                 idx: Tensor | None = None) -> dict[str, Tensor]:
+        assert idx is not None, "the semi-supervised phase needs the batch's positions"
+        raw = self.x[idx.cpu()].to(xb.device)  # (B, C, H, W) uint8 before augmentation
+        views = mm.views(raw, augment=self.cfg.semi_view_augment, padding=self.crop_padding, generator=self.generator)
+        if xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous():
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        lab, soft = self.labelled[idx], self.targets[idx]  # (B,), (B, K)
+        probs, logits = mm.mean_softmax(model, views)
+        guess = mm.sharpen(probs[~lab], self.cfg.semi_temperature)  # (U, K)
+        out = mm.mixmatch_loss(model, views, lab, soft[lab], guess, alpha=self.cfg.semi_mixup_alpha,
+                               lambda_u=self.cfg.semi_lambda_u, generator=self.generator)
+        return {**out, "logits": logits, "target": soft.argmax(dim=1), "labelled": lab.float().mean()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def semi_labelled(soft_labels: Tensor, threshold: float, kept: np.ndarray | None = None) -> Tensor:
+    """(N,) bool: the examples phase 2 ``semi`` treats as labelled: a corrected label of probability >= ``threshold``,
+    or a kept one (``kept`` (N,) bool: the trusted subset, the mentor-trusted)."""
+    labelled = soft_labels.float().max(dim=1).values >= threshold
+    if kept is not None:
+        labelled |= torch.as_tensor(kept, dtype=torch.bool, device=labelled.device)
+    return labelled
 
 
 def phase_recipe(recipe: Any, *, lr: float, schedule: str, epochs: int) -> Any:
@@ -103,9 +148,11 @@ def retrain(
     checkpoint_path: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     log: Callable[[str], None] = log_to_stderr,
+    kept: np.ndarray | None = None,
 ) -> RetrainResult:
     """Phase 2: train the fresh network ``model`` on ``soft_labels`` (N, C) (the corrected labels of
-    ``data.x_train``) with soft-target cross-entropy for ``cfg.retrain_epochs`` epochs, lr
+    ``data.x_train``) with soft-target cross-entropy (``cfg.retrain_loss: soft``) or MixMatch (``semi``: ``kept``
+    (N,) bool marks labels that are labelled whatever their probability) for ``cfg.retrain_epochs`` epochs, lr
     ``cfg.retrain_lr`` on schedule ``cfg.retrain_schedule`` (other SGD settings from the recipe).
     The best clean-subset epoch is tracked (model selection; test accuracy is monitoring only)."""
     device = torch.device(device)
@@ -115,7 +162,18 @@ def retrain(
     config = {"correction": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "seed": seed,
               "init": module_fingerprint(model), "labels": _digest(soft_labels)}
     phase = phase_recipe(recipe, lr=cfg.retrain_lr, schedule=cfg.retrain_schedule, epochs=cfg.retrain_epochs)
-    result = fit(model, data, SoftTargetTask(soft_labels.float().to(device)), recipe=phase,
+    targets = soft_labels.float().to(device)
+    task: Task = SoftTargetTask(targets)
+    if cfg.retrain_loss == "semi":
+        if cfg.semi_threshold == "auto":
+            raise ValueError("correction.semi_threshold: auto is settled from the noise estimate by stage "
+                             "correct_labels; give a value to retrain directly")
+        labelled = semi_labelled(targets, cfg.semi_threshold, kept)
+        log(f"retrain (semi): {int(labelled.sum())} of {n} labels used, the rest unlabelled "
+            f"(threshold {cfg.semi_threshold:g})")
+        task = SemiTask(targets, labelled, data.x_train, cfg=cfg, crop_padding=recipe.crop_padding, seed=seed)
+        config["kept"] = _digest(kept)
+    result = fit(model, data, task, recipe=phase,
                  seed=derived_seed(seed, "retrain"), device=device, config=config, checkpoint_path=checkpoint_path,
                  progress=False, on_epoch=_renamed(on_epoch), log=log, name="retrain",
                  purpose="label correction: retrain",

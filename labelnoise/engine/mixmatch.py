@@ -1,7 +1,7 @@
 """The pieces of MixMatch (Berthelot et al., NeurIPS 2019) as DivideMix uses them (Li, Socher and Hoi, ICLR 2020;
 official code LiJunnan1992/DivideMix, ``Train_cifar.py``): sharpened guesses, one mixup of labelled and unlabelled
 examples, the semi-supervised loss and the prior penalty. Every method that mixes or guesses labels takes them from
-here (DivideMix, MentorMix's Beta draws).
+here (DivideMix, label correction's semi-supervised retraining, MentorMix's Beta draws).
 
 All randomness comes from the caller's ``generator`` (seeded, checkpointed), so a resumed run mixes the same way.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from labelnoise.engine.augment import crop_flip
 
 
 def beta_draw(alpha: float, n: int, *, generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
@@ -69,3 +71,39 @@ def ramp(progress: float, *, start: float, length: float) -> float:
     if length <= 0:
         return float(progress >= start)
     return min(max((progress - start) / length, 0.0), 1.0)
+
+
+def views(raw: Tensor, *, augment: str, padding: int, generator: torch.Generator) -> list[Tensor]:
+    """The views of a uint8 batch (B, C, H, W) that guesses average over: two crop + flip draws (``crop_flip``, the
+    official two ``transform_train`` calls), or the images themselves once (``none``: two equal views would only
+    repeat them)."""
+    if augment == "none":
+        return [raw]
+    return [crop_flip(raw, padding=padding, generator=generator) for _ in range(2)]
+
+
+def mean_softmax(net: nn.Module, batches: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The mean over ``batches`` (views of one batch) of softmax(net(view)) (B, K), and the first view's logits
+    (B, K) float32; no gradient."""
+    with torch.no_grad():
+        logits = [net(x).float() for x in batches]
+        return torch.stack([torch.softmax(lg, dim=1) for lg in logits]).mean(dim=0), logits[0]
+
+
+def mixmatch_loss(net: nn.Module, batch_views: list[Tensor], labelled: Tensor, labelled_targets: Tensor,
+                  guesses: Tensor, *, alpha: float, lambda_u: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """One MixMatch step of ``net`` (DivideMix's ``train``): every view of the labelled examples (mask ``labelled``
+    (B,)) with their targets (L, K), then every view of the others with their guesses (U, K), mixed
+    (:func:`mix`); the loss is soft cross-entropy on the labelled part + ``lambda_u`` · :func:`guess_loss` on the
+    rest + :func:`prior_penalty` (uniform prior) on all. Returns {"loss", "lx", "lu", "penalty"} (the parts
+    detached)."""
+    inputs = torch.cat([v[labelled] for v in batch_views] + [v[~labelled] for v in batch_views])
+    targets = torch.cat([labelled_targets] * len(batch_views) + [guesses] * len(batch_views))
+    mixed, mixed_targets, _ = mix(inputs, targets, alpha=alpha, generator=generator)
+    logits = net(mixed).float()
+    n_x = int(labelled.sum()) * len(batch_views)
+    lx = soft_cross_entropy(logits[:n_x], mixed_targets[:n_x])
+    lu = guess_loss(logits[n_x:], mixed_targets[n_x:])
+    k = logits.shape[1]
+    penalty = prior_penalty(logits, torch.full((k,), 1.0 / k, device=logits.device))
+    return {"loss": lx + lambda_u * lu + penalty, "lx": lx.detach(), "lu": lu.detach(), "penalty": penalty.detach()}

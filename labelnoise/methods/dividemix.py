@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelnoise import auto
-from labelnoise.engine import Task, crop_flip, predict_logits
+from labelnoise.engine import Task, predict_logits
 from labelnoise.engine import mixmatch as mm
 from labelnoise.methods.base import Method, MethodContext, register
 from labelnoise.runtime import derived_seed, resolve_channels_last, resolve_precision
@@ -136,59 +136,43 @@ class DivideMixTask(Task):
         self.generator = torch.Generator().manual_seed(derived_seed(seed, "dividemix"))  # views, mixing
 
     # ---- one mini-batch
-    def _views(self, idx: Tensor, device: torch.device, channels_last: bool) -> list[Tensor]:
-        raw = self.x[idx.cpu()].to(device)  # (B, C, H, W) uint8, the images before any augmentation
-        if self.cfg.view_augment == "none":
-            views = [raw]
-        else:
-            views = [crop_flip(raw, padding=self.crop_padding, generator=self.generator) for _ in range(2)]
-        return [v.contiguous(memory_format=torch.channels_last) for v in views] if channels_last else views
-
     def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int,
                  idx: Tensor | None = None) -> dict[str, Tensor]:
         assert idx is not None, "DivideMix needs the batch's positions"
         members = model.members
-        channels_last = xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
-        views = self._views(idx, xb.device, channels_last)
+        raw = self.x[idx.cpu()].to(xb.device)  # (B, C, H, W) uint8, the images before any augmentation
+        views = mm.views(raw, augment=self.cfg.view_augment, padding=self.crop_padding, generator=self.generator)
+        if xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous():
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         if not self.divided:
             return self._warm_up(members, views, yb)
-        epochs_done = step / self.steps_per_epoch
-        weight = mm.ramp(epochs_done, start=self.cfg.warm_up, length=self.cfg.rampup_epochs) * self.cfg.lambda_u
+        weight = mm.ramp(step / self.steps_per_epoch, start=self.cfg.warm_up, length=self.cfg.rampup_epochs)
+        weight *= self.cfg.lambda_u
         onehot = F.one_hot(yb, self.num_classes).float()  # (B, K)
-        prior = torch.full((self.num_classes,), 1.0 / self.num_classes, device=yb.device)
-        total, parts, first_logits = 0.0, {"lx": 0.0, "lu": 0.0, "penalty": 0.0}, None
+        total, parts, logits = 0.0, {"lx": 0.0, "lu": 0.0, "penalty": 0.0}, None
         for k in (0, 1):
             net, other = members[k], members[1 - k]
             w = self.prob[1 - k][idx]  # (B,) the other network's clean probability
             lab = w > self.cfg.p_threshold  # (B,)
-            with torch.no_grad():
-                logits_k = [net(v) for v in views]  # train mode, as the official code
-                own = torch.stack([torch.softmax(lg.float(), dim=1) for lg in logits_k]).mean(dim=0)  # (B, K)
-                theirs = own[:0]
-                if (~lab).any():
-                    with _eval_mode(other):
-                        theirs = torch.stack([torch.softmax(other(v[~lab]).float(), dim=1) for v in views]).mean(0)
-                guess = mm.sharpen((own[~lab] + theirs) / 2, self.cfg.temperature)  # (U, K) co-guessing
-                refined = w[lab, None] * onehot[lab] + (1 - w[lab, None]) * own[lab]
-                refined = mm.sharpen(refined, self.cfg.temperature)  # (L, K) co-refinement
-            if first_logits is None:
-                first_logits = logits_k[0].float()
-            inputs = torch.cat([v[lab] for v in views] + [v[~lab] for v in views])
-            targets = torch.cat([refined] * len(views) + [guess] * len(views))
-            mixed, mixed_targets, _ = mm.mix(inputs, targets, alpha=self.cfg.mixup_alpha, generator=self.generator)
-            logits = net(mixed).float()
-            n_x = int(lab.sum()) * len(views)
-            lx = mm.soft_cross_entropy(logits[:n_x], mixed_targets[:n_x])
-            lu = mm.guess_loss(logits[n_x:], mixed_targets[n_x:])
-            penalty = mm.prior_penalty(logits, prior)
-            total = total + lx + weight * lu + penalty
-            parts = {"lx": parts["lx"] + lx.detach() / 2, "lu": parts["lu"] + lu.detach() / 2,
-                     "penalty": parts["penalty"] + penalty.detach() / 2}
-        per_example = F.cross_entropy(first_logits, yb, reduction="none")  # network 0's, on its first view
+            own, first = mm.mean_softmax(net, views)  # (B, K) train mode, as the official code
+            if logits is None:  # network 0 on the first view: the train accuracy, the loss records
+                logits = first
+            theirs = own[:0]
+            if (~lab).any():
+                with _eval_mode(other):
+                    theirs = mm.mean_softmax(other, [v[~lab] for v in views])[0]
+            guess = mm.sharpen((own[~lab] + theirs) / 2, self.cfg.temperature)  # (U, K) co-guessing
+            refined = mm.sharpen(w[lab, None] * onehot[lab] + (1 - w[lab, None]) * own[lab],
+                                 self.cfg.temperature)  # (L, K) co-refinement
+            out = mm.mixmatch_loss(net, views, lab, refined, guess, alpha=self.cfg.mixup_alpha, lambda_u=weight,
+                                   generator=self.generator)
+            total = total + out["loss"]
+            parts = {key: parts[key] + out[key] / 2 for key in parts}
         score = self.prob[:, idx].mean(dim=0)  # (B,)
         labelled = (self.prob[:, idx] > self.cfg.p_threshold).float().mean()
-        return {"loss": total, "logits": first_logits, "per_example": per_example, "weight": score,
-                **parts, "labelled": labelled, "lambda_u": torch.tensor(float(weight), device=yb.device)}
+        return {"loss": total, "logits": logits, "per_example": F.cross_entropy(logits, yb, reduction="none"),
+                "weight": score, **parts, "labelled": labelled,
+                "lambda_u": torch.tensor(float(weight), device=yb.device)}
 
     def _warm_up(self, members: nn.ModuleList, views: list[Tensor], yb: Tensor) -> dict[str, Tensor]:
         total, logits_all = 0.0, []
