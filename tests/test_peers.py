@@ -197,26 +197,29 @@ def test_a_clean_estimate_is_not_structured() -> None:
 
 
 # ----------------------------------------------------------------------------- the stages
-def test_train_student_correct_and_evaluate_with_dividemix(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("method", ["elr", "dividemix"])
+def test_the_stages_run_each_peer_on_the_tiny_preset_with_auto_settings(method, tmp_path, monkeypatch) -> None:
     from stages import correct_labels, estimate_noise, evaluate, train_student
     from stages.common import PATHS
 
     stage_workspace(tmp_path, monkeypatch)
     cfg = from_dict(merge(merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "presets" / "tiny.yaml")),
                           split_student({
-                              "base": {"device": "cpu", "threads": 1, "experiment": "test-dmix"},
-                              "student": {"method": "dividemix", "epochs": 3, "batch_size": 16, "eval_batch_size": 10,
-                                          "precision": "fp32", "channels_last": "off", "warm_up": 1,
-                                          "view_augment": "none"},
-                              "correction": {"epochs": 0, "retrain_epochs": 1, "teacher": "student"}})))
-    estimate_noise.run(cfg)  # lambda_u, p_threshold, loss_history, confidence_penalty are auto
+                              "base": {"device": "cpu", "threads": 1, "experiment": "test-peers"},
+                              "student": {"method": method, "epochs": 3, "batch_size": 16, "eval_batch_size": 10,
+                                          "precision": "fp32", "channels_last": "off",
+                                          **({"warm_up": 1, "view_augment": "none"} if method == "dividemix"
+                                             else {})},
+                              "correction": {"epochs": 0, "retrain_epochs": 1, "teacher": "student",
+                                             "retrain_loss": "semi", "semi_view_augment": "none"}})))
+    estimate_noise.run(cfg)  # the peers' auto settings and the semi-supervised threshold read the estimate
     metrics = train_student.run(cfg)
     assert 0 <= metrics["final_mean_weight"] <= 1
     student = load_model(PATHS.student_model)
-    assert isinstance(student, Ensemble) and len(student.members) == 2
+    assert isinstance(student, Ensemble) == (method == "dividemix")
     record = torch.load(PATHS.student_model, weights_only=False)
-    assert record["model_kwargs"]["members"] == 2
-    correct_labels.run(cfg)
+    assert record["model_kwargs"].get("members", 1) == get_method(method).networks
+    correct_labels.run(cfg)  # fine-tunes the student (two networks for DivideMix), semi-supervised
     evaluate.run(cfg)
     report = json.loads(Path(PATHS.metrics).read_text())
-    assert report["method"] == "dividemix" and 0.0 <= report["detection_auroc"] <= 1.0
+    assert report["method"] == method and 0.0 <= report["detection_auroc"] <= 1.0
