@@ -46,7 +46,7 @@ def report(name: str, runs: list[dict[str, Any]], out: Path, variant: str = "sma
 
 
 def test_shipped_studies_give_valid_distinct_points() -> None:
-    for name, count in (("comparison", 21), ("massive_noise", 14), ("trusted", 40), ("memorisation", 21)):
+    for name, count in (("comparison", 29), ("massive_noise", 14), ("trusted", 50), ("memorisation", 27)):
         spec = load_study(REPO / "studies" / f"{name}.yaml")
         for variant in spec["variants"]:
             points = study_points(spec, variant, canonical)
@@ -62,12 +62,12 @@ def test_shipped_studies_give_valid_distinct_points() -> None:
 
 def test_comparison_report_tables_and_verdicts(tmp_path: Path) -> None:
     rates = {"0.2": 0.9, "0.4": 0.85, "0.8": 0.6, "0.45": 0.8}
-    bonus = {"ce": 0.0, "cleanlab": 0.01, "spade": 0.02, "mentormix": 0.03}
+    bonus = {"ce": 0.0, "cleanlab": 0.01, "spade": 0.02, "mentormix": 0.03, "elr": 0.0, "dividemix": 0.005}
 
     def acc(p: dict[str, str]) -> float:
         if p["noise.kind"] == "none":
             return 0.93
-        uses_pd = p["mentor.kind"] == "pd" and p["student.method"] in ("spade", "mentormix")  # ce, cleanlab: unused
+        uses_pd = p["mentor.kind"] == "pd" and p["student.method"] in ("spade", "mentormix")  # the others: unused
         return rates[p["noise.rate"]] + bonus[p["student.method"]] - 0.015 * uses_pd
 
     text = report("comparison", fake_runs("comparison", "small", acc), tmp_path)
@@ -79,14 +79,15 @@ def test_comparison_report_tables_and_verdicts(tmp_path: Path) -> None:
     assert "- symmetric 80 %: our best, SPADE-DD + correction, 95.00 % against Cleanlab 61.00 %: ahead by 34.00" \
            in text
     assert "| Cleanlab | 0.900 |" in text  # detection AUROC table (CE and the oracle have none)
-    assert "21 points from 21 finished pipeline runs" in text and "`data.train_limit=8000`" in text
+    assert "| DivideMix | 90.50 % | 85.50 % | 60.50 % | 80.50 % |" in text
+    assert "29 points from 29 finished pipeline runs" in text and "`data.train_limit=8000`" in text
     assert (tmp_path / "comparison" / "methods.png").is_file()
 
 
 def test_trusted_report_gives_the_estimate_per_level_and_each_baseline(tmp_path: Path) -> None:
     realised = {"0.2": 0.2, "0.4": 0.4, "0.8": 0.8, "0.45": 0.45}
     bonus = {"ce": 0.0, "clean_only": 0.02, "ce_then_finetune": 0.01, "glc": 0.03, "cleanlab": 0.01, "spade": 0.04,
-             "mentormix": 0.02}
+             "mentormix": 0.02, "elr": 0.0, "dividemix": 0.01}
     runs = fake_runs("trusted", "small", lambda p: 0.9 - float(p["noise.rate"]) / 4 + bonus[p["student.method"]])
     for r in runs:  # the estimate is off by +0.01 at symmetric noise, −0.02 at pair and instance noise
         error = 0.01 if r["params"]["noise.kind"] == "symmetric" else -0.02
@@ -95,11 +96,11 @@ def test_trusted_report_gives_the_estimate_per_level_and_each_baseline(tmp_path:
     assert "| method | symmetric 20 % | symmetric 40 % | symmetric 80 % | instance 40 % | pair 45 % |" in text
     assert "| Clean only | 87.00 % | 82.00 % | 72.00 % | 82.00 % | 80.75 % |" in text
     assert "| symmetric 80 % | 0.810 | +0.010 |" in text and "| pair 45 % | 0.430 | -0.020 |" in text
-    for peer in ("Clean only", "CE", "Cleanlab", "GLC"):
+    for peer in ("Clean only", "CE", "Cleanlab", "GLC", "ELR", "DivideMix"):
         assert f"Our best method against the baseline {peer}:" in text
     assert "- symmetric 40 %: our best, SPADE-DD + correction, 95.00 % against Clean only 82.00 %: ahead by 13.00" \
            in text
-    assert "40 points from 40 finished pipeline runs" in text
+    assert "50 points from 50 finished pipeline runs" in text
 
 
 def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None:
@@ -136,7 +137,8 @@ def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None
 def test_memorisation_report_reads_the_curves_and_checks_each_claim(tmp_path: Path) -> None:
     """CE's curve peaks at epoch 10 and falls 20 points at 80 %, 4 at 40 %; DD > PD > CE everywhere; MentorMix
     beats both at symmetric noise only; joint optimization recovers labels at 80 % only."""
-    final = {"ce": 0.5, "clean_only": 0.6, "glc": 0.62, "spade": 0.55, "mentormix": 0.7}
+    final = {"ce": 0.5, "clean_only": 0.6, "glc": 0.62, "spade": 0.55, "mentormix": 0.7, "elr": 0.52,
+             "dividemix": 0.6}
     runs = fake_runs("memorisation", "small", lambda p: 0.0)
     for r in runs:
         p, m = r["params"], r["metrics"]
@@ -157,6 +159,8 @@ def test_memorisation_report_reads_the_curves_and_checks_each_claim(tmp_path: Pa
            "(1 of 3 levels)" in text
     assert "**MentorNet DD ≥ MentorNet PD ≥ CE** — holds (3 of 3 levels)" in text
     assert "**MentorMix ≥ MentorNet (the better of PD and DD)** — partly holds (2 of 3 levels)" in text
+    assert "**ELR beats CE by at least 3 points** — does not hold (0 of 3 levels)" in text
+    assert "**DivideMix beats CE by at least 3 points** — holds (3 of 3 levels)" in text
     assert "**Label correction recovers labels** (more train labels right after it than before) — partly holds " \
            "(1 of 3 levels): symmetric 40 %: 60.00 % → 55.00 %" in text
     for png in ("curves_symmetric40", "curves_symmetric80", "curves_pair45"):
