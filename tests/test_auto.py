@@ -53,7 +53,8 @@ def test_settle_replaces_exactly_the_auto_params_it_is_given() -> None:
     cfg = default_config()
     keys = auto.auto_keys(cfg, ("mentor", "student", "correction"))
     assert set(keys) == set(auto.RULES)  # the defaults: every rule's param is auto
-    assert auto.auto_keys(cfg, ("correction",)) == ["correction.noisy_label_weight", "correction.teacher"]
+    assert auto.auto_keys(cfg, ("correction",)) == ["correction.noisy_label_weight", "correction.semi_threshold",
+                                                    "correction.teacher"]
     estimate = auto.NoiseEstimate(rate=0.8, transition=np.full((10, 10), 0.1), use="confusion")
     settled, chosen = auto.settle(cfg, estimate, ["mentor.percentile", "student.mentormix.second_reweight"])
     assert settled.mentor.percentile == 0.5 and settled.student.mentormix.second_reweight is True
@@ -70,7 +71,8 @@ def test_a_stage_with_auto_params_and_no_estimate_says_which_and_what_to_do(tmp_
     monkeypatch.chdir(tmp_path)
     cfg = default_config()
     with pytest.raises(FileNotFoundError,
-                       match=r"correction.noisy_label_weight, correction.teacher = auto .* estimate_noise"):
+                       match=r"correction.noisy_label_weight, correction.semi_threshold, correction.teacher = auto "
+                             r".* estimate_noise"):
         auto.settle_stage(cfg, STAGE_PARAMS["correct_labels"], "reports/noise_estimate.json")
     same, chosen, estimate = auto.settle_stage(cfg, STAGE_PARAMS["train_student"], "reports/noise_estimate.json",
                                                used=lambda key: False)  # e.g. ce: no mentor
@@ -107,7 +109,7 @@ def test_a_stage_settles_only_the_auto_params_under_its_own_entries(tmp_path: Pa
     save_json("estimate.json", {"rate": 0.8, "transition": np.eye(10).tolist(), "use": "confusion", "n_trusted": 50})
     # correct_labels reads `trusted` (its trusted teacher's budget), not student.mentormix
     _, chosen, _ = auto.settle_stage(default_config(), STAGE_PARAMS["correct_labels"], "estimate.json")
-    assert set(chosen) == {"correction.noisy_label_weight", "correction.teacher"}
+    assert set(chosen) == {"correction.noisy_label_weight", "correction.semi_threshold", "correction.teacher"}
 
 
 def test_the_label_posterior_is_bayes_under_the_channel() -> None:

@@ -327,6 +327,10 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
         "MentorMix-PD + correction",
         "MentorMix-DD",
         "MentorMix-DD + correction",
+        "ELR",
+        "ELR + correction",
+        "DivideMix",
+        "DivideMix + correction",
     ]
     ce, ce_corr = rows["CE"], rows["CE + correction"]
     assert _pct(ce["test accuracy"]) == pytest.approx(acc_final, abs=5e-5)
