@@ -116,6 +116,15 @@ def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
     return settled, chosen, estimate
 
 
+def refuse_unsettled(params: Any, block: str, keys: Iterable[str], stage: str = "train_student") -> None:
+    """A task built with a param of ``keys`` still ``auto`` (``auto`` is truthy: it must never reach the arithmetic):
+    one ValueError naming the first, ``block.key``, and the stage that settles it."""
+    unsettled = [key for key in keys if getattr(params, key) == AUTO]
+    if unsettled:
+        raise ValueError(f"{block}.{unsettled[0]}: auto is settled from the noise estimate by stage {stage} "
+                         "(labelnoise.auto.settle_stage); give a value to train the task directly")
+
+
 KEEP = object()  # a rule's value that leaves ``auto`` in the config (the reader takes T̂ from the estimate)
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labelnoise.engine import FitResult, Task, fit, log_to_stderr, module_fingerprint
@@ -31,7 +30,7 @@ def compatibility_loss(logits: Tensor, soft_labels: Tensor) -> Tensor:
     logits (B, C), soft_labels (B, C) (rows sum to 1) → () scalar. Equals KL(y‖s) averaged over the batch
     plus the labels' mean entropy, which does not depend on the network.
     """
-    return -(soft_labels.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+    return mm.soft_cross_entropy(logits, soft_labels)
 
 
 def soft_cross_entropy(logits: Tensor, soft_labels: Tensor) -> dict[str, Tensor]:
@@ -67,10 +66,8 @@ class SemiTask(Task):
     def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int,
                  idx: Tensor | None = None) -> dict[str, Tensor]:
         assert idx is not None, "the semi-supervised phase needs the batch's positions"
-        raw = self.x[idx.cpu()].to(xb.device)  # (B, C, H, W) uint8 before augmentation
-        views = mm.views(raw, augment=self.cfg.semi_view_augment, padding=self.crop_padding, generator=self.generator)
-        if xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous():
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        views = mm.views(self.x, idx, xb, augment=self.cfg.semi_view_augment, padding=self.crop_padding,
+                         generator=self.generator)
         lab, soft = self.labelled[idx], self.targets[idx]  # (B,), (B, K)
         probs, logits = mm.mean_softmax(model, views)
         guess = mm.sharpen(probs[~lab], self.cfg.semi_temperature)  # (U, K)

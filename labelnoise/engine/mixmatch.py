@@ -45,10 +45,11 @@ def mix(x: Tensor, targets: Tensor, *, alpha: float, generator: torch.Generator)
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """() mean over the batch of −Σ_k t_k log softmax(logits)_k (0 for an empty batch)."""
+    """() mean over the batch of −Σ_k t_k log softmax(logits)_k (0 for an empty batch); label correction's L_c
+    too."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1).mean()
+    return -(F.log_softmax(logits.float(), dim=1) * targets.float()).sum(dim=1).mean()
 
 
 def guess_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -73,13 +74,17 @@ def ramp(progress: float, *, start: float, length: float) -> float:
     return min(max((progress - start) / length, 0.0), 1.0)
 
 
-def views(raw: Tensor, *, augment: str, padding: int, generator: torch.Generator) -> list[Tensor]:
-    """The views of a uint8 batch (B, C, H, W) that guesses average over: two crop + flip draws (``crop_flip``, the
-    official two ``transform_train`` calls), or the images themselves once (``none``: two equal views would only
-    repeat them)."""
-    if augment == "none":
-        return [raw]
-    return [crop_flip(raw, padding=padding, generator=generator) for _ in range(2)]
+def views(x: Tensor, idx: Tensor, like: Tensor, *, augment: str, padding: int,
+          generator: torch.Generator) -> list[Tensor]:
+    """The views of the batch at positions ``idx`` of the uint8 split ``x`` (N, C, H, W) (any device) that guesses
+    average over, on ``like``'s device and in its memory format (the engine's batch): two crop + flip draws
+    (``crop_flip``, the official two ``transform_train`` calls), or the images themselves once (``none``: two equal
+    views would only repeat them)."""
+    raw = x[idx.to(x.device)].to(like.device)  # (B, C, H, W) uint8 before any augmentation
+    out = [raw] if augment == "none" else [crop_flip(raw, padding=padding, generator=generator) for _ in range(2)]
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        out = [v.contiguous(memory_format=torch.channels_last) for v in out]
+    return out
 
 
 def mean_softmax(net: nn.Module, batches: list[Tensor]) -> tuple[Tensor, Tensor]:

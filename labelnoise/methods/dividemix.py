@@ -119,11 +119,8 @@ class DivideMixTask(Task):
                  steps_per_epoch: int, seed: int, eval_batch_size: int, device: torch.device, crop_padding: int = 4,
                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
         super().__init__()
-        unsettled = [k for k in ("p_threshold", "lambda_u", "loss_history", "confidence_penalty")
-                     if getattr(cfg, k) == "auto"]
-        if unsettled:
-            raise ValueError(f"student.dividemix.{unsettled[0]}: auto is settled from the noise estimate by stage "
-                             "train_student (labelnoise.auto.settle_stage); give a value to train the task directly")
+        auto.refuse_unsettled(cfg, "student.dividemix", ("p_threshold", "lambda_u", "loss_history",
+                                                         "confidence_penalty"))
         self.cfg, self.x, self.labels, self.n_noisy = cfg, x, labels, n_noisy
         self.num_classes, self.steps_per_epoch, self.seed = num_classes, steps_per_epoch, seed
         self.crop_padding = crop_padding
@@ -140,10 +137,8 @@ class DivideMixTask(Task):
                  idx: Tensor | None = None) -> dict[str, Tensor]:
         assert idx is not None, "DivideMix needs the batch's positions"
         members = model.members
-        raw = self.x[idx.cpu()].to(xb.device)  # (B, C, H, W) uint8, the images before any augmentation
-        views = mm.views(raw, augment=self.cfg.view_augment, padding=self.crop_padding, generator=self.generator)
-        if xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous():
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        views = mm.views(self.x, idx, xb, augment=self.cfg.view_augment, padding=self.crop_padding,
+                         generator=self.generator)
         if not self.divided:
             return self._warm_up(members, views, yb)
         weight = mm.ramp(step / self.steps_per_epoch, start=self.cfg.warm_up, length=self.cfg.rampup_epochs)

@@ -115,10 +115,7 @@ class MentorMixTask(SpadeTask):
 
     def __init__(self, mentor: nn.Module, **kwargs: Any) -> None:
         super().__init__(mentor, **kwargs)
-        unsettled = [k for k in ("mixup_alpha", "second_reweight") if getattr(self.cfg, k) == "auto"]
-        if unsettled:  # "auto" is truthy: it must never reach the arithmetic
-            raise ValueError(f"student.mentormix.{unsettled[0]}: auto is settled from the noise estimate by stage "
-                             "train_student (labelnoise.auto.settle_stage); give a value to train the task directly")
+        auto.refuse_unsettled(self.cfg, "student.mentormix", ("mixup_alpha", "second_reweight"))
         self.mix_percentile = MovingPercentile.from_config(self.mentor_cfg, num_classes=self.num_classes)
 
     def __call__(self, model: nn.Module, xb: Tensor, yb: Tensor, *, step: int,
