@@ -288,6 +288,13 @@ def _study_name(study: str) -> str:
     return _name("study name", study)
 
 
+def _inputs_in_repo(cfg: Any) -> list[str]:
+    """The files and folders inside the repository a run reads that git does not track (your images, label files
+    under data/own): relative paths that exist."""
+    named = (cfg.data.path, cfg.data.clean_file, cfg.noise.given.file)
+    return sorted({p for p in named if p and not Path(p).is_absolute() and (ROOT / p).exists()})
+
+
 def _queue(study: str, points: list[list[str]], jobs: int, params: Path) -> None:
     """Validate every point, then queue one `dvc exp run` per point (STUDY-NNN, base.study=STUDY) and start
     ``jobs`` queue workers. A bad point: one line, exit 2, nothing queued."""
@@ -295,9 +302,8 @@ def _queue(study: str, points: list[list[str]], jobs: int, params: Path) -> None
 
     from labelnoise.config import ConfigError, load_config
 
-    try:
-        for overrides in points:  # every point is valid before anything is queued
-            load_config(params, [f"base.study={study}", *overrides])
+    try:  # every point is valid before anything is queued
+        configs = [load_config(params, [f"base.study={study}", *overrides]) for overrides in points]
     except (ConfigError, ValueError) as e:
         _fail(str(e), 2)
     import shutil
@@ -310,6 +316,8 @@ def _queue(study: str, points: list[list[str]], jobs: int, params: Path) -> None
         args = ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"base.study={study}"]
         for o in overrides:
             args += ["-S", o]
+        for path in _inputs_in_repo(configs[i - 1]):  # a queued run sees what git tracks; your data is copied in
+            args += ["-C", path]
         done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             reason = (done.stderr.strip() or done.stdout.strip()).splitlines()

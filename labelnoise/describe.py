@@ -5,6 +5,7 @@ changes what a stage computes."""
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 from typing import Any
 
 from labelnoise.methods import display_name
@@ -31,10 +32,15 @@ def method_label(params: dict[str, Any]) -> str:
 
 
 def level_label(params: dict[str, Any]) -> str:
-    """'symmetric 40 %', 'pair 45 %', ... or 'clean' (no noise)."""
+    """'symmetric 40 %', 'pair 45 %', ..., 'given worse' (a file of labels: its name, whose rate no param says)
+    or 'clean' (no noise)."""
     kind = params.get("noise.kind", "")
     if is_clean(str(kind)):
         return "clean"
+    if kind == "given":
+        name = PurePath(str(params.get("noise.given.file", ""))).stem
+        key = str(params.get("noise.given.key") or "")
+        return f"given {key or name}".strip()
     rate = as_number(params.get("noise.rate", ""))
     return f"{kind} {rate * 100:g} %" if rate is not None else str(kind)
 

@@ -2,8 +2,13 @@
 a trusted subset. Arrays in, arrays out; nothing here sees a true train label.
 
 A transition matrix ``T`` (K, K) has ``T[i, j]`` = P(noisy label j | true class i) (rows sum to 1), as in
-:mod:`labelnoise.noise`. Three estimators:
+:mod:`labelnoise.noise`. Four estimators:
 
+- :func:`paired_transition` (the pipeline's where the noisy source labelled the trusted examples too, e.g. a file
+  of labels for every image such as CIFAR-10N's): row i counts the given labels of the trusted examples of true
+  class i. It assumes nothing of how the noise arises, only that the trusted examples are drawn as the rest were,
+  so it holds for instance-dependent (human) noise, where the estimators below, built on class-conditional noise,
+  see too little of it: the noisy-label network errs on the very images the annotators got wrong.
 - :func:`confusion_transition` (the pipeline's with a trusted subset): a classifier h trained on the noisy labels,
   its confusion M[i, k] = P(h = k | true class i) measured on the trusted examples, and the joint of its
   out-of-sample predictions and the noisy labels on the train set, J[k, j] = P(h = k, ỹ = j). Under class-
@@ -47,7 +52,7 @@ class EstimateConfig:
 
     folds: int = rng(2, 100)  # cross-validated fits on the noisy labels (out-of-sample probabilities)
     epochs: int = rng(1, 10_000)  # epochs of each fit (the rest is the `train` recipe)
-    use: Literal["auto", "confusion", "glc", "confident_joint"]  # the pipeline's (auto: confusion with trusted data)
+    use: Literal["auto", "paired", "confusion", "glc", "confident_joint"]  # the pipeline's (auto: estimator())
     trusted_folds: int = rng(0, 100)  # networks on the trusted subset alone for channel_misfit (0: no check)
     misfit_tolerance: float = rng(0.0, 1.0)  # the channel explains the given labels when channel_misfit's gap is at
     #   most this + 2 standard errors
@@ -65,6 +70,13 @@ def glc_transition(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> n
         if members.size:
             t[i] = members.mean(axis=0)
     return t / t.sum(axis=1, keepdims=True)
+
+
+def paired_transition(given: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The estimate from trusted examples whose noisy label is known as well: ``given`` (m,) the noisy source's
+    labels of trusted examples of true classes ``labels`` (m,). Row i is the frequency of each given label among the
+    trusted examples of class i (the identity row for a class without any). Rows sum to 1."""
+    return glc_transition(np.eye(num_classes)[np.asarray(given, dtype=np.int64)], labels, num_classes)
 
 
 def confusion_transition(noisy: np.ndarray, probs: np.ndarray, fold: np.ndarray, trusted_probs: np.ndarray,
@@ -154,14 +166,24 @@ def noise_rate(transition: np.ndarray, prior: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- the estimate of a train set
-def estimator(cfg: EstimateConfig, *, has_trusted: bool) -> str:
-    """The estimator ``estimate.use`` names (``auto``: the confusion inversion where there is a trusted subset, else
-    the confident joint); one that needs a trusted subset without one is one ValueError line."""
-    use = ("confusion" if has_trusted else "confident_joint") if cfg.use == "auto" else cfg.use
+def estimator(cfg: EstimateConfig, *, has_trusted: bool, has_paired: bool = False) -> str:
+    """The estimator ``estimate.use`` names (``auto``: the paired counts where the noisy source labelled the trusted
+    examples too, else the confusion inversion where there is a trusted subset, else the confident joint); one that
+    needs what the data lacks is one ValueError line."""
+    auto = "paired" if has_trusted and has_paired else "confusion" if has_trusted else "confident_joint"
+    use = auto if cfg.use == "auto" else cfg.use
     if use != "confident_joint" and not has_trusted:
         raise ValueError(f"estimate.use: {use} needs a trusted clean subset (data.clean_size > 0 or data.clean_file); "
                          "use auto or confident_joint")
+    if use == "paired" and not has_paired:
+        raise ValueError("estimate.use: paired needs the noisy labels of the trusted examples too (noise.kind: given "
+                         "with a file that labels every image); use auto or confusion")
     return use
+
+
+def has_paired(view: Any) -> bool:
+    """Whether ``view`` (a TrainView) holds the noisy source's labels of its trusted examples."""
+    return view.y_clean_given is not None and view.x_clean.shape[0] > 0
 
 
 def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_model: Callable[[], nn.Module],
@@ -183,7 +205,7 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
     from labelnoise.views import trusted_only, without_test
 
     k, has_trusted = view.num_classes, view.x_clean.shape[0] > 0
-    use = estimator(cfg, has_trusted=has_trusted)
+    use = estimator(cfg, has_trusted=has_trusted, has_paired=has_paired(view))
     probs, trusted_probs, fold = out_of_fold_probs(
         new_model, view, folds=cfg.folds, recipe=dataclasses.replace(recipe, epochs=cfg.epochs), seed=seed,
         device=device, checkpoint_path=checkpoint_path, also=view.x_clean if has_trusted else None,
@@ -191,6 +213,10 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
     noisy = view.y_train.numpy()
     marginal = np.bincount(noisy, minlength=k) / max(noisy.size, 1)  # (K,) the noisy labels' class frequencies
     estimates: dict[str, dict[str, Any]] = {}
+    if has_paired(view):
+        t = paired_transition(view.y_clean_given.numpy(), view.y_clean.numpy(), k)
+        prior = prior_from_noisy(marginal, t)
+        estimates["paired"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
     if has_trusted:
         t, prior = confusion_transition(noisy, probs, fold, trusted_probs, view.y_clean.numpy(), k)
         estimates["confusion"] = {"transition": t, "prior": prior, "rate": noise_rate(t, prior)}
@@ -225,4 +251,5 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
         "glc": None if not has_trusted else "the folds' mean p(noisy | x) on the trusted examples, by true class",
         "confusion": None if not has_trusted else ("each fold network's confusion on the trusted examples "
                                                    "inverted out of its joint with the noisy labels"),
+        "paired": None if not has_paired(view) else "the given labels of the trusted examples, by true class",
     }, predicted

@@ -309,9 +309,9 @@ def _pct(value: float | None) -> str:
 
 
 def _levels(found: Collection[str]) -> list[str]:
-    """Noise levels in table order: symmetric ones first, then by kind and rate ('clean' left out)."""
+    """Noise levels in table order: symmetric ones first, then by kind and rate, then by name ('clean' left out)."""
     return sorted((lv for lv in found if lv != "clean"),
-                  key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], as_number(lv.split()[1]) or 0))
+                  key=lambda lv: (not lv.startswith("symmetric"), lv.split(" ")[0], as_number(lv.split()[1]) or 0, lv))
 
 
 def comparison_section(points: list[dict[str, Any]], lines: list[str], figure: Any, *,

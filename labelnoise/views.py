@@ -31,6 +31,7 @@ class TrainView:
     classes: list[str]
     dataset: str
     trusted_in_train: int = 0  # the last this many train examples are the trusted subset, true labels (with_trusted)
+    y_clean_given: torch.Tensor | None = None  # the noisy source's labels of the trusted subset, where it gave them
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +88,9 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
     def y(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(prepared.labels[idx].astype(np.int64))
 
+    if noisy.trusted is not None and noisy.trusted.shape != prepared.clean_idx.shape:
+        raise ValueError(f"noisy labels: {noisy.trusted.size} given labels of trusted examples for "
+                         f"{prepared.clean_idx.size} trusted examples (re-run inject_noise after download)")
     test = prepared.test_idx if prepared.trusted(prepared.test_idx) else prepared.test_idx[:0]
     x_train = x(prepared.train_idx[positions])
     if noisy.images is not None:  # open-set noise: the masked examples' images are replaced (in index order)
@@ -97,6 +101,7 @@ def make_train_view(prepared: Prepared, noisy: NoisyLabels) -> TrainView:
         x_val=x(prepared.val_idx), y_val=y(prepared.val_idx),
         x_test=x(test), y_test=y(test),
         classes=list(prepared.classes), dataset=prepared.dataset,
+        y_clean_given=None if noisy.trusted is None else torch.from_numpy(noisy.trusted.astype(np.int64, copy=True)),
     )
 
 
@@ -112,7 +117,7 @@ def without_test(view: TrainView) -> TrainView:
 def without_evaluation(view: TrainView) -> TrainView:
     """The view without test images and without a clean subset: a fit on it evaluates nothing after each epoch and
     keeps its last epoch (a network that only predicts afterwards, such as a cross-fitting fold's)."""
-    return replace(without_test(view), x_clean=view.x_clean[:0], y_clean=view.y_clean[:0])
+    return replace(without_test(view), x_clean=view.x_clean[:0], y_clean=view.y_clean[:0], y_clean_given=None)
 
 
 def trusted_only(view: TrainView) -> TrainView:
@@ -120,7 +125,7 @@ def trusted_only(view: TrainView) -> TrainView:
     select on: the fit keeps its last epoch). For methods that train on the trusted data alone."""
     empty_x, empty_y = view.x_clean[:0], view.y_clean[:0]
     return replace(view, x_train=view.x_clean, y_train=view.y_clean, x_clean=empty_x, y_clean=empty_y,
-                   trusted_in_train=view.x_clean.shape[0])
+                   trusted_in_train=view.x_clean.shape[0], y_clean_given=None)
 
 
 def with_trusted(view: TrainView) -> TrainView:

@@ -38,7 +38,7 @@ from labelnoise.datasets import load_prepared
 from labelnoise.io import save_json, save_npz
 from labelnoise.models import channel_stats, create_model
 from labelnoise.noise import load_noisy
-from labelnoise.noise_estimate import estimate, estimator
+from labelnoise.noise_estimate import estimate, estimator, has_paired
 from labelnoise.plots import plot_matrices
 from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view
@@ -50,7 +50,7 @@ def run(cfg: Config) -> dict[str, Any]:
     require(PATHS.prepared, PATHS.noisy)
     setup(cfg)
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
-    estimator(cfg.estimate, has_trusted=view.x_clean.shape[0] > 0)  # a bad choice fails before the run opens
+    estimator(cfg.estimate, has_trusted=view.x_clean.shape[0] > 0, has_paired=has_paired(view))  # fails before the run
     _, channels, height, width = view.x_train.shape
     mean, std = channel_stats(view.x_train)
     kwargs = dict(num_classes=view.num_classes, in_channels=channels, image_size=max(height, width), mean=mean,

@@ -7,8 +7,9 @@ nothing is trained, no MLflow run is opened, and the record's bytes do not depen
 to them leaves that student's stage up to date. The mentor's record carries its settled params (the ``auto`` ones
 from the noise estimate) and the channel its DD copy was corrupted with: the student reads no mentor param itself.
 
-Inputs: PATHS.prepared (DD: the clean subset's images and labels; PD: the class count), PATHS.noise_estimate (the
-``auto`` params). Outputs: PATHS.mentor_model, PATHS.mentor_report (JSON), PNGs in the folder PATHS.mentor_plots.
+Inputs: PATHS.prepared (DD: the clean subset's images and labels; PD: the class count), PATHS.noisy (DD with
+``dd_noise_kind: auto``: the noise source's own labels of the trusted examples, where it has them),
+PATHS.noise_estimate (the ``auto`` params). Outputs: PATHS.mentor_model, PATHS.mentor_report (JSON), PNGs in the folder PATHS.mentor_plots.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from labelnoise.datasets import load_prepared
 from labelnoise.io import keep_only, save_json
 from labelnoise.mentornet.pretrain import check, pretrain
 from labelnoise.methods import get_method
+from labelnoise.noise import load_noisy
 from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
 
 # Report entries logged as MLflow metrics (the rest of the report are settings and counts).
@@ -52,7 +54,9 @@ def run(cfg: Config) -> dict[str, Any]:
     generator = runtime.seed_everything(cfg.mentor.seed, deterministic=cfg.base.deterministic)
     device, t0 = runtime.resolve_device(cfg.base.device), time.perf_counter()
     channel = estimate.transition if cfg.mentor.kind == "dd" and cfg.mentor.dd_noise_kind == "auto" else None
-    result = pretrain(cfg.mentor, prepared, recipe=cfg.train, generator=generator, device=device, transition=channel)
+    given = load_noisy(PATHS.noisy).trusted if cfg.mentor.kind == "dd" and cfg.mentor.dd_noise_kind == "auto" else None
+    result = pretrain(cfg.mentor, prepared, recipe=cfg.train, generator=generator, device=device, transition=channel,
+                      given=given)
     report = {"dataset": prepared.dataset, **result.report, "auto": chosen, "device": str(device),
               "time_s": round(time.perf_counter() - t0, 2)}
     if not distributed.is_main():  # torchrun: rank 0 writes the outputs

@@ -193,3 +193,20 @@ def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_test_split(
                                     tags={"kind": "label-corrected", "test_acc": acc, "test_split": split})
         assert version == str(i)
         assert str(client.get_model_version_by_alias("labelnoise-test", "champion").version) == champion, (acc, split)
+
+
+def test_a_queued_run_is_given_the_untracked_inputs_it_reads(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc exp run --queue` builds each run from what git tracks: the images and label files of data/own the
+    params name are copied in (`-C`), the rest is not (absolute paths, missing ones, the data the run fetches)."""
+    import cli
+
+    monkeypatch.setattr(cli, "ROOT", workdir)
+    (workdir / "data" / "own" / "photos").mkdir(parents=True)
+    (workdir / "data" / "own" / "labels.npy").write_bytes(b"")
+    cfg = load_config(workdir / "params.yaml", ["data.dataset=folder", "data.path=data/own/photos",
+                                                "noise.kind=given", "noise.given.file=data/own/labels.npy"])
+    assert cli._inputs_in_repo(cfg) == ["data/own/labels.npy", "data/own/photos"]
+    elsewhere = load_config(workdir / "params.yaml", ["data.dataset=folder", f"data.path={workdir / 'data/own/photos'}",
+                                                      "noise.kind=given", "noise.given.file=data/own/missing.npy"])
+    assert cli._inputs_in_repo(elsewhere) == []
+    assert cli._inputs_in_repo(load_config(workdir / "params.yaml")) == []

@@ -148,6 +148,9 @@ def test_cifar10n_preset_trains_on_the_annotators_labels(cifar10n, key: str) -> 
     assert report["n_file_labels"] == contents["n_train"] and len(report["file_sha256"]) == 64
     assert np.array_equal(prepared["labels"][prepared["clean_idx"]],
                           human["clean_label"][prepared["clean_idx"]])  # the trusted subset keeps the true labels
+    # and the file's labels of the trusted images are kept beside them: the pairs the noise estimate counts
+    np.testing.assert_array_equal(noisy["trusted"], human[key][prepared["clean_idx"]])
+    assert report["n_trusted_labelled"] == prepared["clean_idx"].size
 
 
 def test_cifar10n_refusals_are_one_line_and_write_nothing(cifar10n) -> None:
@@ -162,3 +165,26 @@ def test_cifar10n_refusals_are_one_line_and_write_nothing(cifar10n) -> None:
         lines = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert result.exit_code == 1 and len(lines) == 1 and says in lines[0], result.output
         assert not (root / "data" / "noisy.npz").exists()
+
+
+def test_human_noise_is_estimated_and_learnt_from_the_trusted_images_own_given_labels(cifar10n) -> None:
+    """The file labels the trusted images too: the noise estimate counts those labels against the verified ones
+    (``paired``, the rate the trusted subset shows, whatever the noise depends on) and the DD mentor learns on them
+    (the real noise, image by image) instead of a copy corrupted by a matrix."""
+    root, _, human = cifar10n
+    fast = ["-S", "estimate.epochs=1", "-S", "estimate.trusted_folds=0", "-S", "train.epochs=1",
+            "-S", "mentor.dd_epochs=1", "-S", "mentor.fit_steps=20"]
+    for args in (["download", "-S", "data.clean_size=60"], ["inject-noise", "-S", "noise.given.key=worse_label"],
+                 ["estimate-noise", "-S", "data.clean_size=60", *fast],
+                 ["pretrain-mentor", "-S", "data.clean_size=60", *fast]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    clean_idx = np.load(root / "data" / "prepared.npz")["clean_idx"]
+    wrong = human["worse_label"][clean_idx] != human["clean_label"][clean_idx]
+    estimate = json.loads((root / "reports" / "noise_estimate.json").read_text())
+    assert estimate["use"] == "paired" and {"paired", "confusion"} <= set(estimate["estimates"])
+    t = np.asarray(estimate["transition"])
+    per_class = [wrong[human["clean_label"][clean_idx] == c].mean() for c in range(10)]
+    np.testing.assert_allclose(1.0 - np.diag(t), per_class)  # each class's share of wrong given labels
+    mentor = json.loads((root / "reports" / "mentor.json").read_text())
+    assert mentor["dd_noise_kind"] == "given" and mentor["dd_realised_rate"] == pytest.approx(wrong.mean())

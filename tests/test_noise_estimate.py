@@ -4,6 +4,7 @@ realised rate and never reads a true train label."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,14 @@ from cli import app
 from labelnoise.io import load_json
 from labelnoise.noise import corrupt, load_noisy
 from labelnoise.noise_estimate import (
+    EstimateConfig,
     channel_misfit,
     confident_joint_transition,
     confusion_transition,
+    estimator,
     glc_transition,
     noise_rate,
+    paired_transition,
     prior_from_noisy,
 )
 
@@ -102,6 +106,46 @@ def test_the_misfit_check_passes_class_conditional_noise_and_fails_noise_that_fo
     assert fits["gap"] < 2 * fits["se"] + 0.01 and 0.001 < fits["se"] < 0.02  # 1,500 trusted examples a network
     assert misfit["gap"] > 0.05 + 2 * misfit["se"]
     assert misfit["agreement_observed"] > misfit["agreement_predicted"]  # the labels follow the classifier
+
+
+def test_paired_counts_recover_noise_that_follows_the_classifier_where_the_inversion_sees_too_little() -> None:
+    """Instance-dependent noise (the annotators err on the images a network finds hard, as humans do): the
+    confusion inversion, which assumes the network's errors and the noise independent given the class, sees too
+    little of it; the given labels of the trusted examples, counted by true class, see all of it."""
+    rng = np.random.default_rng(3)
+    k, n, m = 4, 40_000, 4_000
+    true, y_trusted = rng.integers(0, k, n), np.repeat(np.arange(k), m // k)
+
+    def network_and_annotator(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hard = rng.random(y.size) < 0.5  # half the images are hard: the network and the annotator err there
+        guess = np.where(hard & (rng.random(y.size) < 0.6), (y + 1) % k, y)  # the hard images look like y + 1
+        probs = np.full((y.size, k), 0.1 / (k - 1))
+        probs[np.arange(y.size), guess] = 0.9
+        given = np.where(hard & (rng.random(y.size) < 0.8), guess, y)  # the annotator errs as the network does
+        return probs, given
+
+    probs, noisy = network_and_annotator(true)
+    trusted_probs, trusted_given = network_and_annotator(y_trusted)
+    realised = (noisy != true).mean()
+    t_conf, prior_conf = confusion_transition(noisy, probs, np.zeros(n, dtype=int), trusted_probs[None], y_trusted, k)
+    t = paired_transition(trusted_given, y_trusted, k)
+    prior = prior_from_noisy(np.bincount(noisy, minlength=k) / n, t)
+    assert noise_rate(t, prior) == pytest.approx(realised, abs=0.02)
+    assert noise_rate(t_conf, prior_conf) < realised - 0.1  # the inversion's blind spot, measured
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    assert paired_transition(np.array([1, 1]), np.array([0, 0]), 3)[2].tolist() == [0.0, 0.0, 1.0]  # no examples
+
+
+def test_auto_takes_the_pairs_where_there_are_and_a_missing_input_is_one_line() -> None:
+    cfg = EstimateConfig(folds=2, epochs=1, use="auto", trusted_folds=0, misfit_tolerance=0.05)
+    assert estimator(cfg, has_trusted=True, has_paired=True) == "paired"
+    assert estimator(cfg, has_trusted=True) == "confusion"
+    assert estimator(cfg, has_trusted=False) == "confident_joint"
+    for use, has, says in (("paired", dict(has_trusted=True), "needs the noisy labels of the trusted examples"),
+                           ("confusion", dict(has_trusted=False), "needs a trusted clean subset")):
+        with pytest.raises(ValueError, match=says) as caught:
+            estimator(dataclasses.replace(cfg, use=use), **has)
+        assert "\n" not in str(caught.value)
 
 
 def test_rate_and_prior_from_a_matrix() -> None:

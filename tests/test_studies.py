@@ -46,7 +46,8 @@ def report(name: str, runs: list[dict[str, Any]], out: Path, variant: str = "sma
 
 
 def test_shipped_studies_give_valid_distinct_points() -> None:
-    for name, count in (("comparison", 29), ("massive_noise", 14), ("trusted", 50), ("memorisation", 27)):
+    for name, count in (("comparison", 29), ("massive_noise", 14), ("trusted", 50), ("memorisation", 27),
+                        ("cifar10n", 25)):
         spec = load_study(REPO / "studies" / f"{name}.yaml")
         for variant in spec["variants"]:
             points = study_points(spec, variant, canonical)
@@ -101,6 +102,21 @@ def test_trusted_report_gives_the_estimate_per_level_and_each_baseline(tmp_path:
     assert "- symmetric 40 %: our best, SPADE-DD + correction, 95.00 % against Clean only 82.00 %: ahead by 13.00" \
            in text
     assert "50 points from 50 finished pipeline runs" in text
+
+
+def test_cifar10n_report_names_each_annotation_and_the_ceiling(tmp_path: Path) -> None:
+    wrong = {"worse": 0.4, "aggre": 0.09, "random1": 0.17}
+
+    def acc(p: dict[str, str]) -> float:
+        if p["noise.kind"] == "none":
+            return 0.86
+        return 0.86 - wrong[Path(p["noise.given.file"]).stem] / 4 + (0.02 if p["student.method"] == "elr" else 0.0)
+
+    text = report("cifar10n", fake_runs("cifar10n", "small", acc), tmp_path)
+    assert "| method | given aggre | given random1 | given worse |" in text
+    assert "| CE | 83.75 % | 81.75 % | 76.00 % |" in text and "| ELR | 85.75 % | 83.75 % | 78.00 % |" in text
+    assert "| Oracle (CE, clean labels) | 86.00 % | 86.00 % | 86.00 % |" in text
+    assert "- given worse: our best, SPADE-DD + correction, 95.00 % against ELR 78.00 %: ahead by 17.00" in text
 
 
 def test_massive_report_checks_each_finding_on_its_sweep(tmp_path: Path) -> None:
@@ -198,7 +214,7 @@ def test_study_command_refuses_unknown_names_and_variants(tmp_path: Path, monkey
     runner = CliRunner()
     unknown = runner.invoke(app, ["study", "nope"])
     assert unknown.exit_code == 2
-    assert "unknown study 'nope' (known: comparison, massive_noise, memorisation, trusted)" in unknown.output
+    assert "unknown study 'nope' (known: cifar10n, comparison, massive_noise, memorisation, trusted)" in unknown.output
     variant = runner.invoke(app, ["study", "comparison", "--variant", "huge"])
     assert variant.exit_code == 2 and "has no variant 'huge' (known: small, full)" in variant.output
     assert "queued" not in unknown.output + variant.output

@@ -91,8 +91,10 @@ def auto_percentile(rate: float) -> float:
 auto.rule("mentor.percentile", "clip(1 - estimated rate, 0.5, 0.8): the official MentorNet DD table",
           lambda estimate, cfg: auto_percentile(estimate.rate))
 # the DD mentor learns on a copy of the trusted subset corrupted with the estimated T̂ (exact per-class counts), so
-# it learns to spot the structure the data has (pair, instance-like), not symmetric noise at a guessed rate
-auto.rule("mentor.dd_noise_kind", "the trusted copy corrupted with the estimated transition matrix",
+# it learns to spot the structure the data has (pair, instance-like), not symmetric noise at a guessed rate; where
+# the noise source labelled the trusted examples too, on those labels themselves (the real noise, image by image)
+auto.rule("mentor.dd_noise_kind", "the trusted subset's own given labels where the noise source labelled it, else "
+          "a copy corrupted with the estimated transition matrix",
           lambda estimate, cfg: auto.KEEP, note=auto.estimated_channel)
 
 NUM_PROGRESS = 100  # the epoch feature is the percent of training done, 0..99 (official: 100-row table)

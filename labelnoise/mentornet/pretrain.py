@@ -37,15 +37,16 @@ DD_PLOT_NAME = "dd_weights.png"
 
 
 def pretrain(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: torch.Generator, device: torch.device,
-             transition: np.ndarray | None = None) -> Pretrained:
+             transition: np.ndarray | None = None, given: np.ndarray | None = None) -> Pretrained:
     """The mentor of params ``m`` (settled: no ``auto`` but ``dd_noise_kind``, whose channel is ``transition``)
-    for the data ``prepared`` (DD: its trusted subset; PD: its class count); ``recipe``: the DD recording student's
-    training recipe. Every draw comes from ``generator`` and the global torch RNG, both seeded with ``m.seed``
-    (``runtime.seed_everything``)."""
+    for the data ``prepared`` (DD: its trusted subset, with ``given``, the noisy source's own labels of it where
+    known; PD: its class count); ``recipe``: the DD recording student's training recipe. Every draw comes from
+    ``generator`` and the global torch RNG, both seeded with ``m.seed`` (``runtime.seed_everything``)."""
     check(m, prepared)
     if m.kind == "pd":
         return pretrain_pd(m, num_classes=len(prepared.classes), generator=generator, device=device)
-    return pretrain_dd(m, prepared, recipe=recipe, generator=generator, device=device, transition=transition)
+    return pretrain_dd(m, prepared, recipe=recipe, generator=generator, device=device, transition=transition,
+                       given=given)
 
 
 def check(m: MentorConfig, prepared: Prepared) -> None:
@@ -136,12 +137,17 @@ def pretrain_pd(m: MentorConfig, *, num_classes: int, generator: torch.Generator
 
 
 def dd_copy(y_true: np.ndarray, m: MentorConfig, *, num_classes: int, dataset: str,
-            transition: np.ndarray | None = None) -> noise.NoisyLabels:
+            transition: np.ndarray | None = None, given: np.ndarray | None = None) -> noise.NoisyLabels:
     """The DD mentor's training signal: a copy of the trusted labels ``y_true`` (N,) corrupted with the mentor's
     noise (``mentor.dd_noise_*``, seeded by ``dd_noise_seed``), so which labels are wrong is known. With
     ``dd_noise_kind: auto`` the estimated transition matrix ``transition`` (K, K) (exact counts per class), so the
-    copy has the noise's structure and level as estimated from the train labels. The pretraining and SPADE's DD
+    copy has the noise's structure and level as estimated from the train labels — or, where the noise source
+    labelled the trusted examples too (``given`` (N,)), those labels themselves: the real noise, on the images it
+    falls on (human annotators err on the hard ones; a matrix cannot say which). The pretraining and SPADE's DD
     refits both learn on it."""
+    if m.dd_noise_kind == "auto" and given is not None:
+        given = np.asarray(given, dtype=np.int64)
+        return noise.NoisyLabels(given.copy(), given != np.asarray(y_true, dtype=np.int64))
     if m.dd_noise_kind == "auto" and transition is None:
         raise ValueError("mentor.dd_noise_kind: auto needs the noise estimate (stage estimate_noise)")
     kind = "transition" if m.dd_noise_kind == "auto" else m.dd_noise_kind
@@ -152,7 +158,8 @@ def dd_copy(y_true: np.ndarray, m: MentorConfig, *, num_classes: int, dataset: s
 
 
 def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: torch.Generator,
-                device: torch.device, transition: np.ndarray | None = None) -> Pretrained:
+                device: torch.device, transition: np.ndarray | None = None,
+                given: np.ndarray | None = None) -> Pretrained:
     """Learn the mentor from the trusted clean subset only (never the train pool's labels): a fresh student (the
     ``recipe``'s network and optimiser, ``m.dd_epochs`` epochs, plain cross-entropy) trains on :func:`dd_copy` and
     every example's features are recorded after each epoch, with target v* = 1[label correct]; examples (all their
@@ -162,9 +169,9 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
     k = len(prepared.classes)
     x = torch.from_numpy(np.ascontiguousarray(prepared.images[prepared.clean_idx]))  # (N, C, H, W) uint8
     y_true = prepared.labels[prepared.clean_idx]  # (N,)
-    estimated = m.dd_noise_kind == "auto"  # the copy has the estimated channel's noise
-    kind = "transition" if estimated else m.dd_noise_kind
-    corrupted = dd_copy(y_true, m, num_classes=k, dataset=prepared.dataset, transition=transition)
+    estimated = m.dd_noise_kind == "auto"  # the copy has the estimated channel's noise, or the given labels' own
+    kind = ("given" if given is not None else "transition") if estimated else m.dd_noise_kind
+    corrupted = dd_copy(y_true, m, num_classes=k, dataset=prepared.dataset, transition=transition, given=given)
     y_noisy = torch.from_numpy(corrupted.labels)
     correct = torch.from_numpy(~corrupted.mask)  # (N,) bool: v* = 1[label correct]
     wrong = int(corrupted.mask.sum())
@@ -229,7 +236,8 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
         "per_epoch": per_epoch,
     }
 
-    what = (f"the estimated noise ({float(corrupted.mask.mean()):.2f})" if estimated
+    what = (f"the given labels ({float(corrupted.mask.mean()):.2f} wrong)" if kind == "given"
+            else f"the estimated noise ({float(corrupted.mask.mean()):.2f})" if estimated
             else f"{m.dd_noise_kind} {m.dd_noise_rate:g}")
 
     def plot(folder: Path) -> Path:
@@ -252,7 +260,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
 
     bad_all = record.features.target.numpy() < 0.5
     return Pretrained(mentor=mentor, num_classes=k, report=report, plot=plot,
-                      dd_transition=np.asarray(transition, dtype=np.float64) if estimated else None)
+                      dd_transition=np.asarray(transition, dtype=np.float64) if kind == "transition" else None)
 
 
 def _epoch_at(history: list[dict[str, float]], progress: int) -> int:

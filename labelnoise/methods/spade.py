@@ -141,6 +141,7 @@ class SpadeTask(Task):
         dataset: str = "",
         n_noisy: int | None = None,  # train positions from here on are trusted examples (v = 1)
         dd_transition: np.ndarray | None = None,  # the channel of the DD mentor's copy (its record's), for refits
+        dd_given: Tensor | None = None,  # the noise source's labels of the trusted subset (the copy, where known)
     ) -> None:
         super().__init__(label_smoothing=recipe.label_smoothing)
         self.mentor = mentor.to(device).eval()  # called under no_grad: the student's backward never reaches it
@@ -162,7 +163,7 @@ class SpadeTask(Task):
                                  "(data.clean_size > 0 or data.clean_file)")
             x, y = clean  # DD's training signal with a known mask: the mentor's own corrupted copy
             noisy = dd_copy(y.cpu().numpy(), mentor_cfg, num_classes=num_classes, dataset=dataset,
-                            transition=dd_transition)
+                            transition=dd_transition, given=None if dd_given is None else dd_given.cpu().numpy())
             self._clean = x, torch.from_numpy(noisy.labels), torch.from_numpy(~noisy.mask)
 
     # ---- one mini-batch
@@ -310,7 +311,7 @@ def mentor_task(task_cls: type[SpadeTask], ctx: MethodContext) -> SpadeTask:
                     total_steps=ctx.total_steps, steps_per_epoch=ctx.steps_per_epoch, device=ctx.device, seed=ctx.seed,
                     num_classes=len(ctx.data.classes), clean=(ctx.data.x_clean, ctx.data.y_clean),
                     dataset=ctx.data.dataset, n_noisy=ctx.data.n_noisy if ctx.data.trusted_in_train else None,
-                    dd_transition=ctx.mentor_channel)
+                    dd_transition=ctx.mentor_channel, dd_given=ctx.data.y_clean_given)
 
 
 def burn_in_note(params: Mapping[str, Any], epoch: int, epochs: int) -> str:

@@ -45,12 +45,17 @@ class NoisyLabels:
 
     ``index``: only for ``massive`` noise, int64 (m,) increasing positions in the train split of the
     examples that make up the training set (labels and mask are theirs, (m,)); None = all of it, in order.
+
+    ``trusted``: where the noisy source labelled the trusted subset too (a file of labels for every image, e.g.
+    CIFAR-10N's), its labels of the trusted examples, int64 aligned with the clean split; None = not known. Paired
+    with their verified labels, they show the noise itself, whatever it depends on.
     """
 
     labels: np.ndarray
     mask: np.ndarray
     images: np.ndarray | None = None
     index: np.ndarray | None = None
+    trusted: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.labels.ndim != 1 or self.mask.shape != self.labels.shape:
@@ -65,6 +70,8 @@ class NoisyLabels:
         if self.index is not None and (self.index.dtype != np.int64 or self.index.shape != self.labels.shape
                                        or (self.index.size and (np.diff(self.index) <= 0).any())):
             raise ValueError("NoisyLabels: index must be increasing int64 positions, one per label")
+        if self.trusted is not None and (self.trusted.dtype != np.int64 or self.trusted.ndim != 1):
+            raise ValueError(f"NoisyLabels: trusted must be 1-D int64, got {self.trusted.dtype} {self.trusted.shape}")
 
     def positions(self, n_train: int) -> np.ndarray:
         """(m,) positions in the train split of the training examples: ``index``, or all ``n_train``."""
@@ -76,10 +83,13 @@ class NoisyLabels:
 
 
 def save_noisy(path: str | Path, nl: NoisyLabels) -> Path:
-    """Write ``nl`` as an npz with arrays ``labels``, ``mask`` and, for open-set noise, ``images`` (atomically)."""
+    """Write ``nl`` as an npz with arrays ``labels``, ``mask`` and, where there are, ``images``, ``index`` and
+    ``trusted`` (atomically)."""
     extra = {"images": nl.images} if nl.images is not None else {}
     if nl.index is not None:
         extra["index"] = nl.index
+    if nl.trusted is not None:
+        extra["trusted"] = nl.trusted
     return save_npz(path, labels=nl.labels, mask=nl.mask, **extra)
 
 
@@ -87,7 +97,8 @@ def load_noisy(path: str | Path) -> NoisyLabels:
     """Read what ``save_noisy`` wrote."""
     z = read_npz(path, remedy="run the inject_noise stage (dvc repro inject_noise)", keys=("labels", "mask"))
     return NoisyLabels(labels=z["labels"].astype(np.int64, copy=False), mask=z["mask"].astype(bool, copy=False),
-                       images=z.get("images"), index=z.get("index"))
+                       images=z.get("images"), index=z.get("index"),
+                       trusted=None if z.get("trusted") is None else z["trusted"].astype(np.int64, copy=False))
 
 
 # ----------------------------------------------------------------------------- what a model is given and gives back

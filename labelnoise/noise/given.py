@@ -5,6 +5,7 @@ knows."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 from collections.abc import Mapping
@@ -48,8 +49,12 @@ def apply(inputs: NoiseInputs) -> Applied:
                          "per image, in the dataset's own order")
     nl = given_labels(file_labels, p.train_idx, true=inputs.labels if inputs.truth else None,
                       num_classes=inputs.num_classes)
+    # the file labels the trusted images too: their labels there, beside their verified ones, show the noise itself
+    trusted = given_labels(file_labels, p.clean_idx, true=None, num_classes=inputs.num_classes).labels
+    nl = dataclasses.replace(nl, trusted=trusted)
     report = {"file": str(path), "key": params.key or None,
-              "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n_file_labels": int(file_labels.size)}
+              "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n_file_labels": int(file_labels.size),
+              "n_trusted_labelled": int(trusted.size)}
     # the file says how much is wrong: nothing is requested; without true labels, how much is unknown
     return Applied(nl, requested_rate=float("nan"), rate_source=FILE, rate_known=inputs.truth,
                    title=f"given noise ({Path(params.file).name})", report=report)
