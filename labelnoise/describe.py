@@ -5,11 +5,10 @@ changes what a stage computes."""
 from __future__ import annotations
 
 import math
-from pathlib import PurePath
 from typing import Any
 
 from labelnoise.methods import display_name
-from labelnoise.noise import is_clean
+from labelnoise.noise import is_clean, level_name
 
 
 def as_number(value: Any) -> float | None:
@@ -37,10 +36,8 @@ def level_label(params: dict[str, Any]) -> str:
     kind = params.get("noise.kind", "")
     if is_clean(str(kind)):
         return "clean"
-    if kind == "given":
-        name = PurePath(str(params.get("noise.given.file", ""))).stem
-        key = str(params.get("noise.given.key") or "")
-        return f"given {key or name}".strip()
+    if (named := level_name(params)) is not None:
+        return named
     rate = as_number(params.get("noise.rate", ""))
     return f"{kind} {rate * 100:g} %" if rate is not None else str(kind)
 

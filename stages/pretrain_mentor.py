@@ -9,7 +9,8 @@ from the noise estimate) and the channel its DD copy was corrupted with: the stu
 
 Inputs: PATHS.prepared (DD: the clean subset's images and labels; PD: the class count), PATHS.noisy (DD with
 ``dd_noise_kind: auto``: the noise source's own labels of the trusted examples, where it has them),
-PATHS.noise_estimate (the ``auto`` params). Outputs: PATHS.mentor_model, PATHS.mentor_report (JSON), PNGs in the folder PATHS.mentor_plots.
+PATHS.noise_estimate (the ``auto`` params). Outputs: PATHS.mentor_model, PATHS.mentor_report (JSON), PNGs in the
+folder PATHS.mentor_plots.
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def test_trusted_examples_keep_their_noisy_label() -> None:
 
 def test_phases_never_get_true_train_labels() -> None:
     fields = {"x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val", "x_test", "y_test", "classes", "dataset",
-              "trusted_in_train"}
+              "trusted_in_train", "y_clean_given"}  # y_clean_given: the noise source's labels of trusted images
     assert set(TrainView.__dataclass_fields__) == fields  # the view has no true train labels
     for fn in (correction.joint_optimize, correction.retrain):
         params = inspect.signature(fn).parameters

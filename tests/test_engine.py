@@ -368,7 +368,7 @@ def test_fit_never_gets_true_train_labels() -> None:
     assert not any("true" in name or name in ("labels", "y_true") for name in params)
     # fit reads only the TrainView fields: an object with exactly those (and nothing else) is enough
     fields = {"x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val", "x_test", "y_test", "classes", "dataset",
-              "trusted_in_train"}
+              "trusted_in_train", "y_clean_given"}  # y_clean_given: the noise source's labels of trusted images
     assert set(TrainView.__dataclass_fields__) == fields
 
     class Exactly:

@@ -16,6 +16,7 @@ import torch
 from labelnoise import datasets
 from labelnoise.config import Config, ConfigError, from_dict, merge, read_yaml
 from labelnoise.mentornet.pretrain import DD_PLOT_NAME, PD_PLOT_NAME
+from labelnoise.noise import NoisyLabels, save_noisy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,11 +218,15 @@ def test_dd_auto_learns_on_the_estimated_noise(in_tmp: Path) -> None:
     from stages.common import PATHS
 
     cfg = config(kind="dd")  # the defaults: percentile and the copy's noise auto
-    write_prepared(cfg)
+    prepared = write_prepared(cfg)
     with pytest.raises(FileNotFoundError, match="mentor.dd_noise_kind, mentor.percentile = auto"):
         pretrain_mentor.run(cfg)
     pair = 0.7 * np.eye(10) + 0.3 * np.roll(np.eye(10), 1, axis=1)  # what estimate_noise found: pair noise, 30 %
     save_json(PATHS.noise_estimate, {"rate": 0.3, "transition": pair.tolist(), "use": "confusion"})
+    with pytest.raises(FileNotFoundError, match="noisy.npz"):  # where the noise source labelled the trusted images
+        pretrain_mentor.run(cfg)
+    train = prepared.labels[prepared.train_idx]  # synthetic noise: no labels of the trusted images (trusted None)
+    save_noisy(PATHS.noisy, NoisyLabels(train.copy(), np.zeros(train.shape, dtype=bool)))
     pretrain_mentor.run(cfg)
     report = json.loads(Path(PATHS.mentor_report).read_text())
     assert report["dd_noise_kind"] == "transition" and report["dd_noise_rate"] is None

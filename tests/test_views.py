@@ -20,7 +20,9 @@ def test_train_view_holds_no_true_train_labels() -> None:
     noisy = (true + 1) % 4  # every label changed
     view = views.make_train_view(p, NoisyLabels(noisy, noisy != true))
     assert views.TRAIN_VIEW_FIELDS == ("x_train", "y_train", "x_clean", "y_clean", "x_val", "y_val",
-                                          "x_test", "y_test", "classes", "dataset", "trusted_in_train")
+                                          "x_test", "y_test", "classes", "dataset", "trusted_in_train",
+                                          "y_clean_given")
+    assert view.y_clean_given is None  # the noise gave the trusted examples no label of its own
     for name in views.TRAIN_VIEW_FIELDS:
         value = getattr(view, name)
         assert not isinstance(value, Prepared)
@@ -35,6 +37,12 @@ def test_train_view_holds_no_true_train_labels() -> None:
         views.make_train_view(p, NoisyLabels(noisy[:-1], noisy[:-1] != true[:-1]))
     with pytest.raises(TypeError, match="NoisyLabels"):  # labels alone would silently drop open-set images
         views.make_train_view(p, noisy)
+    given = (p.labels[p.clean_idx] + 1) % 4  # a label file's labels of the trusted examples travel beside theirs
+    paired = views.make_train_view(p, NoisyLabels(noisy, noisy != true, trusted=given))
+    assert torch.equal(paired.y_clean_given, torch.from_numpy(given))
+    assert views.trusted_only(paired).y_clean_given is None and views.without_evaluation(paired).y_clean_given is None
+    with pytest.raises(ValueError, match="given labels of trusted examples"):
+        views.make_train_view(p, NoisyLabels(noisy, noisy != true, trusted=given[:-1]))
 
 
 def test_train_view_of_massive_noise_holds_only_its_examples(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
     x = torch.from_numpy(np.ascontiguousarray(prepared.images[prepared.clean_idx]))  # (N, C, H, W) uint8
     y_true = prepared.labels[prepared.clean_idx]  # (N,)
     estimated = m.dd_noise_kind == "auto"  # the copy has the estimated channel's noise, or the given labels' own
-    kind = ("given" if given is not None else "transition") if estimated else m.dd_noise_kind
+    own_labels = estimated and given is not None  # the noise source's own labels of the trusted images
     corrupted = dd_copy(y_true, m, num_classes=k, dataset=prepared.dataset, transition=transition, given=given)
     y_noisy = torch.from_numpy(corrupted.labels)
     correct = torch.from_numpy(~corrupted.mask)  # (N,) bool: v* = 1[label correct]
@@ -215,7 +215,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
                           "auroc_loss_epoch": auroc(-loss_held[e], bad[e])})
     report = {
         "kind": "dd",
-        "dd_noise_kind": kind,
+        "dd_noise_kind": "given" if own_labels else "transition" if estimated else m.dd_noise_kind,
         "dd_noise_rate": None if estimated else m.dd_noise_rate,
         "dd_noise_seed": m.dd_noise_seed,
         "dd_realised_rate": float(corrupted.mask.mean()),
@@ -236,7 +236,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
         "per_epoch": per_epoch,
     }
 
-    what = (f"the given labels ({float(corrupted.mask.mean()):.2f} wrong)" if kind == "given"
+    what = (f"the given labels ({float(corrupted.mask.mean()):.2f} wrong)" if own_labels
             else f"the estimated noise ({float(corrupted.mask.mean()):.2f})" if estimated
             else f"{m.dd_noise_kind} {m.dd_noise_rate:g}")
 
@@ -260,7 +260,8 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
 
     bad_all = record.features.target.numpy() < 0.5
     return Pretrained(mentor=mentor, num_classes=k, report=report, plot=plot,
-                      dd_transition=np.asarray(transition, dtype=np.float64) if kind == "transition" else None)
+                      dd_transition=(np.asarray(transition, dtype=np.float64) if estimated and not own_labels
+                                     else None))
 
 
 def _epoch_at(history: list[dict[str, float]], progress: int) -> int:

@@ -27,6 +27,7 @@ from labelnoise.noise.base import (
     get_noise,
     is_clean,
     largest_remainder,
+    level_name,
     load_noisy,
     n_to_change,
     noise_config_type,
@@ -46,5 +47,5 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = ["RENAMED", "Applied", "CheckContext", "Classifier", "Figure", "Injection", "NoiseInputs", "NoiseModel",
            "NoisyLabels", "block", "by_class", "check_config", "corrupt", "get_noise", "inject", "is_clean",
-           "largest_remainder", "load_noisy", "n_to_change", "noise_config_type", "noise_names", "per_class_rate",
-           "realised_transition", "register", "registered", "save_noisy", "unregister"]
+           "largest_remainder", "level_name", "load_noisy", "n_to_change", "noise_config_type", "noise_names",
+           "per_class_rate", "realised_transition", "register", "registered", "save_noisy", "unregister"]

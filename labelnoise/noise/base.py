@@ -183,6 +183,8 @@ class NoiseModel:
     params: type | None = None  # the dataclass of its params block (noise.<name> in params.yaml), if it has one
     check: Callable[[Any, CheckContext], None] | None = None  # checks of its block (ConfigError naming the key)
     clean: bool = False  # it corrupts nothing: a run with it is the oracle (training on clean labels)
+    level: Callable[[dict[str, Any]], str] | None = None  # its level's name from a run's flat params, where noise.rate
+    # does not say it (reports name a level '<kind> <rate> %' otherwise)
 
 
 _REGISTRY: dict[str, NoiseModel] = {}
@@ -219,6 +221,13 @@ def registered() -> list[NoiseModel]:
 
 def noise_names() -> tuple[str, ...]:
     return tuple(m.name for m in registered())
+
+
+def level_name(params: dict[str, Any]) -> str | None:
+    """The level's name that the noise model of a run's flat ``params`` gives itself, or None (no such model, or
+    one whose rate says its level)."""
+    model = _REGISTRY.get(str(params.get("noise.kind", "")))
+    return model.level(params) if model is not None and model.level is not None else None
 
 
 def is_clean(name: str) -> bool:

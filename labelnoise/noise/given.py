@@ -10,7 +10,7 @@ import hashlib
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -164,5 +164,11 @@ def given_labels(file_labels: np.ndarray, idx: np.ndarray, *, true: np.ndarray |
     return NoisyLabels(labels, mask)
 
 
+def level(params: dict[str, Any]) -> str:
+    """'given worse': the file's key, or the file's name (no param says the rate of a file of labels)."""
+    key = str(params.get("noise.given.key") or "")
+    return f"given {key or PurePath(str(params.get('noise.given.file', ''))).stem}".strip()
+
+
 MODEL = register(NoiseModel(name="given", summary="the noisy labels of a file (e.g. CIFAR-10N's human labels)",
-                            class_conditional=False, apply=apply, params=GivenParams, check=check))
+                            class_conditional=False, apply=apply, params=GivenParams, check=check, level=level))
