@@ -16,16 +16,28 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from stages import STAGES, get_stage, stage_params_help
+from stages import STAGES, get_stage, project_root, stage_params_help
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Train deep networks on noisy labels: a DVC pipeline tracked in MLflow. "
-    "`dvc repro` runs all stages; the commands below run one stage or inspect results.",
-)
+app = typer.Typer(no_args_is_help=True)  # its help: the callback's docstring
 
-ROOT = Path(__file__).resolve().parent
+ROOT = project_root()
+
+
+def _version(show: bool) -> None:
+    if show:
+        from labelnoise import __version__
+
+        typer.echo(f"labelnoise {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Train deep networks on noisy labels: a DVC pipeline tracked in MLflow. `dvc repro` runs all stages; the
+    commands below run one stage or inspect results."""
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="Params file (one section per stage).", rich_help_panel="Parameters")

@@ -11,8 +11,10 @@ An example is flagged when the suggested label differs from the given one. Array
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,17 +78,26 @@ def write_csv(path: str | Path, issues: LabelIssues, *, classes: list[str], sugg
     ``index`` is the example's position in the train split; ``dataset_index`` (n,) maps it to the image's index in
     the dataset's order (what ``noise.file`` and ``data.clean_file`` count), ``paths`` (n,) to its file (a folder
     dataset; else the cell is empty)."""
-    where = np.asarray(issues.index) if dataset_index is None else np.asarray(dataset_index)[issues.index]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        for rank, (i, d, g, s, pg, ps, sc, fl) in enumerate(zip(
-                issues.index, where, issues.given, issues.suggested, issues.p_given, issues.p_suggested, issues.score,
-                issues.flagged, strict=True), start=1):
-            writer.writerow([rank, int(i), int(d), "" if paths is None else str(paths[i]), classes[g], classes[s],
-                             f"{pg:.4f}", f"{ps:.4f}",
-                             "" if np.isnan(sc) else f"{sc:.4f}", "yes" if fl else "no", suggested_by])
+        rows = table_rows(issues, classes=classes, suggested_by=suggested_by, dataset_index=dataset_index, paths=paths)
+        for rank, i, d, path_, g, s, pg, ps, sc, fl, by in rows:
+            writer.writerow([rank, i, d, path_, g, s, f"{pg:.4f}", f"{ps:.4f}", "" if np.isnan(sc) else f"{sc:.4f}",
+                             "yes" if fl else "no", by])
     return Path(path)
+
+
+def table_rows(issues: LabelIssues, *, classes: list[str], suggested_by: str, dataset_index: np.ndarray | None = None,
+               paths: np.ndarray | None = None) -> Iterator[tuple[Any, ...]]:
+    """The table's rows, one tuple of ``COLUMNS`` each, in suspicion order: ints, class names, floats (NaN: no
+    score), a bool for ``flagged``, and ``path`` an empty string where there is no file (see :func:`write_csv`)."""
+    where = np.asarray(issues.index) if dataset_index is None else np.asarray(dataset_index)[issues.index]
+    for rank, (i, d, g, s, pg, ps, sc, fl) in enumerate(zip(
+            issues.index, where, issues.given, issues.suggested, issues.p_given, issues.p_suggested, issues.score,
+            issues.flagged, strict=True), start=1):
+        yield (rank, int(i), int(d), "" if paths is None else str(paths[i]), classes[g], classes[s], float(pg),
+               float(ps), float(sc), bool(fl), suggested_by)
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

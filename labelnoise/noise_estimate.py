@@ -159,6 +159,15 @@ def prior_from_noisy(noisy_marginal: np.ndarray, transition: np.ndarray) -> np.n
     return p / p.sum() if p.sum() > 0 else np.full(len(p), 1.0 / len(p))
 
 
+def clean_probs(noisy_probs: np.ndarray, transition: np.ndarray) -> np.ndarray:
+    """The true-class probabilities p(y | x) (n, K) behind a noisy-label model's p(ỹ | x) = p(y | x) T (n, K):
+    ``noisy_probs`` times T's pseudo-inverse, clipped at 0 and renormalised (a row left all 0: ``noisy_probs``'s)."""
+    probs = np.asarray(noisy_probs, dtype=np.float64)
+    clean = np.clip(probs @ np.linalg.pinv(np.asarray(transition, dtype=np.float64)), 0.0, None)
+    total = clean.sum(axis=1, keepdims=True)
+    return np.where(total > 0, clean / np.where(total > 0, total, 1.0), probs)
+
+
 def noise_rate(transition: np.ndarray, prior: np.ndarray) -> float:
     """The overall fraction of wrong labels under ``transition`` (K, K) and true-class ``prior`` (K,):
     Σ_i π_i (1 − T[i, i])."""

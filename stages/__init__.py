@@ -2,6 +2,14 @@
 and the one map of the params each reads. Importing this package loads nothing else of the project."""
 
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The project the stages run in: this checkout (``stages/`` beside ``dvc.yaml``), or, for the installed
+    ``labelnoise`` command, the working folder (a clone of the project, where its ``dvc.yaml`` is)."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "dvc.yaml").is_file() else Path.cwd()
 
 # The training recipe's keys each use of it reads (a use overrides the others: see its own params).
 _RECIPE = ("model", "pretrained", "epochs", "batch_size", "epoch_size", "eval_batch_size", "lr", "momentum", "nesterov",

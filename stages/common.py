@@ -11,9 +11,9 @@ import yaml
 
 from labelnoise import runtime
 from labelnoise.config import Config
-from stages import STAGE_PARAMS, get_stage  # noqa: F401  (re-exported: the stages read their map from here)
+from stages import STAGE_PARAMS, get_stage, project_root  # noqa: F401  (re-exported: the stages read their map from here)
 
-DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
+DVC_FILE = project_root() / "dvc.yaml"
 
 
 def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:

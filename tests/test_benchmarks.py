@@ -25,3 +25,12 @@ def test_the_throughput_benchmark_runs_on_the_default_params(tmp_path: Path, mon
     assert all(result[k] > 0 for k in ("project_img_s", "bare_img_s", "bare_other_format_img_s", "spade_img_s",
                                        "mentormix_img_s", "ratio"))
     assert result["fastest_bare"] in ("bare", "bare_other_format")
+
+
+def test_the_label_issues_benchmark_runs() -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks import find_label_issues
+
+    rows = find_label_issues.main(["pair:0.3", "--trusted", "50"])
+    assert [r["flagger"] for r in rows] == ["cleanlab", "labelnoise (confident_joint)", "labelnoise (paired)"]
+    assert all(0.0 <= r["precision"] <= 1.0 and 0.0 <= r["recall"] <= 1.0 for r in rows)

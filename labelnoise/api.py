@@ -1,0 +1,112 @@
+"""The Python entry points: the pipeline's library calls for arrays a user already has, with no DVC or MLflow.
+
+    import labelnoise
+    issues = labelnoise.find_label_issues(labels, pred_probs, trusted=(idx, true_labels))
+    issues[issues.flagged].head()          # the labels to fix first
+
+:func:`find_label_issues` takes out-of-sample predicted probabilities from the user's own model (any modality), as
+cleanlab's does, and ranks them the way the pipeline's label correction relabels: the class posterior of each label
+under the estimated noise (:mod:`labelnoise.correction.posterior`); a person's checked labels (``trusted``) are
+known, and can estimate the noise instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from labelnoise.label_issues import COLUMNS, rank_label_issues, table_rows
+
+
+def _trusted(trusted: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``trusted`` as (indices (m,) int64 in [0, n), their true labels (m,) int64 in [0, k)), or None."""
+    if trusted is None:
+        return None
+    try:
+        idx, true = (np.asarray(a) for a in trusted)
+    except (TypeError, ValueError):
+        raise ValueError("trusted: give (indices, labels), the positions of the trusted examples and their true "
+                         "labels") from None
+    if idx.ndim != 1 or true.shape != idx.shape or not (np.issubdtype(idx.dtype, np.integer)
+                                                         and np.issubdtype(true.dtype, np.integer)):
+        raise ValueError(f"trusted: indices and labels must be two integer arrays of one length, got shapes "
+                         f"{idx.shape} and {true.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n or len(np.unique(idx)) != idx.size):
+        raise ValueError(f"trusted: indices must be distinct positions in [0, {n})")
+    if true.size and (true.min() < 0 or true.max() >= k):
+        raise ValueError(f"trusted: labels must lie in [0, {k})")
+    return idx.astype(np.int64), true.astype(np.int64)
+
+
+def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray, *, trusted: Any = None,
+                      classes: Sequence[str] | None = None,
+                      estimate: Literal["confident_joint", "paired"] = "confident_joint") -> Any:
+    """The label-issues table of ``labels`` (n,) int in [0, K), most suspicious first, as a pandas DataFrame with
+    the columns of the pipeline's ``reports/label_issues.csv`` (``index`` and ``dataset_index`` are the position in
+    ``labels``, ``path`` is empty; ``flagged`` a bool: the suggested label differs from the given one).
+
+    ``pred_probs`` (n, K): out-of-sample predicted probabilities (e.g. cross-validated) of a model trained on the
+    given labels, p(ỹ | x). ``trusted``: (indices (m,), true labels (m,)) of examples whose label a person checked,
+    or None. ``classes``: K names (default ``"0"``, ``"1"``, ...).
+
+    The noise estimate T (K, K), T[i, j] = P(given j | true i): ``estimate="confident_joint"`` confident learning's
+    from ``labels`` and ``pred_probs``; ``"paired"`` the trusted examples' given labels against their true ones
+    (assumes nothing of how the noise arises, but needs many trusted examples per class: it is counts). Each
+    label's distribution is the posterior of the true class given the image and the given label,
+    q ∝ p(y | x) · T[:, given], with p(y | x) = ``pred_probs`` · T⁻¹ (clipped); a trusted example's is its true
+    label. The table ranks by q(given). ``DataFrame.attrs["noise_estimate"]`` holds the estimator, the rate, T.
+
+        >>> import numpy as np, labelnoise
+        >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.95, 0.05], [0.1, 0.9]])
+        >>> table = labelnoise.find_label_issues([0, 1, 1, 1], probs, classes=["cat", "dog"])
+        >>> table.loc[table.flagged, ["index", "given", "suggested"]].values.tolist()
+        [[2, 'dog', 'cat']]
+    """
+    import pandas as pd
+    import torch
+
+    from labelnoise.correction.posterior import noisy_label_posterior
+    from labelnoise.noise_estimate import (
+        clean_probs,
+        confident_joint_transition,
+        noise_rate,
+        paired_transition,
+        prior_from_noisy,
+    )
+
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    given = np.asarray(labels)
+    if probs.ndim != 2 or given.shape != (probs.shape[0],):
+        raise ValueError(f"pred_probs must be (n, K) for n labels: got {probs.shape} for labels of shape "
+                         f"{given.shape}")
+    n, k = probs.shape
+    if not np.issubdtype(given.dtype, np.integer) or (n and (given.min() < 0 or given.max() >= k)):
+        raise ValueError(f"labels must be integers in [0, {k}) (pred_probs has {k} columns)")
+    if not np.isfinite(probs).all() or (probs < 0).any() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError("pred_probs: every row must be probabilities summing to 1")
+    names = [str(c) for c in (classes if classes is not None else range(k))]
+    if len(names) != k:
+        raise ValueError(f"classes: {len(names)} names for {k} columns of pred_probs")
+    if estimate not in ("confident_joint", "paired"):
+        raise ValueError(f"estimate: confident_joint or paired, got {estimate!r}")
+    given = given.astype(np.int64)
+    checked = _trusted(trusted, n, k)
+    if estimate == "paired" and (checked is None or not checked[0].size):
+        raise ValueError("estimate='paired' counts the trusted examples' given labels: give trusted=(indices, labels)")
+
+    if estimate == "paired":
+        transition = paired_transition(given[checked[0]], checked[1], k)
+        prior = prior_from_noisy(np.bincount(given, minlength=k) / n, transition)
+    else:
+        transition, prior = confident_joint_transition(given, probs)
+    q = noisy_label_posterior(torch.from_numpy(clean_probs(probs, transition)), torch.from_numpy(given), weight="auto",
+                              transition=torch.from_numpy(transition)).double().numpy()  # (n, K)
+    if checked is not None:  # a checked label is known
+        q[checked[0]] = np.eye(k)[checked[1]]
+    issues = rank_label_issues(given, q)
+    rows = table_rows(issues, classes=names, suggested_by=f"posterior under the {estimate} estimate")
+    table = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    table.attrs["noise_estimate"] = {"use": estimate, "rate": noise_rate(transition, prior), "transition": transition}
+    return table

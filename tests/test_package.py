@@ -1,0 +1,77 @@
+"""The project as a package: the wheel installs the library and the `labelnoise` command, usable outside the
+repository (a fresh venv; its dependencies are the project venv's, so nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ["pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt", "cli.py", "labelnoise", "stages"]
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a fresh venv with the wheel installed, the wheel): built from a copy of the sources, so the checkout gets
+    no build/ or egg-info."""
+    tmp = tmp_path_factory.mktemp("package")
+    src = tmp / "src"
+    src.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, src / name)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+          "-w", str(tmp / "dist"), str(src)], tmp)
+    wheel = next((tmp / "dist").glob("labelnoise-*.whl"))
+    venv = tmp / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)], tmp)
+    python = venv / "bin" / "python"
+    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).strip())
+    (purelib / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., not installed
+    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp)
+    return venv, wheel
+
+
+def test_the_wheel_names_the_dependencies_and_the_command(installed: tuple[Path, Path]) -> None:
+    _, wheel = installed
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    requires = [line.split(": ", 1)[1] for line in meta.splitlines() if line.startswith("Requires-Dist: ")]
+    assert "torch==2.14.1" in requires and "torchvision==0.29.1" in requires
+    assert 'pytest==9.2.0; extra == "dev"' in requires  # the tools are an extra, not a dependency
+    assert not any(r.startswith("aiohttp") for r in requires)  # the lock file's transitive pins are not
+    assert "labelnoise = cli:main" in entry
+    assert "labelnoise/api.py" in names and "stages/train_student.py" in names and "cli.py" in names
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+def test_the_command_and_the_library_work_outside_the_repository(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    venv, _ = installed
+    import labelnoise
+
+    version = _run([str(venv / "bin" / "labelnoise"), "--version"], tmp_path).strip()
+    assert version == f"labelnoise {labelnoise.__version__}"
+    assert "inject-noise" in _run([str(venv / "bin" / "labelnoise"), "--help"], tmp_path)
+    code = ("import numpy as np, labelnoise; "
+            "t = labelnoise.find_label_issues([0, 1, 1], np.array([[.9, .1], [.2, .8], [.9, .1]])); "
+            "print(labelnoise.__file__); print(t.loc[t.flagged, 'index'].tolist())")
+    where, flagged = _run([str(venv / "bin" / "python"), "-c", code], tmp_path).split()
+    assert Path(where).is_relative_to(venv) and flagged == "[2]"  # the installed copy, not the checkout
