@@ -286,6 +286,62 @@ def label_issues(
     Console(width=120).print(table)
 
 
+@app.command()
+def predict(
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files (any size and mode).", show_default=False)]
+    = None,
+    folder: Annotated[Path | None, typer.Option("--folder", help="Every image file under this folder, sorted.")]
+    = None,
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="A CSV with a `path` column (relative to the "
+                                                  "CSV's folder), one image per row.")] = None,
+    model: Annotated[Path, typer.Option("--model", "-m", help="A model file the pipeline wrote.")]
+    = Path("models/final.pt"),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the rows to this CSV file (else print "
+                                             "them as CSV).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many of the likeliest classes to list.")]
+    = 3,
+) -> None:
+    """Classify images with a trained model: one CSV row per image with its path, the predicted class, its
+    probability and the likeliest classes. Each image is converted as the training images were (the model's
+    channels and size)."""
+    import csv
+    import io
+
+    from labelnoise.api import predict as predict_images
+    from labelnoise.datasets.folder import IMAGE_SUFFIXES
+    from labelnoise.io import read_csv_rows, write_atomic
+
+    if sum(x is not None and x != [] for x in (images, folder, manifest)) != 1:
+        _fail("give the images one way: files, --folder DIR or --manifest CSV", 2)
+    if folder is not None:
+        if not folder.is_dir():
+            _fail(f"--folder {folder} is not a folder", 2)
+        files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    elif manifest is not None:
+        try:
+            header, rows = read_csv_rows(manifest)
+        except (OSError, ValueError) as e:
+            _fail(f"--manifest {manifest}: {e}", 2)
+        if "path" not in header:
+            _fail(f"--manifest {manifest} has no `path` column (columns: {', '.join(header) or 'none'})", 2)
+        files = [manifest.parent / row["path"] for _, row in rows]
+    else:
+        files = list(images or [])
+    if not files:
+        _fail("no images to classify", 2)
+    try:
+        table = predict_images(model, files, top_k=top_k)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    text = io.StringIO()
+    table.to_csv(text, index=False, float_format="%.4f", quoting=csv.QUOTE_MINIMAL)
+    if out is None:
+        typer.echo(text.getvalue(), nl=False)
+        return
+    write_atomic(out, lambda p: p.write_text(text.getvalue()))
+    typer.echo(f"wrote {out} ({len(table)} images)")
+
+
 def _name(what: str, name: str) -> str:
     """``name`` if it is a name (labelnoise.config.NAME), not a path; else one line, exit 2."""
     from labelnoise.config import ConfigError, check_name

@@ -21,7 +21,8 @@ def _version() -> str:
 
 __version__ = _version()
 
-_API = ("find_label_issues",)  # labelnoise.api's entry points, imported on first use (importing labelnoise is light)
+# labelnoise.api's entry points, imported on first use (importing labelnoise is light)
+_API = ("find_label_issues", "predict")
 
 
 def __getattr__(name: str) -> object:

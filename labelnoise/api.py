@@ -3,6 +3,7 @@
     import labelnoise
     issues = labelnoise.find_label_issues(labels, pred_probs, trusted=(idx, true_labels))
     issues[issues.flagged].head()          # the labels to fix first
+    labelnoise.predict("models/final.pt", ["cat.jpg", "dog.png"])     # a trained model's classes for new images
 
 :func:`find_label_issues` takes out-of-sample predicted probabilities from the user's own model (any modality), as
 cleanlab's does, and ranks them the way the pipeline's label correction relabels: the class posterior of each label
@@ -13,6 +14,7 @@ known, and can estimate the noise instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -110,3 +112,54 @@ def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray
     table = pd.DataFrame(list(rows), columns=list(COLUMNS))
     table.attrs["noise_estimate"] = {"use": estimate, "rate": noise_rate(transition, prior), "transition": transition}
     return table
+
+
+def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top_k: int = 3, batch_size: int = 256,
+            device: str = "cpu") -> Any:
+    """The classes a trained model (a model file of the pipeline: ``models/final.pt``, ``models/student.pt``) gives
+    ``images``: a list of image files (any size and mode: each is converted as the pipeline converted its training
+    images, to the model's channels and size) or a uint8 array (N, C, H, W) of the model's input shape. A pandas
+    DataFrame, one row per image in the given order: ``path`` (empty for an array), ``predicted`` (the class name),
+    ``probability`` (its softmax probability) and ``top_k`` (the ``top_k`` likeliest classes, ``"cat 0.912; dog
+    0.051"``). A model saved without class names names them by index.
+
+        >>> labelnoise.predict("models/final.pt", ["cat.jpg", "dog.png"])  # doctest: +SKIP
+    """
+    import pandas as pd
+    import torch
+
+    from labelnoise.datasets.folder import load_image
+    from labelnoise.engine import predict_logits
+    from labelnoise.io import read_torch
+    from labelnoise.models import MODEL_RECORD_KEYS, model_from_record
+
+    record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
+    kwargs = record["model_kwargs"]
+    channels, size = int(kwargs["in_channels"]), int(kwargs["image_size"])
+    classes = [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))]
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (channels, size, size):
+            raise ValueError(f"images: a uint8 array (N, {channels}, {size}, {size}) for this model, got "
+                             f"{images.dtype} {images.shape}")
+        x, paths = images, [""] * len(images)
+    else:
+        paths = [str(p) for p in images]
+        decoded = []
+        for p in paths:
+            try:
+                decoded.append(load_image(Path(p), size=size, channels=channels))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{p}: cannot be read as an image ({' '.join(str(e).split())[:200]})") from None
+        x = np.stack(decoded) if decoded else np.zeros((0, channels, size, size), dtype=np.uint8)
+    net = model_from_record(record, device)
+    probs = torch.softmax(predict_logits(net, torch.from_numpy(np.ascontiguousarray(x)), batch_size=batch_size,
+                                         device=device), dim=1).numpy()  # (N, K)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, : min(top_k, len(classes))]  # (N, k)
+    return pd.DataFrame({
+        "path": paths,
+        "predicted": [classes[row[0]] for row in best],
+        "probability": [float(probs[i, row[0]]) for i, row in enumerate(best)],
+        "top_k": ["; ".join(f"{classes[c]} {probs[i, c]:.3f}" for c in row) for i, row in enumerate(best)],
+    })

@@ -360,13 +360,17 @@ MODEL_RECORD_KEYS = ("model_name", "model_kwargs", "state_dict")  # what load_mo
 
 def model_record(
     model: nn.Module, *, model_name: str, model_kwargs: dict[str, Any], epoch: int, clean_acc: float,
-    config: dict[str, Any],
+    config: dict[str, Any], classes: Sequence[str],
 ) -> dict[str, Any]:
     """The dict written for a trained model (``models/student.pt``); :func:`load_model` reads it back.
 
     ``model_kwargs`` are ``create_model``'s keyword arguments; ``pretrained`` is stored as False
-    because the weights are in ``state_dict`` (loading never downloads).
+    because the weights are in ``state_dict`` (loading never downloads). ``classes``: the K class names, so the
+    model describes its output; its input is uint8 images of ``model_kwargs``' ``in_channels`` and ``image_size``
+    (it normalises them itself), which :func:`labelnoise.api.predict` makes any image file into.
     """
+    if len(classes) != int(model_kwargs["num_classes"]):
+        raise ValueError(f"{len(classes)} class names for a model of {model_kwargs['num_classes']} classes")
     kwargs = {**model_kwargs, "pretrained": False}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {
@@ -377,6 +381,7 @@ def model_record(
         "epoch": int(epoch),
         "clean_acc": float(clean_acc),
         "config": config,
+        "classes": [str(c) for c in classes],
     }
 
 
@@ -385,6 +390,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> nn.Modul
     from labelnoise.io import read_torch
 
     record = read_torch(path, remedy="re-run the stage that trained it (dvc repro)", keys=MODEL_RECORD_KEYS)
+    return model_from_record(record, device)
+
+
+def model_from_record(record: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """The network of a model record (:func:`model_record`), in eval mode on ``device``."""
     kwargs = {**record["model_kwargs"], "pretrained": False}
     model = create_model(record["model_name"], **kwargs)
     model.load_state_dict(record["state_dict"])

@@ -72,7 +72,8 @@ def _trusted_probs() -> dict[str, np.ndarray] | None:
     return probs if probs["train"].size else None
 
 
-def _save(result: correction.Corrected, noisy_labels: np.ndarray, record: dict, recipe: Any, cfg: Config) -> None:
+def _save(result: correction.Corrected, noisy_labels: np.ndarray, record: dict, recipe: Any, cfg: Config,
+          classes: list[str]) -> None:
     """PATHS.corrected (the corrected labels) and PATHS.final_model (the final network, how it was trained)."""
     kept = result.kept if result.kept is not None else np.zeros(len(noisy_labels), dtype=bool)
     save_npz(PATHS.corrected, soft=result.soft, hard=result.hard, changed=result.hard != noisy_labels,
@@ -80,7 +81,7 @@ def _save(result: correction.Corrected, noisy_labels: np.ndarray, record: dict, 
     last = result.final.history[-1]
     save_torch(PATHS.final_model, model_record(
         result.final.model, model_name=record["model_name"], model_kwargs=record["model_kwargs"],
-        epoch=int(last["epoch"]), clean_acc=last["clean_acc"],
+        epoch=int(last["epoch"]), clean_acc=last["clean_acc"], classes=classes,
         config={"correction": dataclasses.asdict(cfg.correction), "train": dataclasses.asdict(recipe),
                 "seed": cfg.base.seed}))
 
@@ -121,7 +122,7 @@ def run(cfg: Config) -> dict[str, float]:
             checkpoint_path=Path(PATHS.correction_ckpt), on_epoch=on_epoch)
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        _save(result, noisy.labels, record, recipe, cfg)
+        _save(result, noisy.labels, record, recipe, cfg, list(view.classes))
         final, last = result.final, result.final.history[-1]
 
         # ---- report (evaluation path: the true train labels are read here, after training)

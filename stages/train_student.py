@@ -68,16 +68,17 @@ def write_curves(path: Any, history: list[dict[str, float]]) -> None:
 
 
 
-def _save(trained: Any, n: int, kwargs: dict[str, Any], config: dict[str, Any], cfg: Config) -> None:
-    """The student's outputs: its last and its best-on-the-trusted-subset model (with ``config``, how it trained),
-    its curves, and the per-example records of the ``n`` noisy examples."""
+def _save(trained: Any, n: int, kwargs: dict[str, Any], config: dict[str, Any], cfg: Config,
+          classes: list[str]) -> None:
+    """The student's outputs: its last and its best-on-the-trusted-subset model (with ``config``, how it trained,
+    and the ``classes``' names), its curves, and the per-example records of the ``n`` noisy examples."""
     result, last, model = trained.fit, trained.fit.history[-1], cfg.train.model
     best = create_model(model, **kwargs)
     best.load_state_dict(result.best_state)
     for path, net, epoch, clean_acc in ((PATHS.student_model, result.model, last["epoch"], last["clean_acc"]),
                                         (PATHS.student_best, best, result.best_epoch, result.best_clean_acc)):
         save_torch(path, model_record(net, model_name=model, model_kwargs=kwargs, epoch=int(epoch),
-                                      clean_acc=clean_acc, config=config))
+                                      clean_acc=clean_acc, config=config, classes=classes))
     write_curves(PATHS.curves, result.history)
     save_weights(PATHS.student_weights, {key: value[:, :n] if value.ndim == 2 else value  # the noisy examples'
                                          for key, value in trained.weights.items()}, method=cfg.student.method)
@@ -127,7 +128,7 @@ def run(cfg: Config) -> dict[str, float]:
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
         _save(trained, n, kwargs, method.checkpoint_config(ctx.params, t, seed=cfg.base.seed, weights_at=s.weights_at,
-                                                          mentor_cfg=mentor_cfg), cfg)
+                                                          mentor_cfg=mentor_cfg), cfg, list(view.classes))
         metrics = trained.summary()
         tracked.log_metrics({key: metrics[key] for key in HEADLINE}, on_parent=True)
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})

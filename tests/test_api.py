@@ -84,3 +84,82 @@ def test_importing_the_package_loads_no_training_code() -> None:
     assert out == [labelnoise.__version__, "False"]
     with pytest.raises(AttributeError):
         _ = labelnoise.no_such_entry_point
+
+
+# ----------------------------------------------------------------------------- predict
+CLASSES = ["circle", "square", "cross"]
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A small RGB model record as the pipeline writes one, with its class names."""
+    import torch
+
+    from labelnoise.io import save_torch
+    from labelnoise.models import create_model, model_record
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 3, "in_channels": 3, "image_size": 16}
+    net = create_model("cnn", **kwargs)
+    return save_torch(tmp_path / "final.pt", model_record(net, model_name="cnn", model_kwargs=kwargs, epoch=1,
+                                                          clean_acc=0.5, config={}, classes=CLASSES))
+
+
+def _images(folder: Path) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (w, h, mode) in enumerate([(40, 24, "RGB"), (16, 16, "L"), (31, 57, "RGBA")]):
+        a = rng.integers(0, 256, (h, w, len(mode)) if mode != "L" else (h, w), dtype=np.uint8)
+        files.append(folder / f"img{i}.png")
+        Image.fromarray(a, mode).save(files[-1])
+    return files
+
+
+def test_predict_converts_any_image_as_training_did_and_names_the_classes(model_file: Path, tmp_path: Path) -> None:
+    from labelnoise.datasets.folder import load_image
+
+    files = _images(tmp_path / "imgs")
+    table = labelnoise.predict(model_file, files, top_k=2)
+    assert list(table.columns) == ["path", "predicted", "probability", "top_k"]
+    assert list(table.path) == [str(f) for f in files] and set(table.predicted) <= set(CLASSES)
+    x = np.stack([load_image(f, size=16, channels=3) for f in files])
+    same = labelnoise.predict(model_file, x, top_k=2)  # the array form: the same classes and probabilities
+    assert list(same.predicted) == list(table.predicted) and np.allclose(same.probability, table.probability)
+    for row in table.itertuples():
+        first, second = row.top_k.split("; ")
+        assert first.startswith(row.predicted) and float(second.split()[-1]) <= row.probability
+    with pytest.raises(ValueError, match=r"uint8 array \(N, 3, 16, 16\)"):
+        labelnoise.predict(model_file, x[:, :1])
+
+
+def test_the_predict_command_reads_files_a_folder_or_a_manifest(model_file: Path, tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    files = _images(tmp_path / "imgs")
+    manifest = tmp_path / "imgs" / "manifest.csv"
+    manifest.write_text("path\n" + "\n".join(f.name for f in files) + "\n")
+    out = tmp_path / "preds.csv"
+    results = {}
+    for how in ([str(f) for f in files], ["--folder", str(tmp_path / "imgs")], ["--manifest", str(manifest)]):
+        done = runner.invoke(app, ["predict", *how, "--model", str(model_file), "--out", str(out), "-k", "1"])
+        assert done.exit_code == 0, done.output
+        rows = list(csv.DictReader(out.open()))
+        results[how[0]] = [(Path(r["path"]).name, r["predicted"]) for r in rows]
+        assert [r["top_k"].split()[0] for r in rows] == [r["predicted"] for r in rows]
+    assert len(set(map(tuple, results.values()))) == 1  # the three forms agree
+    for args, code, message in (
+            (["--folder", str(tmp_path), "--manifest", str(manifest)], 2, "one way"),
+            ([str(files[0]), "--model", str(tmp_path / "none.pt")], 1, "does not exist"),
+            ([str(manifest), "--model", str(model_file)], 1, "cannot be read as an image"),
+            (["--manifest", str(model_file), "--model", str(model_file)], 2, "manifest")):
+        done = runner.invoke(app, ["predict", *args])
+        assert done.exit_code == code and message in done.output, done.output
+        assert len(done.output.strip().splitlines()) == 1

@@ -139,7 +139,8 @@ def _write_inputs(cfg: Config) -> dict[str, np.ndarray]:
         save_torch(
             path,
             model_record(
-                model, model_name="cnn", model_kwargs=kwargs, epoch=epoch, clean_acc=clean_acc, config=cfg.to_dict()
+                model, model_name="cnn", model_kwargs=kwargs, epoch=epoch, clean_acc=clean_acc, config=cfg.to_dict(),
+                classes=[str(c) for c in range(kwargs["num_classes"])],
             ),
         )
 

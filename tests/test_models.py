@@ -99,7 +99,7 @@ def test_save_and_load_model_round_trip(tmp_path) -> None:
     kwargs = dict(num_classes=4, in_channels=3, image_size=32, mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.25])
     model = models.create_model("preact_resnet32", **kwargs).eval()
     record = models.model_record(model, model_name="preact_resnet32", model_kwargs=kwargs, epoch=3, clean_acc=0.75,
-                                 config={"student": {"lr": 0.1}, "seed": 0})
+                                 config={"student": {"lr": 0.1}, "seed": 0}, classes=["a", "b", "c", "d"])
     save_torch(tmp_path / "m.pt", record)
     loaded = models.load_model(tmp_path / "m.pt", "cpu")
     assert not loaded.training
@@ -108,6 +108,10 @@ def test_save_and_load_model_round_trip(tmp_path) -> None:
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     stored = torch.load(tmp_path / "m.pt", weights_only=True)
     assert stored["epoch"] == 3 and stored["clean_acc"] == 0.75 and stored["num_classes"] == 4
+    assert stored["classes"] == ["a", "b", "c", "d"]  # the model names its outputs
+    with pytest.raises(ValueError, match="3 class names for a model of 4 classes"):
+        models.model_record(model, model_name="preact_resnet32", model_kwargs=kwargs, epoch=3, clean_acc=0.75,
+                            config={}, classes=["a", "b", "c"])
     assert stored["model_kwargs"]["pretrained"] is False  # loading never downloads
 
 
