@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -340,6 +341,31 @@ def predict(
         return
     write_atomic(out, lambda p: p.write_text(text.getvalue()))
     typer.echo(f"wrote {out} ({len(table)} images)")
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="The file to write (e.g. model.onnx, model.pt).", show_default=False)],
+    format_: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (torch's ONNX exporter) or "
+                                                  "torchscript.")] = ExportFormat.onnx,
+    model: Annotated[Path, typer.Option("--model", "-m", help="A model file the pipeline wrote.")]
+    = Path("models/final.pt"),
+) -> None:
+    """Write a trained model for use without this project: input uint8 images (N, C, H, W) as `predict` converts
+    them, output logits (N, K); the class names, channels and size go with it (ONNX metadata; TorchScript's extra
+    file labelnoise.json)."""
+    from labelnoise.api import export as export_model
+
+    try:
+        written = export_model(model, out, format=format_.value)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    typer.echo(f"wrote {written} ({format_.value}, from {model})")
 
 
 def _name(what: str, name: str) -> str:

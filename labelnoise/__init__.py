@@ -22,7 +22,7 @@ def _version() -> str:
 __version__ = _version()
 
 # labelnoise.api's entry points, imported on first use (importing labelnoise is light)
-_API = ("find_label_issues", "predict")
+_API = ("export", "find_label_issues", "predict")
 
 
 def __getattr__(name: str) -> object:

@@ -4,6 +4,7 @@
     issues = labelnoise.find_label_issues(labels, pred_probs, trusted=(idx, true_labels))
     issues[issues.flagged].head()          # the labels to fix first
     labelnoise.predict("models/final.pt", ["cat.jpg", "dog.png"])     # a trained model's classes for new images
+    labelnoise.export("models/final.pt", "model.onnx")                # for use without this project
 
 :func:`find_label_issues` takes out-of-sample predicted probabilities from the user's own model (any modality), as
 cleanlab's does, and ranks them the way the pipeline's label correction relabels: the class posterior of each label
@@ -13,6 +14,7 @@ known, and can estimate the noise instead.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -163,3 +165,46 @@ def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top
         "probability": [float(probs[i, row[0]]) for i, row in enumerate(best)],
         "top_k": ["; ".join(f"{classes[c]} {probs[i, c]:.3f}" for c in row) for i, row in enumerate(best)],
     })
+
+
+def export(model: str | Path, out: str | Path, *, format: Literal["onnx", "torchscript"] = "onnx") -> Path:
+    """Write a trained model (a model file of the pipeline) for use without this project: ``onnx`` (torch's ONNX
+    exporter; input ``images`` uint8 (N, C, H, W), output ``logits`` (N, K), any batch size; the class names, the
+    channels and the size in the model's metadata) or ``torchscript`` (a traced module, the same input and output;
+    the class names as its extra file ``labelnoise.json``). The model normalises its input itself: feed the images
+    as :func:`predict` converts them. Written atomically; returns ``out``.
+
+        >>> labelnoise.export("models/final.pt", "model.onnx")  # doctest: +SKIP
+    """
+    import json
+
+    import torch
+
+    from labelnoise.io import atomic_path, read_torch
+    from labelnoise.models import MODEL_RECORD_KEYS, model_from_record
+
+    if format not in ("onnx", "torchscript"):
+        raise ValueError(f"format: onnx or torchscript, got {format!r}")
+    record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
+    kwargs = record["model_kwargs"]
+    channels, size = int(kwargs["in_channels"]), int(kwargs["image_size"])
+    meta = {"classes": [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))],
+            "channels": channels, "image_size": size, "model": str(record["model_name"]), "input": "uint8 (N, C, H, W)"}
+    net = model_from_record(record, "cpu")
+    example = torch.zeros((2, channels, size, size), dtype=torch.uint8)
+    with atomic_path(out) as tmp:
+        if format == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the input check traces as a constant
+                traced = torch.jit.trace(net, example)
+            torch.jit.save(traced, str(tmp), _extra_files={"labelnoise.json": json.dumps(meta)})
+        else:
+            import onnx
+
+            torch.onnx.export(net, (example,), str(tmp), dynamo=True, input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+            graph = onnx.load(str(tmp))
+            for key, value in meta.items():
+                graph.metadata_props.add(key=key, value=json.dumps(value))
+            onnx.save(graph, str(tmp))
+    return Path(out)

@@ -163,3 +163,46 @@ def test_the_predict_command_reads_files_a_folder_or_a_manifest(model_file: Path
         done = runner.invoke(app, ["predict", *args])
         assert done.exit_code == code and message in done.output, done.output
         assert len(done.output.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- export
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_model_gives_pytorchs_logits_and_names_its_classes(model_file: Path, tmp_path: Path,
+                                                                         fmt: str) -> None:
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from cli import app
+    from labelnoise.models import load_model
+
+    out = tmp_path / f"model.{fmt}"
+    done = CliRunner().invoke(app, ["export", str(out), "--format", fmt, "--model", str(model_file)])
+    assert done.exit_code == 0, done.output
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8))  # another batch
+    expected = load_model(model_file)(x).detach().numpy()
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(["logits"], {"images": x.numpy()})[0]
+        meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    else:
+        files = {"labelnoise.json": ""}
+        got = torch.jit.load(str(out), _extra_files=files)(x).detach().numpy()
+        meta = json.loads(files["labelnoise.json"])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert meta["classes"] == CLASSES and meta["channels"] == 3 and meta["image_size"] == 16
+
+
+def test_export_refuses_what_it_cannot_read_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    done = CliRunner().invoke(app, ["export", str(tmp_path / "m.onnx"), "--model", str(tmp_path / "none.pt")])
+    assert done.exit_code == 1 and "does not exist" in done.output and not (tmp_path / "m.onnx").exists()
+    done = CliRunner().invoke(app, ["export", str(tmp_path / "m.onnx"), "--format", "tflite"])
+    assert done.exit_code == 2
