@@ -292,3 +292,62 @@ def figures(ev: Evaluation, out: Path, *, prepared: Prepared, noisy: NoisyLabels
             title=f"Mentor weight against loss, train examples (AUROC {ev.scalars['detection_auroc']:.3f} at "
                   f"epoch {int(ev.scalars['detection_epoch'])})\n{what}"))
     return written
+
+
+def model_card(ev: Evaluation, *, prepared: Prepared, student: Student, final: Mapping[str, Any]) -> str:
+    """``reports/model_card.md``: what the final model (label correction's retrained network, ``final`` its record)
+    is, what it was trained on, how well it does and what that does not say, in Markdown."""
+    s, r = ev.scalars, ev.report
+    kwargs = final.get("model_kwargs") or {}
+    sizes = prepared.sizes()
+    correction = (final.get("config") or {}).get("correction") or {}
+
+    def pct(key: str) -> str:
+        return f"{s[key]:.2%}" if math.isfinite(s.get(key, math.nan)) else "not measured (no true labels)"
+
+    estimate = ev.estimate
+    realised = ("unknown (no true train labels)" if not math.isfinite(ev.label_rate)
+                else f"{ev.label_rate:.2%} (from the true labels, which training never saw)")
+    lines = [
+        "# Model card: models/final.pt",
+        "",
+        "## What it is",
+        f"- A `{final.get('model_name', '?')}` network classifying {kwargs.get('in_channels', '?')}-channel images of "
+        f"{kwargs.get('image_size', '?')}×{kwargs.get('image_size', '?')} pixels into {len(ev.classes)} classes: "
+        + ", ".join(ev.classes) + ".",
+        f"- Trained in two steps: the student with {student.variant} ({student.epochs} epochs) on the given labels; "
+        f"then label correction relabelled the train set and this network was retrained on the corrected labels "
+        f"({correction.get('retrain_epochs', '?')} epochs).",
+        "- Input: uint8 images (N, C, H, W) converted as `labelnoise predict` converts an image file (grayscale or "
+        "RGB, the shorter side resized, centre-cropped); the network normalises them itself. Output: logits (N, K).",
+        "",
+        "## Data",
+        f"- Dataset `{prepared.dataset}`: {sizes['train']} train images with given labels, {sizes['clean']} trusted "
+        f"ones (labels checked), {sizes['val']} validation, {sizes['test']} test.",
+        f"- Wrong given labels: {realised}; estimated without the truth: {estimate.get('rate', math.nan):.2%} "
+        f"(estimator `{estimate.get('use')}`).",
+        "",
+        "## How well it does",
+        "| measure | value | what it means |",
+        "|---|---|---|",
+        f"| test accuracy | {pct('corrected_test_acc')} | share of the {s.get('n_test', 0):.0f} test images "
+        "classified right (the test split never chose anything) |",
+        f"| test accuracy, mean over classes | {pct('corrected_test_acc_class_mean')} | the same, each class counted "
+        "alike |",
+        f"| the student's test accuracy | {pct('test_acc')} | before label correction |",
+        f"| labels recovered | {pct('recovered_label_acc')} | share of the train labels right after correction "
+        f"(given: {pct('label_acc_before')}) |",
+        f"| label issues flagged | {s.get('label_issues_flagged', math.nan):.0f} | train labels whose suggested label "
+        "differs (`reports/label_issues.csv`) |",
+        f"| flags' precision / recall | {pct('label_issues_precision')} / {pct('label_issues_recall')} | flagged "
+        "labels that are wrong / wrong labels flagged |",
+        "",
+        "## Known limits",
+        "- It always answers one of the classes above: an image of anything else still gets one (no reject option).",
+        "- The accuracies hold for images like the test split's; other cameras, crops or classes' mixes may differ.",
+        "- The noise estimate assumes the trusted images were drawn like the rest; the label corrections are "
+        "suggestions to check, most suspicious first.",
+        *[f"- {note}" for note in (r.get("notes") or [])],
+        "",
+    ]
+    return "\n".join(lines)

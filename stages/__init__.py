@@ -70,7 +70,7 @@ STAGES: tuple[Stage, ...] = (
            *_train_but("model", "pretrained", "epochs")),
           ("corrected", "final_model", "correction_plots", "correction_report"), torchrun=True, resumable=True),
     Stage("evaluate", "test accuracy, per-class accuracy, noise detection, plots, metrics.json.",
-          ("base.device", "evaluate"), ("plots_dir", "label_issues", "metrics")),
+          ("base.device", "evaluate"), ("plots_dir", "label_issues", "model_card", "metrics")),
 )
 _BY_NAME = {s.name: s for s in STAGES}
 TRACKED = tuple(s.name for s in STAGES if s.tracked)  # the stages proper, in pipeline order

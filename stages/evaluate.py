@@ -12,7 +12,8 @@ PATHS.noise_report: the stage reads no param but its own.
 PATHS.label_issues (CSV, labelnoise.label_issues): one row per train example, the most suspicious label first: the
 given label, the one label correction suggests (else the student) and its probability, the method's score, flagged
 when they differ; plots/label_issues.png shows the most suspicious images. Needs no truth; where the mask exists,
-`label_issues_precision` / `_recall` measure the flags against it.
+`label_issues_precision` / `_recall` measure the flags against it. PATHS.model_card (Markdown): what the final
+model is, its data, its metrics and what they mean, its known limits.
 
 The table of every method on this setting, across runs, is `python cli.py compare --methods` (it reads the store).
 """
@@ -25,7 +26,7 @@ from labelnoise import evaluation
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import load_weights
-from labelnoise.io import load_json, read_npz, read_torch, save_json
+from labelnoise.io import load_json, read_npz, read_torch, save_json, write_atomic
 from labelnoise.label_issues import write_csv
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
@@ -65,12 +66,14 @@ def run(cfg: Config) -> dict[str, float]:
         write_csv(PATHS.label_issues, ev.issues, classes=ev.classes, suggested_by=ev.suggested_by,
                   dataset_index=ev.train_images,
                   paths=None if prepared.paths is None else prepared.paths[ev.train_images])
+        card = evaluation.model_card(ev, prepared=prepared, student=student, final=records["corrected"])
+        write_atomic(PATHS.model_card, lambda p: p.write_text(card))
         figures = evaluation.figures(ev, Path(PATHS.plots_dir), prepared=prepared, noisy=noisy, curves=curves,
                                      weights=weights, student=student, threshold=e.detection_threshold)
         logged = ev.logged
         run_.set_tags({"method": student.method})
         run_.log_metrics({key: logged[key] for key in evaluation.HEADLINE if key in logged}, on_parent=True)
         run_.log_metrics({key: v for key, v in logged.items() if key not in evaluation.HEADLINE})
-        for path in (PATHS.metrics, PATHS.label_issues, *figures):
+        for path in (PATHS.metrics, PATHS.label_issues, PATHS.model_card, *figures):
             run_.log_artifact(path)  # at the artifact root, beside metrics.json
     return logged

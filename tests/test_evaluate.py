@@ -273,6 +273,12 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     for name in ("confusion.png", "curves.png", "per_class.png", "label_issues.png"):
         assert_real_png(Path(PATHS.plots_dir) / name)
 
+    # ---- the model card: the final model's network, classes, data and measured accuracy, as the report has them
+    card = Path(PATHS.model_card).read_text()
+    assert card.startswith("# Model card: models/final.pt") and ", ".join(CLASSES) in card
+    assert f"| test accuracy | {report['corrected_test_acc']:.2%} |" in card
+    assert f"{report['label_issues_flagged']:.0f}" in card and "## Known limits" in card
+
     # ---- label issues: no corrected labels here, so the student suggests; every train label once; the flags
     # measured against the mask
     from labelnoise.label_issues import read_csv
@@ -296,8 +302,8 @@ def test_evaluate_end_to_end(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert {f"test_acc_class/{c}" for c in CLASSES} <= set(m)
     assert child.data.params["evaluate.batch_size"] == "7"
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert artifacts == {"metrics.json", "label_issues.csv", "confusion.png", "curves.png", "per_class.png",
-                         "label_issues.png"}
+    assert artifacts == {"metrics.json", "label_issues.csv", "model_card.md", "confusion.png", "curves.png",
+                         "per_class.png", "label_issues.png"}
     parent = client.get_run(child.data.tags["mlflow.parentRunId"])
     assert parent.data.metrics["test_acc"] == pytest.approx(report["test_acc"])
     assert parent.data.metrics["test_acc_best_clean"] == pytest.approx(report["test_acc_best_clean"])
