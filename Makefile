@@ -52,7 +52,9 @@ bench: setup
 lint: venv
 	$(BIN)/ruff check .
 
-# Remove pipeline outputs (not the MLflow store): the next `make run` starts from scratch.
+# Remove pipeline outputs (not the MLflow store, not the committed study reports reports/<study>.md): the next
+# `make run` starts from scratch.
 clean-outputs:
 	rm -rf data/prepared.npz data/noisy.npz data/corrected.npz models/*.pt models/*.npz models/checkpoints \
-		reports/plots reports/curves reports/mentor reports/correction reports/*.json reports/*.png reports/*.md
+		reports/plots reports/curves reports/mentor reports/correction reports/*.json reports/*.png \
+		reports/model_card.md

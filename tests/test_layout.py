@@ -124,3 +124,18 @@ def test_no_code_outside_a_methods_file_branches_on_a_method_name() -> None:
                 found += [f"{path.relative_to(REPO)}:{node.lineno} {v.value!r}" for v in values
                           if isinstance(v, ast.Constant) and v.value in names]
     assert found == []
+
+
+def test_make_clean_outputs_deletes_no_committed_file() -> None:
+    """`make clean-outputs` removes pipeline outputs only: never a file in git (the committed study reports)."""
+    import glob
+    import shlex
+
+    shown = subprocess.run(["make", "-s", "-n", "clean-outputs"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout
+    words = [w for w in shlex.split(shown.replace("\\\n", " ")) if w not in ("rm", "-rf", "-f", "-r")]
+    assert words, shown
+    removed = {Path(p).relative_to(REPO).as_posix() for w in words for p in glob.glob(str(REPO / w))}
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    hit = [f for f in tracked.splitlines() if any(f == r or f.startswith(r + "/") for r in removed)]
+    assert hit == [], f"make clean-outputs would delete committed files: {hit[:5]}"
