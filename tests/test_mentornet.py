@@ -156,6 +156,18 @@ def test_mentornet_shape_range_and_inputs_matter() -> None:
         assert mentor(loss, diff, label, progress).dtype == torch.float32  # float32 under autocast
 
 
+def test_label_input_none_reads_every_label_as_one_constant() -> None:
+    """mentor.label_input: none (the official code's students feed label 0): the weight does not depend on the
+    label."""
+    mentor = new_mentor(mentor_cfg(label_input="none"))
+    g = torch.Generator().manual_seed(1)
+    loss, label = torch.rand(32, generator=g) * 4, torch.randint(10, (32,), generator=g)
+    progress = torch.full((32,), 30)
+    v = mentor(loss, loss - 1.0, label, progress)
+    assert torch.equal(v, mentor(loss, loss - 1.0, (label + 3) % 10, progress))
+    assert torch.equal(v, mentor(loss, loss - 1.0, torch.zeros_like(label), progress))
+
+
 def test_mentornet_architecture_is_the_official_one() -> None:
     cfg = mentor_cfg(label_dim=2, epoch_dim=5, hidden=20, epoch_embedding_trainable=False)
     mentor = new_mentor(cfg, k=3)

@@ -360,6 +360,30 @@ def test_spade_never_receives_true_train_labels() -> None:
         assert flipped.any() and not torch.equal(got[flipped], y_true[idx][flipped])
 
 
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fixed_progress_feeds_the_end_of_burn_in_after_it(fixed: bool) -> None:
+    """student.spade.fixed_progress (official DD scripts' fixed_epoch_after_burn_in): after burn-in the mentor is
+    fed the progress at the end of burn-in; without it, the progress of each step."""
+    cfg = config({"epochs": 3, "burn_in": 0.2, "fixed_progress": fixed})
+    data, _, _ = noisy_view()
+    fed: list[int] = []
+
+    class ProgressSpy(mn.MentorNet):
+        def forward(self, loss, loss_diff, label, progress):
+            fed.append(int(progress[0]))
+            return super().forward(loss, loss_diff, label, progress)
+
+    torch.manual_seed(0)
+    mentor = ProgressSpy.from_config(cfg.mentor, num_classes=3)
+    run_fit(cfg, data, mentor)
+    total = 3 * -(-96 // 16)
+    end_of_burn_in = mn.progress_percent(round(0.2 * total), total)
+    if fixed:
+        assert fed and set(fed) == {end_of_burn_in}
+    else:
+        assert fed == sorted(fed) and fed[0] == end_of_burn_in and fed[-1] > end_of_burn_in
+
+
 # ----------------------------------------------------------------------------- resume
 def assert_same_result(a: engine.FitResult, b: engine.FitResult) -> None:
     assert a.history == b.history

@@ -58,6 +58,8 @@ class MentorConfig:
     pd_burn_in: float = rng(0.0, 1.0)  # official_pd: all ones before this fraction of training
     pd_linear_from: float = rng(0.0, 1.0)  # official_pd: linear weighting from this fraction on
     label_dim: int = rng(1, 1024)  # label embedding size
+    label_input: Literal["noisy", "none"]  # the label feature: the noisy class (paper) or a constant (official code:
+    #   its students feed zeros)
     epoch_dim: int = rng(1, 1024)  # training-progress embedding size (100 x epoch_dim)
     hidden: int = rng(1, 4096)  # fully connected layer (tanh)
     epoch_embedding_trainable: bool  # official code: a fixed random table
@@ -139,11 +141,12 @@ class MentorNet(nn.Module):
     """
 
     def __init__(self, *, num_classes: int, label_dim: int, epoch_dim: int, hidden: int,
-                 epoch_embedding_trainable: bool) -> None:
+                 epoch_embedding_trainable: bool, use_label: bool = True) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
+        self.use_label = use_label  # False: every label reads as class 0 (the official code's zero labels)
         self.label_embedding = nn.Embedding(num_classes, label_dim)
         self.epoch_embedding = nn.Embedding(NUM_PROGRESS, epoch_dim)
         # tf.get_variable's default initializer is glorot-uniform for both tables.
@@ -160,7 +163,7 @@ class MentorNet(nn.Module):
     @classmethod
     def from_config(cls, cfg: MentorConfig, *, num_classes: int) -> MentorNet:
         return cls(num_classes=num_classes, label_dim=cfg.label_dim, epoch_dim=cfg.epoch_dim, hidden=cfg.hidden,
-                   epoch_embedding_trainable=cfg.epoch_embedding_trainable)
+                   epoch_embedding_trainable=cfg.epoch_embedding_trainable, use_label=cfg.label_input == "noisy")
 
     def logits(self, loss: Tensor, loss_diff: Tensor, label: Tensor, progress: Tensor) -> Tensor:
         """Pre-sigmoid output (B,), float32 even under autocast. Inputs as in :meth:`forward`."""
@@ -168,7 +171,7 @@ class MentorNet(nn.Module):
             x = torch.stack([loss.float(), loss_diff.float()], dim=1)  # (B, 2): the LSTM's one time step
             progress = progress.long().clamp(0, NUM_PROGRESS - 1)  # official: epoch clipped at 99
             feat = torch.cat([
-                self.label_embedding(label.long()),  # (B, label_dim)
+                self.label_embedding(label.long() if self.use_label else torch.zeros_like(label, dtype=torch.long)),
                 self.epoch_embedding(progress),  # (B, epoch_dim)
                 self.lstm(x),  # (B, 2)
             ], dim=1)  # (B, label_dim + epoch_dim + 2)
@@ -678,12 +681,9 @@ def read_mentor(path: str | Path, device: torch.device | str = "cpu") -> tuple[M
     if record.get("state_dict") is None and record.get("config") is None:
         raise ValueError(f"{path} holds no mentor ({NO_MENTOR} when it was written): {remedy}")
     try:
-        c = record["config"]
-        mentor = MentorNet(num_classes=int(record["num_classes"]), label_dim=int(c["label_dim"]),
-                           epoch_dim=int(c["epoch_dim"]), hidden=int(c["hidden"]),
-                           epoch_embedding_trainable=bool(c["epoch_embedding_trainable"]))
+        cfg = MentorConfig(**record["config"])
+        mentor = MentorNet.from_config(cfg, num_classes=int(record["num_classes"]))
         mentor.load_state_dict(record["state_dict"])
-        cfg = MentorConfig(**c)
     except Exception as e:  # truncated file, another format, missing keys, wrong shapes
         first = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"{path}: not a valid MentorNet file ({type(e).__name__}: {first}); "

@@ -40,6 +40,8 @@ from labelnoise.schema import rng
 class SpadeParams:
     burn_in: float = rng(0.0, 1.0)  # first fraction of training: v ~ Bernoulli(burn_in_keep), no mentor
     burn_in_keep: float = rng(0.0, 1.0)  # keep probability during burn-in (example dropout)
+    fixed_progress: bool  # after burn-in the mentor sees the progress at its end (official DD scripts:
+    #   fixed_epoch_after_burn_in), not the current one
     weight_norm: Literal["batch", "sum"]  # Σ v·l / B (the paper, official code) or Σ v·l / Σ v
     sample_weights: bool  # probabilistic sampling layer, v <- Bernoulli(v)
     mentor_update: Literal["none", "lr_change", "every_k"]  # when the mentor is refitted during training
@@ -193,6 +195,12 @@ class SpadeTask(Task):
             self._remember(loss_all, loss_diff, label_all, step=step)
         return v, loss_diff, parts, own
 
+    def progress(self, step: int) -> int:
+        """The progress the mentor is fed at ``step``: percent of training done, or with ``fixed_progress`` at most
+        the percent at the end of burn-in."""
+        end = self.burn_in_steps if self.cfg.fixed_progress else step
+        return progress_percent(min(step, end), self.total_steps)
+
     @torch.no_grad()
     def mentor_weights(self, loss: Tensor, label: Tensor, *, step: int,
                        percentile: MovingPercentile) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -208,7 +216,7 @@ class SpadeTask(Task):
             if step < self.burn_in_steps:  # burn-in: example dropout, no mentor
                 keep = torch.full_like(loss, self.cfg.burn_in_keep)
                 return torch.bernoulli(keep, generator=self.generator), loss_diff, {}  # (B,) 0/1
-            progress_b = torch.full_like(label, progress_percent(step, self.total_steps))  # (B,) int64
+            progress_b = torch.full_like(label, self.progress(step))  # (B,) int64
             v = self.mentor(loss, loss_diff, label, progress_b).float()  # (B,) in (0, 1)
             parts = {"mentor_weight": v}
             if self.cfg.sample_weights:  # probabilistic sampling layer
@@ -225,7 +233,7 @@ class SpadeTask(Task):
     def _remember(self, loss: Tensor, loss_diff: Tensor, label: Tensor, *, step: int) -> None:
         """Keep the batch's mentor inputs for PD refits (only when refits are on)."""
         if self._recent is not None:
-            self._recent.add(loss, loss_diff, label, progress_percent(step, self.total_steps))
+            self._recent.add(loss, loss_diff, label, self.progress(step))
 
     # ---- mentor updates
     def _refit_due(self, *, step: int, lr: float, next_lr: float) -> bool:
