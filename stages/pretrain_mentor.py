@@ -33,7 +33,7 @@ from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
 
 # Report entries logged as MLflow metrics (the rest of the report are settings and counts).
 METRICS = ("mae_train", "mae_holdout", "auroc", "auroc_loss", "auroc_last_epoch", "auroc_loss_last_epoch",
-           "fit_auroc", "dd_realised_rate", "fit_loss_first", "fit_loss_last", "n_rows", "time_s")
+           "fit_auroc", "weight_rise", "dd_realised_rate", "fit_loss_first", "fit_loss_last", "n_rows", "time_s")
 
 
 def run(cfg: Config) -> dict[str, Any]:

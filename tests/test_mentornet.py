@@ -387,3 +387,23 @@ def test_weight_map_shape() -> None:
     assert m.shape == (4, 7) and ((m > 0) & (m < 1)).all()
     one = mn.weight_map(mentor, loss=torch.linspace(0, 5, 7), loss_diff=torch.linspace(-2, 2, 4), progress=50, label=1)
     assert one.shape == (4, 7)
+
+
+def test_weight_rise_is_zero_for_a_curriculum_and_measures_a_band() -> None:
+    """weight_rise: how far v climbs as the loss grows; 0 for a weight that never rises with the loss (self-paced),
+    the band's height above the low losses for a mentor that prefers losses near l_pt to lower ones."""
+
+    class Fixed(mn.MentorNet):
+        def __init__(self, fn) -> None:
+            super().__init__(num_classes=2, label_dim=2, epoch_dim=5, hidden=4, epoch_embedding_trainable=False)
+            self.fn = fn
+
+        def forward(self, loss, loss_diff, label, progress):
+            return self.fn(loss, loss_diff)
+
+    loss = torch.linspace(0.0, 4.0, 81)
+    self_paced = Fixed(lambda loss, diff: (diff < 0).float())
+    assert mn.weight_rise(self_paced, loss=loss, l_pt=2.0) == 0.0
+    band = Fixed(lambda loss, diff: 0.15 + 0.15 * (diff.abs() < 0.2).float())  # 0.3 near l_pt, 0.15 elsewhere
+    assert mn.weight_rise(band, loss=loss, l_pt=2.0) == pytest.approx(0.15)
+    assert mn.weight_rise(band, loss=loss.flip(0), l_pt=2.0) == pytest.approx(0.15)  # the losses' order is its own

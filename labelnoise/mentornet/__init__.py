@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -625,6 +625,24 @@ def detection_auroc(mentor: MentorNet, features: MentorFeatures) -> float:
 
 
 @torch.no_grad()
+def weight_rise(mentor: MentorNet, *, loss: Tensor, l_pt: float, progress: Sequence[int] = (10, 50, 90)) -> float:
+    """How far the mentor's weight rises with the loss, the largest max_j (v_j − min_{i≤j} v_i) along the losses
+    ``loss`` (L,) increasing, with the moving percentile at ``l_pt``, over the ``progress`` values and every label:
+    0 for a curriculum (a higher loss never weighs more). Needs no truth. A DD mentor learnt where its recording
+    student could not tell clean labels from wrong ones (a copy with most labels wrong) has given a band around
+    l_pt more weight than the low losses below it, which it never saw."""
+    device = next(mentor.parameters()).device
+    loss = loss.float().sort().values.to(device)  # (L,)
+    rise = 0.0
+    for p in progress:
+        for c in range(mentor.num_classes if mentor.use_label else 1):
+            v = mentor(loss, loss - l_pt, torch.full(loss.shape, c, dtype=torch.int64, device=device),
+                       torch.full(loss.shape, int(p), dtype=torch.int64, device=device)).float()  # (L,)
+            rise = max(rise, float((v - torch.cummin(v, dim=0).values).max()))
+    return rise
+
+
+@torch.no_grad()
 def weight_map(mentor: MentorNet, *, loss: Tensor, loss_diff: Tensor, progress: int,
                label: int | None = None) -> np.ndarray:
     """The mentor's weight over a (loss_diff (D,) x loss (L,)) grid at one progress: (D, L) array.
@@ -681,7 +699,7 @@ def read_mentor(path: str | Path, device: torch.device | str = "cpu") -> tuple[M
     if record.get("state_dict") is None and record.get("config") is None:
         raise ValueError(f"{path} holds no mentor ({NO_MENTOR} when it was written): {remedy}")
     try:
-        cfg = MentorConfig(**record["config"])
+        cfg = MentorConfig(**{"label_input": "noisy", **record["config"]})  # one saved before the param: noisy
         mentor = MentorNet.from_config(cfg, num_classes=int(record["num_classes"]))
         mentor.load_state_dict(record["state_dict"])
     except Exception as e:  # truncated file, another format, missing keys, wrong shapes

@@ -226,6 +226,10 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
         "auroc_last_epoch": per_epoch[-1]["auroc_epoch"],
         "auroc_loss_last_epoch": per_epoch[-1]["auroc_loss_epoch"],
         "fit_auroc": mn.detection_auroc(mentor, fit_rows),
+        # the largest rise of v with the loss, from 0 to the recorded losses' 99th percentile around their median
+        # (0: a curriculum; a rise means low losses get less weight than a band above them: see weight_rise)
+        "weight_rise": mn.weight_rise(mentor, loss=torch.linspace(0.0, float(record.features.loss.quantile(0.99)), 64),
+                                      l_pt=float(record.features.loss.median())),
         "n_examples": int(x.shape[0]),
         "n_holdout_examples": int(held_examples.sum()),
         "n_rows": len(record.features),
