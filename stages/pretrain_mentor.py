@@ -64,8 +64,10 @@ def run(cfg: Config) -> dict[str, Any]:
         return {}
 
     with stage_run("pretrain_mentor", cfg) as tracked:
-        tracked.set_tags({"mentor": cfg.mentor.kind})
-        mn.save_mentor(PATHS.mentor_model, result.mentor, cfg=cfg.mentor, num_classes=result.num_classes,
+        tracked.set_tags({"mentor": cfg.mentor.kind, **({"mentor_fallback": "symmetric copy"}
+                                                         if "fallback_from" in report else {})})
+        mn.save_mentor(PATHS.mentor_model, result.mentor, cfg=result.config or cfg.mentor,
+                       num_classes=result.num_classes,
                        info={k: v for k, v in report.items() if k not in ("per_epoch", "time_s")},  # same bytes
                        dd_transition=result.dd_transition)
         written = [result.plot(folder)]

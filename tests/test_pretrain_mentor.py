@@ -145,6 +145,33 @@ def test_dd_stage_writes_outputs_and_logs(in_tmp: Path) -> None:
     assert [p.name for p in Path(PATHS.mentor_plots).iterdir()] == [PD_PLOT_NAME]
 
 
+def test_a_dd_mentor_that_is_no_curriculum_is_learnt_again_on_the_fallback_copy(
+        in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A learnt DD mentor whose weight climbs with the loss by more than mentor.dd_max_rise is learnt again on a
+    copy with symmetric noise at mentor.dd_fallback_rate: the report keeps the first one's figures, the saved
+    mentor's params name the copy it was learnt on (SPADE's refits use it), one line says so."""
+    from labelnoise import mentornet as mn
+    from labelnoise.mentornet import read_mentor
+    from stages import pretrain_mentor
+    from stages.common import PATHS
+
+    rises = iter([0.4, 0.0])  # the first mentor a band, the second a curriculum
+    monkeypatch.setattr(mn, "weight_rise", lambda *args, **kwargs: next(rises))
+    cfg = config(kind="dd", dd_noise_kind="symmetric", dd_noise_rate=0.8, percentile=0.6, dd_max_rise=0.05,
+                 dd_fallback_rate=0.2)
+    write_prepared(cfg)
+    pretrain_mentor.run(cfg)
+    report = json.loads(Path(PATHS.mentor_report).read_text())
+    assert report["fallback_from"]["dd_noise_rate"] == 0.8 and report["fallback_from"]["weight_rise"] == 0.4
+    assert report["dd_noise_rate"] == 0.2 and report["dd_realised_rate"] == pytest.approx(0.2, abs=0.02)
+    assert report["weight_rise"] == 0.0
+    _, saved, _ = read_mentor(PATHS.mentor_model)
+    assert (saved.dd_noise_kind, saved.dd_noise_rate) == ("symmetric", 0.2)
+    assert "learnt again on a copy with symmetric noise 0.2" in capsys.readouterr().err
+    (run,) = stage_runs(in_tmp)
+    assert run.data.tags["mentor_fallback"] == "symmetric copy"
+
+
 def test_dd_never_reads_the_train_pool_labels(in_tmp: Path) -> None:
     """Scrambling the train pool's labels in the prepared file leaves the dd mentor bit for bit the same."""
     from stages import pretrain_mentor

@@ -75,6 +75,9 @@ class MentorConfig:
     dd_noise_rate: float = rng(0.0, 1.0)
     dd_noise_seed: int = rng(0)
     dd_epochs: int = rng(1, 10_000)  # dd: epochs of the feature-recording student on the clean subset
+    dd_max_rise: float = rng(0.0, 1.0)  # dd: a learnt mentor whose weight climbs with the loss by more than this
+    #   (weight_rise) is no curriculum: it is learnt again on a copy at dd_fallback_rate
+    dd_fallback_rate: float = rng(0.0, 1.0, lo_open=True)  # dd: that copy's symmetric noise (official DD: 0.2)
     seed: int = rng(0)  # mentor initialisation and data sampling
 
 

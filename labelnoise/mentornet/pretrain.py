@@ -13,6 +13,7 @@ Seeds: ``mentor.seed`` (mentor and student initialisation, batch order, grid sam
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ class Pretrained:
     report: dict[str, Any]
     plot: Callable[[Path], Path]
     dd_transition: np.ndarray | None = None  # DD on the estimated channel: the (K, K) T̂ its copy was corrupted with
+    config: MentorConfig | None = None  # the params it was learnt with, where a DD fallback changed the copy's noise
 
 
 # ----------------------------------------------------------------------------- pd
@@ -263,6 +265,18 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
         )
 
     bad_all = record.features.target.numpy() < 0.5
+    if report["weight_rise"] > m.dd_max_rise and not (m.dd_noise_kind == "symmetric"
+                                                      and m.dd_noise_rate == m.dd_fallback_rate):
+        # no curriculum: the copy left its recording student unable to tell clean labels from wrong ones (most of
+        # them wrong); learn it again as the official DD mentor was learnt, on a copy with few wrong labels
+        fallback = dataclasses.replace(m, dd_noise_kind="symmetric", dd_noise_rate=m.dd_fallback_rate)
+        print(f"the DD mentor's weight rises with the loss by {report['weight_rise']:.3f} (> mentor.dd_max_rise "
+              f"{m.dd_max_rise:g}) on {what}: learnt again on a copy with symmetric noise "
+              f"{m.dd_fallback_rate:g} (mentor.dd_fallback_rate)", file=sys.stderr, flush=True)
+        again = pretrain_dd(fallback, prepared, recipe=recipe, generator=generator, device=device)
+        again.report["fallback_from"] = {k: report[k] for k in ("dd_noise_kind", "dd_noise_rate",
+                                                                 "dd_realised_rate", "auroc", "weight_rise")}
+        return dataclasses.replace(again, config=fallback)
     return Pretrained(mentor=mentor, num_classes=k, report=report, plot=plot,
                       dd_transition=(np.asarray(transition, dtype=np.float64) if estimated and not own_labels
                                      else None))
