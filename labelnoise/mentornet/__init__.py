@@ -692,6 +692,10 @@ def save_no_mentor(path: str | Path) -> Path:
     return save_torch(path, {"state_dict": None, "config": None, "info": {"note": NO_MENTOR}})
 
 
+# What a mentor saved before these params were added was learnt and used with (its record lacks them).
+BEFORE_PARAMS = {"label_input": "noisy", "dd_max_rise": 1.0, "dd_fallback_rate": 0.2}
+
+
 def read_mentor(path: str | Path, device: torch.device | str = "cpu") -> tuple[MentorNet, MentorConfig,
                                                                                  np.ndarray | None]:
     """(the mentor written by :func:`save_mentor`, in eval mode on ``device``; its params; the DD copy's channel)."""
@@ -702,7 +706,7 @@ def read_mentor(path: str | Path, device: torch.device | str = "cpu") -> tuple[M
     if record.get("state_dict") is None and record.get("config") is None:
         raise ValueError(f"{path} holds no mentor ({NO_MENTOR} when it was written): {remedy}")
     try:
-        cfg = MentorConfig(**{"label_input": "noisy", **record["config"]})  # one saved before the param: noisy
+        cfg = MentorConfig(**{**BEFORE_PARAMS, **record["config"]})
         mentor = MentorNet.from_config(cfg, num_classes=int(record["num_classes"]))
         mentor.load_state_dict(record["state_dict"])
     except Exception as e:  # truncated file, another format, missing keys, wrong shapes
