@@ -116,6 +116,18 @@ def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray
     return table
 
 
+def _read_model(model: str | Path) -> tuple[dict[str, Any], int, int, list[str]]:
+    """A model file of the pipeline: (its record, input channels, input size, the K class names; a model saved
+    without class names names them by index)."""
+    from labelnoise.io import read_torch
+    from labelnoise.models import MODEL_RECORD_KEYS
+
+    record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
+    kwargs = record["model_kwargs"]
+    classes = [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))]
+    return record, int(kwargs["in_channels"]), int(kwargs["image_size"]), classes
+
+
 def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top_k: int = 3, batch_size: int = 256,
             device: str = "cpu") -> Any:
     """The classes a trained model (a model file of the pipeline: ``models/final.pt``, ``models/student.pt``) gives
@@ -132,13 +144,9 @@ def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top
 
     from labelnoise.datasets.folder import load_image
     from labelnoise.engine import predict_logits
-    from labelnoise.io import read_torch
-    from labelnoise.models import MODEL_RECORD_KEYS, model_from_record
+    from labelnoise.models import model_from_record
 
-    record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
-    kwargs = record["model_kwargs"]
-    channels, size = int(kwargs["in_channels"]), int(kwargs["image_size"])
-    classes = [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))]
+    record, channels, size, classes = _read_model(model)
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if isinstance(images, np.ndarray):
@@ -180,15 +188,13 @@ def export(model: str | Path, out: str | Path, *, format: Literal["onnx", "torch
 
     import torch
 
-    from labelnoise.io import atomic_path, read_torch
-    from labelnoise.models import MODEL_RECORD_KEYS, model_from_record
+    from labelnoise.io import atomic_path
+    from labelnoise.models import model_from_record
 
     if format not in ("onnx", "torchscript"):
         raise ValueError(f"format: onnx or torchscript, got {format!r}")
-    record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
-    kwargs = record["model_kwargs"]
-    channels, size = int(kwargs["in_channels"]), int(kwargs["image_size"])
-    meta = {"classes": [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))],
+    record, channels, size, classes = _read_model(model)
+    meta = {"classes": classes,
             "channels": channels, "image_size": size, "model": str(record["model_name"]), "input": "uint8 (N, C, H, W)"}
     net = model_from_record(record, "cpu")
     example = torch.zeros((2, channels, size, size), dtype=torch.uint8)
