@@ -309,7 +309,7 @@ def predict(
     import io
 
     from labelnoise.api import predict as predict_images
-    from labelnoise.datasets.folder import IMAGE_SUFFIXES
+    from labelnoise.datasets.folder import list_images
     from labelnoise.io import read_csv_rows, write_atomic
 
     if sum(x is not None and x != [] for x in (images, folder, manifest)) != 1:
@@ -317,7 +317,7 @@ def predict(
     if folder is not None:
         if not folder.is_dir():
             _fail(f"--folder {folder} is not a folder", 2)
-        files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(folder)
     elif manifest is not None:
         try:
             header, rows = read_csv_rows(manifest)

@@ -65,6 +65,11 @@ class Entry:
         return f"row {self.row} ({self.name})" if self.row else self.name
 
 
+def list_images(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (any depth, by suffix), sorted."""
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def list_tree(root: Path) -> list[Entry]:
     """The images of a tree, train before test, sorted by class folder then file name. Missing folder, a tree
     without class folders, an empty class folder: one ValueError line."""
@@ -80,7 +85,7 @@ def list_tree(root: Path) -> list[Entry]:
         if not classes:
             raise ValueError(f"data.path: {top} has no class folders (<class>/<image>)")
         for folder in classes:
-            files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files = list_images(folder)
             if not files:
                 raise ValueError(f"data.path: class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             entries += [Entry(f, f.relative_to(root).as_posix(), folder.name, part or "train") for f in files]

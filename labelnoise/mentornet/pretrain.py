@@ -13,7 +13,6 @@ Seeds: ``mentor.seed`` (mentor and student initialisation, batch order, grid sam
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from labelnoise import mentornet as mn
 from labelnoise import noise
 from labelnoise.datasets import Prepared, class_map_for
+from labelnoise.engine import log_to_stderr
 from labelnoise.mentornet import MentorConfig
 from labelnoise.metrics import detection_quality
 from labelnoise.models import channel_stats, create_model
@@ -38,16 +38,18 @@ DD_PLOT_NAME = "dd_weights.png"
 
 
 def pretrain(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: torch.Generator, device: torch.device,
-             transition: np.ndarray | None = None, given: np.ndarray | None = None) -> Pretrained:
+             transition: np.ndarray | None = None, given: np.ndarray | None = None,
+             log: Callable[[str], None] = log_to_stderr) -> Pretrained:
     """The mentor of params ``m`` (settled: no ``auto`` but ``dd_noise_kind``, whose channel is ``transition``)
     for the data ``prepared`` (DD: its trusted subset, with ``given``, the noisy source's own labels of it where
     known; PD: its class count); ``recipe``: the DD recording student's training recipe. Every draw comes from
-    ``generator`` and the global torch RNG, both seeded with ``m.seed`` (``runtime.seed_everything``)."""
+    ``generator`` and the global torch RNG, both seeded with ``m.seed`` (``runtime.seed_everything``); ``log`` gets
+    the one line that says a DD mentor was learnt again (mentor.dd_max_rise)."""
     check(m, prepared)
     if m.kind == "pd":
         return pretrain_pd(m, num_classes=len(prepared.classes), generator=generator, device=device)
     return pretrain_dd(m, prepared, recipe=recipe, generator=generator, device=device, transition=transition,
-                       given=given)
+                       given=given, log=log)
 
 
 def check(m: MentorConfig, prepared: Prepared) -> None:
@@ -161,7 +163,7 @@ def dd_copy(y_true: np.ndarray, m: MentorConfig, *, num_classes: int, dataset: s
 
 def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: torch.Generator,
                 device: torch.device, transition: np.ndarray | None = None,
-                given: np.ndarray | None = None) -> Pretrained:
+                given: np.ndarray | None = None, log: Callable[[str], None] = log_to_stderr) -> Pretrained:
     """Learn the mentor from the trusted clean subset only (never the train pool's labels): a fresh student (the
     ``recipe``'s network and optimiser, ``m.dd_epochs`` epochs, plain cross-entropy) trains on :func:`dd_copy` and
     every example's features are recorded after each epoch, with target v* = 1[label correct]; examples (all their
@@ -270,10 +272,10 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
         # no curriculum: the copy left its recording student unable to tell clean labels from wrong ones (most of
         # them wrong); learn it again as the official DD mentor was learnt, on a copy with few wrong labels
         fallback = dataclasses.replace(m, dd_noise_kind="symmetric", dd_noise_rate=m.dd_fallback_rate)
-        print(f"the DD mentor's weight rises with the loss by {report['weight_rise']:.3f} (> mentor.dd_max_rise "
-              f"{m.dd_max_rise:g}) on {what}: learnt again on a copy with symmetric noise "
-              f"{m.dd_fallback_rate:g} (mentor.dd_fallback_rate)", file=sys.stderr, flush=True)
-        again = pretrain_dd(fallback, prepared, recipe=recipe, generator=generator, device=device)
+        log(f"the DD mentor's weight rises with the loss by {report['weight_rise']:.3f} (> mentor.dd_max_rise "
+            f"{m.dd_max_rise:g}) on {what}: learnt again on a copy with symmetric noise "
+            f"{m.dd_fallback_rate:g} (mentor.dd_fallback_rate)")
+        again = pretrain_dd(fallback, prepared, recipe=recipe, generator=generator, device=device, log=log)
         again.report["fallback_from"] = {k: report[k] for k in ("dd_noise_kind", "dd_noise_rate",
                                                                  "dd_realised_rate", "auroc", "weight_rise")}
         return dataclasses.replace(again, config=fallback)
