@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,15 @@ DVC_FILE = project_root() / "dvc.yaml"
 
 
 def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:
-    """Output paths as declared once in dvc.yaml's ``vars`` (relative to the working directory)."""
-    spec = yaml.safe_load(Path(dvc_file).read_text())
+    """Output paths as declared once in dvc.yaml's ``vars`` (relative to the working directory); the file is
+    parsed again only when it changed."""
+    stat = Path(dvc_file).stat()
+    return dict(_parse_paths(str(dvc_file), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_paths(dvc_file: str, mtime_ns: int, size: int) -> dict[str, Path]:
+    spec = yaml.load(Path(dvc_file).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     paths: dict[str, Path] = {}
     for block in spec.get("vars", []):
         paths.update({k: Path(v) for k, v in block.items()})
