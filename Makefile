@@ -13,9 +13,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# One worker per core; a test file's tests stay on one worker (they share its module fixtures: a tiny project)
+# One worker per core; a test file's tests stay on one worker (they share its module fixtures: a tiny project), the
+# files handed out in the suite's own order, longest first (tests/conftest.py)
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 setup: venv data dvc-init
 

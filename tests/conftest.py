@@ -21,6 +21,21 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+# The modules that run whole stages or pipelines (most of the suite's time), longest first as measured: `make test`
+# hands the worker processes whole modules in collection order (--no-loadscope-reorder), so these start first and
+# the short modules fill in around them; run last, they would leave one worker busy alone at the end.
+LONGEST_FIRST = ("test_pipeline_extend", "test_pipeline_e2e", "test_reliability", "test_own_data", "test_distributed",
+                 "test_correction", "test_presets", "test_bad_inputs", "test_trusted_methods", "test_stops")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     """The repository root (where params.yaml, dvc.yaml and presets/ live)."""

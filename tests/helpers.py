@@ -215,6 +215,30 @@ def write_digits(root: Path, *, layout: str, n: int = 1797, test_every: int = 5,
             "n_train": int((~test).sum())}
 
 
+# ----------------------------------------------------------------------------- an MLflow store
+_STORE_TEMPLATE: list[Path] = []
+
+
+def new_store(folder: Path) -> str:
+    """The URI of an empty SQLite MLflow store at ``folder``/mlflow.db, as a user's second run finds it: a copy of
+    one store this process created through MLflow (its tables made once; creating them takes seconds), unless a
+    store is there already."""
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    if not _STORE_TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="labelnoise-store-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments()  # creates the tables
+        _STORE_TEMPLATE.append(template)
+    target = Path(folder) / "mlflow.db"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], target)
+    return f"sqlite:///{target}"
+
+
 # ----------------------------------------------------------------------------- a workspace on the tiny preset
 def tiny_workspace(root: Path, stages: tuple[str, ...]) -> Path:
     """``root`` with the tiny preset's params.yaml (``base.threads: 1`` written into it) and ``stages`` run through
@@ -230,7 +254,7 @@ def tiny_workspace(root: Path, stages: tuple[str, ...]) -> Path:
     runner = CliRunner()
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("MLFLOW_TRACKING_URI", new_store(root))
     previous = torch.get_num_threads()
     try:
         assert runner.invoke(app, ["preset", "tiny", "--params", str(repo / "params.yaml")]).exit_code == 0

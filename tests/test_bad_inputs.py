@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise import tracking
 from labelnoise.datasets import load_prepared, save_prepared
-from tests.helpers import nan_from, tiny_workspace, write_digits
+from tests.helpers import nan_from, new_store, tiny_workspace, write_digits
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -375,7 +375,7 @@ def test_bad_input_is_one_line_nonzero_exit_nothing_written(row: Row, finished: 
         row.setup(work)
     before = _snapshot(work)
     monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(work))
     for key, value in row.env.items():
         monkeypatch.setenv(key, value)
     if row.patch is not None:

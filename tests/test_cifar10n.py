@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise.cifar10n import ANNOTATIONS, CLASSES, prepare_cifar10n
 from labelnoise.datasets.folder import list_tree, load_image
+from tests.helpers import new_store
 
 runner = CliRunner()
 PER_CLASS = 3  # train images of each class in the stand-in (CIFAR-10: 5,000)
@@ -108,7 +109,7 @@ def test_the_preset_trains_on_each_train_images_own_annotation(tmp_path: Path, m
                    {"base": {"threads": 1}, "data": {"clean_size": 10}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.delenv("DVC_ROOT", raising=False)
     for stage in ("download", "inject-noise"):
         result = runner.invoke(app, [stage])

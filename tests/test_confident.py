@@ -15,6 +15,7 @@ from labelnoise.engine import load_weights
 from labelnoise.engine.folds import stratified_folds
 from labelnoise.io import load_json
 from labelnoise.noise import load_noisy
+from tests.helpers import new_store
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -57,7 +58,7 @@ def test_trusted_examples_in_the_train_split_are_never_pruned(tmp_path: Path) ->
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     previous = torch.get_num_threads()
     assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
     for stage in ("download", "inject-noise", "estimate-noise"):

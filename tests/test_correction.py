@@ -22,7 +22,7 @@ from labelnoise import correction
 from labelnoise.config import Config, ConfigError, from_dict, merge, read_yaml
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
-from tests.helpers import nan_from, split_student
+from tests.helpers import nan_from, new_store, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -389,7 +389,7 @@ def prerequisites(tmp_path_factory: pytest.TempPathFactory, tiny_base: dict[str,
     cfg = from_dict(merge(tiny_base, split_student({"student": {"method": "ce"}})))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("MLFLOW_TRACKING_URI", new_store(root))
         for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
             mp.delenv(var, raising=False)
         download.run(cfg)
@@ -404,7 +404,7 @@ def workdir(prerequisites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     work = tmp_path / "work"
     shutil.copytree(prerequisites, work, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(work))
     for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
         monkeypatch.delenv(var, raising=False)
     return work

@@ -18,6 +18,7 @@ from labelnoise import datasets
 from labelnoise.config import Config, ConfigError, load_config
 from labelnoise.datasets import Bundled, Cifar, Dataset, Idx
 from labelnoise.datasets.folder import Folder
+from tests.helpers import new_store
 
 REPO = Path(__file__).resolve().parent.parent
 BUILT_IN = ("cifar10", "cifar100", "digits", "fashion_mnist", "folder", "mnist")
@@ -264,7 +265,7 @@ def test_a_new_dataset_file_goes_through_the_pipeline(
     from stages.common import PATHS
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     assert "toy" in datasets.dataset_names() and "toy" in datasets.open_set_sources()
     cfg = make_config({"base": {"threads": 1},
                        "data": {"dataset": "toy", "download": False, "clean_size": 30, "val_size": 0,

@@ -29,6 +29,7 @@ import torchvision.datasets as tvd
 from labelnoise import datasets
 from labelnoise.config import Config, DataConfig
 from labelnoise.datasets import DataUnavailable, Prepared
+from tests.helpers import new_store
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -465,7 +466,7 @@ def test_download_stage_tiny(tiny_config: Config, tmp_path: Path, monkeypatch: p
     from stages import download
     from stages.common import PATHS
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     metrics = download.run(tiny_config)
     d = tiny_config.data
     assert metrics == {"n_train": 1797 - d.test_size - d.clean_size - d.val_size, "n_clean": d.clean_size,

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from labelnoise import distributed
 from labelnoise.scaffold import clean_env
+from tests.helpers import new_store
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -43,7 +44,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("MLFLOW_TRACKING_URI", new_store(root))
     previous = torch.get_num_threads()
     try:
         runner = CliRunner()

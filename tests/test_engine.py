@@ -17,7 +17,7 @@ from labelnoise import engine, runtime
 from labelnoise.config import from_dict, merge, read_yaml
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
-from tests.helpers import SigintAt, live_sigint, live_signals, nan_from, split_student
+from tests.helpers import SigintAt, live_sigint, live_signals, nan_from, new_store, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -395,7 +395,7 @@ def test_train_student_stage_end_to_end(tmp_path, monkeypatch) -> None:
     from stages.common import PATHS
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
         monkeypatch.delenv(var, raising=False)
     view = separable_view(n_train=48, n_clean=24, n_test=24)

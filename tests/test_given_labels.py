@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise.config import merge, read_yaml
 from labelnoise.noise import given
+from tests.helpers import new_store
 from tests.test_datasets import patch_cifar, write_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +127,7 @@ def cifar10n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dic
                                          "clean_size": 20, "root": str(tmp_path / "raw")}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.delenv("DVC_ROOT", raising=False)
     return tmp_path, contents, human
 

@@ -120,3 +120,17 @@ def test_detection_undefined_cases_are_nan() -> None:
     q = metrics.detection_quality(np.array([0.9, 0.8]), np.array([False, False]), threshold=0.5)
     assert math.isnan(q["auroc"]) and math.isnan(q["precision"]) and math.isnan(q["recall"])
     assert q["flagged_rate"] == 0.0
+
+
+def test_roc_auc_is_scikit_learns_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 200))
+        positive = rng.random(n) < rng.random()
+        if positive.all() or not positive.any():
+            continue
+        scores = np.round(rng.normal(size=n), int(rng.integers(0, 3)))  # rounding makes ties
+        assert metrics.roc_auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
+    assert metrics.roc_auc(np.array([True, False]), np.array([1.0, 1.0])) == 0.5

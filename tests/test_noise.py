@@ -13,6 +13,7 @@ from labelnoise.noise.instance import corrupt_instance, instance_scores
 from labelnoise.noise.massive import corrupt_massive
 from labelnoise.noise.open_set import corrupt_open_set
 from labelnoise.noise.structured import structured_transition
+from tests.helpers import new_store
 
 K = 10
 # Uneven class sizes, so rounding differs from class to class; class 6 has a single example.
@@ -304,7 +305,7 @@ def test_stage_corrupts_train_only_and_writes_outputs(tmp_path, monkeypatch, ove
     from stages import inject_noise
     from stages.common import PATHS
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.chdir(tmp_path)
     cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"base": {"threads": 1}, "noise": overlay}))
     with pytest.raises(FileNotFoundError, match=str(PATHS.prepared)):
@@ -341,7 +342,7 @@ def test_stage_bad_class_map_fails_before_writing(tmp_path, monkeypatch) -> None
     from stages import inject_noise
     from stages.common import PATHS
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.chdir(tmp_path)
     # digits' shipped (MNIST) map names classes up to 8, but this dataset has 4 classes
     cfg = from_dict(merge(read_yaml(REPO / "params.yaml"), {"base": {"threads": 1},
@@ -565,7 +566,7 @@ def test_open_set_source_of_the_same_classes_is_a_config_error() -> None:
 def stage_config(tmp_path, monkeypatch, noise_overlay: dict, **sections):
     from labelnoise.config import from_dict, merge, read_yaml
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.chdir(tmp_path)
     return from_dict(merge(read_yaml(REPO / "params.yaml"),
                            {"base": {"threads": 1}, "noise": noise_overlay, **sections}))

@@ -26,6 +26,7 @@ from labelnoise.noise_estimate import (
     paired_transition,
     prior_from_noisy,
 )
+from tests.helpers import new_store
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -159,7 +160,7 @@ def test_rate_and_prior_from_a_matrix() -> None:
 def test_the_stage_estimates_near_the_realised_rate_without_the_truth(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     previous = torch.get_num_threads()
     try:
         assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise.config import load_config, merge, read_yaml
 from labelnoise.models import create_model
-from tests.helpers import split_student
+from tests.helpers import new_store, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 # every preset but tiny, whose counterpart runs on digits; a preset of given noisy labels needs its own dataset and
@@ -24,16 +24,21 @@ PRESETS = sorted(p.stem for p in (REPO / "presets").glob("*.yaml")
 
 
 def tiny_counterpart(preset: dict[str, Any]) -> dict[str, Any]:
-    """The preset's own settings on digits and a few steps (the wide ResNet, tested alone below, becomes the thin
-    PreAct ResNet-32 of the same family)."""
+    """The preset's own settings on digits and a few steps. The big networks become small ones of their family (the
+    wide ResNet, tested alone below, the thin PreAct ResNet-32; ResNet-18, whose shapes tests/test_models.py
+    checks, the PreAct ResNet-20): on one core they would take minutes even on digits."""
     train = preset.get("train", {})
+    model = {"wrn56_10": "preact_resnet32", "resnet18": "preact_resnet20"}.get(train.get("model", "cnn"),
+                                                                              train.get("model", "cnn"))
     return merge(preset, split_student({
         "base": {"threads": 1, "device": "cpu"},
         "data": {"dataset": "digits", "download": False, "val_size": 0, "test_size": 360,
                  "clean_size": 200 if preset.get("data", {}).get("clean_size", 1) else 0},
+        "estimate": {"epochs": 1},
+        "trusted": {"epochs": 2},
         "mentor": {"dd_epochs": 1, "fit_steps": 30, "grid_size": 2000},
         "student": {"epochs": 1, "batch_size": 128, "eval_batch_size": 512,
-                    "model": "preact_resnet32" if train.get("model") == "wrn56_10" else train.get("model", "cnn")},
+                    "model": model},
         "correction": {"epochs": 2, "begin": 1, "buffer": 2, "retrain_epochs": 1, "teacher": "student"},
     }))
 
@@ -44,7 +49,7 @@ def test_preset_tiny_counterpart_runs_every_stage(name: str, tmp_path: Path, mon
     import yaml
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     preset = read_yaml(REPO / "presets" / f"{name}.yaml")
     params = merge(read_yaml(REPO / "params.yaml"), tiny_counterpart(preset))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from cli import app
 from labelnoise import io
 from labelnoise.scaffold import clean_env
-from tests.helpers import terminal_signals
+from tests.helpers import new_store, terminal_signals
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -286,7 +286,7 @@ def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: P
 
     monkeypatch.setattr(stage, "write_curves", broken)
     monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(work))
     args = ["train-student", *(work / "overrides").read_text().split("\n"), "-S", "train.epochs=2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == "error: disk full (simulated)"
@@ -295,7 +295,7 @@ def test_a_failing_stage_changes_none_of_its_outputs(prepared: Path, tmp_path: P
     # run again (the disk has room now): the finished training is the result, only the outputs are written
     monkeypatch.undo()
     monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(work))
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output[-2000:]
     assert "reusing the finished run" in again.output

@@ -21,7 +21,7 @@ from labelnoise.methods import MethodContext, get_method
 from labelnoise.methods.spade import SpadeTask
 from labelnoise.models import create_model
 from labelnoise.views import TrainView
-from tests.helpers import SigintAt, live_sigint, split_student
+from tests.helpers import SigintAt, live_sigint, new_store, split_student
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -500,7 +500,7 @@ def stage_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Tr
     from stages.common import PATHS
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     for var in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "LABELNOISE_PIPELINE_ID"):
         monkeypatch.delenv(var, raising=False)
     view, y_true, mask = noisy_view(n_train=60, n_clean=24, n_test=24, rate=0.4)

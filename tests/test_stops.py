@@ -21,7 +21,7 @@ from cli import app
 from labelnoise import runtime
 from labelnoise.config import load_config
 from labelnoise.scaffold import clean_env
-from tests.helpers import live_signals, terminal_signals, tiny_workspace
+from tests.helpers import live_signals, new_store, terminal_signals, tiny_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -36,7 +36,7 @@ def noisy_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _in(work: Path, *args: str, monkeypatch: pytest.MonkeyPatch):
     with monkeypatch.context() as mp:
         mp.chdir(work)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+        mp.setenv("MLFLOW_TRACKING_URI", new_store(work))
         return runner.invoke(app, list(args))
 
 

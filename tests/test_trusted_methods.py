@@ -19,7 +19,7 @@ from labelnoise.io import load_json
 from labelnoise.methods.glc import GoldCorrectedTask
 from labelnoise.noise import load_noisy
 from labelnoise.noise_estimate import glc_transition
-from tests.helpers import tiny_workspace
+from tests.helpers import new_store, tiny_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -78,7 +78,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def workdir(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tiny)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tiny))
     previous = torch.get_num_threads()
     yield tiny
     torch.set_num_threads(previous)
