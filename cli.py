@@ -89,7 +89,7 @@ def _run_stage(stage_module: str, params: Path, overrides: list[str] | None) -> 
     from labelnoise.engine import TrainingInterrupted
     from labelnoise.io import COMMIT_JOURNAL, all_or_nothing, workspace_lock
     from labelnoise.runtime import ignore_stop_signals, stop_signals
-    from stages.common import stage_outputs
+    from stages import stage_outputs
 
     if world_size() > 1 and not get_stage(stage_module).torchrun:
         _fail(f"stage {stage_module} runs in one process: start it without torchrun "
@@ -145,9 +145,8 @@ def own_files() -> None:
     """Stage 0 (bookkeeping): list the files of your own data folder (data/own): path, size and modification time,
     nothing read. The stages that read your data depend on this list instead of on the folder, so that `dvc status`
     never opens a named pipe or a device placed there (it would wait forever). Such a file is refused in one line."""
-    from labelnoise.io import list_files, save_json
-    from labelnoise.runtime import repo_root
-    from stages.common import PATHS
+    from labelnoise.io import list_files, repo_root, save_json  # nothing that imports torch: it runs at every repro
+    from stages import PATHS
 
     folder = repo_root() / "data" / "own"  # `dvc exp` copies list the repository's folder, which they read
     try:

@@ -26,6 +26,12 @@ _held_roots: tuple[Path, ...] = ()
 COMMIT_JOURNAL = ".labelnoise.commit.json"  # a stage's commit in progress, in its workspace (see all_or_nothing)
 
 
+def repo_root() -> Path:
+    """The project root: DVC_ROOT inside DVC (also in `dvc exp` temp and queue copies), else the working folder.
+    Relative paths a user gives (the MLflow store, a file of given labels) resolve against it."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
 def _is_held(path: Path) -> bool:
     if _held is None:
         return False

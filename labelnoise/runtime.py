@@ -18,11 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def repo_root() -> Path:
-    """The project root: DVC_ROOT inside DVC (also in `dvc exp` temp and queue copies), else the working folder.
-    Relative paths a user gives (the MLflow store, a file of given labels) resolve against it."""
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+from labelnoise.io import repo_root
 
 
 def repo_path(name: str) -> Path:

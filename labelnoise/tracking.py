@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelnoise.runtime import repo_root
+from labelnoise.io import repo_root
 
 # MLflow 3 opens an experiment in its GenAI view unless this tag names a model-training experiment.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")

@@ -1,6 +1,7 @@
 """The pipeline's stages, one module each (`stages/<stage>.py`, DVC stage `<stage>`, CLI command `<stage-with-dashes>`),
 and the one map of the params each reads. Importing this package loads nothing else of the project."""
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,44 @@ def stage_params_help(stage: str) -> str:
             keys.setdefault(k.split(".")[0], []).append(k.split(".", 1)[1])
     parts = [f"`{s}`" for s in sections] + [f"`{s}.{{{', '.join(v)}}}`" for s, v in keys.items()]
     return "params " + ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- output paths (dvc.yaml vars)
+DVC_FILE = project_root() / "dvc.yaml"
+
+
+def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:
+    """Output paths as declared once in dvc.yaml's ``vars`` (relative to the working directory); the file is
+    parsed again only when it changed."""
+    stat = Path(dvc_file).stat()
+    return dict(_parse_paths(str(dvc_file), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_paths(dvc_file: str, mtime_ns: int, size: int) -> dict[str, Path]:
+    import yaml
+
+    spec = yaml.load(Path(dvc_file).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+    paths: dict[str, Path] = {}
+    for block in spec.get("vars", []):
+        paths.update({k: Path(v) for k, v in block.items()})
+    return paths
+
+
+def stage_outputs(stage: str, dvc_file: str | Path = DVC_FILE) -> list[Path]:
+    """Every path stage ``stage`` writes (its record's ``outputs``: dvc.yaml vars, resolved there)."""
+    paths = _load_paths(dvc_file)
+    return [paths[var] for var in get_stage(stage).outputs]
+
+
+class _Paths:
+    """Lazy view of dvc.yaml's vars, so importing a stage never touches the disk."""
+
+    def __getattr__(self, name: str) -> Path:
+        paths = _load_paths(DVC_FILE)
+        if name not in paths:
+            raise AttributeError(name)
+        return paths[name]
+
+
+PATHS = _Paths()

@@ -2,54 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from labelnoise import runtime
 from labelnoise.config import Config
-from stages import STAGE_PARAMS, get_stage, project_root  # noqa: F401  (re-exported: the stages read their map from here)
 
-DVC_FILE = project_root() / "dvc.yaml"
-
-
-def _load_paths(dvc_file: str | Path = "dvc.yaml") -> dict[str, Path]:
-    """Output paths as declared once in dvc.yaml's ``vars`` (relative to the working directory); the file is
-    parsed again only when it changed."""
-    stat = Path(dvc_file).stat()
-    return dict(_parse_paths(str(dvc_file), stat.st_mtime_ns, stat.st_size))
-
-
-@functools.lru_cache(maxsize=4)
-def _parse_paths(dvc_file: str, mtime_ns: int, size: int) -> dict[str, Path]:
-    spec = yaml.load(Path(dvc_file).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
-    paths: dict[str, Path] = {}
-    for block in spec.get("vars", []):
-        paths.update({k: Path(v) for k, v in block.items()})
-    return paths
-
-
-def stage_outputs(stage: str, dvc_file: str | Path = DVC_FILE) -> list[Path]:
-    """Every path stage ``stage`` writes (its record's ``outputs``: dvc.yaml vars, resolved there)."""
-    paths = _load_paths(dvc_file)
-    return [paths[var] for var in get_stage(stage).outputs]
-
-
-class _Paths:
-    """Lazy view of dvc.yaml's vars, so importing a stage never touches the disk."""
-
-    def __getattr__(self, name: str) -> Path:
-        paths = _load_paths(DVC_FILE)
-        if name not in paths:
-            raise AttributeError(name)
-        return paths[name]
-
-
-PATHS = _Paths()
+# re-exported: the stages read their map and their paths from here
+from stages import PATHS, STAGE_PARAMS, get_stage, project_root, stage_outputs  # noqa: F401
 
 
 def require(*paths: Path) -> None:
