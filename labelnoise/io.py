@@ -32,6 +32,13 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def repo_path(name: str) -> Path:
+    """A path from the params (``data.path``, ``noise.file``): absolute as it is, relative against :func:`repo_root`
+    (so `dvc exp` copies read the user's files, which git does not carry, from the repository)."""
+    path = Path(name)
+    return path if path.is_absolute() else repo_root() / path
+
+
 def _is_held(path: Path) -> bool:
     if _held is None:
         return False

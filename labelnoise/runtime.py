@@ -11,21 +11,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-from labelnoise.io import repo_root
-
-
-def repo_path(name: str) -> Path:
-    """A path from the params (``data.path``, ``noise.file``): absolute as it is, relative against :func:`repo_root`
-    (so `dvc exp` copies read the user's files, which git does not carry, from the repository)."""
-    path = Path(name)
-    return path if path.is_absolute() else repo_root() / path
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator:

@@ -20,8 +20,7 @@ import numpy as np
 
 from labelnoise import datasets
 from labelnoise.config import Config
-from labelnoise.io import read_label_csv, regular_file, save_json
-from labelnoise.runtime import repo_path
+from labelnoise.io import read_label_csv, regular_file, repo_path, save_json
 from stages.common import PATHS, setup, stage_run
 
 

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from labelnoise.datasets import Prepared
-from labelnoise.io import load_problem, read_label_csv, regular_file
+from labelnoise.io import load_problem, read_label_csv, regular_file, repo_path
 from labelnoise.noise.base import Applied, CheckContext, NoiseInputs, NoiseModel, NoisyLabels, register
-from labelnoise.runtime import repo_path
 from labelnoise.schema import ConfigError
 
 FILE, KEY = "noise.given.file", "noise.given.key"
