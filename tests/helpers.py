@@ -223,13 +223,16 @@ def new_store(folder: Path) -> str:
     """The URI of an empty SQLite MLflow store at ``folder``/mlflow.db, as a user's second run finds it: a copy of
     one store this process created through MLflow (its tables made once; creating them takes seconds), unless a
     store is there already."""
+    import atexit
     import shutil
     import tempfile
 
     from mlflow.tracking import MlflowClient
 
     if not _STORE_TEMPLATE:
-        template = Path(tempfile.mkdtemp(prefix="labelnoise-store-")) / "mlflow.db"
+        folder = tempfile.mkdtemp(prefix="labelnoise-store-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = Path(folder) / "mlflow.db"
         MlflowClient(f"sqlite:///{template}").search_experiments()  # creates the tables
         _STORE_TEMPLATE.append(template)
     target = Path(folder) / "mlflow.db"
