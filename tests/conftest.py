@@ -30,7 +30,7 @@ LONGEST_FIRST = ("test_pipeline_extend", "test_pipeline_e2e", "test_reliability"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        module = item.path.stem  # the test file's name
         return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: each module keeps its own order
