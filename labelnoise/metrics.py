@@ -88,8 +88,7 @@ def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` (N,) as a detector of ``positive`` (N,) bool (both classes present):
     the probability that a random positive scores above a random negative, ties counting half (the Mann-Whitney
     U statistic from average ranks; the same value as scikit-learn's roc_auc_score)."""
-    values, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True,
-                                        return_counts=True)
+    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
     ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # (N,) 1-based ranks, ties averaged
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@functools.cache
 def _pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend."""
+    """matplotlib.pyplot on the Agg backend (set once)."""
     import matplotlib
 
     matplotlib.use("Agg")
