@@ -230,9 +230,9 @@ def new_store(folder: Path) -> str:
     from mlflow.tracking import MlflowClient
 
     if not _STORE_TEMPLATE:
-        folder = tempfile.mkdtemp(prefix="labelnoise-store-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        template = Path(folder) / "mlflow.db"
+        home = tempfile.mkdtemp(prefix="labelnoise-store-")
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+        template = Path(home) / "mlflow.db"
         MlflowClient(f"sqlite:///{template}").search_experiments()  # creates the tables
         _STORE_TEMPLATE.append(template)
     target = Path(folder) / "mlflow.db"
