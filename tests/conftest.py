@@ -24,7 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # The modules that run whole stages or pipelines (most of the suite's time), longest first as measured: `make test`
 # hands the worker processes whole modules in collection order (--no-loadscope-reorder), so these start first and
 # the short modules fill in around them; run last, they would leave one worker busy alone at the end.
-LONGEST_FIRST = ("test_pipeline_extend", "test_pipeline_e2e", "test_reliability", "test_own_data", "test_distributed",
+LONGEST_FIRST = ("test_pipeline_e2e", "test_reliability", "test_own_data", "test_distributed",
                  "test_correction", "test_presets", "test_bad_inputs", "test_trusted_methods", "test_stops")
 
 
