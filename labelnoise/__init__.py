@@ -21,15 +21,15 @@ def _version() -> str:
 
 __version__ = _version()
 
-# labelnoise.api's entry points, imported on first use (importing labelnoise is light)
-_API = ("export", "find_label_issues", "predict")
+# the entry points, each imported from its module on first use (importing labelnoise is light)
+_API = {"export": "api", "find_label_issues": "api", "predict": "api", "fit": "fitting"}
 
 
 def __getattr__(name: str) -> object:
     if name in _API:
-        from labelnoise import api
+        from importlib import import_module
 
-        return getattr(api, name)
+        return getattr(import_module(f"labelnoise.{_API[name]}"), name)
     raise AttributeError(f"module 'labelnoise' has no attribute {name!r}")
 
 

@@ -142,7 +142,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top
     import pandas as pd
     import torch
 
-    from labelnoise.datasets.folder import load_image
+    from labelnoise.datasets.folder import load_images
     from labelnoise.engine import predict_logits
     from labelnoise.models import model_from_record
 
@@ -156,13 +156,7 @@ def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top
         x, paths = images, [""] * len(images)
     else:
         paths = [str(p) for p in images]
-        decoded = []
-        for p in paths:
-            try:
-                decoded.append(load_image(Path(p), size=size, channels=channels))
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{p}: cannot be read as an image ({' '.join(str(e).split())[:200]})") from None
-        x = np.stack(decoded) if decoded else np.zeros((0, channels, size, size), dtype=np.uint8)
+        x = load_images(paths, size=size, channels=channels)
     net = model_from_record(record, device)
     probs = torch.softmax(predict_logits(net, torch.from_numpy(np.ascontiguousarray(x)), batch_size=batch_size,
                                          device=device), dim=1).numpy()  # (N, K)

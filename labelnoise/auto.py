@@ -97,21 +97,22 @@ def replace_at(cfg: Any, key: str, value: Any) -> Any:
     return dataclasses.replace(cfg, **{head: inner})
 
 
-def settle_stage(cfg: Any, params: Iterable[str], estimate_path: str | Path, *,
+def settle_stage(cfg: Any, params: Iterable[str], estimate: str | Path | NoiseEstimate, *,
                  used: Callable[[str], bool] = lambda key: True) -> tuple[Any, dict[str, Any], NoiseEstimate | None]:
-    """A stage's ``auto`` params settled from the estimate at ``estimate_path`` (stage estimate_noise's report):
-    those under ``params`` (the stage's entries: sections, blocks or keys) that this run ``used`` (e.g. a
-    method's own block's only). Returns (the config with values in their place, {key: value chosen},
-    the estimate, or None when nothing the run uses is auto). A missing estimate is one line naming the params
-    that need it."""
+    """A stage's ``auto`` params settled from the noise estimate: ``estimate``, or the report at that path (stage
+    estimate_noise's). Those under ``params`` (the stage's entries: sections, blocks or keys) that this run
+    ``used`` (e.g. a method's own block's only). Returns (the config with values in their place, {key: value
+    chosen}, the estimate, or None when nothing the run uses is auto). A missing report is one line naming the
+    params that need it."""
     keys = [key for key in auto_keys(cfg, [k for k in RULES if used(k) and any(
         k == p or k.startswith(p + ".") for p in params)])]  # only keys under the stage's entries, that it uses
     if not keys:
         return cfg, {}, None
-    if not Path(estimate_path).is_file():
-        raise FileNotFoundError(f"{estimate_path} does not exist: {', '.join(keys)} = auto read the noise estimate; "
-                                "run stage estimate_noise first (dvc repro), or set them to values")
-    estimate = NoiseEstimate.from_report(load_json(estimate_path))
+    if not isinstance(estimate, NoiseEstimate):
+        if not Path(estimate).is_file():
+            raise FileNotFoundError(f"{estimate} does not exist: {', '.join(keys)} = auto read the noise estimate; "
+                                    "run stage estimate_noise first (dvc repro), or set them to values")
+        estimate = NoiseEstimate.from_report(load_json(estimate))
     settled, chosen = settle(cfg, estimate, keys)
     return settled, chosen, estimate
 

@@ -47,16 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import correction, distributed
+from labelnoise import distributed, steps
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.correction.report import correction_figures, correction_report
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import load_weights
 from labelnoise.io import keep_only, read_npz, read_torch, save_json, save_npz, save_torch
-from labelnoise.models import MODEL_RECORD_KEYS, create_model, load_model, model_record
+from labelnoise.models import MODEL_RECORD_KEYS, load_model, model_record
 from labelnoise.noise import load_noisy
-from labelnoise.runtime import derived_seed, resolve_device, seeded
+from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view, test_split_id, true_train_labels
 from stages.common import PATHS, STAGE_PARAMS, execution, registered_name, require, setup, stage_run
 
@@ -72,7 +72,7 @@ def _trusted_probs() -> dict[str, np.ndarray] | None:
     return probs if probs["train"].size else None
 
 
-def _save(result: correction.Corrected, noisy_labels: np.ndarray, record: dict, recipe: Any, cfg: Config,
+def _save(result: Any, noisy_labels: np.ndarray, record: dict, recipe: Any, cfg: Config,
           classes: list[str]) -> None:
     """PATHS.corrected (the corrected labels) and PATHS.final_model (the final network, how it was trained)."""
     kept = result.kept if result.kept is not None else np.zeros(len(noisy_labels), dtype=bool)
@@ -101,8 +101,7 @@ def run(cfg: Config) -> dict[str, float]:
     view = make_train_view(prepared, noisy)  # the true train labels replaced by the noisy ones
     record = read_torch(PATHS.student_model, remedy="run the train_student stage (dvc repro train_student)",
                         keys=MODEL_RECORD_KEYS)
-    name, kwargs = record["model_name"], {**record["model_kwargs"], "pretrained": False}
-    recipe = dataclasses.replace(cfg.train, model=name, pretrained=False, epochs=c.retrain_epochs)  # the student's net
+    name = record["model_name"]
 
     with stage_run("correct_labels", cfg) as tracked:
         tracked.set_tags({"correction_init": c.init, "correction_update": c.update, "model": name,
@@ -112,17 +111,13 @@ def run(cfg: Config) -> dict[str, float]:
             return lambda row: tracked.log_metrics({f"{phase}_{k}": v for k, v in row.items() if k != "epoch"},
                                                    step=int(row["epoch"]))
 
-        result = correction.correct(
-            view, load_model(PATHS.student_model, device),
-            lambda stream: seeded(lambda: create_model(name, **kwargs), derived_seed(cfg.base.seed, stream)),
-            cfg=c, trusted=cfg.trusted, recipe=recipe, seed=cfg.base.seed, device=device,
-            transition=estimate.transition if estimate is not None and c.noisy_label_weight == "auto" else None,
-            weights=load_weights(PATHS.student_weights) if c.trust_mentor else None,
-            trusted_probs=_trusted_probs(),
+        result = steps.correct_labels(
+            cfg, view, load_model(PATHS.student_model, device), name, record["model_kwargs"], estimate=estimate,
+            weights=load_weights(PATHS.student_weights) if c.trust_mentor else None, trusted_probs=_trusted_probs(),
             checkpoint_path=Path(PATHS.correction_ckpt), on_epoch=on_epoch)
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        _save(result, noisy.labels, record, recipe, cfg, list(view.classes))
+        _save(result, noisy.labels, record, steps.correction_recipe(cfg, name), cfg, list(view.classes))
         final, last = result.final, result.final.history[-1]
 
         # ---- report (evaluation path: the true train labels are read here, after training)

@@ -33,14 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from labelnoise import steps
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
 from labelnoise.io import save_json, save_npz
-from labelnoise.models import channel_stats, create_model
 from labelnoise.noise import load_noisy
-from labelnoise.noise_estimate import estimate, estimator, has_paired
+from labelnoise.noise_estimate import estimator, has_paired
 from labelnoise.plots import plot_matrices
-from labelnoise.runtime import resolve_device
 from labelnoise.views import make_train_view
 from stages.common import PATHS, require, setup, stage_run
 
@@ -51,14 +50,8 @@ def run(cfg: Config) -> dict[str, Any]:
     setup(cfg)
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     estimator(cfg.estimate, has_trusted=view.x_clean.shape[0] > 0, has_paired=has_paired(view))  # fails before the run
-    _, channels, height, width = view.x_train.shape
-    mean, std = channel_stats(view.x_train)
-    kwargs = dict(num_classes=view.num_classes, in_channels=channels, image_size=max(height, width), mean=mean,
-                  std=std)
     with stage_run("estimate_noise", cfg) as tracked:
-        report, predicted = estimate(view, cfg=cfg.estimate, trusted=cfg.trusted, recipe=cfg.train,
-                                     new_model=lambda: create_model(cfg.train.model, **kwargs), seed=cfg.base.seed,
-                                     device=resolve_device(cfg.base.device), checkpoint_path=Path(PATHS.estimate_ckpt))
+        report, predicted = steps.estimate_noise(cfg, view, checkpoint_path=Path(PATHS.estimate_ckpt))
         save_json(PATHS.noise_estimate, report)
         empty = np.zeros((0, view.num_classes), dtype=np.float32)  # no misfit check: no trusted-only predictions
         save_npz(PATHS.trusted_probs, train=predicted.get("train", empty), test=predicted.get("test", empty))

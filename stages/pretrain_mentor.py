@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labelnoise import distributed, runtime
+from labelnoise import distributed, runtime, steps
 from labelnoise import mentornet as mn
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
 from labelnoise.io import keep_only, save_json
-from labelnoise.mentornet.pretrain import check, pretrain
+from labelnoise.mentornet.pretrain import check
 from labelnoise.methods import get_method
 from labelnoise.noise import load_noisy
 from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
@@ -49,17 +49,14 @@ def run(cfg: Config) -> dict[str, Any]:
     prepared = load_prepared(PATHS.prepared)
     check(cfg.mentor, prepared)  # bad params fail here: no run opened, nothing written
     # every auto mentor param the student will use; a PD mentor has no corrupted copy
-    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["pretrain_mentor"], PATHS.noise_estimate, used=lambda key: (
-        key.startswith("mentor.") and (key != "mentor.dd_noise_kind" or cfg.mentor.kind == "dd")))
+    cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["pretrain_mentor"], PATHS.noise_estimate,
+                                         used=steps.mentor_uses(cfg))
     setup(cfg)
-    generator = runtime.seed_everything(cfg.mentor.seed, deterministic=cfg.base.deterministic)
-    device, t0 = runtime.resolve_device(cfg.base.device), time.perf_counter()
-    channel = estimate.transition if cfg.mentor.kind == "dd" and cfg.mentor.dd_noise_kind == "auto" else None
+    t0 = time.perf_counter()
     given = load_noisy(PATHS.noisy).trusted if cfg.mentor.kind == "dd" and cfg.mentor.dd_noise_kind == "auto" else None
-    result = pretrain(cfg.mentor, prepared, recipe=cfg.train, generator=generator, device=device, transition=channel,
-                      given=given)
-    report = {"dataset": prepared.dataset, **result.report, "auto": chosen, "device": str(device),
-              "time_s": round(time.perf_counter() - t0, 2)}
+    result = steps.pretrain_mentor(cfg, prepared, estimate=estimate, given=given)
+    report = {"dataset": prepared.dataset, **result.report, "auto": chosen,
+              "device": str(runtime.resolve_device(cfg.base.device)), "time_s": round(time.perf_counter() - t0, 2)}
     if not distributed.is_main():  # torchrun: rank 0 writes the outputs
         return {}
 

@@ -27,17 +27,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from labelnoise import distributed
+from labelnoise import distributed, steps
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import load_prepared
 from labelnoise.engine import save_weights
 from labelnoise.io import atomic_path, save_torch
-from labelnoise.methods import MethodContext, get_method
-from labelnoise.models import channel_stats, create_model, model_record
+from labelnoise.methods import get_method
+from labelnoise.models import create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from labelnoise.views import make_train_view, test_split_id, with_trusted
+from labelnoise.views import make_train_view, test_split_id
 from stages.common import (
     PATHS,
     STAGE_PARAMS,
@@ -95,40 +95,30 @@ def run(cfg: Config) -> dict[str, float]:
     setup(cfg)
     if method.train is not None and distributed.active():
         raise ConfigError(f"student.method {s.method} runs in one process: start it without torchrun")
-    device = resolve_device(cfg.base.device)
-    mentor = mentor_cfg = channel = None
+    mentor = None
     if method.uses_mentor:  # other methods never read the mentor
         from labelnoise.mentornet import student_mentor
 
-        mentor, mentor_cfg, channel = student_mentor(PATHS.mentor_model, device)
+        mentor = student_mentor(PATHS.mentor_model, resolve_device(cfg.base.device))
+    mentor_cfg = mentor[1] if mentor is not None else None
     # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced images)
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     n = view.x_train.shape[0]  # the noisy train examples: the records and outputs are theirs
-    if s.include_trusted and view.x_clean.shape[0]:  # the trusted subset trains too, with its true labels
-        view = with_trusted(view)
-    _, channels, height, width = view.x_train.shape
-    mean, std = channel_stats(view.x_train)  # (C,) each, from train images only (no labels)
-    kwargs: dict[str, Any] = dict(num_classes=len(view.classes), in_channels=channels,
-                                  image_size=max(height, width), mean=mean, std=std,
-                                  **({"members": method.networks} if method.networks > 1 else {}))
     # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
-    model = create_model(t.model, pretrained=t.pretrained, **kwargs)
+    view, kwargs, model = steps.student_network(cfg, view)
 
     with stage_run("train_student", cfg) as tracked:
         tracked.set_tags({"method": s.method, "model": t.model, **({"mentor": mentor_cfg.kind} if mentor_cfg else {}),
                           **{f"auto.{key}": str(value) for key, value in chosen.items()}})
-        ctx = MethodContext(name=s.method, params=getattr(s, s.method, None), recipe=t, data=view, model=model,
-                            new_model=lambda: create_model(t.model, pretrained=t.pretrained, **kwargs),
-                            seed=cfg.base.seed, device=device, weights_at=s.weights_at, mentor=mentor,
-                            mentor_cfg=mentor_cfg, mentor_channel=channel, trusted=cfg.trusted,
-                            checkpoint_path=Path(PATHS.student_ckpt), on_epoch=lambda row: tracked.log_metrics(
-                                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
-        trained = method.run(ctx)
+        trained = steps.train_student(cfg, view, model, kwargs, mentor=mentor, checkpoint_path=Path(PATHS.student_ckpt),
+                                      on_epoch=lambda row: tracked.log_metrics(
+                                          {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
         result, last = trained.fit, trained.fit.history[-1]
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        _save(trained, n, kwargs, method.checkpoint_config(ctx.params, t, seed=cfg.base.seed, weights_at=s.weights_at,
-                                                          mentor_cfg=mentor_cfg), cfg, list(view.classes))
+        _save(trained, n, kwargs, method.checkpoint_config(getattr(s, s.method, None), t, seed=cfg.base.seed,
+                                                          weights_at=s.weights_at, mentor_cfg=mentor_cfg), cfg,
+              list(view.classes))
         metrics = trained.summary()
         tracked.log_metrics({key: metrics[key] for key in HEADLINE}, on_parent=True)
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})

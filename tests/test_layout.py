@@ -37,10 +37,14 @@ FORBIDDEN = {
     "labelnoise.mentornet": ("labelnoise.methods", "labelnoise.config", "labelnoise.tracking"),
     "labelnoise.trusted": ("labelnoise.methods", "labelnoise.config", "labelnoise.tracking"),
     "labelnoise.methods": ("labelnoise.config", "labelnoise.tracking", "labelnoise.correction",
-                           "labelnoise.evaluation", "labelnoise.studies"),
+                           "labelnoise.evaluation", "labelnoise.studies", "labelnoise.steps", "labelnoise.fitting"),
     "labelnoise.correction": ("labelnoise.config", "labelnoise.tracking", "labelnoise.evaluation",
-                              "labelnoise.studies"),
-    "labelnoise.evaluation": ("labelnoise.config", "labelnoise.tracking", "labelnoise.studies"),
+                              "labelnoise.studies", "labelnoise.steps", "labelnoise.fitting"),
+    "labelnoise.evaluation": ("labelnoise.config", "labelnoise.tracking", "labelnoise.studies", "labelnoise.steps",
+                              "labelnoise.fitting"),
+    # the pipeline's steps on data in memory: what the stages and labelnoise.fit call; they know no tracking
+    "labelnoise.steps": ("labelnoise.config", "labelnoise.tracking", "labelnoise.fitting", "labelnoise.api"),
+    "labelnoise.fitting": ("labelnoise.tracking",),
     # MLflow's layer sits below everything that describes runs: it knows no config, method or report
     "labelnoise.tracking": ("labelnoise.config", "labelnoise.studies", "labelnoise.describe", "labelnoise.methods",
                             "labelnoise.engine", "labelnoise.models", "labelnoise.mentornet", "labelnoise.datasets",

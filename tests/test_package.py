@@ -60,6 +60,7 @@ def test_the_wheel_names_the_dependencies_and_the_command(installed: tuple[Path,
     assert not any(r.startswith("aiohttp") for r in requires)  # the lock file's transitive pins are not
     assert "labelnoise = cli:main" in entry
     assert "labelnoise/api.py" in names and "stages/train_student.py" in names and "cli.py" in names
+    assert "labelnoise/params.yaml" in names  # labelnoise.fit's defaults: the pipeline's params
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
 
@@ -75,3 +76,21 @@ def test_the_command_and_the_library_work_outside_the_repository(installed: tupl
             "print(labelnoise.__file__); print(t.loc[t.flagged, 'index'].tolist())")
     where, flagged = _run([str(venv / "bin" / "python"), "-c", code], tmp_path).split()
     assert Path(where).is_relative_to(venv) and flagged == "[2]"  # the installed copy, not the checkout
+
+
+def test_fit_runs_from_the_installed_package_on_the_digits(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    """labelnoise.fit with the defaults the wheel ships (no params.yaml where it runs), a few epochs."""
+    venv, _ = installed
+    code = """
+import numpy as np, labelnoise
+from sklearn.datasets import load_digits
+d = load_digits()
+x, y = (d.images * 255 / 16).round().astype("uint8"), d.target.copy()
+y[::4] = (y[::4] + 3) % 10  # a quarter of the labels wrong
+params = {"train": {"epochs": 2, "batch_size": 64, "lr": 0.05}, "estimate.epochs": 1, "estimate.trusted_folds": 0,
+          "mentor": {"dd_epochs": 2, "fit_steps": 100}, "trusted.epochs": 4, "correction.retrain_epochs": 2}
+r = labelnoise.fit(x[:1000], y[:1000], trusted=(np.arange(150), d.target[:150]), params=params, log=lambda s: None)
+print(len(r.label_issues), r.config.student.method, r.noise_estimate["use"])
+"""
+    assert not (tmp_path / "params.yaml").exists()
+    assert _run([str(venv / "bin" / "python"), "-c", code], tmp_path).split() == ["850", "spade", "paired"]

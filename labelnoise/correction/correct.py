@@ -160,7 +160,8 @@ def correct(
     start = time.perf_counter()
     p, p_test = _teacher(c.teacher, view, student, fresh, trusted_probs, trusted=trusted, recipe=recipe, seed=seed,
                          device=device, checkpoint_path=beside("teacher"), on_epoch=on_epoch("teacher"), log=log)
-    teacher_test_acc = float((p_test.argmax(dim=1) == view.y_test.cpu()).float().mean())  # monitoring only
+    teacher_test_acc = (float((p_test.argmax(dim=1) == view.y_test.cpu()).float().mean())  # monitoring only
+                        if view.x_test.shape[0] else math.nan)
 
     # ---- the labels (phase 1 or one step), then phase 2: a fresh network on them. With correction.include_trusted
     # the trusted subset follows the n noisy examples in both, its true labels kept.

@@ -34,6 +34,7 @@ one line naming its file, or with ``data.skip_bad_images: true`` it is left out 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,18 @@ def load_image(file: Path, *, size: int, channels: int) -> np.ndarray:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ValueError(one_line(e)) from None
     return a[None] if channels == 1 else a.transpose(2, 0, 1)  # (H, W) / (H, W, 3) -> (C, H, W)
+
+
+def load_images(files: Sequence[str | Path], *, size: int, channels: int) -> np.ndarray:
+    """uint8 (N, C, size, size): each of ``files`` read by :func:`load_image`, in order; a file that cannot be read
+    is one ValueError line naming it."""
+    out = []
+    for file in files:
+        try:
+            out.append(load_image(Path(file), size=size, channels=channels))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{file}: cannot be read as an image ({one_line(e)[:200]})") from None
+    return np.stack(out) if out else np.zeros((0, channels, size, size), dtype=np.uint8)
 
 
 def _eight_bit(im: Any) -> Any:
