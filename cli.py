@@ -294,8 +294,9 @@ def predict(
     = None,
     manifest: Annotated[Path | None, typer.Option("--manifest", help="A CSV with a `path` column (relative to the "
                                                   "CSV's folder), one image per row.")] = None,
-    model: Annotated[Path, typer.Option("--model", "-m", help="A model file the pipeline wrote.")]
-    = Path("models/final.pt"),
+    model: Annotated[str, typer.Option("--model", "-m", help="A model file the pipeline wrote, or a registered "
+                                       "model of the project's MLflow store (models:/labelnoise-DATASET@champion).")]
+    = "models/final.pt",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the rows to this CSV file (else print "
                                              "them as CSV).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many of the likeliest classes to list.")]
@@ -307,7 +308,9 @@ def predict(
     import csv
     import io
 
+    from labelnoise.api import MLFLOW_URIS
     from labelnoise.api import predict as predict_images
+    from labelnoise.config import read_yaml
     from labelnoise.datasets.folder import list_images
     from labelnoise.io import read_csv_rows, write_atomic
 
@@ -329,8 +332,15 @@ def predict(
         files = list(images or [])
     if not files:
         _fail("no images to classify", 2)
+    uri = None
+    if model.startswith(MLFLOW_URIS):  # the store params.yaml names (MLFLOW_TRACKING_URI overrides it)
+        from labelnoise import tracking
+        from labelnoise.fitting import DEFAULTS
+
+        params = ROOT / "params.yaml" if (ROOT / "params.yaml").is_file() else DEFAULTS
+        uri = tracking.resolve_tracking_uri(read_yaml(params)["base"]["tracking_uri"], ROOT)
     try:
-        table = predict_images(model, files, top_k=top_k)
+        table = predict_images(model, files, top_k=top_k, tracking_uri=uri)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     text = io.StringIO()
@@ -352,8 +362,9 @@ def export(
     out: Annotated[Path, typer.Argument(help="The file to write (e.g. model.onnx, model.pt).", show_default=False)],
     format_: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (torch's ONNX exporter) or "
                                                   "torchscript.")] = ExportFormat.onnx,
-    model: Annotated[Path, typer.Option("--model", "-m", help="A model file the pipeline wrote.")]
-    = Path("models/final.pt"),
+    model: Annotated[str, typer.Option("--model", "-m", help="A model file the pipeline wrote, or a registered "
+                                       "model of the project's MLflow store (models:/labelnoise-DATASET@champion).")]
+    = "models/final.pt",
 ) -> None:
     """Write a trained model for use without this project: input uint8 images (N, C, H, W) as `predict` converts
     them, output logits (N, K); the class names, channels and size go with it (ONNX metadata; TorchScript's extra

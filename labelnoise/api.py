@@ -21,35 +21,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labelnoise.label_issues import COLUMNS, rank_label_issues, table_rows
+from labelnoise.label_issues import COLUMNS, checked_labels, rank_label_issues, table_rows
 
 
-def _trusted(trusted: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``trusted`` as (indices (m,) int64 in [0, n), their true labels (m,) int64 in [0, k)), or None."""
-    if trusted is None:
-        return None
-    try:
-        idx, true = (np.asarray(a) for a in trusted)
-    except (TypeError, ValueError):
-        raise ValueError("trusted: give (indices, labels), the positions of the trusted examples and their true "
-                         "labels") from None
-    if idx.ndim != 1 or true.shape != idx.shape or not (np.issubdtype(idx.dtype, np.integer)
-                                                         and np.issubdtype(true.dtype, np.integer)):
-        raise ValueError(f"trusted: indices and labels must be two integer arrays of one length, got shapes "
-                         f"{idx.shape} and {true.shape}")
-    if idx.size and (idx.min() < 0 or idx.max() >= n or len(np.unique(idx)) != idx.size):
-        raise ValueError(f"trusted: indices must be distinct positions in [0, {n})")
-    if true.size and (true.min() < 0 or true.max() >= k):
-        raise ValueError(f"trusted: labels must lie in [0, {k})")
-    return idx.astype(np.int64), true.astype(np.int64)
-
-
-def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray, *, trusted: Any = None,
+def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray | None = None, *, trusted: Any = None,
                       classes: Sequence[str] | None = None,
-                      estimate: Literal["confident_joint", "paired"] = "confident_joint") -> Any:
+                      estimate: Literal["confident_joint", "paired"] = "confident_joint",
+                      images: Any = None, params: dict[str, Any] | None = None) -> Any:
     """The label-issues table of ``labels`` (n,) int in [0, K), most suspicious first, as a pandas DataFrame with
     the columns of the pipeline's ``reports/label_issues.csv`` (``index`` and ``dataset_index`` are the position in
     ``labels``, ``path`` is empty; ``flagged`` a bool: the suggested label differs from the given one).
+
+    With ``images`` instead of ``pred_probs`` (uint8 images or image files, as :func:`labelnoise.fit` takes them,
+    with its ``params``): the table :func:`labelnoise.fit` makes, the pipeline trained on them.
 
     ``pred_probs`` (n, K): out-of-sample predicted probabilities (e.g. cross-validated) of a model trained on the
     given labels, p(ỹ | x). ``trusted``: (indices (m,), true labels (m,)) of examples whose label a person checked,
@@ -68,6 +52,15 @@ def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray
         >>> table.loc[table.flagged, ["index", "given", "suggested"]].values.tolist()
         [[2, 'dog', 'cat']]
     """
+    if images is not None:
+        if pred_probs is not None:
+            raise ValueError("give pred_probs (your model's) or images (the pipeline trains on them), not both")
+        from labelnoise.fitting import fit
+
+        return fit(images, labels, trusted=trusted, classes=classes, params=params).label_issues
+    if pred_probs is None:
+        raise ValueError("give pred_probs (out-of-sample probabilities of your model) or images")
+
     import pandas as pd
     import torch
 
@@ -96,7 +89,7 @@ def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray
     if estimate not in ("confident_joint", "paired"):
         raise ValueError(f"estimate: confident_joint or paired, got {estimate!r}")
     given = given.astype(np.int64)
-    checked = _trusted(trusted, n, k)
+    checked = checked_labels(trusted, n, k)
     if estimate == "paired" and (checked is None or not checked[0].size):
         raise ValueError("estimate='paired' counts the trusted examples' given labels: give trusted=(indices, labels)")
 
@@ -116,12 +109,32 @@ def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray
     return table
 
 
-def _read_model(model: str | Path) -> tuple[dict[str, Any], int, int, list[str]]:
-    """A model file of the pipeline: (its record, input channels, input size, the K class names; a model saved
-    without class names names them by index)."""
+MLFLOW_URIS = ("models:/", "runs:/")  # a registered model version (models:/NAME@ALIAS, models:/NAME/3) or a run's
+
+
+def _read_model(model: str | Path, tracking_uri: str | None = None) -> tuple[dict[str, Any], int, int, list[str]]:
+    """A model file of the pipeline, or the one an MLflow model of the pipeline wraps (``models:/…``, ``runs:/…``,
+    from the store ``tracking_uri``; None: MLflow's default): (its record, input channels, input size, the K class
+    names; a model saved without class names names them by index)."""
+    import tempfile
+
     from labelnoise.io import read_torch
     from labelnoise.models import MODEL_RECORD_KEYS
 
+    if str(model).startswith(MLFLOW_URIS):
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model), dst_path=tmp,
+                                                                 tracking_uri=tracking_uri))
+            except Exception as e:  # noqa: BLE001 - MLflow's errors for a model it cannot find are many kinds
+                raise FileNotFoundError(f"{model}: no such MLflow model in the store {tracking_uri or 'MLflow uses'} "
+                                        f"({' '.join(str(e).split())[:200]})") from None
+            files = sorted(local.glob("artifacts/*.pt"))
+            if not files:
+                raise ValueError(f"{model} is not a model the pipeline logged (no model file in its artifacts)")
+            return _read_model(files[0])
     record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
     kwargs = record["model_kwargs"]
     classes = [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))]
@@ -129,10 +142,12 @@ def _read_model(model: str | Path) -> tuple[dict[str, Any], int, int, list[str]]
 
 
 def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top_k: int = 3, batch_size: int = 256,
-            device: str = "cpu") -> Any:
-    """The classes a trained model (a model file of the pipeline: ``models/final.pt``, ``models/student.pt``) gives
+            device: str = "cpu", tracking_uri: str | None = None) -> Any:
+    """The classes a trained model (a model file of the pipeline: ``models/final.pt``, ``models/student.pt``; or a
+    registered one, ``models:/labelnoise-<dataset>@champion``, from the MLflow store ``tracking_uri``) gives
     ``images``: a list of image files (any size and mode: each is converted as the pipeline converted its training
-    images, to the model's channels and size) or a uint8 array (N, C, H, W) of the model's input shape. A pandas
+    images, to the model's channels and size) or a uint8 array of images of any size ((N, H, W), (N, H, W, C) or
+    (N, C, H, W), converted the same way). A pandas
     DataFrame, one row per image in the given order: ``path`` (empty for an array), ``predicted`` (the class name),
     ``probability`` (its softmax probability) and ``top_k`` (the ``top_k`` likeliest classes, ``"cat 0.912; dog
     0.051"``). A model saved without class names names them by index.
@@ -142,18 +157,15 @@ def predict(model: str | Path, images: Sequence[str | Path] | np.ndarray, *, top
     import pandas as pd
     import torch
 
-    from labelnoise.datasets.folder import load_images
+    from labelnoise.datasets.folder import convert_images, load_images
     from labelnoise.engine import predict_logits
     from labelnoise.models import model_from_record
 
-    record, channels, size, classes = _read_model(model)
+    record, channels, size, classes = _read_model(model, tracking_uri)
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (channels, size, size):
-            raise ValueError(f"images: a uint8 array (N, {channels}, {size}, {size}) for this model, got "
-                             f"{images.dtype} {images.shape}")
-        x, paths = images, [""] * len(images)
+        x, paths = convert_images(images, size=size, channels=channels), [""] * len(images)
     else:
         paths = [str(p) for p in images]
         x = load_images(paths, size=size, channels=channels)

@@ -59,19 +59,10 @@ class Fitted:
 def _as_images(images: Any, *, size: int, channels: int) -> np.ndarray:
     """uint8 (N, C, H, W) from a uint8 array (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3, or from image
     files (each converted as the pipeline converts a folder's images: ``size``, ``channels``)."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim not in (3, 4):
-            raise ValueError(f"images: a uint8 array (N, H, W), (N, H, W, C) or (N, C, H, W), got {images.dtype} "
-                             f"{images.shape}")
-        if images.ndim == 3:
-            return np.ascontiguousarray(images[:, None])
-        if images.shape[3] in (1, 3):
-            return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-        if images.shape[1] in (1, 3):
-            return np.ascontiguousarray(images)
-        raise ValueError(f"images: 1 or 3 channels, first or last, got shape {images.shape}")
-    from labelnoise.datasets.folder import load_images
+    from labelnoise.datasets.folder import load_images, to_nchw
 
+    if isinstance(images, np.ndarray):
+        return to_nchw(images)
     if not len(images):
         raise ValueError("images: none given")
     return load_images(images, size=size, channels=channels)
@@ -144,9 +135,9 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
         >>> r.label_issues[r.label_issues.flagged].head()                  # the labels to fix first
     """
     from labelnoise import runtime, steps
-    from labelnoise.api import _trusted
     from labelnoise.auto import NoiseEstimate, settle_stage
     from labelnoise.datasets import Prepared
+    from labelnoise.label_issues import checked_labels
     from labelnoise.methods import get_method
     from labelnoise.noise import NoisyLabels
     from labelnoise.views import make_train_view
@@ -157,7 +148,7 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
     x = _as_images(images, size=size, channels=channels)
     y, names = _as_labels(labels, len(x), given, "labels")
     k = len(names)
-    checked = _trusted(trusted, len(x), k)
+    checked = checked_labels(trusted, len(x), k)
     if checked is None:
         checked = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     x_test = y_test = None

@@ -37,6 +37,27 @@ class LabelIssues:
     flagged: np.ndarray  # bool: suggested != given
 
 
+def checked_labels(trusted: Any, n: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The labels a person checked, ``trusted`` = (indices, labels), as (indices (m,) int64 in [0, n), their true
+    labels (m,) int64 in [0, k)), or None; anything else is one ValueError line."""
+    if trusted is None:
+        return None
+    try:
+        idx, true = (np.asarray(a) for a in trusted)
+    except (TypeError, ValueError):
+        raise ValueError("trusted: give (indices, labels), the positions of the trusted examples and their true "
+                         "labels") from None
+    if idx.ndim != 1 or true.shape != idx.shape or not (np.issubdtype(idx.dtype, np.integer)
+                                                         and np.issubdtype(true.dtype, np.integer)):
+        raise ValueError(f"trusted: indices and labels must be two integer arrays of one length, got shapes "
+                         f"{idx.shape} and {true.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n or len(np.unique(idx)) != idx.size):
+        raise ValueError(f"trusted: indices must be distinct positions in [0, {n})")
+    if true.size and (true.min() < 0 or true.max() >= k):
+        raise ValueError(f"trusted: labels must lie in [0, {k})")
+    return idx.astype(np.int64), true.astype(np.int64)
+
+
 def rank_label_issues(given: np.ndarray, probs: np.ndarray, *, score: np.ndarray | None = None) -> LabelIssues:
     """The table for given labels (n,) int and label distributions ``probs`` (n, K) (rows sum to 1), most
     suspicious first: by q(given) ascending, then by ``score`` (n,) ascending (NaN last), then by index."""

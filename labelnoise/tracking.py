@@ -277,27 +277,29 @@ class StageRun:
         for run_id in (self.run_id, self.parent_id):
             _patient(self.uri, "logging datasets", lambda run_id=run_id: self.client.log_inputs(run_id, inputs))
 
-    def log_model(self, model: Any, *, example: Any, registered: str, tags: Mapping[str, str],
-                  alias: str = "", score: str = "test_acc", comparable: str = "test_split") -> str:
-        """Log ``model`` (uint8 images (B, C, H, W) → logits (B, K)) as an MLflow PyTorch model of this run (its
-        signature and input ``example`` from uint8 images, the project's ``labelnoise`` package with it, so
-        ``mlflow.pyfunc.load_model`` needs no checkout), register it as a new version of ``registered`` with
-        ``tags``, and point ``alias`` (if any) at it only where it beats the version that alias names
-        (:func:`beats`: by the tag ``score``, among versions with equal tag ``comparable``); MLflow's own
-        ``models:/NAME/latest`` names the newest version. Returns the version."""
+    def log_model(self, model_file: str | Path, *, registered: str, tags: Mapping[str, str], alias: str = "",
+                  score: str = "test_acc", comparable: str = "test_split") -> str:
+        """Log the model file ``model_file`` (a model record the stage wrote) as this run's MLflow model, the
+        pyfunc :class:`labelnoise.serving.ImageClassifier` (image files or uint8 images of any size in, class names
+        and probabilities out; the project's ``labelnoise`` package with it, so ``mlflow.pyfunc.load_model`` needs
+        no checkout), register it as a new version of ``registered`` with ``tags``, and point ``alias`` (if any) at
+        it only where it beats the version that alias names (:func:`beats`: by the tag ``score``, among versions
+        with equal tag ``comparable``); MLflow's own ``models:/NAME/latest`` names the newest version. Returns the
+        version."""
         import tempfile
 
-        import mlflow.pytorch
+        import mlflow.pyfunc
         import torch
-        from mlflow.models import infer_signature
 
-        model = model.cpu().eval()
-        with torch.no_grad():
-            logits = model(torch.from_numpy(example)).float().numpy()
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.pytorch.save_model(model, Path(tmp) / "model", signature=infer_signature(example, logits),
-                                      input_example=example, code_paths=[str(Path(__file__).parent)],
-                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        from labelnoise import serving
+
+        md5 = hashlib.md5(Path(model_file).read_bytes()).hexdigest()  # which file a version is (describe_model)
+        # the model from its code (labelnoise/serving.py sets it), not a pickled object; no progress bar on stderr
+        with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+            mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=serving.__file__,
+                                     artifacts={"model": str(model_file)}, code_paths=[str(Path(__file__).parent)],
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
+                                                       "pillow"])
             _patient(self.uri, "logging a model",
                      lambda: self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model"))
 
@@ -309,12 +311,26 @@ class StageRun:
                 if "already exists" not in str(e).lower():
                     raise
             version = self.client.create_model_version(registered, source=f"runs:/{self.run_id}/model",
-                                                       run_id=self.run_id, tags=dict(tags))
+                                                       run_id=self.run_id, tags={**tags, "model_md5": md5})
             if alias and beats(dict(tags), _alias_tags(self.client, registered, alias), score, comparable):
                 self.client.set_registered_model_alias(registered, alias, version.version)
             return str(version.version)
 
         return _patient(self.uri, "registering a model", register)
+
+
+    def describe_model(self, registered: str, model_file: str | Path, text: str) -> int:
+        """Set ``text`` (a model card) as the description of the versions of ``registered`` that are the file
+        ``model_file`` (by its md5, which :meth:`log_model` tags them with). Returns how many."""
+        md5 = hashlib.md5(Path(model_file).read_bytes()).hexdigest()
+
+        def describe() -> int:
+            versions = self.client.search_model_versions(f"name = '{registered}' and tags.model_md5 = '{md5}'")
+            for v in versions:
+                self.client.update_model_version(registered, v.version, description=text)
+            return len(versions)
+
+        return _patient(self.uri, "describing a model", describe)
 
 
 def _alias_tags(client: Any, registered: str, alias: str) -> dict[str, str] | None:
@@ -434,17 +450,22 @@ def check_store(tracking_uri: str, experiment: str) -> str:
 
 
 @contextmanager
-def no_http_retries() -> Iterator[None]:
-    """Inside: a tracking server that does not answer fails in seconds (unless the user set MLflow's own
-    variables), not after MLflow's default HTTP retries with back-off (minutes)."""
-    saved = {k: os.environ.get(k) for k in _CHECK_HTTP_ENV}
-    os.environ.update({k: v for k, v in _CHECK_HTTP_ENV.items() if saved[k] is None})
+def env_defaults(values: dict[str, str]) -> Iterator[None]:
+    """Inside: the environment variables ``values`` where the user set none (theirs are kept), removed after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if saved[k] is None})
     try:
         yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+def no_http_retries() -> Any:
+    """Inside: a tracking server that does not answer fails in seconds (unless the user set MLflow's own
+    variables), not after MLflow's default HTTP retries with back-off (minutes)."""
+    return env_defaults(_CHECK_HTTP_ENV)
 
 
 @contextmanager

@@ -118,7 +118,7 @@ def run(cfg: Config) -> dict[str, float]:
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
         _save(result, noisy.labels, record, steps.correction_recipe(cfg, name), cfg, list(view.classes))
-        final, last = result.final, result.final.history[-1]
+        last = result.final.history[-1]
 
         # ---- report (evaluation path: the true train labels are read here, after training)
         report, metrics = correction_report(result, noisy.labels, true_train_labels(prepared, noisy),
@@ -134,7 +134,7 @@ def run(cfg: Config) -> dict[str, float]:
             tracked.log_artifact(fig, "correction")
         dataset, method = execution(cfg).tags["dataset"], execution(cfg).tags["method"]  # names, not computation
         tracked.log_datasets({f"{dataset} corrected labels": PATHS.corrected})
-        tracked.log_model(final.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
+        tracked.log_model(PATHS.final_model, registered=registered_name(cfg),
                           alias=cfg.base.model_alias,
                           tags={"kind": "label-corrected", "method": method, "test_acc": f"{last['test_acc']:.4f}",
                                 "test_split": test_split_id(view)})

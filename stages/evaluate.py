@@ -13,7 +13,8 @@ PATHS.label_issues (CSV, labelnoise.label_issues): one row per train example, th
 given label, the one label correction suggests (else the student) and its probability, the method's score, flagged
 when they differ; plots/label_issues.png shows the most suspicious images. Needs no truth; where the mask exists,
 `label_issues_precision` / `_recall` measure the flags against it. PATHS.model_card (Markdown): what the final
-model is, its data, its metrics and what they mean, its known limits.
+model is, its data, its metrics and what they mean, its known limits; it is also the description of the final
+model's registered version in MLflow.
 
 The table of every method on this setting, across runs, is `python cli.py compare --methods` (it reads the store).
 """
@@ -31,7 +32,7 @@ from labelnoise.label_issues import write_csv
 from labelnoise.models import load_model
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
-from stages.common import PATHS, require, setup, stage_run
+from stages.common import PATHS, registered_name, require, setup, stage_run
 
 
 def _optional(path: Path) -> dict:
@@ -68,6 +69,7 @@ def run(cfg: Config) -> dict[str, float]:
                   paths=None if prepared.paths is None else prepared.paths[ev.train_images])
         card = evaluation.model_card(ev, prepared=prepared, student=student, final=records["corrected"])
         write_atomic(PATHS.model_card, lambda p: p.write_text(card))
+        run_.describe_model(registered_name(cfg), PATHS.final_model, card)  # the card travels with the model
         figures = evaluation.figures(ev, Path(PATHS.plots_dir), prepared=prepared, noisy=noisy, curves=curves,
                                      weights=weights, student=student, threshold=e.detection_threshold)
         logged = ev.logged

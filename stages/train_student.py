@@ -113,7 +113,7 @@ def run(cfg: Config) -> dict[str, float]:
         trained = steps.train_student(cfg, view, model, kwargs, mentor=mentor, checkpoint_path=Path(PATHS.student_ckpt),
                                       on_epoch=lambda row: tracked.log_metrics(
                                           {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
-        result, last = trained.fit, trained.fit.history[-1]
+        last = trained.fit.history[-1]
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
         _save(trained, n, kwargs, method.checkpoint_config(getattr(s, s.method, None), t, seed=cfg.base.seed,
@@ -124,7 +124,7 @@ def run(cfg: Config) -> dict[str, float]:
         tracked.log_metrics({key: v for key, v in metrics.items() if key not in HEADLINE})
         tracked.log_artifact(PATHS.curves)
         tracked.log_datasets(training_data(cfg))
-        tracked.log_model(result.model, example=view.x_test[:4].numpy(), registered=registered_name(cfg),
+        tracked.log_model(PATHS.student_model, registered=registered_name(cfg),
                           tags={"kind": "student", "method": s.method, "test_acc": f"{last['test_acc']:.4f}",
                                 "test_split": test_split_id(view)})
     return metrics

@@ -131,8 +131,11 @@ def test_predict_converts_any_image_as_training_did_and_names_the_classes(model_
     for row in table.itertuples():
         first, second = row.top_k.split("; ")
         assert first.startswith(row.predicted) and float(second.split()[-1]) <= row.probability
-    with pytest.raises(ValueError, match=r"uint8 array \(N, 3, 16, 16\)"):
-        labelnoise.predict(model_file, x[:, :1])
+    assert labelnoise.predict(model_file, x.transpose(0, 2, 3, 1), top_k=2).equals(same)  # channels last: the same
+    twice = x.repeat(2, axis=2).repeat(2, axis=3)  # (N, 3, 32, 32): converted to the model's 16 x 16 as a file is
+    assert list(labelnoise.predict(model_file, twice).predicted) == list(table.predicted)
+    with pytest.raises(ValueError, match=r"a uint8 array \(N, H, W\)"):
+        labelnoise.predict(model_file, x.astype(np.float32))
 
 
 def test_the_predict_command_reads_files_a_folder_or_a_manifest(model_file: Path, tmp_path: Path) -> None:

@@ -174,22 +174,22 @@ def test_a_mistyped_command_line_is_one_error_line(args: list[str], says: str, t
 def test_the_champion_alias_moves_only_to_a_better_model_on_the_same_test_split(workdir: Path) -> None:
     """The model alias (champion) moves only to a version with a strictly higher test accuracy on the same test split
     (a tie keeps it; another split is not comparable and keeps it); MLflow's `models:/NAME/latest` is the newest."""
-    import numpy as np
-    import torch
     from mlflow import MlflowClient
 
-    cfg = load_config(workdir / "params.yaml")
-    from labelnoise.models import create_model
+    from labelnoise.io import save_torch
+    from labelnoise.models import create_model, model_record
 
-    model = create_model("cnn", num_classes=2, in_channels=1, image_size=8, mean=torch.zeros(1), std=torch.ones(1))
-    example = np.zeros((1, 1, 8, 8), dtype=np.uint8)
+    cfg = load_config(workdir / "params.yaml")
+    kwargs = dict(num_classes=2, in_channels=1, image_size=8, mean=[0.0], std=[1.0])
+    model = workdir / "model.pt"
+    save_torch(model, model_record(create_model("cnn", **kwargs), model_name="cnn", model_kwargs=kwargs, epoch=1,
+                                   clean_acc=0.5, config={}, classes=["a", "b"]))
     cases = [("0.5000", "a", "1"), ("0.4000", "a", "1"), ("0.5000", "a", "1"), ("0.6000", "a", "4"),
              ("0.9000", "b", "4")]  # (test_acc, test split, the champion's version after it)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     for i, (acc, split, champion) in enumerate(cases, start=1):
         with stage_run("correct_labels", cfg) as run:
-            version = run.log_model(model, example=example,
-                                    registered="labelnoise-test", alias="champion",
+            version = run.log_model(model, registered="labelnoise-test", alias="champion",
                                     tags={"kind": "label-corrected", "test_acc": acc, "test_split": split})
         assert version == str(i)
         assert str(client.get_model_version_by_alias("labelnoise-test", "champion").version) == champion, (acc, split)

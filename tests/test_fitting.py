@@ -77,6 +77,8 @@ def test_fit_on_image_files_equals_fit_on_their_pixels(tmp_path: Path) -> None:
     assert from_files.label_issues.equals(from_array.label_issues)
     assert np.array_equal(from_files.corrected_labels, from_array.corrected_labels)
     assert from_files.noise_estimate["use"] == "confident_joint"
+    table = labelnoise.find_label_issues(given[:n], images=x[:n], params={**params, "student.method": "ce"})
+    assert table.equals(from_array.label_issues)  # the table alone, from the same steps
     assert np.isnan(from_files.metrics["test_acc"])
 
 

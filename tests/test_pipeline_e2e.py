@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -174,14 +175,14 @@ def test_mlflow_training_view_names_datasets_and_registered_models(project: tupl
     """What the MLflow UI and downstream tools see: a model-training experiment, a parent run named after what
     ran, the data as dataset inputs (digest = the file's md5, as in dvc.lock), and the student and the final
     model registered as versions of labelnoise-digits, the final one under the alias `champion`, which
-    mlflow.pyfunc loads and which predicts what models/final.pt predicts."""
+    mlflow.pyfunc loads and which predicts what models/final.pt and `labelnoise predict` predict."""
     import mlflow
     import torch
 
     from labelnoise.datasets import load_prepared
     from labelnoise.models import load_model
 
-    root, _ = project
+    root, env = project
     client, exp_id = _client(root)
     assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
     (parent,) = client.search_runs([exp_id], "tags.`labelnoise.kind` = 'pipeline'")
@@ -200,19 +201,36 @@ def test_mlflow_training_view_names_datasets_and_registered_models(project: tupl
     champion = client.get_model_version_by_alias("labelnoise-digits", "champion")
     assert champion.tags["kind"] == "label-corrected"
     assert float(champion.tags["test_acc"]) == pytest.approx(parent.data.metrics["corrected_test_acc"], abs=1e-4)
+    assert champion.description == (root / "reports" / "model_card.md").read_text()  # the card goes with it
+
+    # the registered model, `labelnoise predict` and models/final.pt agree: on arrays, and on image files of
+    # another size (each converted as the training images were)
+    from PIL import Image
+
+    import labelnoise
 
     prepared = load_prepared(root / "data" / "prepared.npz")
     images = prepared.images[prepared.test_idx]  # uint8 (n, C, H, W)
+    with torch.no_grad():
+        expected = load_model(root / "models" / "final.pt")(torch.from_numpy(images)).argmax(dim=1).numpy()
+    files = []
+    for i, image in enumerate(images[:6]):
+        files.append(root / f"digit{i}.png")
+        Image.fromarray(image[0]).resize((24, 24), Image.Resampling.NEAREST).save(files[-1])
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     try:
         loaded = mlflow.pyfunc.load_model("models:/labelnoise-digits@champion")
-        predicted = np.asarray(loaded.predict(images)).argmax(axis=1)
+        table = loaded.predict(images)
+        from_files = loaded.predict(pd.DataFrame({"path": [str(f) for f in files]}))
     finally:
         mlflow.set_tracking_uri(previous)
-    with torch.no_grad():
-        expected = load_model(root / "models" / "final.pt")(torch.from_numpy(images)).argmax(dim=1).numpy()
-    assert np.array_equal(predicted, expected)
+    assert list(table["predicted"]) == [prepared.classes[i] for i in expected]
+    by_file = labelnoise.predict(root / "models" / "final.pt", files)
+    assert from_files.equals(by_file)
+    out = sh([sys.executable, "cli.py", "predict", *map(str, files), "--model", "models:/labelnoise-digits@champion"],
+             root, env).stdout
+    assert [row.split(",")[1] for row in out.splitlines()[1:]] == list(by_file["predicted"])
 
 
 def test_second_repro_reruns_nothing(project: tuple[Path, dict[str, str]]) -> None:

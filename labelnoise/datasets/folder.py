@@ -192,15 +192,52 @@ def load_image(file: Path, *, size: int, channels: int) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(file) as im:
-                im = _eight_bit(im).convert("L" if channels == 1 else "RGB")
-                w, h = im.size
-                scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
-                left, top = (im.width - size) // 2, (im.height - size) // 2
-                a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+                return _square(_eight_bit(im), size=size, channels=channels)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ValueError(one_line(e)) from None
+
+
+def _square(im: Any, *, size: int, channels: int) -> np.ndarray:
+    """uint8 (C, size, size) of a PIL image: grayscale or RGB, shorter side resized to ``size``, centre-cropped."""
+    from PIL import Image
+
+    im = im.convert("L" if channels == 1 else "RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return a[None] if channels == 1 else a.transpose(2, 0, 1)  # (H, W) / (H, W, 3) -> (C, H, W)
+
+
+def to_nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) from a uint8 array (N, H, W), (N, H, W, C) or (N, C, H, W), C 1 or 3 (last if it can
+    be); anything else is one ValueError line."""
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"images: a uint8 array (N, H, W), (N, H, W, C) or (N, C, H, W), got {images.dtype} "
+                         f"{images.shape}")
+    if images.ndim == 3:
+        return np.ascontiguousarray(images[:, None])
+    if images.shape[3] in (1, 3):
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    if images.shape[1] in (1, 3):
+        return np.ascontiguousarray(images)
+    raise ValueError(f"images: 1 or 3 channels, first or last, got shape {images.shape}")
+
+
+def convert_images(images: np.ndarray, *, size: int, channels: int) -> np.ndarray:
+    """uint8 (N, ``channels``, ``size``, ``size``) from a uint8 array of any image size (as :func:`to_nchw` reads
+    it), each image converted as :func:`load_image` converts a file; one already of that shape is kept as it is."""
+    from PIL import Image
+
+    x = to_nchw(images)
+    if x.shape[1:] == (channels, size, size):
+        return x
+    out = np.zeros((len(x), channels, size, size), dtype=np.uint8)
+    for i, a in enumerate(x):
+        out[i] = _square(Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)), size=size,
+                         channels=channels)
+    return out
 
 
 def load_images(files: Sequence[str | Path], *, size: int, channels: int) -> np.ndarray:
