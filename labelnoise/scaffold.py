@@ -28,8 +28,9 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def sh(args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``args`` in ``cwd``; a non-zero exit raises RuntimeError with the end of stdout and stderr."""
+def sh(args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` in ``cwd``; a non-zero exit raises RuntimeError with the end of stdout and stderr; past
+    ``timeout`` seconds (a whole tiny pipeline on a busy machine needs minutes) subprocess's TimeoutExpired."""
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
