@@ -124,7 +124,9 @@ def _read_model(model: str | Path, tracking_uri: str | None = None) -> tuple[dic
     if str(model).startswith(MLFLOW_URIS):
         import mlflow.artifacts
 
-        with tempfile.TemporaryDirectory() as tmp:
+        from labelnoise.tracking import env_defaults
+
+        with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
             try:
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model), dst_path=tmp,
                                                                  tracking_uri=tracking_uri))
