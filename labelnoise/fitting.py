@@ -123,16 +123,19 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
     ``method``: a ``student.method`` (``auto``: the pipeline's default). ``classes``: the K names in label order.
     ``workdir``: where the resume checkpoints go (a rerun there resumes; default: a temporary folder).
     ``params``: the params.yaml values to change, by dotted key or by section: ``{"train.epochs": 4}`` or
-    ``{"train": {"epochs": 4}}``. ``log``: progress lines.
+    ``{"train": {"epochs": 4}}``. ``log``: progress lines. As a stage does, it seeds torch (``base.seed``,
+    ``base.deterministic``) and sets its threads (``base.threads``) in this process.
 
-        >>> import labelnoise                                              # doctest: +SKIP
-        >>> from sklearn.datasets import load_digits
-        >>> d = load_digits()
-        >>> x = (d.images * 16).clip(0, 255).astype("uint8")
-        >>> y = d.target.copy(); y[::5] = (y[::5] + 1) % 10                # every fifth label wrong
-        >>> r = labelnoise.fit(x[:1500], y[:1500], trusted=(range(200), d.target[:200]),
-        ...                    test=(x[1500:], d.target[1500:]), params={"train.epochs": 4})
-        >>> r.label_issues[r.label_issues.flagged].head()                  # the labels to fix first
+        import labelnoise
+        from sklearn.datasets import load_digits
+        d = load_digits()
+        x = (d.images * 255 / 16).round().astype("uint8")
+        y = d.target.copy(); y[::5] = (y[::5] + 1) % 10                  # every fifth label wrong
+        r = labelnoise.fit(x[:1500], y[:1500], trusted=(range(200), d.target[:200]),
+                           test=(x[1500:], d.target[1500:]), params={"train.epochs": 4})
+        r.label_issues[r.label_issues.flagged].head()                    # the labels to fix first
+
+    (README "From Python" has this run's figures; tests/test_fitting.py runs it with a smaller budget.)
     """
     from labelnoise import runtime, steps
     from labelnoise.auto import NoiseEstimate, settle_stage
@@ -178,7 +181,7 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
-        report, predicted = steps.estimate_noise(cfg, view, checkpoint_path=folder / "estimate_noise.pt")
+        report, predicted = steps.estimate_noise(cfg, view, checkpoint_path=folder / "estimate_noise.pt", log=log)
         estimate = NoiseEstimate.from_report(report)
 
         def settled(section: str, used: Callable[[str], bool]) -> Any:  # the auto params of a step, settled
@@ -202,7 +205,7 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
         result = steps.correct_labels(ccfg, view, trained.fit.model, scfg.train.model, kwargs, estimate=estimate,
                                       weights={k: v[:, : len(noisy.labels)] if v.ndim == 2 else v
                                                for k, v in trained.weights.items()},
-                                      trusted_probs=probs, checkpoint_path=folder / "correct_labels.pt")
+                                      trusted_probs=probs, checkpoint_path=folder / "correct_labels.pt", log=log)
     return _fitted(result, trained, prepared, noisy, ccfg, names, kwargs, method_, report)
 
 

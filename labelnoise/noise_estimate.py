@@ -196,7 +196,8 @@ def has_paired(view: Any) -> bool:
 
 
 def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_model: Callable[[], nn.Module],
-             seed: int, device: torch.device, checkpoint_path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+             seed: int, device: torch.device, checkpoint_path: Path,
+             log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Estimate the noise of ``view``'s train labels (a TrainView: the noisy labels and the trusted subset, never a
     true train label) with every estimator the data allows, and the misfit check of the one used. Returns the
     report (JSON-ready: ``use``, ``rate``, ``transition``, ``estimates`` {name: rate, transition, prior}, ``fit``) and
@@ -207,7 +208,8 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
     The fold networks (``cfg.folds`` of ``new_model()``, the ``recipe`` with ``cfg.epochs``) give out-of-sample
     probabilities of the train set and predict the trusted examples; the misfit check's networks
     (``cfg.trusted_folds``, the ``trusted`` budget) are trained on the trusted subset alone. Both resume per fold
-    beside ``checkpoint_path`` (``.trusted`` for the check's)."""
+    beside ``checkpoint_path`` (``.trusted`` for the check's). ``log``: their progress lines (None: stderr)."""
+    from labelnoise.engine import log_to_stderr
     from labelnoise.engine.folds import out_of_fold_probs
     from labelnoise.runtime import derived_seed
     from labelnoise.trusted import trusted_recipe
@@ -218,7 +220,7 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
     probs, trusted_probs, fold = out_of_fold_probs(
         new_model, view, folds=cfg.folds, recipe=dataclasses.replace(recipe, epochs=cfg.epochs), seed=seed,
         device=device, checkpoint_path=checkpoint_path, also=view.x_clean if has_trusted else None,
-        purpose="noise estimate: fold network")
+        purpose="noise estimate: fold network", log=log or log_to_stderr)
     noisy = view.y_train.numpy()
     marginal = np.bincount(noisy, minlength=k) / max(noisy.size, 1)  # (K,) the noisy labels' class frequencies
     estimates: dict[str, dict[str, Any]] = {}
@@ -242,7 +244,8 @@ def estimate(view: Any, *, cfg: EstimateConfig, trusted: Any, recipe: Any, new_m
             new_model, without_test(trusted_only(view)), folds=cfg.trusted_folds,
             recipe=trusted_recipe(recipe, trusted), seed=derived_seed(seed, "trusted_check"), device=device,
             checkpoint_path=ckpt.with_name(f"{ckpt.stem}.trusted{ckpt.suffix}"),
-            also=torch.cat([view.x_train, view.x_test]), purpose="misfit check: trusted-only network")
+            also=torch.cat([view.x_train, view.x_test]), purpose="misfit check: trusted-only network",
+            log=log or log_to_stderr)
         on_noisy = on_images[:, :n]  # (folds, n, K); the test images' for label correction's teacher
         predicted = {"train": on_noisy.mean(axis=0), "test": on_images[:, n:].mean(axis=0)}
         y_clean = view.y_clean.numpy()

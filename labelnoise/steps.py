@@ -34,7 +34,8 @@ def network_kwargs(view: TrainView, *, members: int = 1) -> dict[str, Any]:
                 std=std, **({"members": members} if members > 1 else {}))
 
 
-def estimate_noise(cfg: Any, view: TrainView, *, checkpoint_path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def estimate_noise(cfg: Any, view: TrainView, *, checkpoint_path: Path,
+                   log: Callable[[str], None] = log_to_stderr) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Stage estimate_noise's step: :func:`labelnoise.noise_estimate.estimate` with the recipe's networks. Returns
     (the report, the misfit check's trusted-only predictions)."""
     from labelnoise.noise_estimate import estimate
@@ -42,7 +43,7 @@ def estimate_noise(cfg: Any, view: TrainView, *, checkpoint_path: Path) -> tuple
     kwargs = network_kwargs(view)
     return estimate(view, cfg=cfg.estimate, trusted=cfg.trusted, recipe=cfg.train,
                     new_model=lambda: create_model(cfg.train.model, **kwargs), seed=cfg.base.seed,
-                    device=runtime.resolve_device(cfg.base.device), checkpoint_path=checkpoint_path)
+                    device=runtime.resolve_device(cfg.base.device), checkpoint_path=checkpoint_path, log=log)
 
 
 def mentor_uses(cfg: Any) -> Callable[[str], bool]:
@@ -102,7 +103,8 @@ def correction_recipe(cfg: Any, model_name: str) -> Any:
 def correct_labels(cfg: Any, view: TrainView, student: nn.Module, model_name: str, model_kwargs: dict[str, Any], *,
                    estimate: NoiseEstimate | None, weights: dict[str, np.ndarray] | None,
                    trusted_probs: dict[str, np.ndarray] | None, checkpoint_path: Path | None,
-                   on_epoch: Callable[[str], OnEpoch | None] = lambda phase: None) -> Any:
+                   on_epoch: Callable[[str], OnEpoch | None] = lambda phase: None,
+                   log: Callable[[str], None] = log_to_stderr) -> Any:
     """Stage correct_labels' step: :func:`labelnoise.correction.correct` from the trained ``student`` (its network
     ``model_name`` built with ``model_kwargs``), fresh networks of the same kind seeded per stream; the estimated
     T̂ where ``correction.noisy_label_weight`` is ``auto``; ``weights``: the student's per-example records (for
@@ -118,5 +120,5 @@ def correct_labels(cfg: Any, view: TrainView, student: nn.Module, model_name: st
         device=runtime.resolve_device(cfg.base.device),
         transition=estimate.transition if estimate is not None and c.noisy_label_weight == "auto" else None,
         weights=weights if c.trust_mentor else None, trusted_probs=trusted_probs,
-        checkpoint_path=checkpoint_path, on_epoch=on_epoch)
+        checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log)
 

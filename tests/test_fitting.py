@@ -58,7 +58,7 @@ def test_fit_on_arrays_with_a_trusted_subset_flags_the_wrong_labels_and_corrects
         result.metrics["corrected_test_acc"])
 
 
-def test_fit_on_image_files_equals_fit_on_their_pixels(tmp_path: Path) -> None:
+def test_fit_on_image_files_equals_fit_on_their_pixels(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Paths are read as the pipeline reads a folder (data.image_size, data.channels); without a trusted subset
     and a test split, the noise is estimated from the labels alone and no accuracy is reported."""
     from PIL import Image
@@ -73,6 +73,7 @@ def test_fit_on_image_files_equals_fit_on_their_pixels(tmp_path: Path) -> None:
     names = [str(c) for c in given[:n]]  # labels as class names
     from_files = labelnoise.fit(files, names, method="ce", params=params, log=lambda line: None)
     from_array = labelnoise.fit(x[:n], given[:n], method="ce", params=params, log=lambda line: None)
+    assert capfd.readouterr().err == ""  # every progress line went to `log`
     assert from_files.classes == from_array.classes == [str(c) for c in range(10)]
     assert from_files.label_issues.equals(from_array.label_issues)
     assert np.array_equal(from_files.corrected_labels, from_array.corrected_labels)
