@@ -79,7 +79,8 @@ def test_the_command_and_the_library_work_outside_the_repository(installed: tupl
 
 
 def test_fit_runs_from_the_installed_package_on_the_digits(installed: tuple[Path, Path], tmp_path: Path) -> None:
-    """labelnoise.fit with the defaults the wheel ships (no params.yaml where it runs), a few epochs."""
+    """labelnoise.fit with the defaults the wheel ships (no params.yaml where it runs), a few epochs; the model it
+    saves classifies image files with the installed `labelnoise predict`."""
     venv, _ = installed
     code = """
 import numpy as np, labelnoise
@@ -91,6 +92,13 @@ params = {"train": {"epochs": 2, "batch_size": 64, "lr": 0.05}, "estimate.epochs
           "mentor": {"dd_epochs": 2, "fit_steps": 100}, "trusted.epochs": 4, "correction.retrain_epochs": 2}
 r = labelnoise.fit(x[:1000], y[:1000], trusted=(np.arange(150), d.target[:150]), params=params, log=lambda s: None)
 print(len(r.label_issues), r.config.student.method, r.noise_estimate["use"])
+r.save("model.pt")
+from PIL import Image
+for i in (1000, 1001):
+    Image.fromarray(x[i]).resize((32, 32)).save(f"{i}.png")
 """
     assert not (tmp_path / "params.yaml").exists()
     assert _run([str(venv / "bin" / "python"), "-c", code], tmp_path).split() == ["850", "spade", "paired"]
+    out = _run([str(venv / "bin" / "labelnoise"), "predict", "1000.png", "1001.png", "--model", "model.pt"], tmp_path)
+    header, *rows = out.splitlines()
+    assert header == "path,predicted,probability,top_k" and [r.split(",")[0] for r in rows] == ["1000.png", "1001.png"]
