@@ -308,7 +308,6 @@ def predict(
     import csv
     import io
 
-    from labelnoise.api import MLFLOW_URIS
     from labelnoise.api import predict as predict_images
     from labelnoise.config import read_yaml
     from labelnoise.datasets.folder import list_images
@@ -333,8 +332,9 @@ def predict(
     if not files:
         _fail("no images to classify", 2)
     uri = None
-    if model.startswith(MLFLOW_URIS):  # the store params.yaml names (MLFLOW_TRACKING_URI overrides it)
-        from labelnoise import tracking
+    from labelnoise import tracking
+
+    if model.startswith(tracking.MLFLOW_URIS):  # the store params.yaml names (MLFLOW_TRACKING_URI overrides it)
         from labelnoise.fitting import DEFAULTS
 
         params = ROOT / "params.yaml" if (ROOT / "params.yaml").is_file() else DEFAULTS

@@ -109,9 +109,6 @@ def find_label_issues(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray
     return table
 
 
-MLFLOW_URIS = ("models:/", "runs:/")  # a registered model version (models:/NAME@ALIAS, models:/NAME/3) or a run's
-
-
 def _read_model(model: str | Path, tracking_uri: str | None = None) -> tuple[dict[str, Any], int, int, list[str]]:
     """A model file of the pipeline, or the one an MLflow model of the pipeline wraps (``models:/…``, ``runs:/…``,
     from the store ``tracking_uri``; None: MLflow's default): (its record, input channels, input size, the K class
@@ -120,23 +117,11 @@ def _read_model(model: str | Path, tracking_uri: str | None = None) -> tuple[dic
 
     from labelnoise.io import read_torch
     from labelnoise.models import MODEL_RECORD_KEYS
+    from labelnoise.tracking import MLFLOW_URIS, fetch_model_file
 
     if str(model).startswith(MLFLOW_URIS):
-        import mlflow.artifacts
-
-        from labelnoise.tracking import env_defaults
-
-        with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
-            try:
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(model), dst_path=tmp,
-                                                                 tracking_uri=tracking_uri))
-            except Exception as e:  # noqa: BLE001 - MLflow's errors for a model it cannot find are many kinds
-                raise FileNotFoundError(f"{model}: no such MLflow model in the store {tracking_uri or 'MLflow uses'} "
-                                        f"({' '.join(str(e).split())[:200]})") from None
-            files = sorted(local.glob("artifacts/*.pt"))
-            if not files:
-                raise ValueError(f"{model} is not a model the pipeline logged (no model file in its artifacts)")
-            return _read_model(files[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            return _read_model(fetch_model_file(str(model), tracking_uri, Path(tmp)))
     record = read_torch(model, remedy="give a model file the pipeline wrote (models/final.pt)", keys=MODEL_RECORD_KEYS)
     kwargs = record["model_kwargs"]
     classes = [str(c) for c in record.get("classes") or range(int(kwargs["num_classes"]))]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labelnoise.io import repo_root
+from labelnoise.io import one_line, repo_root
 
 # MLflow 3 opens an experiment in its GenAI view unless this tag names a model-training experiment.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -291,12 +291,10 @@ class StageRun:
         import mlflow.pyfunc
         import torch
 
-        from labelnoise import serving
-
         md5 = hashlib.md5(Path(model_file).read_bytes()).hexdigest()  # which file a version is (describe_model)
         # the model from its code (labelnoise/serving.py sets it), not a pickled object; no progress bar on stderr
         with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
-            mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=serving.__file__,
+            mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(Path(__file__).parent / "serving.py"),
                                      artifacts={"model": str(model_file)}, code_paths=[str(Path(__file__).parent)],
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
                                                        "pillow"])
@@ -331,6 +329,28 @@ class StageRun:
             return len(versions)
 
         return _patient(self.uri, "describing a model", describe)
+
+
+MLFLOW_URIS = ("models:/", "runs:/")  # a registered model version (models:/NAME@ALIAS, models:/NAME/3) or a run's
+
+
+def fetch_model_file(model_uri: str, tracking_uri: str | None, folder: Path) -> Path:
+    """The model file an MLflow model of the pipeline wraps (:meth:`StageRun.log_model`), downloaded from the
+    store ``tracking_uri`` (None: MLflow's default) into ``folder``. A model MLflow cannot find, or one without a
+    model file, is one line."""
+    import mlflow.artifacts
+
+    try:
+        with env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder),
+                                                             tracking_uri=tracking_uri))
+    except Exception as e:  # noqa: BLE001 - MLflow's errors for a model it cannot find are of many kinds
+        raise FileNotFoundError(f"{model_uri}: no such MLflow model in the store {shown(tracking_uri or '')} "
+                                f"({one_line(e)[:200]})") from None
+    files = sorted(local.glob("artifacts/*.pt"))
+    if not files:
+        raise ValueError(f"{model_uri} is not a model the pipeline logged (no model file in its artifacts)")
+    return files[0]
 
 
 def _alias_tags(client: Any, registered: str, alias: str) -> dict[str, str] | None:
