@@ -294,8 +294,10 @@ class StageRun:
         md5 = hashlib.md5(Path(model_file).read_bytes()).hexdigest()  # which file a version is (describe_model)
         # the model from its code (labelnoise/serving.py sets it), not a pickled object; no progress bar on stderr
         with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+            # (MLflow reads a relative artifact path from elsewhere: the file is given by its absolute path)
             mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(Path(__file__).parent / "serving.py"),
-                                     artifacts={"model": str(model_file)}, code_paths=[str(Path(__file__).parent)],
+                                     artifacts={"model": str(Path(model_file).resolve())},
+                                     code_paths=[str(Path(__file__).parent)],
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
                                                        "pillow"])
             _patient(self.uri, "logging a model",
