@@ -286,17 +286,22 @@ class StageRun:
         it only where it beats the version that alias names (:func:`beats`: by the tag ``score``, among versions
         with equal tag ``comparable``); MLflow's own ``models:/NAME/latest`` names the newest version. Returns the
         version."""
+        import shutil
         import tempfile
 
         import mlflow.pyfunc
         import torch
 
-        md5 = hashlib.md5(Path(model_file).read_bytes()).hexdigest()  # which file a version is (describe_model)
+        from labelnoise.io import readable
+
+        source = readable(model_file)  # a stage's output is still under its temporary name
+        md5 = hashlib.md5(source.read_bytes()).hexdigest()  # which file a version is (describe_model)
         # the model from its code (labelnoise/serving.py sets it), not a pickled object; no progress bar on stderr
         with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
-            # (MLflow reads a relative artifact path from elsewhere: the file is given by its absolute path)
+            named = Path(tmp) / Path(model_file).name  # the artifact is named as the output is
+            shutil.copyfile(source, named)
             mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(Path(__file__).parent / "serving.py"),
-                                     artifacts={"model": str(Path(model_file).resolve())},
+                                     artifacts={"model": str(named)},
                                      code_paths=[str(Path(__file__).parent)],
                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
                                                        "pillow"])
@@ -322,7 +327,9 @@ class StageRun:
     def describe_model(self, registered: str, model_file: str | Path, text: str) -> int:
         """Set ``text`` (a model card) as the description of the versions of ``registered`` that are the file
         ``model_file`` (by its md5, which :meth:`log_model` tags them with). Returns how many."""
-        md5 = hashlib.md5(Path(model_file).read_bytes()).hexdigest()
+        from labelnoise.io import readable
+
+        md5 = hashlib.md5(readable(model_file).read_bytes()).hexdigest()
 
         def describe() -> int:
             versions = self.client.search_model_versions(f"name = '{registered}' and tags.model_md5 = '{md5}'")
