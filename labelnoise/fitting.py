@@ -137,12 +137,16 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
 
     (README "From Python" has this run's figures; tests/test_fitting.py runs it with a smaller budget.)
     """
-    from labelnoise import runtime, steps
+    from labelnoise import runtime
     from labelnoise.auto import NoiseEstimate, settle_stage
     from labelnoise.datasets import Prepared
     from labelnoise.label_issues import checked_labels
     from labelnoise.methods import get_method
     from labelnoise.noise import NoisyLabels
+    from labelnoise.steps import correct as correct_step
+    from labelnoise.steps import estimate as estimate_step
+    from labelnoise.steps import mentor as mentor_step
+    from labelnoise.steps import student as student_step
     from labelnoise.views import make_train_view
 
     given = None if classes is None else [str(c) for c in classes]
@@ -181,7 +185,8 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         runtime.seed_everything(cfg.base.seed, deterministic=cfg.base.deterministic)
-        report, predicted = steps.estimate_noise(cfg, view, checkpoint_path=folder / "estimate_noise.pt", log=log)
+        report, predicted = estimate_step.estimate_noise(cfg, view, checkpoint_path=folder / "estimate_noise.pt",
+                                                         log=log)
         estimate = NoiseEstimate.from_report(report)
 
         def settled(section: str, used: Callable[[str], bool]) -> Any:  # the auto params of a step, settled
@@ -189,20 +194,20 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
 
         mentor = None
         if method_.uses_mentor:
-            mcfg, _, _ = settled("mentor", steps.mentor_uses(cfg))
+            mcfg, _, _ = settled("mentor", mentor_step.mentor_uses(cfg))
             runtime.seed_everything(mcfg.base.seed, deterministic=mcfg.base.deterministic)
-            pre = steps.pretrain_mentor(mcfg, prepared, estimate=estimate, given=noisy.trusted, log=log)
+            pre = mentor_step.pretrain_mentor(mcfg, prepared, estimate=estimate, given=noisy.trusted, log=log)
             mentor = (pre.mentor, pre.config or mcfg.mentor, pre.dd_transition)
         scfg, _, _ = settled("student", lambda key: key.startswith(f"student.{cfg.student.method}."))
         runtime.seed_everything(scfg.base.seed, deterministic=scfg.base.deterministic)
-        train_view, kwargs, model = steps.student_network(scfg, view)
-        trained = steps.train_student(scfg, train_view, model, kwargs, mentor=mentor,
+        train_view, kwargs, model = student_step.student_network(scfg, view)
+        trained = student_step.train_student(scfg, train_view, model, kwargs, mentor=mentor,
                                       checkpoint_path=folder / "train_student.pt", log=log)
         ccfg, _, _ = settled("correction", lambda key: not key.startswith("correction.semi_")
                              or cfg.correction.retrain_loss == "semi")
         runtime.seed_everything(ccfg.base.seed, deterministic=ccfg.base.deterministic)
         probs = predicted if predicted.get("train") is not None and predicted["train"].size else None
-        result = steps.correct_labels(ccfg, view, trained.fit.model, scfg.train.model, kwargs, estimate=estimate,
+        result = correct_step.correct_labels(ccfg, view, trained.fit.model, scfg.train.model, kwargs, estimate=estimate,
                                       weights={k: v[:, : len(noisy.labels)] if v.ndim == 2 else v
                                                for k, v in trained.weights.items()},
                                       trusted_probs=probs, checkpoint_path=folder / "correct_labels.pt", log=log)

@@ -358,6 +358,15 @@ def create_model(
 MODEL_RECORD_KEYS = ("model_name", "model_kwargs", "state_dict")  # what load_model needs of a model record
 
 
+def network_kwargs(images: Tensor, num_classes: int, *, members: int = 1) -> dict[str, Any]:
+    """:func:`create_model`'s keyword arguments for uint8 ``images`` (N, C, H, W): the class count, channels, size
+    and the images' per-channel statistics; ``members`` > 1: an ensemble."""
+    _, channels, height, width = images.shape
+    mean, std = channel_stats(images)  # (C,) each
+    return dict(num_classes=num_classes, in_channels=channels, image_size=max(height, width), mean=mean, std=std,
+                **({"members": members} if members > 1 else {}))
+
+
 def model_record(
     model: nn.Module, *, model_name: str, model_kwargs: dict[str, Any], epoch: int, clean_acc: float,
     config: dict[str, Any], classes: Sequence[str],

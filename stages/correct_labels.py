@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import distributed, steps
+from labelnoise import distributed
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
 from labelnoise.correction.report import correction_figures, correction_report
@@ -57,6 +57,7 @@ from labelnoise.io import keep_only, read_npz, read_torch, save_json, save_npz, 
 from labelnoise.models import MODEL_RECORD_KEYS, load_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
+from labelnoise.steps import correct as step
 from labelnoise.views import make_train_view, test_split_id, true_train_labels
 from stages.common import PATHS, STAGE_PARAMS, execution, registered_name, require, setup, stage_run
 
@@ -111,13 +112,13 @@ def run(cfg: Config) -> dict[str, float]:
             return lambda row: tracked.log_metrics({f"{phase}_{k}": v for k, v in row.items() if k != "epoch"},
                                                    step=int(row["epoch"]))
 
-        result = steps.correct_labels(
+        result = step.correct_labels(
             cfg, view, load_model(PATHS.student_model, device), name, record["model_kwargs"], estimate=estimate,
             weights=load_weights(PATHS.student_weights) if c.trust_mentor else None, trusted_probs=_trusted_probs(),
             checkpoint_path=Path(PATHS.correction_ckpt), on_epoch=on_epoch)
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        _save(result, noisy.labels, record, steps.correction_recipe(cfg, name), cfg, list(view.classes))
+        _save(result, noisy.labels, record, step.correction_recipe(cfg, name), cfg, list(view.classes))
         last = result.final.history[-1]
 
         # ---- report (evaluation path: the true train labels are read here, after training)

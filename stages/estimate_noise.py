@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from labelnoise import steps
 from labelnoise.config import Config
 from labelnoise.datasets import load_prepared
 from labelnoise.io import save_json, save_npz
 from labelnoise.noise import load_noisy
 from labelnoise.noise_estimate import estimator, has_paired
 from labelnoise.plots import plot_matrices
+from labelnoise.steps import estimate as step
 from labelnoise.views import make_train_view
 from stages.common import PATHS, require, setup, stage_run
 
@@ -51,7 +51,7 @@ def run(cfg: Config) -> dict[str, Any]:
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     estimator(cfg.estimate, has_trusted=view.x_clean.shape[0] > 0, has_paired=has_paired(view))  # fails before the run
     with stage_run("estimate_noise", cfg) as tracked:
-        report, predicted = steps.estimate_noise(cfg, view, checkpoint_path=Path(PATHS.estimate_ckpt))
+        report, predicted = step.estimate_noise(cfg, view, checkpoint_path=Path(PATHS.estimate_ckpt))
         save_json(PATHS.noise_estimate, report)
         empty = np.zeros((0, view.num_classes), dtype=np.float32)  # no misfit check: no trusted-only predictions
         save_npz(PATHS.trusted_probs, train=predicted.get("train", empty), test=predicted.get("test", empty))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labelnoise import distributed, runtime, steps
+from labelnoise import distributed, runtime
 from labelnoise import mentornet as mn
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config
@@ -29,6 +29,7 @@ from labelnoise.io import keep_only, save_json
 from labelnoise.mentornet.pretrain import check
 from labelnoise.methods import get_method
 from labelnoise.noise import load_noisy
+from labelnoise.steps import mentor as step
 from stages.common import PATHS, STAGE_PARAMS, require, setup, stage_run
 
 # Report entries logged as MLflow metrics (the rest of the report are settings and counts).
@@ -50,11 +51,11 @@ def run(cfg: Config) -> dict[str, Any]:
     check(cfg.mentor, prepared)  # bad params fail here: no run opened, nothing written
     # every auto mentor param the student will use; a PD mentor has no corrupted copy
     cfg, chosen, estimate = settle_stage(cfg, STAGE_PARAMS["pretrain_mentor"], PATHS.noise_estimate,
-                                         used=steps.mentor_uses(cfg))
+                                         used=step.mentor_uses(cfg))
     setup(cfg)
     t0 = time.perf_counter()
     given = load_noisy(PATHS.noisy).trusted if cfg.mentor.kind == "dd" and cfg.mentor.dd_noise_kind == "auto" else None
-    result = steps.pretrain_mentor(cfg, prepared, estimate=estimate, given=given)
+    result = step.pretrain_mentor(cfg, prepared, estimate=estimate, given=given)
     report = {"dataset": prepared.dataset, **result.report, "auto": chosen,
               "device": str(runtime.resolve_device(cfg.base.device)), "time_s": round(time.perf_counter() - t0, 2)}
     if not distributed.is_main():  # torchrun: rank 0 writes the outputs

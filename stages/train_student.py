@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from labelnoise import distributed, steps
+from labelnoise import distributed
 from labelnoise.auto import settle_stage
 from labelnoise.config import Config, ConfigError
 from labelnoise.datasets import load_prepared
@@ -37,6 +37,7 @@ from labelnoise.methods import get_method
 from labelnoise.models import create_model, model_record
 from labelnoise.noise import load_noisy
 from labelnoise.runtime import resolve_device
+from labelnoise.steps import student as step
 from labelnoise.views import make_train_view, test_split_id
 from stages.common import (
     PATHS,
@@ -105,12 +106,12 @@ def run(cfg: Config) -> dict[str, float]:
     view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
     n = view.x_train.shape[0]  # the noisy train examples: the records and outputs are theirs
     # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
-    view, kwargs, model = steps.student_network(cfg, view)
+    view, kwargs, model = step.student_network(cfg, view)
 
     with stage_run("train_student", cfg) as tracked:
         tracked.set_tags({"method": s.method, "model": t.model, **({"mentor": mentor_cfg.kind} if mentor_cfg else {}),
                           **{f"auto.{key}": str(value) for key, value in chosen.items()}})
-        trained = steps.train_student(cfg, view, model, kwargs, mentor=mentor, checkpoint_path=Path(PATHS.student_ckpt),
+        trained = step.train_student(cfg, view, model, kwargs, mentor=mentor, checkpoint_path=Path(PATHS.student_ckpt),
                                       on_epoch=lambda row: tracked.log_metrics(
                                           {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])))
         last = trained.fit.history[-1]

@@ -98,10 +98,10 @@ def _student_nan_from(forward: int) -> Callable[[pytest.MonkeyPatch], None]:
     """The student's output turns NaN from its ``forward``-th training forward: a divergence at a known step on
     every CPU (a huge learning rate diverges at an epoch that depends on the CPU's floating point)."""
     def patch(mp: pytest.MonkeyPatch) -> None:
-        import stages.train_student as stage
+        import labelnoise.steps.student as step
 
-        create = stage.create_model
-        mp.setattr(stage, "create_model", lambda *a, **kw: nan_from(create(*a, **kw), forward))
+        create = step.create_model
+        mp.setattr(step, "create_model", lambda *a, **kw: nan_from(create(*a, **kw), forward))
     return patch
 
 

@@ -65,7 +65,8 @@ def test_dvc_yaml_depends_on_every_module_the_stage_imports(stage: str) -> None:
         if module in ("labelnoise", "stages"):  # the packages' own __init__: no code a stage runs
             continue
         path = module.replace(".", "/")
-        if not (f"{path}.py" in deps or any(path.startswith(d + "/") or path == d for d in deps)):
+        if not ({f"{path}.py", f"{path}/__init__.py"} & deps  # a module, or a package's own __init__
+                or any(path.startswith(d + "/") or path == d for d in deps)):
             missing.append(module)
     assert missing == [], f"{stage}: add to dvc.yaml deps: {missing}"
 

@@ -179,7 +179,7 @@ def test_a_stage_without_checkpoints_says_nothing_was_kept(noisy_workspace: Path
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """pretrain-mentor keeps no resume checkpoint: its stop line says the same command starts it again, and names
     no checkpoint; its outputs are not written."""
-    import stages.pretrain_mentor as stage
+    import labelnoise.mentornet.pretrain as stage
 
     work = shutil.copytree(noisy_workspace, tmp_path / "work")
 
