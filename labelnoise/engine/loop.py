@@ -61,7 +61,10 @@ class TrainingInterrupted(Stopped):
 
 
 def log_to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    # one write, the newline with it: a second Ctrl-C between print's two writes left the line open, and the
+    # stage's error line then began in its middle
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- one epoch
