@@ -25,7 +25,7 @@ from labelnoise import metrics, plots
 from labelnoise.datasets import Prepared
 from labelnoise.engine import predict_logits
 from labelnoise.label_issues import LabelIssues, flag_quality, rank_label_issues
-from labelnoise.methods import display_name, get_method, method_names
+from labelnoise.methods import display_name, get_method, label_scores, method_names
 from labelnoise.noise import NoisyLabels, realised_transition
 from labelnoise.views import make_train_view, true_train_labels
 
@@ -167,8 +167,8 @@ def evaluate(prepared: Prepared, noisy: NoisyLabels, *, models: Mapping[str, tup
 
     # ---- the student's per-example scores (the mentor's v, cleanlab's label quality) for a method that scores
     # labels; for another (ce: all ones) detection does not apply
-    scored = (student.method in method_names() and get_method(student.method).scores_labels
-              and weights["epochs"].size > 0)
+    score = label_scores(student.method, weights)
+    scored = score is not None
     found = detection(weights, mask, threshold=threshold) if scored and mask is not None else dict.fromkeys(
         DETECTION, math.nan)
 
@@ -180,7 +180,7 @@ def evaluate(prepared: Prepared, noisy: NoisyLabels, *, models: Mapping[str, tup
         probs = torch.softmax(predict_logits(models["final"][0], view.x_train, batch_size=batch_size,
                                              device=device), dim=1).numpy()
         suggested_by = "the student"
-    issues = rank_label_issues(noisy.labels, probs, score=weights["weight"][-1] if scored else None)
+    issues = rank_label_issues(noisy.labels, probs, score=score)
     flags = (flag_quality(issues, mask) if mask is not None  # against the corruption mask (evaluation only)
              else {"flagged": float(issues.flagged.sum()), "precision": math.nan, "recall": math.nan})
 

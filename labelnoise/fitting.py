@@ -225,6 +225,7 @@ def _fitted(result: Any, trained: Any, prepared: Any, noisy: Any, cfg: Any, name
     from labelnoise import metrics as m
     from labelnoise.engine import predict_logits
     from labelnoise.label_issues import COLUMNS, rank_label_issues, table_rows
+    from labelnoise.methods import label_scores
     from labelnoise.models import model_record
     from labelnoise.runtime import resolve_device
 
@@ -233,10 +234,8 @@ def _fitted(result: Any, trained: Any, prepared: Any, noisy: Any, cfg: Any, name
     soft = np.zeros((n, k), dtype=np.float32)
     soft[train] = result.soft
     soft[prepared.clean_idx] = np.eye(k, dtype=np.float32)[prepared.labels[prepared.clean_idx]]
-    weights = trained.weights
-    scored = method.scores_labels and weights["epochs"].size > 0
-    issues = rank_label_issues(noisy.labels, result.soft,
-                               score=weights["weight"][-1][: len(train)] if scored else None)
+    score = label_scores(method.name, trained.weights)
+    issues = rank_label_issues(noisy.labels, result.soft, score=None if score is None else score[: len(train)])
     table = pd.DataFrame(list(table_rows(issues, classes=names, suggested_by="label correction",
                                          dataset_index=train)), columns=list(COLUMNS))
     table["index"] = table["dataset_index"]  # positions in the images given

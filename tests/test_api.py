@@ -138,12 +138,16 @@ def test_predict_converts_any_image_as_training_did_and_names_the_classes(model_
         labelnoise.predict(model_file, x.astype(np.float32))
 
 
-def test_the_predict_command_reads_files_a_folder_or_a_manifest(model_file: Path, tmp_path: Path) -> None:
+def test_the_predict_command_reads_files_a_folder_or_a_manifest(model_file: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import csv
 
     from typer.testing import CliRunner
 
     from cli import app
+    from tests.helpers import new_store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path / "store"))  # an empty store: no model registered
 
     runner = CliRunner()
     files = _images(tmp_path / "imgs")
@@ -161,6 +165,7 @@ def test_the_predict_command_reads_files_a_folder_or_a_manifest(model_file: Path
     for args, code, message in (
             (["--folder", str(tmp_path), "--manifest", str(manifest)], 2, "one way"),
             ([str(files[0]), "--model", str(tmp_path / "none.pt")], 1, "does not exist"),
+            ([str(files[0]), "--model", "models:/labelnoise-none@champion"], 1, "no such MLflow model"),
             ([str(manifest), "--model", str(model_file)], 1, "cannot be read as an image"),
             (["--manifest", str(model_file), "--model", str(model_file)], 2, "manifest")):
         done = runner.invoke(app, ["predict", *args])

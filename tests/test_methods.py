@@ -3,6 +3,7 @@ the engine from its registry entry alone."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from labelnoise.methods import (
     MethodContext,
     display_name,
     get_method,
+    label_scores,
     method_names,
     register,
     table_names,
@@ -35,6 +37,14 @@ def test_shipped_methods_and_their_facts() -> None:
                              "MentorMix-PD", "MentorMix-DD", "ELR", "DivideMix"]
     assert display_name("spade", "dd") == "SPADE-DD" and display_name("ce", "dd") == "CE"
     assert display_name("retired", "dd") == "retired"  # a run of a method no longer registered keeps its name
+
+
+def test_label_scores_are_the_last_epochs_scores_of_a_method_that_scores_labels() -> None:
+    weights = {"epochs": np.array([1, 2]), "weight": np.array([[0.1, 0.9, np.nan], [0.2, 0.8, 0.5]])}
+    np.testing.assert_array_equal(label_scores("spade", weights), [0.2, 0.8, 0.5])
+    assert label_scores("ce", weights) is None  # ce scores no label (its weights are all ones)
+    assert label_scores("retired", weights) is None  # a method no longer registered
+    assert label_scores("cleanlab", {"epochs": np.array([]), "weight": np.zeros((0, 3))}) is None  # nothing recorded
 
 
 def test_unknown_method_and_bad_registrations_are_refused() -> None:

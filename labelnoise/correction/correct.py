@@ -20,7 +20,7 @@ from labelnoise.correction.joint import joint_optimize
 from labelnoise.correction.posterior import Relabelled, mean_softmax, posterior_labels
 from labelnoise.correction.retrain import RetrainResult, retrain
 from labelnoise.engine import evaluate_accuracy, log_to_stderr
-from labelnoise.methods import get_method, method_names
+from labelnoise.methods import label_scores
 from labelnoise.runtime import derived_seed, ledger, resolve_precision
 from labelnoise.schema import ConfigError
 from labelnoise.trusted import train_on_trusted
@@ -67,10 +67,9 @@ def mentor_trust(weights: Mapping[str, np.ndarray] | None, *, threshold: float, 
     if w.ndim != 2 or w.shape[1] != n:
         raise ConfigError(f"correction.trust_mentor: mentor weights of shape {w.shape}, expected (E, {n}) "
                           "(re-run train_student)")
-    last = w[-1]  # (n,) the last saved epoch
-    seen = np.isfinite(last)
-    scored = weights.get("method") in method_names() and get_method(str(weights["method"])).scores_labels
-    if not scored or not seen.any() or np.all(last[seen] == 1.0):
+    last = label_scores(weights.get("method"), weights)  # (n,) the last saved epoch
+    seen = np.isfinite(last) if last is not None else np.zeros(n, dtype=bool)
+    if last is None or not seen.any() or np.all(last[seen] == 1.0):
         raise ConfigError(f"correction.trust_mentor: every mentor weight is 1 (a ce student), so every example "
                           f"would be trusted and no label corrected; {hint}")
     return seen & (np.nan_to_num(last, nan=-math.inf) > threshold)

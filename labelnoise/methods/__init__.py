@@ -15,6 +15,7 @@ from labelnoise.methods.base import (
     MethodResult,
     display_name,
     get_method,
+    label_scores,
     method_names,
     register,
     registered,
@@ -26,5 +27,5 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Method", "MethodContext", "MethodResult", "display_name", "get_method", "method_names", "register",
-           "registered", "table_names", "unregister"]
+__all__ = ["Method", "MethodContext", "MethodResult", "display_name", "get_method", "label_scores", "method_names",
+           "register", "registered", "table_names", "unregister"]

@@ -184,6 +184,16 @@ def method_names() -> list[str]:
     return [m.name for m in registered()]
 
 
+def label_scores(method: Any, weights: Mapping[str, Any]) -> np.ndarray | None:
+    """The per-example scores (n,) of the last recorded epoch in a student's ``weights`` (the mentor's v,
+    cleanlab's label quality; NaN for an example not seen), or None where they say nothing: ``method`` (its name)
+    scores no labels (ce: all ones), is not registered, or no epoch was recorded."""
+    if method not in _REGISTRY or not _REGISTRY[method].scores_labels:
+        return None
+    w = np.asarray(weights.get("weight", ()), dtype=np.float64)
+    return w[-1] if w.ndim == 2 and w.shape[0] else None
+
+
 def display_name(method: str, mentor_kind: str | None = None) -> str:
     """The table name of the method called ``method`` ("CE", "SPADE-DD"); a name no method is registered under
     (a run of an older version in the store) stays as it is."""
