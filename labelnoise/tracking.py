@@ -286,7 +286,6 @@ class StageRun:
         it only where it beats the version that alias names (:func:`beats`: by the tag ``score``, among versions
         with equal tag ``comparable``); MLflow's own ``models:/NAME/latest`` names the newest version. Returns the
         version."""
-        import shutil
         import tempfile
 
         import mlflow.pyfunc
@@ -294,12 +293,12 @@ class StageRun:
 
         from labelnoise.io import readable
 
-        source = readable(model_file)  # a stage's output is still under its temporary name
-        md5 = hashlib.md5(source.read_bytes()).hexdigest()  # which file a version is (describe_model)
+        data = readable(model_file).read_bytes()  # a stage's output is still under its temporary name
+        md5 = hashlib.md5(data).hexdigest()  # which file a version is (describe_model)
         # the model from its code (labelnoise/serving.py sets it), not a pickled object; no progress bar on stderr
         with tempfile.TemporaryDirectory() as tmp, env_defaults({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
             named = Path(tmp) / Path(model_file).name  # the artifact is named as the output is
-            shutil.copyfile(source, named)
+            named.write_bytes(data)
             mlflow.pyfunc.save_model(Path(tmp) / "model", python_model=str(Path(__file__).parent / "serving.py"),
                                      artifacts={"model": str(named)},
                                      code_paths=[str(Path(__file__).parent)],
