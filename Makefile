@@ -43,9 +43,9 @@ data:
 dvc-init:
 	@test -d .dvc || $(BIN)/dvc init -q $$(git rev-parse --git-dir >/dev/null 2>&1 || echo --no-scm)
 
-# MLflow UI on the project's store: http://127.0.0.1:5000
+# MLflow UI on the project's store (base.tracking_uri, or MLFLOW_TRACKING_URI): http://127.0.0.1:5000
 ui: venv
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/python cli.py ui
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/suite.py

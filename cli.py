@@ -52,6 +52,10 @@ SetOpt = Annotated[
 ]
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the rows as JSON (a list of objects) instead of a "
+                                      "table, for scripts.")]
+
+
 def _fail(message: str, code: int) -> NoReturn:
     from labelnoise.tracking import shown
 
@@ -206,6 +210,7 @@ def compare(
                                           "and without label correction (a markdown table).")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="With --methods: write the table to this file "
                                              "(e.g. reports/methods.md) instead of printing it.")] = None,
+    as_json: JsonOpt = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Show the last N pipeline executions from MLflow: the params that differ and their test accuracy."""
@@ -218,24 +223,58 @@ def compare(
         _methods_table(params, out)
         return
     cfg, uri, runs = _read_store(params, lambda uri, cfg: tracking.last_pipelines(uri, cfg.base.experiment, n))
-    if not runs:
+    if not runs and not as_json:
         typer.echo(f"no pipeline runs in experiment {cfg.base.experiment!r} at {tracking.shown(uri)}")
         return
     keys = tracking.differing_params(runs)
+    import datetime as dt
+
+    def started(r: dict[str, Any]) -> str:
+        return dt.datetime.fromtimestamp(r["start"] / 1000).strftime("%Y-%m-%d %H:%M")
+
+    if as_json:
+        import json
+
+        typer.echo(json.dumps([{"run_id": r["run_id"], "name": r.get("name"), "started": started(r),
+                                "status": r["status"], "params": {k: r["params"].get(k) for k in keys},
+                                "metrics": r["metrics"]} for r in runs], indent=1))
+        return
     table = Table(title=f"last {len(runs)} pipeline executions ({tracking.shown(uri)})")
     shown_metrics = ("test_acc", "corrected_test_acc", "recovered_label_acc", "detection_auroc")
     for col in ("run", "name", "started", "status", *keys, *shown_metrics):
         table.add_column(col, no_wrap=col == "name")
-    import datetime as dt
-
     for r in runs:
-        started = dt.datetime.fromtimestamp(r["start"] / 1000).strftime("%Y-%m-%d %H:%M")
         values = [f"{r['metrics'][m]:.4f}" if m in r["metrics"] else "-" for m in shown_metrics]
-        table.add_row(r["run_id"][:8], r.get("name") or "-", started, r["status"],
+        table.add_row(r["run_id"][:8], r.get("name") or "-", started(r), r["status"],
                       *[r["params"].get(k, "-") for k in keys], *values)
     Console(width=max(170, 120 + 18 * len(keys))).print(table)
     if not keys:
         typer.echo("(all params equal across these runs)")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The port to serve the UI on.")] = 5000,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve the MLflow UI on the project's store (base.tracking_uri; MLFLOW_TRACKING_URI overrides it) at
+    http://127.0.0.1:PORT, until Ctrl-C. A store that is an MLflow server has its own UI: its address is printed."""
+    from labelnoise import tracking
+    from labelnoise.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(params)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    uri = tracking.resolve_tracking_uri(cfg.base.tracking_uri, ROOT)
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"the store is an MLflow server: open {tracking.shown(uri)}")
+        return
+    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port)]
+    typer.echo(f"MLflow UI on {tracking.shown(uri)}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    os.execv(command[0], command)
 
 
 def _methods_table(params: Path, out: Path | None) -> None:
@@ -261,6 +300,7 @@ def _methods_table(params: Path, out: Path | None) -> None:
 def label_issues(
     n: Annotated[int, typer.Option("--top", "-n", min=1, help="How many of the most suspicious labels to show.")] = 20,
     flagged: Annotated[bool, typer.Option("--flagged", help="Only the flagged labels (suggested != given).")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the most suspicious train labels from the evaluate stage's table (reports/label_issues.csv): the
     given label, the suggested one and its probability, the method's score, flagged or not."""
@@ -275,6 +315,11 @@ def label_issues(
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     shown = [r for r in rows if r["flagged"] == "yes" or not flagged][:n]
+    if as_json:  # the table's rows as they are in the file
+        import json
+
+        typer.echo(json.dumps(shown, indent=1))
+        return
     n_flagged = sum(r["flagged"] == "yes" for r in rows)
     table = Table(title=f"{len(shown)} most suspicious of {len(rows)} train labels ({n_flagged} flagged; "
                         f"suggested by {rows[0]['suggested_by'] if rows else '-'}): {PATHS.label_issues}")
@@ -476,7 +521,7 @@ STUDIES = ROOT / "studies"
 @app.command()
 def study(
     name: Annotated[str, typer.Argument(help="A study file studies/NAME.yaml (e.g. comparison, massive_noise).")],
-    variant: Annotated[str, typer.Option("--variant", "-v", help="small (sized for 2 CPU "
+    variant: Annotated[str, typer.Option("--variant", help="small (sized for 2 CPU "
                                          "cores, 27-71 min each here; tag NAME) or another the file names (tag "
                                          "NAME-VARIANT).")] = "small",
     jobs: JobsOpt = 0,

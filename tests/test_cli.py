@@ -1,7 +1,8 @@
-"""The typer CLI through CliRunner: help, one-line errors with exit codes, compare, preset."""
+"""The typer CLI through CliRunner: help, one-line errors with exit codes, compare, ui, preset."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -72,6 +73,29 @@ def test_preset_writes_merged_valid_params(workdir: Path) -> None:
     assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
 
 
+def test_ui_serves_the_store_params_or_the_environment_name(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cli
+
+    served: list[list[str]] = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, args: served.append(args))  # not the real server
+    done = runner.invoke(app, ["ui", "--port", "5055"])
+    assert done.exit_code == 0, done.output
+    (command,) = served
+    assert command[1:] == ["ui", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--host", "127.0.0.1",
+                           "--port", "5055"]  # MLFLOW_TRACKING_URI (the fixture's) over params.yaml
+    assert Path(command[0]).name == "mlflow" and "http://127.0.0.1:5055" in done.output
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    raw = yaml.safe_load((workdir / "params.yaml").read_text())
+    raw["base"]["tracking_uri"] = "sqlite:///runs/store.db"  # relative: to the project's root
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["ui"]).exit_code == 0
+    assert served[-1][3] == f"sqlite:///{(REPO / 'runs' / 'store.db').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@mlflow.example:5000")
+    server = runner.invoke(app, ["ui"])  # a server has its own UI: its address, no password, nothing served
+    assert server.exit_code == 0 and len(served) == 2 and "mlflow.example:5000" in server.output
+    assert "secret" not in server.output
+
+
 def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = runner.invoke(app, ["compare"])  # no store yet (or a mistyped one): one line, no empty store made
     assert missing.exit_code == 1 and "error: no MLflow store at" in missing.output, missing.output
@@ -87,6 +111,11 @@ def test_compare_shows_differing_params_and_accuracy(workdir: Path, monkeypatch:
     assert "0.6000" in result.output and "0.5000" in result.output
     assert "data.dataset" not in result.output  # equal params are not shown
     assert result.output.count("SPADE-DD · symmetric 40 % · fashion_mnist · cnn") == 2  # the runs' names
+    as_json = runner.invoke(app, ["compare", "-n", "2", "--json"])  # for scripts: newest first
+    assert as_json.exit_code == 0, as_json.output
+    runs = json.loads(as_json.output)
+    assert [(r["params"], r["metrics"]["test_acc"]) for r in runs] == [({"train.lr": "0.02"}, 0.6),
+                                                                       ({"train.lr": "0.1"}, 0.5)]
 
 
 def test_sweep_grid_parsing_and_points() -> None:
@@ -156,6 +185,7 @@ def test_compare_and_report_ask_a_tracking_server_once(workdir: Path, monkeypatc
     (["compare", "--bogus"], "error: No such option: --bogus"),
     (["no-such-command"], "error: No such command 'no-such-command'"),
     (["preset"], "error: Missing argument"),
+    (["study", "comparison", "-v", "small"], "error: No such option: -v"),  # -v would read as verbose: none
 ])
 def test_a_mistyped_command_line_is_one_error_line(args: list[str], says: str, tmp_path: Path) -> None:
     """The program (not CliRunner, which keeps click's own handling) answers a usage mistake with one `error:` line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -94,3 +95,8 @@ def test_cli_shows_the_top_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert len(lines) == 2 and "owl" in lines[0]
     flagged = runner.invoke(app, ["label-issues", "--flagged", "-n", "10"])
     assert len([line for line in flagged.output.splitlines() if line.startswith("│")]) == 3
+    as_json = runner.invoke(app, ["label-issues", "--flagged", "--json"])  # for scripts: the file's rows
+    rows = json.loads(as_json.output)
+    assert as_json.exit_code == 0 and len(rows) == 3 and all(r["flagged"] == "yes" for r in rows)
+    assert rows == [r for r in read_csv(tmp_path / "reports" / "label_issues.csv") if r["flagged"] == "yes"]
+    assert list(rows[0]) == list(COLUMNS)
