@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -171,7 +173,8 @@ def prepare_cifar10n(
 ) -> None:
     """Lay out CIFAR-10N for the pipeline: OUT/images (a folder dataset of CIFAR-10's images) and OUT/labels/NAME.npy,
     one aligned label file per annotation (worse, aggre, random1-3), checked against CIFAR-10's own labels. Then
-    `python cli.py preset cifar10n_jpeg && dvc repro` (another annotation: -S noise.given.file=OUT/labels/aggre.npy)."""
+    `python cli.py preset cifar10n_jpeg --apply && dvc repro` (another annotation:
+    -S noise.given.file=OUT/labels/aggre.npy)."""
     from labelnoise.cifar10n import prepare_cifar10n as prepare
 
     try:
@@ -585,32 +588,80 @@ def report(
     typer.echo(f"{len(runs)} runs → " + ", ".join(str(p) for p in written))
 
 
+def _preset_line(path: Path) -> str:
+    """A preset's one-line description: the first sentence of its opening comment."""
+    lines = path.read_text().splitlines()
+    opening = " ".join(line.lstrip("#").strip() for line in itertools.takewhile(lambda x: x.startswith("#"), lines))
+    first = re.split(r"(?<=[.:])\s", opening, maxsplit=1)[0]
+    return first if len(first) <= 110 else first[:109] + "…"
+
+
+def _committed(params: Path) -> str:
+    """The params file as last committed in git (``preset default``)."""
+    import subprocess
+
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=params.resolve().parent,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        rel = params.resolve().relative_to(Path(top).resolve())
+        return subprocess.run(["git", "show", f"HEAD:{rel.as_posix()}"], cwd=top, capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        _fail(f"preset default: {params} has no committed version in git here: restore it from your own copy", 1)
+
+
 @app.command()
 def preset(
-    name: Annotated[str, typer.Argument(help="Preset name: a file presets/NAME.yaml (e.g. tiny).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged params.")] = Path("params.yaml"),
+    name: Annotated[str | None, typer.Argument(help="A preset, presets/NAME.yaml (e.g. tiny), or `default`: the "
+                                               "params file as last committed in git (the shipped settings in a "
+                                               "fresh clone). Without one: the list.", show_default=False)] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="Write the result into the params file (its comments "
+                                        "kept).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file instead (the params "
+                                             "file's comments kept).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the presets, one line each.")] = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Write params = PARAMS merged with presets/NAME.yaml (validated first; comments are not kept)."""
-    import yaml
-
-    from labelnoise.config import ConfigError, from_dict, merge, read_yaml
+    """Show the settings a preset changes in the params file; --apply writes them there, --out to another file
+    (validated first, comments kept). Presets stack: each applies to the file as it is; `preset default --apply`
+    goes back."""
+    from labelnoise.config import ConfigError, flatten, from_dict, load_yaml, merged_text, read_yaml
     from labelnoise.io import write_atomic
 
-    overlay_path = ROOT / "presets" / f"{_name('preset', name)}.yaml"
-    if not overlay_path.is_file():
-        known = ", ".join(sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")))
-        _fail(f"unknown preset {name!r} (known: {known})", 2)
+    presets = sorted((ROOT / "presets").glob("*.yaml"))
+    if list_ or name is None:
+        width = max(len(p.stem) for p in presets)
+        typer.echo("\n".join(f"{p.stem:<{width}}  {_preset_line(p)[:110]}" for p in presets))
+        typer.echo(f"{'default':<{width}}  back to the params file as last committed in git")
+        return
+    if apply and out is not None:
+        _fail("give --apply (the params file) or --out FILE, not both", 2)
+    if out is not None and out.is_dir():
+        _fail(f"--out {out} is a folder: give the params file to write (e.g. {out / 'params.yaml'})", 2)
     try:
-        merged = merge(read_yaml(params), read_yaml(overlay_path))
+        current = read_yaml(params)
+        if name == "default":
+            text = _committed(params)
+        else:
+            overlay_path = ROOT / "presets" / f"{_name('preset', name)}.yaml"
+            if not overlay_path.is_file():
+                _fail(f"unknown preset {name!r} (known: {', '.join(p.stem for p in presets)}, default)", 2)
+            text = merged_text(params.read_text(), read_yaml(overlay_path))
+        merged = load_yaml(text)
         from_dict(merged)
     except ConfigError as e:
         _fail(str(e), 2)
-    if out.is_dir():
-        _fail(f"--out {out} is a folder: give the params file to write (e.g. {out / 'params.yaml'})", 2)
-    header = f"# Generated by `python cli.py preset {name}`: {params} merged with presets/{name}.yaml\n"
-    write_atomic(out, lambda p: p.write_text(header + yaml.safe_dump(merged, sort_keys=False)))
-    typer.echo(f"wrote {out} (preset {name})")
+    before, after = flatten(current), flatten(merged)
+    changed = [f"  {k}: {before.get(k, '(unset)')} -> {after.get(k, '(removed)')}" for k in {**before, **after}
+               if before.get(k, ...) != after.get(k, ...)]
+    if apply or out is not None:
+        target = params if apply else out
+        write_atomic(target, lambda p: p.write_text(text))
+        typer.echo(f"wrote {target} (preset {name}: {len(changed)} settings changed)")
+        return
+    typer.echo("\n".join([f"preset {name} changes {len(changed)} settings of {params}" + (":" if changed else "."),
+                          *changed]))
+    typer.echo(f"--apply writes them into {params} (its comments kept); --out FILE writes the result elsewhere")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ labels of a prepared CIFAR-10 (every train image, the trusted subset included: t
 test accuracy against wall-clock minutes on this machine.
 
 The data is the file stage ``download`` writes (``data/prepared.npz``), e.g. after
-``python cli.py prepare-cifar10n ...``, ``python cli.py preset cifar10n_jpeg`` and ``python cli.py download``.
+``python cli.py prepare-cifar10n ...``, ``python cli.py preset cifar10n_jpeg --apply`` and ``python cli.py download``.
 Every candidate trains through the project's engine with the ``train`` recipe of ``--params``, only the network,
 the epochs and the peak lr changed: ``MODEL:EPOCHS[:LR]``. ``--precision`` times the same candidates in another
 precision (``fp32`` is what a CPU without native bf16 runs). Prints one row per candidate and writes

@@ -337,6 +337,30 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merged_text(text: str, overlay: dict[str, Any]) -> str:
+    """The params file ``text`` with ``overlay`` deep-merged in (as :func:`merge` does), its comments and layout
+    kept: a key the overlay sets keeps its line and its comment, a new key goes at the end of its section."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    rt = YAML()  # round trip: comments, order and quoting as they were
+    rt.preserve_quotes, rt.width, rt.default_flow_style = True, 4096, None
+
+    def put(node: dict[str, Any], over: dict[str, Any]) -> None:
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(node.get(k), dict):
+                put(node[k], v)
+            else:
+                node[k] = copy.deepcopy(v)
+
+    doc = rt.load(text)
+    put(doc, overlay)
+    out = io.StringIO()
+    rt.dump(doc, out)
+    return out.getvalue()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -62,7 +62,7 @@ def project(root: Path, *, preset: str | None = None, repro: bool = True, extra:
     env.update(extra or {})
     sh(["git", "init", "-q"], root, env)
     if preset:
-        sh([sys.executable, "cli.py", "preset", preset], root, env)
+        sh([sys.executable, "cli.py", "preset", preset, "--apply"], root, env)
     sh(["dvc", "init", "-q"], root, env)
     sh(["dvc", "config", "core.analytics", "false"], root, env)
     sh(["git", "add", "-A"], root, env)

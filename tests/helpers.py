@@ -260,7 +260,8 @@ def tiny_workspace(root: Path, stages: tuple[str, ...]) -> Path:
     mp.setenv("MLFLOW_TRACKING_URI", new_store(root))
     previous = torch.get_num_threads()
     try:
-        assert runner.invoke(app, ["preset", "tiny", "--params", str(repo / "params.yaml")]).exit_code == 0
+        assert runner.invoke(app, ["preset", "tiny", "--params", str(repo / "params.yaml"),
+                                   "--out", "params.yaml"]).exit_code == 0
         raw = yaml.safe_load((root / "params.yaml").read_text())
         raw["base"]["threads"] = 1
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -64,13 +64,42 @@ def test_stage_before_its_inputs_is_one_line_exit_1(workdir: Path) -> None:
     assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
 
 
-def test_preset_writes_merged_valid_params(workdir: Path) -> None:
-    result = runner.invoke(app, ["preset", "tiny", "--out", "tiny.yaml"])
-    assert result.exit_code == 0, result.output
-    cfg = load_config(workdir / "tiny.yaml")
-    assert cfg.data.dataset == "digits"
-    bad = runner.invoke(app, ["preset", "nope"])
-    assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
+def test_preset_shows_applies_keeping_comments_stacks_and_goes_back(workdir: Path) -> None:
+    import subprocess
+
+    from labelnoise.scaffold import clean_env
+
+    listed = runner.invoke(app, ["preset", "--list"])
+    assert listed.exit_code == 0 and re.search(r"^tiny +Tiny preset", listed.output, re.M), listed.output
+    assert re.search(r"^default +", listed.output, re.M) and runner.invoke(app, ["preset"]).output == listed.output
+    original = (workdir / "params.yaml").read_text()
+    nothing = runner.invoke(app, ["preset", "default"])  # not in git here: one line
+    assert nothing.exit_code == 1 and "no committed version in git" in nothing.output, nothing.output
+    env = clean_env() | {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    for git in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm",
+                                                          "shipped"]):  # as in a fresh clone
+        subprocess.run(["git", *git], cwd=workdir, env=env, check=True, capture_output=True)
+    shown = runner.invoke(app, ["preset", "tiny"])  # what it would change; nothing written
+    assert shown.exit_code == 0 and "data.dataset: fashion_mnist -> digits" in shown.output, shown.output
+    assert (workdir / "params.yaml").read_text() == original
+    assert runner.invoke(app, ["preset", "tiny", "--out", "tiny.yaml"]).exit_code == 0
+    assert load_config(workdir / "tiny.yaml").data.dataset == "digits"
+    assert (workdir / "params.yaml").read_text() == original
+    applied = runner.invoke(app, ["preset", "tiny", "--apply"])
+    assert applied.exit_code == 0 and "preset tiny: 14 settings changed" in applied.output, applied.output
+    text = (workdir / "params.yaml").read_text()
+    assert text == (workdir / "tiny.yaml").read_text() and load_config(workdir / "params.yaml").train.epochs == 4
+    assert [line.partition("#")[2] for line in text.splitlines()] == [  # every comment kept, where it was
+        line.partition("#")[2] for line in original.splitlines()]
+    assert runner.invoke(app, ["preset", "mentormix_cifar10_40", "--apply"]).exit_code == 0  # presets stack
+    stacked = load_config(workdir / "params.yaml")
+    assert (stacked.data.dataset, stacked.student.method, stacked.mentor.fit_steps) == ("cifar10", "mentormix", 300)
+    back = runner.invoke(app, ["preset", "default", "--apply"])  # the file as committed: the shipped one
+    assert back.exit_code == 0 and (workdir / "params.yaml").read_text() == original, back.output
+    for args, says in ((["preset", "nope"], "unknown preset 'nope'"),
+                       (["preset", "tiny", "--apply", "--out", "x.yaml"], "not both")):
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2 and says in bad.output, bad.output
 
 
 def test_ui_serves_the_store_params_or_the_environment_name(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +213,7 @@ def test_compare_and_report_ask_a_tracking_server_once(workdir: Path, monkeypatc
     (["compare", "-n", "-1"], "error: Invalid value for '--last' / '-n'"),
     (["compare", "--bogus"], "error: No such option: --bogus"),
     (["no-such-command"], "error: No such command 'no-such-command'"),
-    (["preset"], "error: Missing argument"),
+    (["preset", "tiny", "--out"], "error: Option '--out' requires an argument"),
     (["study", "comparison", "-v", "small"], "error: No such option: -v"),  # -v would read as verbose: none
 ])
 def test_a_mistyped_command_line_is_one_error_line(args: list[str], says: str, tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     previous = torch.get_num_threads()
-    assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
+    assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml"),
+                                   "--out", "params.yaml"]).exit_code == 0
     for stage in ("download", "inject-noise", "estimate-noise"):
         result = runner.invoke(app, [stage, "-S", "base.threads=1"])
         assert result.exit_code == 0, result.output
