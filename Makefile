@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup venv data dvc-init ui bench lint clean-outputs
+.PHONY: run test setup venv data dvc-init ui docs bench lint clean-outputs
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
@@ -46,6 +46,10 @@ dvc-init:
 # MLflow UI on the project's store (base.tracking_uri, or MLFLOW_TRACKING_URI): http://127.0.0.1:5000
 ui: venv
 	$(BIN)/python cli.py ui
+
+# The documentation site (docs/, mkdocs.yml) into site/; a broken link or anchor fails the build.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/suite.py

@@ -132,7 +132,7 @@ KEEP = object()  # a rule's value that leaves ``auto`` in the config (the reader
 @dataclass(frozen=True)
 class Rule:
     """How ``key`` is set when its value is ``auto``: ``value(estimate, cfg)`` (or KEEP), ``doc`` the rule in one
-    line (README, the run's records), ``note(estimate)`` what the run records it chose (default: the value)."""
+    line (the run's records), ``note(estimate)`` what the run records it chose (default: the value)."""
 
     key: str
     doc: str

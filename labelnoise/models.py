@@ -8,7 +8,7 @@ self-contained: evaluation needs only the state_dict and uint8 images.
 Models:
 - ``cnn``: 3 conv blocks (32-64-128, conv3x3 + BN + ReLU, max-pool between), global average
   pooling, a hidden FC layer (256, ReLU) and the linear head. Works on 8x8 digits, 28x28
-  (Fashion-)MNIST and 32x32 CIFAR. (What the hidden layer is worth, measured: README, "Layout".)
+  (Fashion-)MNIST and 32x32 CIFAR. (What the hidden layer is worth, measured: docs/layout.md.)
 - ``preact_resnet32``: the CIFAR pre-activation ResNet-32 (He et al. 2016b, "Identity Mappings"):
   3 stages x 5 basic blocks, 16/32/64 channels; the network MentorNet uses on CIFAR.
 - ``wrn56_10``: the wide ResNet of the official MentorNet code on CIFAR (its ``resnet101`` student:

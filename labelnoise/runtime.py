@@ -27,7 +27,7 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         _deterministic_algorithms()
         # That also fills every new tensor's memory (NaN / max int) to catch reads of uninitialised memory: a
-        # debugging aid, not needed for identical results, and a measurable cost per step (README, "speed").
+        # debugging aid, not needed for identical results, and a measurable cost per step (docs/gpu-and-speed.md).
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     return torch.Generator().manual_seed(seed)

@@ -51,7 +51,7 @@ def how_it_runs(cfg: Config) -> dict[str, Any]:
         precision = runtime.precision_name(amp)
         why = ("" if cfg.train.precision != "auto" or device.type != "cpu" else
                " (this CPU has native bf16)" if amp is not None else
-               " (this CPU has no native bf16: fp32 is its fast path; the README has the speed of both kinds)")
+               " (this CPU has no native bf16: fp32 is its fast path; docs/gpu-and-speed.md: the speed of both)")
         out |= {"runtime.precision": precision,
                 "runtime.precision_note": f"training on {device} with {out['runtime.threads']} threads in "
                                           f"{precision}{why}"}

@@ -4,7 +4,7 @@ with 0 (the default) from one step: the posterior of the class given the teacher
 label under the noise channel (``correction.noisy_label_weight``; ``auto``: the estimated transition matrix of
 stage estimate_noise). The teacher (``correction.teacher``) is the student, a network trained here on the trusted
 subset alone (the budget of params ``trusted``; resumable beside PATHS.correction_ckpt, ``.teacher``), or the
-mean of the two softmaxes (``ensemble``, the default: README "Label correction" has the measured choice). The
+mean of the two softmaxes (``ensemble``, the default: docs/methods.md, "Label correction", has the measured choice). The
 algorithm is in :mod:`labelnoise.correction`. With ``correction.include_trusted`` the trusted
 subset follows the noisy examples in both phases with its true labels, which are never changed; the outputs are
 the noisy examples' only.

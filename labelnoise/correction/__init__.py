@@ -64,7 +64,7 @@ def auto_teacher(estimate: auto.NoiseEstimate, cfg: Any) -> str:
     """``correction.teacher: auto``: the mean of the student's and a trusted-only network's predictions
     (``ensemble``) where the estimated channel explains the labels; the trusted-only network alone where the misfit
     check failed (the student learnt the misleading labels); the student without a trusted subset or with a phase
-    1 (``correction.epochs`` > 0: it starts from the student). Measured in the README ("Label correction")."""
+    1 (``correction.epochs`` > 0: it starts from the student). Measured in docs/methods.md ("Label correction")."""
     if not estimate.n_trusted or cfg.correction.epochs:
         return "student"
     return "ensemble" if estimate.class_conditional else "trusted"

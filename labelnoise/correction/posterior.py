@@ -39,7 +39,7 @@ def noisy_label_posterior(buffer_mean: Tensor, noisy: Tensor, *, weight: float |
     one, ``noisy_label_weight: auto``; ``weight`` is then not read); else T = w·I + (1 − w)/C, a symmetric
     channel that keeps the label with
     extra weight w: ``weight`` 0 returns s̄ unchanged (the paper's update), 1 returns the noisy labels. Not in
-    Tanaka et al.: our addition (``correction.noisy_label_weight``; its measured effect: README)."""
+    Tanaka et al.: our addition (``correction.noisy_label_weight``; its measured effect: docs/methods.md)."""
     if transition is not None:
         channel = transition.to(device=buffer_mean.device, dtype=torch.float32)[:, noisy].T  # (N, C) T[:, ỹ]
     elif weight == 0.0:

@@ -5,7 +5,7 @@ a labelled set (likely clean) and an unlabelled set; each network then trains on
 (label co-refinement, label co-guessing, sharpening, mixup) and a prior penalty. The prediction is the two
 networks' mean (:class:`labelnoise.models.Ensemble`).
 
-Deviations from the official code, each named here and in the README:
+Deviations from the official code, each named here and in docs/methods.md:
 - both networks take their step on the same mini-batch, one after the other in one optimiser step (official: a
   whole epoch of network 1, then one of network 2); each still uses the division of the other and the other in
   eval mode for co-guessing;
