@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -349,6 +349,16 @@ def save_torch(path: str | Path, obj: Any) -> Path:
                 raise OSError(f"{path} could not be written (torch: {one_line(e)[:120]}): is the disk full?") from None
 
     return write_atomic(path, _write)
+
+
+def terminal_progress(items: Sequence[Any], description: str) -> Iterable[Any]:
+    """``items``, with a progress bar on stderr while they are gone through where stderr is a terminal (it goes
+    when done); elsewhere (a pipe, a file, DVC's log) just ``items``."""
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, description=description, total=len(items), transient=True,
+                 console=Console(file=sys.stderr), disable=not sys.stderr.isatty())
 
 
 def one_line(e: BaseException) -> str:

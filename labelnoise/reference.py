@@ -49,7 +49,6 @@ def reference_probabilities(
     model = seeded(lambda: create_model(recipe.model, num_classes=len(classes), in_channels=channels,  # `seed` only
                                         image_size=max(height, width), mean=mean, std=std), seed)
     result = fit(model, view, Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed, device=device,
-                 progress=False,
                  log=(lambda line: log(f"reference classifier: {line}")) if log is not None else (lambda line: None),
                  purpose="instance-noise reference", remedy="lower noise.instance.lr")
     device = torch.device(device)

@@ -48,6 +48,28 @@ def test_an_8x8_grayscale_png_is_read_back_exactly(tmp_path: Path) -> None:
     assert rgb.shape == (3, 8, 8) and (rgb == pixels[None]).all()
 
 
+def test_reading_many_images_shows_a_bar_in_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    from labelnoise.datasets.folder import load_images
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), mode="L").save(tmp_path / f"{i}.png")
+    files = sorted(tmp_path.glob("*.png"))
+    shown = {}
+    for stream in (Terminal(), io.StringIO()):  # a terminal, then a pipe or a log file
+        monkeypatch.setattr(sys, "stderr", stream)
+        images = load_images(files, size=8, channels=1)
+        shown[stream.isatty()] = stream.getvalue()
+    assert images.shape == (3, 1, 8, 8) and [int(x[0, 0, 0]) for x in images] == [0, 40, 80]
+    assert "reading 3 images" in shown[True] and shown[False] == ""
+
+
 def test_resize_and_centre_crop(tmp_path: Path) -> None:
     """A 40x20 image (left half black, right half white) becomes 8x8 from its centre: the shorter side is scaled
     to 8 (→ 16x8) and the middle 8 columns kept, half black, half white."""

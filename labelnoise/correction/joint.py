@@ -238,7 +238,7 @@ def joint_optimize(
               "trusted": _digest(np.packbits(trusted)) if trusted is not None else None}
     result = fit(model, data, task, recipe=phase_recipe(recipe, lr=cfg.lr, schedule="constant", epochs=cfg.epochs),
                  seed=derived_seed(seed, "joint"), device=device, config=config, checkpoint_path=checkpoint_path,
-                 progress=False, on_epoch=_renamed(on_epoch), log=log, name="joint", purpose="label correction: joint",
+                 on_epoch=_renamed(on_epoch), log=log, name="joint", purpose="label correction: joint",
                  remedy="label correction (phase 1): lower correction.lr")
     return Relabelled(model=result.model, soft_labels=result.extra["soft_labels"],
                       hard_history=result.extra["hard_history"], history=_phase_history(result),

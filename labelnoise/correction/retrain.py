@@ -172,7 +172,7 @@ def retrain(
         config["kept"] = _digest(kept)
     result = fit(model, data, task, recipe=phase,
                  seed=derived_seed(seed, "retrain"), device=device, config=config, checkpoint_path=checkpoint_path,
-                 progress=False, on_epoch=_renamed(on_epoch), log=log, name="retrain",
+                 on_epoch=_renamed(on_epoch), log=log, name="retrain",
                  purpose="label correction: retrain",
                  remedy="label correction (phase 2): lower correction.retrain_lr")
     return RetrainResult(model=result.model, history=_phase_history(result), best_state=result.best_state,

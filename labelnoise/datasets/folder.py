@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from labelnoise.datasets import Arrays, Dataset, Notes, Source, register_dataset
-from labelnoise.io import one_line, parse_int, read_csv_rows, regular_file
+from labelnoise.io import one_line, parse_int, read_csv_rows, regular_file, terminal_progress
 from labelnoise.schema import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -244,7 +244,7 @@ def load_images(files: Sequence[str | Path], *, size: int, channels: int) -> np.
     """uint8 (N, C, size, size): each of ``files`` read by :func:`load_image`, in order; a file that cannot be read
     is one ValueError line naming it."""
     out = []
-    for file in files:
+    for file in terminal_progress(files, f"reading {len(files)} images"):
         try:
             out.append(load_image(Path(file), size=size, channels=channels))
         except (OSError, ValueError) as e:

@@ -497,7 +497,7 @@ def record_training_features(
     view = TrainView(x_train=x, y_train=y_noisy, x_clean=empty_x, y_clean=empty_y, x_val=empty_x, y_val=empty_y,
                      x_test=empty_x, y_test=empty_y, classes=[str(c) for c in range(int(y_noisy.max()) + 1)],
                      dataset=dataset)
-    result = fit(model, view, Recorder(), recipe=recipe, seed=0, device=device, generator=generator, progress=False,
+    result = fit(model, view, Recorder(), recipe=recipe, seed=0, device=device, generator=generator,
                  log=log if log is not None else (lambda line: None), name="mentor's student",
                  remedy="lower student.lr or check the data")
     keys = ("epoch", "train_loss", "train_acc_noisy", "lr", "progress_lo", "progress_hi")
