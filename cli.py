@@ -273,8 +273,8 @@ def ui(
     if uri.startswith(("http://", "https://")):
         typer.echo(f"the store is an MLflow server: open {tracking.shown(uri)}")
         return
-    command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port)]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
+               str(port)]
     typer.echo(f"MLflow UI on {tracking.shown(uri)}: http://127.0.0.1:{port} (Ctrl-C stops it)")
     sys.stdout.flush()
     os.execv(command[0], command)
@@ -625,8 +625,10 @@ def preset(
     """Show the settings a preset changes in the params file; --apply writes them there, --out to another file
     (validated first, comments kept). Presets stack: each applies to the file as it is; `preset default --apply`
     goes back."""
+    import yaml
+
     from labelnoise.config import ConfigError, flatten, from_dict, load_yaml, merged_text, read_yaml
-    from labelnoise.io import write_atomic
+    from labelnoise.io import one_line, write_atomic
 
     presets = sorted((ROOT / "presets").glob("*.yaml"))
     if list_ or name is None:
@@ -651,6 +653,8 @@ def preset(
         from_dict(merged)
     except ConfigError as e:
         _fail(str(e), 2)
+    except yaml.YAMLError as e:  # the committed file of `default`
+        _fail(f"preset {name}: not valid YAML ({one_line(e)})", 2)
     before, after = flatten(current), flatten(merged)
     changed = [f"  {k}: {before.get(k, '(unset)')} -> {after.get(k, '(removed)')}" for k in {**before, **after}
                if before.get(k, ...) != after.get(k, ...)]

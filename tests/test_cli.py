@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,15 +111,16 @@ def test_ui_serves_the_store_params_or_the_environment_name(workdir: Path, monke
     done = runner.invoke(app, ["ui", "--port", "5055"])
     assert done.exit_code == 0, done.output
     (command,) = served
-    assert command[1:] == ["ui", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--host", "127.0.0.1",
+    assert command[:3] == [sys.executable, "-m", "mlflow"]  # this interpreter's MLflow, wherever it is installed
+    assert command[3:] == ["ui", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--host", "127.0.0.1",
                            "--port", "5055"]  # MLFLOW_TRACKING_URI (the fixture's) over params.yaml
-    assert Path(command[0]).name == "mlflow" and "http://127.0.0.1:5055" in done.output
+    assert "http://127.0.0.1:5055" in done.output
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     raw = yaml.safe_load((workdir / "params.yaml").read_text())
     raw["base"]["tracking_uri"] = "sqlite:///runs/store.db"  # relative: to the project's root
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
     assert runner.invoke(app, ["ui"]).exit_code == 0
-    assert served[-1][3] == f"sqlite:///{(REPO / 'runs' / 'store.db').resolve()}"
+    assert served[-1][5] == f"sqlite:///{(REPO / 'runs' / 'store.db').resolve()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@mlflow.example:5000")
     server = runner.invoke(app, ["ui"])  # a server has its own UI: its address, no password, nothing served
     assert server.exit_code == 0 and len(served) == 2 and "mlflow.example:5000" in server.output
