@@ -48,7 +48,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     previous = torch.get_num_threads()
     try:
         runner = CliRunner()
-        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
+        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml"),
+                                   "--out", "params.yaml"]).exit_code == 0
         for stage in ("download", "inject-noise", "estimate-noise", "pretrain-mentor", "train-student"):
             result = runner.invoke(app, [stage, "-S", "base.threads=1"])
             assert result.exit_code == 0, f"{stage}: {result.output}"

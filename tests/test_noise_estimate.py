@@ -163,7 +163,8 @@ def test_the_stage_estimates_near_the_realised_rate_without_the_truth(tmp_path: 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     previous = torch.get_num_threads()
     try:
-        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml")]).exit_code == 0
+        assert runner.invoke(app, ["preset", "tiny", "--params", str(REPO / "params.yaml"),
+                                   "--out", "params.yaml"]).exit_code == 0
         for stage in ("download", "inject-noise"):
             assert runner.invoke(app, [stage, "-S", "base.threads=1"]).exit_code == 0
         # the stage never sees a true train label: it would have to read them from prepared.npz, so hide them
