@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from labelnoise.engine import Task, fit, predict_logits
-from labelnoise.models import channel_stats, create_model
+from labelnoise.models import create_model, network_kwargs
 from labelnoise.runtime import resolve_channels_last, resolve_device, seeded
 from labelnoise.views import TrainView
 
@@ -41,13 +41,11 @@ def reference_probabilities(
     per-epoch lines (None: silent).
     """
     xf, yf = torch.from_numpy(np.ascontiguousarray(x_fit)), torch.from_numpy(np.asarray(y_fit, dtype=np.int64))
-    _, channels, height, width = xf.shape
     empty_x, empty_y = xf[:0], yf[:0]
     view = TrainView(x_train=xf, y_train=yf, x_clean=empty_x, y_clean=empty_y, x_val=empty_x, y_val=empty_y,
                      x_test=empty_x, y_test=empty_y, classes=list(classes), dataset=dataset)
-    mean, std = channel_stats(xf)
-    model = seeded(lambda: create_model(recipe.model, num_classes=len(classes), in_channels=channels,  # `seed` only
-                                        image_size=max(height, width), mean=mean, std=std), seed)
+    kwargs = network_kwargs(xf, len(classes))
+    model = seeded(lambda: create_model(recipe.model, **kwargs), seed)  # `seed` only
     result = fit(model, view, Task(label_smoothing=recipe.label_smoothing), recipe=recipe, seed=seed, device=device,
                  log=(lambda line: log(f"reference classifier: {line}")) if log is not None else (lambda line: None),
                  purpose="instance-noise reference", remedy="lower noise.instance.lr")

@@ -26,7 +26,7 @@ from labelnoise.datasets import Prepared, class_map_for
 from labelnoise.engine import log_to_stderr
 from labelnoise.mentornet import MentorConfig
 from labelnoise.metrics import detection_quality
-from labelnoise.models import channel_stats, create_model
+from labelnoise.models import create_model, network_kwargs
 from labelnoise.plots import plot_weight_maps
 from labelnoise.schema import ConfigError
 
@@ -186,10 +186,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
                          "mentor.kind: pd")
 
     # ---- a fresh student on the corrupted copy, features recorded after every epoch
-    _, channels, height, width = x.shape
-    mean, std = channel_stats(x)
-    student = create_model(recipe.model, num_classes=k, in_channels=channels, image_size=max(height, width),
-                           mean=mean, std=std)
+    student = create_model(recipe.model, **network_kwargs(x, k))
     student_cfg = dataclasses.replace(recipe, epochs=m.dd_epochs)
     percentile = mn.MovingPercentile.from_config(m, num_classes=k)
     record = mn.record_training_features(student, x, y_noisy, correct, recipe=student_cfg, percentile=percentile,
