@@ -443,7 +443,7 @@ def _study_name(study: str) -> str:
 def _inputs_in_repo(cfg: Any) -> list[str]:
     """The files and folders inside the repository a run reads that git does not track (your images, label files
     under data/own): relative paths that exist."""
-    named = (cfg.data.path, cfg.data.clean_file, cfg.noise.given.file)
+    named = (cfg.data.path, cfg.data.trusted_file, cfg.noise.given.file)
     return sorted({p for p in named if p and not Path(p).is_absolute() and (ROOT / p).exists()})
 
 

@@ -232,6 +232,12 @@ RENAMED: dict[str, str] = {
     "student.clean_only": "trusted",
     "student.clean_only.epochs": "trusted.epochs",
     "student.clean_only.augment": "trusted.augment",
+    # one name per idea: the trusted subset is "trusted", and no symbol has two meanings
+    "data.clean_size": "data.trusted_size",
+    "data.clean_file": "data.trusted_file",
+    "train.gamma": "train.lr_gamma",
+    "correction.alpha": "correction.prior_alpha",
+    "correction.beta": "correction.entropy_beta",
 }
 
 

@@ -97,7 +97,7 @@ def write_csv(path: str | Path, issues: LabelIssues, *, classes: list[str], sugg
     """``COLUMNS`` as CSV, class names for labels, an empty cell for a missing score; written atomically.
 
     ``index`` is the example's position in the train split; ``dataset_index`` (n,) maps it to the image's index in
-    the dataset's order (what ``noise.file`` and ``data.clean_file`` count), ``paths`` (n,) to its file (a folder
+    the dataset's order (what ``noise.file`` and ``data.trusted_file`` count), ``paths`` (n,) to its file (a folder
     dataset; else the cell is empty)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)

@@ -182,8 +182,8 @@ def estimator(cfg: EstimateConfig, *, has_trusted: bool, has_paired: bool = Fals
     auto = "paired" if has_trusted and has_paired else "confusion" if has_trusted else "confident_joint"
     use = auto if cfg.use == "auto" else cfg.use
     if use != "confident_joint" and not has_trusted:
-        raise ValueError(f"estimate.use: {use} needs a trusted clean subset (data.clean_size > 0 or data.clean_file); "
-                         "use auto or confident_joint")
+        raise ValueError(f"estimate.use: {use} needs a trusted clean subset (data.trusted_size > 0 or "
+                         "data.trusted_file); use auto or confident_joint")
     if use == "paired" and not has_paired:
         raise ValueError("estimate.use: paired needs the noisy labels of the trusted examples too (noise.kind: given "
                          "with a file that labels every image); use auto or confusion")

@@ -14,7 +14,7 @@ def project_root() -> Path:
 
 # The training recipe's keys each use of it reads (a use overrides the others: see its own params).
 _RECIPE = ("model", "pretrained", "epochs", "batch_size", "epoch_size", "eval_batch_size", "lr", "momentum", "nesterov",
-           "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "onecycle_pct_start", "augment",
+           "weight_decay", "schedule", "milestones", "lr_gamma", "warmup_epochs", "onecycle_pct_start", "augment",
            "crop_padding", "precision", "channels_last", "label_smoothing")
 
 

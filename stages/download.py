@@ -7,7 +7,7 @@ images (``folder``) from ``data.path``. Writes the prepared arrays (PATHS.prepar
 from and how they were cut (PATHS.data_report).
 
 Which labels are true ones: all of them, unless ``data.truth: false`` (your labels are the noisy ones you have):
-then only a test split the data brings and the trusted subset of ``data.clean_file`` count as true, and the stages
+then only a test split the data brings and the trusted subset of ``data.trusted_file`` count as true, and the stages
 after leave out what would need the others.
 """
 
@@ -32,11 +32,11 @@ def run(cfg: Config) -> dict[str, Any]:
     raw = datasets.load_dataset(dataclasses.replace(dc, path=str(repo_path(dc.path)) if dc.path else ""))
     labels = raw.labels.copy()
     clean_idx = None
-    if dc.clean_file:  # the trusted subset: its labels replace the data's
-        clean_idx, clean_labels = read_clean_file(dc.clean_file, classes=raw.classes, paths=raw.paths,
+    if dc.trusted_file:  # the trusted subset: its labels replace the data's
+        clean_idx, clean_labels = read_trusted_file(dc.trusted_file, classes=raw.classes, paths=raw.paths,
                                                   n=len(labels))
         labels[clean_idx] = clean_labels
-    splits = datasets.make_splits(labels, n_official_train=raw.n_official_train, clean_size=dc.clean_size,
+    splits = datasets.make_splits(labels, n_official_train=raw.n_official_train, trusted_size=dc.trusted_size,
                                   val_size=dc.val_size, test_size=dc.test_size, train_limit=dc.train_limit,
                                   seed=dc.split_seed, clean_idx=clean_idx)
     known = None
@@ -61,21 +61,21 @@ def run(cfg: Config) -> dict[str, Any]:
     return metrics
 
 
-def read_clean_file(name: str, *, classes: list[str], paths: list[str] | None,
+def read_trusted_file(name: str, *, classes: list[str], paths: list[str] | None,
                     n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``data.clean_file``: a CSV of trusted labels, ``index,label`` (an index in the dataset's order) or, for a
+    """``data.trusted_file``: a CSV of trusted labels, ``index,label`` (an index in the dataset's order) or, for a
     folder dataset, ``path,label``; a label is a class name or index. Returns (indices, labels), int64 (m,) each;
     a file that is missing, empty, repeats an image, names an unknown one or a label out of range is one line."""
-    path = regular_file(repo_path(name), what="data.clean_file")
-    key, idx, labels = read_label_csv(path, param="data.clean_file", classes=classes, paths=paths)
+    path = regular_file(repo_path(name), what="data.trusted_file")
+    key, idx, labels = read_label_csv(path, param="data.trusted_file", classes=classes, paths=paths)
     if idx.max() >= n:
-        raise ValueError(f"data.clean_file: {path}: index {idx.max()} is not one of the dataset's 0..{n - 1}")
+        raise ValueError(f"data.trusted_file: {path}: index {idx.max()} is not one of the dataset's 0..{n - 1}")
     values, counts = np.unique(idx, return_counts=True)
     if (counts > 1).any():
         twice, times = values[counts > 1][0], counts[counts > 1][0]
         shown = repr(paths[twice]) if key == "path" and paths is not None else f"index {twice}"
-        raise ValueError(f"data.clean_file: {path} lists the image {shown} {times} times: list each once")
+        raise ValueError(f"data.trusted_file: {path} lists the image {shown} {times} times: list each once")
     out_of_range = labels[(labels < 0) | (labels >= len(classes))]
     if out_of_range.size:
-        raise ValueError(f"data.clean_file: {path}: label {out_of_range[0]} is outside [0, {len(classes)})")
+        raise ValueError(f"data.trusted_file: {path}: label {out_of_range[0]} is outside [0, {len(classes)})")
     return idx, labels

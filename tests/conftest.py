@@ -44,7 +44,7 @@ def repo() -> Path:
 
 @pytest.fixture
 def make_config(repo: Path) -> Callable[..., Config]:
-    """``make_config({"data": {"clean_size": 10}})`` → params.yaml with the overlay merged on, validated."""
+    """``make_config({"data": {"trusted_size": 10}})`` → params.yaml with the overlay merged on, validated."""
     base = read_yaml(repo / "params.yaml")
 
     def _make(overlay: dict[str, Any] | None = None) -> Config:

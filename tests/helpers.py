@@ -123,7 +123,7 @@ def import_graph(*packages: str) -> dict[str, set[str]]:
 
 # ----------------------------------------------------------------------------- params overlays
 RECIPE_KEYS = ("model", "pretrained", "epochs", "batch_size", "eval_batch_size", "lr", "momentum", "nesterov",
-               "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs", "onecycle_pct_start", "augment",
+               "weight_decay", "schedule", "milestones", "lr_gamma", "warmup_epochs", "onecycle_pct_start", "augment",
                "crop_padding", "precision", "channels_last", "label_smoothing")
 SPADE_KEYS = ("burn_in", "burn_in_keep", "weight_norm", "sample_weights", "mentor_update", "mentor_update_every",
               "mentor_update_steps", "mentor_update_batches", "mentor_update_lr_drop")

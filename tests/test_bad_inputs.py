@@ -107,7 +107,7 @@ def _student_nan_from(forward: int) -> Callable[[pytest.MonkeyPatch], None]:
 
 MIRROR = ["-S", "data.dataset=mnist", "-S", "data.download=false", "-S", "data.mirrors.mnist=[mirror]"]
 # your own images: 300 digits as PNG files under own/ (tests.helpers.write_digits), read as 8x8 grayscale
-FOLDER = ["-S", "data.dataset=folder", "-S", "data.image_size=8", "-S", "data.channels=1", "-S", "data.clean_size=0",
+FOLDER = ["-S", "data.dataset=folder", "-S", "data.image_size=8", "-S", "data.channels=1", "-S", "data.trusted_size=0",
           "-S", "data.test_size=50"]
 
 
@@ -199,7 +199,7 @@ ROWS = [
         2, "noise.transition: renamed noise.transition.matrix"),
     Row("former noise.file on the command line", ["inject-noise", "-S", "noise.kind=given", "-S",
                                                   "noise.file=given.npy"], 2, "noise.file: renamed noise.given.file"),
-    Row("wrong type (int)", ["download", "-S", "data.clean_size=abc"], 2, "data.clean_size: must be an integer"),
+    Row("wrong type (int)", ["download", "-S", "data.trusted_size=abc"], 2, "data.trusted_size: must be an integer"),
     Row("wrong type (bool)", ["train-student", "-S", "train.nesterov=maybe"], 2,
         "train.nesterov: must be true or false"),
     Row("noise rate below 0", ["inject-noise", "-S", "noise.rate=-0.1"], 2, "noise.rate: must be >= 0.0"),
@@ -275,20 +275,20 @@ ROWS = [
     Row("decompression bomb image", ["download", *FOLDER, "-S", "data.path=own", "-S", "data.skip_bad_images=false"],
         1, "cannot be read as an image (Image size (900000000 pixels) exceeds limit", setup=_own("tree", then=_bomb)),
     Row("clean file with a header row only", ["download", *FOLDER, "-S", "data.path=own", "-S",
-                                              "data.clean_file=own/clean.csv"], 1,
+                                              "data.trusted_file=own/clean.csv"], 1,
         "has a header row but no rows of labels",
         setup=_own("split_tree", then=lambda own: (own / "clean.csv").write_text("\ufeffindex,label\n"))),
     Row("label-issues table that is not text", ["label-issues"], 1,
         "reports/label_issues.csv is not a label-issues table (not UTF-8 text",
         setup=_write("reports/label_issues.csv", bytes(range(256)) * 16)),
     Row("clean file overlapping the test split", ["download", *FOLDER, "-S", "data.path=own", "-S",
-                                                  "data.clean_file=own/clean.csv"], 1,
-        "data.clean_file: index 299 is the test split",
+                                                  "data.trusted_file=own/clean.csv"], 1,
+        "data.trusted_file: index 299 is the test split",
         setup=_own("split_tree", then=lambda own: (own / "clean.csv").write_text("index,label\n3,zero\n299,one\n"))),
     Row("clean subset drawn from untrusted labels", ["download", "-S", "data.truth=false"], 2,
-        "data.clean_size: with data.truth: false"),
-    Row("clean_size larger than the data", ["download", "-S", "data.clean_size=100000"], 1,
-        "data.clean_size (100000)"),
+        "data.trusted_size: with data.truth: false"),
+    Row("trusted_size larger than the data", ["download", "-S", "data.trusted_size=100000"], 1,
+        "data.trusted_size (100000)"),
     Row("stage run before its inputs exist", ["train-student"], 1, "data/noisy.npz does not exist",
         setup=_remove("data/noisy.npz")),
     Row("truncated data archive", ["download", *MIRROR], 1, "mnist: no source delivered verified data",

@@ -106,7 +106,7 @@ def test_the_preset_trains_on_each_train_images_own_annotation(tmp_path: Path, m
     images, human, labels = write_snapshots(tmp_path / "snapshots")
     prepare_cifar10n(images, human, tmp_path / "data" / "own" / "cifar10n")
     params = merge(merge(read_yaml(REPO / "params.yaml"), read_yaml(REPO / "presets" / "cifar10n_jpeg.yaml")),
-                   {"base": {"threads": 1}, "data": {"clean_size": 10}})
+                   {"base": {"threads": 1}, "data": {"trusted_size": 10}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))

@@ -42,9 +42,9 @@ def test_help_explains_every_command(command: str) -> None:
 
 
 def test_bad_param_is_one_line_exit_2_and_writes_nothing(workdir: Path) -> None:
-    result = runner.invoke(app, ["download", "-S", "data.clean_size=-1"])
+    result = runner.invoke(app, ["download", "-S", "data.trusted_size=-1"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["error: data.clean_size: must be >= 0, got -1"]
+    assert result.output.strip().splitlines() == ["error: data.trusted_size: must be >= 0, got -1"]
     assert sorted(p.name for p in workdir.iterdir()) == ["params.yaml"]
 
 

@@ -46,7 +46,7 @@ def test_default_params_and_presets_validate() -> None:
         ("student.method=magic", "student.method: must be one of"),
         ("noise.kind=gaussian", "noise.kind: must be one of"),
         ("noise.open_set.source=svhn", "noise.open_set.source: must be one of"),
-        ("data.clean_size=-5", "data.clean_size: must be >= 0"),
+        ("data.trusted_size=-5", "data.trusted_size: must be >= 0"),
         ("train.milestones=[0.8,0.2]", "train.milestones"),
         ("student.mentormix.mixup_alpha=0", "student.mentormix.mixup_alpha: must be > 0.0"),
         ("student.mentormix.mix_temperature=-1", "student.mentormix.mix_temperature: must be > 0.0"),
@@ -62,6 +62,11 @@ def test_default_params_and_presets_validate() -> None:
         ("noise.massive_source=other", "noise.massive_source: renamed noise.massive.source"),
         ("noise.reference_seed=1", "noise.reference_seed: renamed noise.instance.seed"),
         ("noise.transition=[[1]]", "noise.transition: renamed noise.transition.matrix"),
+        ("data.clean_size=10", "data.clean_size: renamed data.trusted_size"),  # one name per idea: trusted
+        ("data.clean_file=c.csv", "data.clean_file: renamed data.trusted_file"),
+        ("train.gamma=0.5", "train.gamma: renamed train.lr_gamma"),  # no symbol with two meanings
+        ("correction.alpha=1", "correction.alpha: renamed correction.prior_alpha"),
+        ("correction.beta=1", "correction.beta: renamed correction.entropy_beta"),
         ("train.lr=.nan", "train.lr: must be a finite number"),
         ("base.model_alias=latest", "base.model_alias: 'latest' is MLflow's"),
         ("noise.rate=.nan", "noise.rate: must be a finite number"),

@@ -268,7 +268,7 @@ def test_a_new_dataset_file_goes_through_the_pipeline(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     assert "toy" in datasets.dataset_names() and "toy" in datasets.open_set_sources()
     cfg = make_config({"base": {"threads": 1},
-                       "data": {"dataset": "toy", "download": False, "clean_size": 30, "val_size": 0,
+                       "data": {"dataset": "toy", "download": False, "trusted_size": 30, "val_size": 0,
                                 "test_size": 45, "train_limit": 0},
                        "noise": {"kind": "symmetric", "rate": 0.4}})
 

@@ -378,7 +378,7 @@ def _labels(n_per_class: list[int], seed: int = 0) -> np.ndarray:
 def test_splits_disjoint_exact_and_stratified() -> None:
     labels = _labels([50, 40, 30, 60, 20] + [10] * 5)  # imbalanced, 250 in all
     n_train_part = 200
-    s = datasets.make_splits(labels, n_official_train=n_train_part, clean_size=23, val_size=17, test_size=0,
+    s = datasets.make_splits(labels, n_official_train=n_train_part, trusted_size=23, val_size=17, test_size=0,
                              train_limit=0, seed=3)
     parts = [s.train_idx, s.clean_idx, s.val_idx, s.test_idx]
     assert all(p.dtype == np.int64 for p in parts)
@@ -395,7 +395,7 @@ def test_splits_disjoint_exact_and_stratified() -> None:
 
 def test_clean_is_balanced_up_to_small_classes() -> None:
     labels = _labels([3, 100, 100, 100])
-    s = datasets.make_splits(labels, n_official_train=len(labels), clean_size=40, val_size=0, test_size=30,
+    s = datasets.make_splits(labels, n_official_train=len(labels), trusted_size=40, val_size=0, test_size=30,
                              train_limit=0, seed=0)
     counts = np.bincount(labels[s.clean_idx], minlength=4)
     assert counts.sum() == 40 and counts[0] <= 3 and counts[1:].max() - counts[1:].min() <= 1
@@ -403,7 +403,7 @@ def test_clean_is_balanced_up_to_small_classes() -> None:
 
 def test_splits_seeded_and_train_limit() -> None:
     labels = _labels([30] * 10)
-    kw = dict(n_official_train=250, clean_size=20, val_size=10, test_size=0, train_limit=100)
+    kw = dict(n_official_train=250, trusted_size=20, val_size=10, test_size=0, train_limit=100)
     a = datasets.make_splits(labels, seed=7, **kw)
     b = datasets.make_splits(labels, seed=7, **kw)
     c = datasets.make_splits(labels, seed=8, **kw)
@@ -416,19 +416,19 @@ def test_splits_seeded_and_train_limit() -> None:
 
 def test_splits_without_official_test_hold_out_test_size() -> None:
     labels = _labels([40] * 5)
-    s = datasets.make_splits(labels, n_official_train=200, clean_size=10, val_size=0, test_size=50,
+    s = datasets.make_splits(labels, n_official_train=200, trusted_size=10, val_size=0, test_size=50,
                              train_limit=0, seed=0)
     assert len(s.test_idx) == 50 and np.array_equal(np.bincount(labels[s.test_idx]), np.full(5, 10))
     assert len(s.val_idx) == 0 and len(s.train_idx) == 140
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    (dict(clean_size=150, val_size=50), "data.clean_size"),
-    (dict(clean_size=10, val_size=0, train_limit=500), "data.train_limit"),
-    (dict(clean_size=10, val_size=0, n_official_train=200, test_size=0), "data.test_size"),
+    (dict(trusted_size=150, val_size=50), "data.trusted_size"),
+    (dict(trusted_size=10, val_size=0, train_limit=500), "data.train_limit"),
+    (dict(trusted_size=10, val_size=0, n_official_train=200, test_size=0), "data.test_size"),
 ])
 def test_split_sizes_too_large_name_the_param(kw: dict[str, int], match: str) -> None:
-    args = dict(n_official_train=150, clean_size=0, val_size=0, test_size=0, train_limit=0, seed=0) | kw
+    args = dict(n_official_train=150, trusted_size=0, val_size=0, test_size=0, train_limit=0, seed=0) | kw
     with pytest.raises(ValueError, match=match):
         datasets.make_splits(_labels([40] * 5), **args)
 
@@ -436,7 +436,7 @@ def test_split_sizes_too_large_name_the_param(kw: dict[str, int], match: str) ->
 # ----------------------------------------------------------------------------- prepared file, train view
 def _prepared(val: int = 0) -> Prepared:
     labels = _labels([12] * 4)
-    s = datasets.make_splits(labels, n_official_train=40, clean_size=8, val_size=val, test_size=0,
+    s = datasets.make_splits(labels, n_official_train=40, trusted_size=8, val_size=val, test_size=0,
                              train_limit=0, seed=0)
     images = np.random.default_rng(0).integers(0, 256, (48, 1, 8, 8), dtype=np.uint8)
     return Prepared(images=images, labels=labels, train_idx=s.train_idx, clean_idx=s.clean_idx, val_idx=s.val_idx,
@@ -469,12 +469,12 @@ def test_download_stage_tiny(tiny_config: Config, tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     metrics = download.run(tiny_config)
     d = tiny_config.data
-    assert metrics == {"n_train": 1797 - d.test_size - d.clean_size - d.val_size, "n_clean": d.clean_size,
+    assert metrics == {"n_train": 1797 - d.test_size - d.trusted_size - d.val_size, "n_clean": d.trusted_size,
                        "n_val": d.val_size, "n_test": d.test_size}
     p = datasets.load_prepared(tmp_path / PATHS.prepared)
     report = load_json(tmp_path / PATHS.data_report)
     assert report["source"] == "bundled" and report["dataset"] == "digits"
     assert report["sizes"] == {k.removeprefix("n_"): v for k, v in metrics.items()}
-    assert sum(report["clean_per_class"].values()) == d.clean_size
+    assert sum(report["clean_per_class"].values()) == d.trusted_size
     assert report["sha256"]["labels"] == hashlib.sha256(p.labels.tobytes()).hexdigest()
     assert list(tmp_path.glob("mlartifacts/**/data.json"))  # the report is the run's artifact

@@ -113,7 +113,7 @@ def test_onecycle_peaks_at_pct_start() -> None:
 
 
 def test_scheduler_steps_per_iteration() -> None:
-    cfg = recipe_cfg(epochs=4, schedule="multistep", milestones=[0.5], gamma=0.5, warmup_epochs=1, lr=0.2)
+    cfg = recipe_cfg(epochs=4, schedule="multistep", milestones=[0.5], lr_gamma=0.5, warmup_epochs=1, lr=0.2)
     model = nn.Linear(2, 2)
     opt = engine.make_optimizer(model, cfg)
     sched = engine.make_scheduler(opt, cfg, steps_per_epoch=5)

@@ -124,7 +124,7 @@ def cifar10n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dic
     preset = read_yaml(REPO / "presets" / "cifar10n.yaml")
     params = merge(merge(read_yaml(REPO / "params.yaml"), preset), {
         "base": {"threads": 1}, "data": {"mirrors": {"cifar10": [str(tmp_path / "mirror")]}, "download": False,
-                                         "clean_size": 20, "root": str(tmp_path / "raw")}})
+                                         "trusted_size": 20, "root": str(tmp_path / "raw")}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
@@ -175,9 +175,9 @@ def test_human_noise_is_estimated_and_learnt_from_the_trusted_images_own_given_l
     root, _, human = cifar10n
     fast = ["-S", "estimate.epochs=1", "-S", "estimate.trusted_folds=0", "-S", "train.epochs=1",
             "-S", "mentor.dd_epochs=1", "-S", "mentor.fit_steps=20"]
-    for args in (["download", "-S", "data.clean_size=60"], ["inject-noise", "-S", "noise.given.key=worse_label"],
-                 ["estimate-noise", "-S", "data.clean_size=60", *fast],
-                 ["pretrain-mentor", "-S", "data.clean_size=60", *fast]):
+    for args in (["download", "-S", "data.trusted_size=60"], ["inject-noise", "-S", "noise.given.key=worse_label"],
+                 ["estimate-noise", "-S", "data.trusted_size=60", *fast],
+                 ["pretrain-mentor", "-S", "data.trusted_size=60", *fast]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     clean_idx = np.load(root / "data" / "prepared.npz")["clean_idx"]

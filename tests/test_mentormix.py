@@ -397,6 +397,7 @@ def test_mentormix_presets_load_validate_and_match_the_official_script(tmp_path,
     s, t, mix = cfg.student, cfg.train, cfg.student.mentormix
     assert (cfg.data.dataset, cfg.noise.rate, s.method, cfg.mentor.kind) == ("cifar10", rate / 100, "mentormix", "pd")
     assert (mix.mixup_alpha, cfg.mentor.percentile, mix.second_reweight) == (alpha, p, second)
-    assert (t.batch_size, t.lr, t.momentum, t.gamma, mix.burn_in, mix.burn_in_keep) == (128, 0.1, 0.9, 0.9, 0.09, 1.0)
+    assert (t.batch_size, t.lr, t.momentum, t.lr_gamma, mix.burn_in, mix.burn_in_keep) == (128, 0.1, 0.9, 0.9, 0.09,
+                                                                                           1.0)
     assert t.weight_decay == (0.0 if second else 0.0002) and mix.weight_norm == "batch"
     assert t.milestones == pytest.approx([30 * k / t.epochs for k in range(1, 18)])  # x0.9 every 30 epochs

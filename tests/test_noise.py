@@ -521,8 +521,8 @@ def test_open_set_pool_digits_and_missing_cifar100(tmp_path) -> None:
     from labelnoise.config import DataConfig
     from labelnoise.datasets import DataUnavailable, open_set_pool
 
-    data = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "raw"), mirrors={}, download=False, clean_size=0,
-                      val_size=0, test_size=0, train_limit=0, split_seed=0, truth=True, clean_file="", path="",
+    data = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "raw"), mirrors={}, download=False, trusted_size=0,
+                      val_size=0, test_size=0, train_limit=0, split_seed=0, truth=True, trusted_file="", path="",
                       classes=[], image_size=32, channels=3, skip_bad_images=False)
     pool = open_set_pool("digits", data, (1, 28, 28))
     assert pool.shape == (1797, 1, 28, 28) and pool.dtype == np.uint8

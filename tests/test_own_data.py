@@ -28,7 +28,7 @@ from labelnoise.config import load_config
 from labelnoise.datasets.folder import load_image
 from labelnoise.io import read_label_csv
 from labelnoise.scaffold import sh, tiny_project
-from stages.download import read_clean_file
+from stages.download import read_trusted_file
 from tests.helpers import write_digits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,29 +127,29 @@ def test_skip_bad_images_leaves_them_out_and_reports_them(tmp_path: Path) -> Non
     assert bad == {line.split(":")[0] for line in raw.rejected} and not bad & set(raw.paths)
 
 
-def test_clean_file_by_index_or_by_path(tmp_path: Path) -> None:
+def test_trusted_file_by_index_or_by_path(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("index,label\n4,two\n0,1\n")
     (tmp_path / "b.csv").write_text("path,label\nx/b.png,two\nx/a.png,one\n")
     classes, paths = ["zero", "one", "two"], ["x/a.png", "x/b.png"]
-    idx, labels = read_clean_file(str(tmp_path / "a.csv"), classes=classes, paths=None, n=5)
+    idx, labels = read_trusted_file(str(tmp_path / "a.csv"), classes=classes, paths=None, n=5)
     assert idx.tolist() == [4, 0] and labels.tolist() == [2, 1]
-    idx, labels = read_clean_file(str(tmp_path / "b.csv"), classes=classes, paths=paths, n=2)
+    idx, labels = read_trusted_file(str(tmp_path / "b.csv"), classes=classes, paths=paths, n=2)
     assert idx.tolist() == [1, 0] and labels.tolist() == [2, 1]
     for text, says in (("index,label\n5,one\n", "not one of the dataset's 0..4"), ("index,label\n1,3\n", "outside"),
                        ("index,label\n1,one\n1,two\n", "each once"), ("index,label\n1,seven\n", "neither")):
         (tmp_path / "c.csv").write_text(text)
         with pytest.raises(ValueError, match=says):
-            read_clean_file(str(tmp_path / "c.csv"), classes=classes, paths=None, n=5)
+            read_trusted_file(str(tmp_path / "c.csv"), classes=classes, paths=None, n=5)
 
 
 def test_a_given_clean_subset_is_the_clean_split_and_never_overlaps() -> None:
     labels = np.arange(100) % 5
-    s = datasets.make_splits(labels, n_official_train=80, clean_size=0, val_size=0, test_size=0, train_limit=0,
+    s = datasets.make_splits(labels, n_official_train=80, trusted_size=0, val_size=0, test_size=0, train_limit=0,
                              seed=0, clean_idx=np.array([3, 7, 11]))
     assert s.clean_idx.tolist() == [3, 7, 11] and not set(s.train_idx) & {3, 7, 11}
     assert s.test_idx.tolist() == list(range(80, 100))
     with pytest.raises(ValueError, match="index 85 is the test split"):
-        datasets.make_splits(labels, n_official_train=80, clean_size=0, val_size=0, test_size=0, train_limit=0,
+        datasets.make_splits(labels, n_official_train=80, trusted_size=0, val_size=0, test_size=0, train_limit=0,
                              seed=0, clean_idx=np.array([3, 85]))
 
 
@@ -316,10 +316,10 @@ def test_a_missing_parquet_cell_is_empty_not_a_class_named_none(tmp_path: Path) 
 
 
 # ----------------------------------------------------------------------------- label files
-def test_a_clean_file_names_the_image_it_repeats(tmp_path: Path) -> None:
+def test_a_trusted_file_names_the_image_it_repeats(tmp_path: Path) -> None:
     (tmp_path / "c.csv").write_text("path,label\nx/b.png,two\nx/a.png,one\nx/b.png,one\n")
     with pytest.raises(ValueError, match="lists the image 'x/b.png' 2 times: list each once"):
-        read_clean_file(str(tmp_path / "c.csv"), classes=["zero", "one", "two"], paths=["x/a.png", "x/b.png"], n=2)
+        read_trusted_file(str(tmp_path / "c.csv"), classes=["zero", "one", "two"], paths=["x/a.png", "x/b.png"], n=2)
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -336,8 +336,8 @@ def test_a_clean_file_names_the_image_it_repeats(tmp_path: Path) -> None:
 def test_label_csv_errors_name_the_file_and_row(tmp_path: Path, text: str | bytes, says: str) -> None:
     path = tmp_path / "labels.csv"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    with pytest.raises(ValueError, match=rf"^data.clean_file: {re.escape(str(path))}:? .*{says}"):
-        read_label_csv(path, param="data.clean_file", classes=["zero", "one", "two"])
+    with pytest.raises(ValueError, match=rf"^data.trusted_file: {re.escape(str(path))}:? .*{says}"):
+        read_label_csv(path, param="data.trusted_file", classes=["zero", "one", "two"])
 
 
 def test_label_csv_with_a_byte_order_mark_and_integer_class_names(tmp_path: Path) -> None:
@@ -364,7 +364,7 @@ def _flip(labels: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, np.nd
 
 def _params(root: Path, **data: object) -> dict:
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["data"].update(dataset="folder", image_size=8, channels=1, clean_size=0, **data)
+    raw["data"].update(dataset="folder", image_size=8, channels=1, trusted_size=0, **data)
     return raw
 
 
@@ -380,7 +380,7 @@ def _with_truth(root: Path) -> dict:
         f.write("path,label\n" + "".join(f"{p},{classes[y]}\n" for p, y in zip(own["names"], given, strict=True)))
     trusted = np.random.default_rng(2).permutation(n_train)[:150]
     (root / "data/own/clean.csv").write_text("index,label\n" + "".join(f"{i},{own['labels'][i]}\n" for i in trusted))
-    raw = _params(root, path="data/own/images", clean_file="data/own/clean.csv", test_size=0)
+    raw = _params(root, path="data/own/images", trusted_file="data/own/clean.csv", test_size=0)
     raw["noise"]["kind"] = "given"
     raw["noise"]["given"]["file"] = "data/own/noisy_labels.csv"
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -405,7 +405,7 @@ def _without_truth(root: Path) -> dict:
     trusted = np.random.default_rng(4).permutation(n_train)[:150]
     (root / "data/own/clean.csv").write_text(
         "path,label\n" + "".join(f"{names[i]},{classes[own['labels'][i]]}\n" for i in trusted))
-    raw = _params(root, path="data/own/manifest.csv", clean_file="data/own/clean.csv", truth=False)
+    raw = _params(root, path="data/own/manifest.csv", trusted_file="data/own/clean.csv", truth=False)
     raw["noise"]["kind"] = "none"
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(["dvc", "repro"], root, env)

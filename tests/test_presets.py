@@ -33,7 +33,7 @@ def tiny_counterpart(preset: dict[str, Any]) -> dict[str, Any]:
     return merge(preset, split_student({
         "base": {"threads": 1, "device": "cpu"},
         "data": {"dataset": "digits", "download": False, "val_size": 0, "test_size": 360,
-                 "clean_size": 200 if preset.get("data", {}).get("clean_size", 1) else 0},
+                 "trusted_size": 200 if preset.get("data", {}).get("trusted_size", 1) else 0},
         "estimate": {"epochs": 1},
         "trusted": {"epochs": 2},
         "mentor": {"dd_epochs": 1, "fit_steps": 30, "grid_size": 2000},

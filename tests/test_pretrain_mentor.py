@@ -46,7 +46,7 @@ def write_prepared(cfg: Config) -> datasets.Prepared:
 
     raw = datasets.load_dataset(cfg.data)
     d = cfg.data
-    splits = datasets.make_splits(raw.labels, n_official_train=raw.n_official_train, clean_size=d.clean_size,
+    splits = datasets.make_splits(raw.labels, n_official_train=raw.n_official_train, trusted_size=d.trusted_size,
                                   val_size=d.val_size, test_size=d.test_size, train_limit=d.train_limit,
                                   seed=d.split_seed)
     prepared = datasets.Prepared(images=raw.images, labels=raw.labels, train_idx=splits.train_idx,
@@ -233,7 +233,7 @@ def test_dd_without_clean_subset_is_refused(in_tmp: Path) -> None:
     from stages import pretrain_mentor
 
     cfg = config(kind="dd")
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, clean_size=0))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, trusted_size=0))
     write_prepared(cfg)
     with pytest.raises(ConfigError, match="clean"):
         pretrain_mentor.run(cfg)

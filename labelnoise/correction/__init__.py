@@ -30,8 +30,8 @@ class CorrectionConfig:
     epochs: int = rng(0, 10_000)  # phase 1: alternating optimisation of network and labels (0: none, the labels
     #   are the posterior of the starting network's predictions)
     lr: float = rng(0.0, 10.0, lo_open=True)  # phase 1: high constant lr (paper 0.08 symmetric, 0.03 asymmetric)
-    alpha: float = rng(0.0)  # weight of the prior term L_p (paper 1.2 sym / 0.8 asym; official code 1.0)
-    beta: float = rng(0.0)  # weight of the entropy term L_e (paper 0.8 sym / 0.4 asym; official code 0.5)
+    prior_alpha: float = rng(0.0)  # weight of the prior term L_p (paper 1.2 sym / 0.8 asym; official code 1.0)
+    entropy_beta: float = rng(0.0)  # weight of the entropy term L_e (paper 0.8 sym / 0.4 asym; official code 0.5)
     prior: Literal["uniform", "clean"]  # class prior p: uniform, or estimated from the clean subset
     buffer: int = rng(1, 1000)  # K: epochs of softmax outputs averaged into the new labels
     begin: int = rng(1)  # first epoch (1-based) at which labels are updated

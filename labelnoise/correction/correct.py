@@ -143,8 +143,8 @@ def correct(
         raise ValueError(f"correction.teacher: {c.teacher} needs correction.epochs: 0 (phase 1 starts from the "
                          "student); set correction.teacher: student or correction.epochs: 0")
     if c.teacher != "student" and view.x_clean.shape[0] == 0:
-        raise ValueError(f"correction.teacher: {c.teacher} needs a trusted clean subset (data.clean_size > 0 or "
-                         "data.clean_file); use correction.teacher: student")
+        raise ValueError(f"correction.teacher: {c.teacher} needs a trusted clean subset (data.trusted_size > 0 or "
+                         "data.trusted_file); use correction.teacher: student")
     kept = mentor_trust(weights, threshold=c.trust_threshold, n=n) if c.trust_mentor else None  # (n,) bool
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
 

@@ -125,8 +125,8 @@ def class_prior(kind: str, *, num_classes: int, clean_labels: Tensor | np.ndarra
     if kind == "clean":
         y = torch.as_tensor(clean_labels if clean_labels is not None else [], dtype=torch.int64).cpu()
         if y.numel() == 0:
-            raise ConfigError("correction.prior: 'clean' needs a trusted clean subset (data.clean_size > 0 or "
-                              "data.clean_file); or use correction.prior: uniform")
+            raise ConfigError("correction.prior: 'clean' needs a trusted clean subset (data.trusted_size > 0 or "
+                              "data.trusted_file); or use correction.prior: uniform")
         counts = torch.bincount(y, minlength=num_classes).double()
         return (counts / counts.sum()).float()
     raise ValueError(f"unknown prior {kind!r} (uniform | clean)")
@@ -158,7 +158,7 @@ class JointTask(Task):
         soft = self.labels[idx]  # (B, C)
         with torch.no_grad():  # the official code records the training forward pass (train mode, augmented input)
             self.epoch_probs[idx] = F.softmax(logits.detach(), dim=1)
-        parts = joint_loss(logits, soft, prior=self.prior, alpha=self.cfg.alpha, beta=self.cfg.beta)
+        parts = joint_loss(logits, soft, prior=self.prior, alpha=self.cfg.prior_alpha, beta=self.cfg.entropy_beta)
         return {**parts, "logits": logits, "target": soft.argmax(dim=1)}
 
     def end_epoch(self, model: nn.Module, *, epoch: int) -> dict[str, float]:

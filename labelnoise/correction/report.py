@@ -128,7 +128,7 @@ def correction_figures(result: Corrected, report: dict[str, Any], out: Path, *, 
 
     joint, final = result.labels, result.final
     rec = report["label_recovery"]
-    how = (f"joint optimization (α={cfg.alpha:g}, β={cfg.beta:g}, {cfg.update} update)" if cfg.epochs
+    how = (f"joint optimization (α={cfg.prior_alpha:g}, β={cfg.entropy_beta:g}, {cfg.update} update)" if cfg.epochs
            else f"one step from the {cfg.teacher} teacher's prediction")
     what = f"{dataset} · label correction: {how}"
     if not rec.get("true_labels", True):

@@ -133,13 +133,13 @@ class DataConfig:
     root: str  # cache of verified raw files
     mirrors: dict[str, list[str]]  # per dataset: local folders searched before the network
     download: bool  # allow the network as the last source
-    clean_size: int = _rng(0)  # trusted clean subset, stratified (MentorNet: 5000)
+    trusted_size: int = _rng(0)  # trusted clean subset, stratified (MentorNet: 5000)
     val_size: int = _rng(0)  # optional noisy validation split carved from the train pool
     test_size: int = _rng(0)  # only for datasets without an official test split (digits, a folder without one)
     train_limit: int = _rng(0)  # 0: whole train pool; else a stratified subsample (quick runs)
     split_seed: int = _rng(0)
     truth: bool  # the data's labels are true ones; false: they are the (noisy) labels you have, not checked
-    clean_file: str  # a trusted subset given as a file (.csv index,label or path,label); "" = none given
+    trusted_file: str  # a trusted subset given as a file (.csv index,label or path,label); "" = none given
     path: str  # folder: an image tree root/<class>/<image> (or root/{train,test}/<class>/...) or a manifest
     classes: list[str]  # folder: class names in label order; [] = the data's names, sorted (as numbers if integers)
     image_size: int = _rng(1, 4096)  # folder: images are resized (shorter side) and centre-cropped to this square
@@ -152,12 +152,12 @@ class DataConfig:
             raise ConfigError(f"data.dataset: must be one of {choices}, got {self.dataset!r}")
         if self.channels == 2:
             raise ConfigError("data.channels: must be 1 (grayscale) or 3 (RGB), got 2")
-        if self.clean_file and self.clean_size:
-            raise ConfigError(f"data.clean_size: must be 0 with data.clean_file (the file is the trusted subset), "
-                              f"got {self.clean_size}")
-        if not self.truth and self.clean_size:
-            raise ConfigError("data.clean_size: with data.truth: false the labels are not trusted, so no clean "
-                              "subset can be drawn from them; give one as data.clean_file, or set 0")
+        if self.trusted_file and self.trusted_size:
+            raise ConfigError(f"data.trusted_size: must be 0 with data.trusted_file (the file is the trusted subset), "
+                              f"got {self.trusted_size}")
+        if not self.truth and self.trusted_size:
+            raise ConfigError("data.trusted_size: with data.truth: false the labels are not trusted, so no clean "
+                              "subset can be drawn from them; give one as data.trusted_file, or set 0")
         if not self.truth and self.val_size:
             raise ConfigError("data.val_size: with data.truth: false the labels are not trusted, so no validation "
                               "split can be drawn from them; set 0")

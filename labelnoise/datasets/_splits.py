@@ -64,18 +64,18 @@ def _stratified(pool: np.ndarray, labels: np.ndarray, n: int, num_classes: int, 
     return _take(pool, labels, quota, rng)
 
 
-def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, val_size: int, test_size: int,
+def make_splits(labels: np.ndarray, *, n_official_train: int, trusted_size: int, val_size: int, test_size: int,
                 train_limit: int, seed: int, clean_idx: np.ndarray | None = None) -> Splits:
     """Cut the fetched dataset into disjoint train / clean / val / test index sets.
 
     labels: int64 (N,); ``labels[:n_official_train]`` is the official train part, the rest the
     official test part. ``test`` is the official test part; a dataset without one (digits) holds out
     a stratified ``test_size`` instead (``test_size`` is ignored otherwise). From the train part:
-    ``clean`` (the trusted subset, as equal per class as possible, exactly ``clean_size``), then
+    ``clean`` (the trusted subset, as equal per class as possible, exactly ``trusted_size``), then
     ``val`` (stratified, ``val_size``), then ``train`` = the rest, or a stratified ``train_limit``
     of it. Pure numpy on ``np.random.default_rng(seed)``: same seed, same split.
 
-    ``clean_idx``: a trusted subset given (``data.clean_file``): it is the clean split (``clean_size`` must be 0),
+    ``clean_idx``: a trusted subset given (``data.trusted_file``): it is the clean split (``trusted_size`` must be 0),
     taken out of the train part before anything is drawn; an index in the official test part is a ValueError.
     """
     labels = np.asarray(labels, dtype=np.int64)
@@ -88,12 +88,12 @@ def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, v
     pool = np.arange(n_official_train, dtype=np.int64)
     given = None if clean_idx is None else np.unique(np.asarray(clean_idx, dtype=np.int64))
     if given is not None:
-        if clean_size:
-            raise ValueError(f"data.clean_size: must be 0 with a given clean subset, got {clean_size}")
+        if trusted_size:
+            raise ValueError(f"data.trusted_size: must be 0 with a given clean subset, got {trusted_size}")
         outside = given[(given < 0) | (given >= n_official_train)]
         if outside.size:
             where = "the test split" if 0 <= outside[0] < n else "no image"
-            raise ValueError(f"data.clean_file: index {outside[0]} is {where} ({outside.size} of its "
+            raise ValueError(f"data.trusted_file: index {outside[0]} is {where} ({outside.size} of its "
                              f"{given.size} indices are outside the train part 0..{n_official_train - 1})")
         pool = np.setdiff1d(pool, given)
 
@@ -106,16 +106,16 @@ def make_splits(labels: np.ndarray, *, n_official_train: int, clean_size: int, v
         test = _stratified(pool, labels, test_size, num_classes, rng, balanced=False)
         pool = np.setdiff1d(pool, test)
 
-    if (0 if given is not None else clean_size) + val_size >= len(pool):
-        raise ValueError(f"data.clean_size ({clean_size}) + data.val_size ({val_size}) must be smaller than the "
+    if (0 if given is not None else trusted_size) + val_size >= len(pool):
+        raise ValueError(f"data.trusted_size ({trusted_size}) + data.val_size ({val_size}) must be smaller than the "
                          f"{len(pool)} training examples available, to leave a train split")
-    clean = given if given is not None else _stratified(pool, labels, clean_size, num_classes, rng, balanced=True)
+    clean = given if given is not None else _stratified(pool, labels, trusted_size, num_classes, rng, balanced=True)
     pool = np.setdiff1d(pool, clean)
     val = _stratified(pool, labels, val_size, num_classes, rng, balanced=False)
     pool = np.setdiff1d(pool, val)
     if train_limit > len(pool):
         raise ValueError(f"data.train_limit ({train_limit}) exceeds the {len(pool)} training examples left "
-                         "after data.clean_size and data.val_size")
+                         "after data.trusted_size and data.val_size")
     train = _stratified(pool, labels, train_limit, num_classes, rng, balanced=False) if train_limit else pool
     return Splits(train_idx=train, clean_idx=clean, val_idx=val, test_idx=test)
 

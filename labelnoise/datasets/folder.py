@@ -24,7 +24,7 @@ integer (``9, 10, 100``), else as text. So folders ``5`` and ``7`` are two class
 ``1000000`` is one more class, never a million empty ones. An integer label that is not a class name is a class
 index only where ``data.classes`` is given and none of its names is an integer; names ``0..K-1`` are their own
 indices anyway. Any other label (a test label of a class the train part lacks) is one line naming it. The dataset's
-order, which every file of labels (``noise.given.file``, ``data.clean_file``) follows: the train part first, then the
+order, which every file of labels (``noise.given.file``, ``data.trusted_file``) follows: the train part first, then the
 test part; in a tree by class folder, then file name, both sorted; in a manifest by row.
 
 An image that cannot be read (missing, truncated, not an image, over PIL's decompression-bomb limit of pixels) is

@@ -1,7 +1,7 @@
 """The optimiser and the learning-rate schedules every network of the project trains with.
 
 ``recipe`` is any object with the training recipe's fields (``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
-``epochs``, ``schedule``, ``milestones``, ``gamma``, ``warmup_epochs``, ``onecycle_pct_start``).
+``epochs``, ``schedule``, ``milestones``, ``lr_gamma``, ``warmup_epochs``, ``onecycle_pct_start``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def make_scheduler(
 
     def factor(step: int) -> float:
         return lr_factor(step, schedule=recipe.schedule, total_steps=total, warmup_steps=warmup,
-                         milestones=list(recipe.milestones), gamma=recipe.gamma, pct_start=recipe.onecycle_pct_start)
+                         milestones=list(recipe.milestones), gamma=recipe.lr_gamma, pct_start=recipe.onecycle_pct_start)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

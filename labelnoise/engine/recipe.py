@@ -28,7 +28,7 @@ class Recipe:
     weight_decay: float = rng(0.0, 1.0)
     schedule: Literal["constant", "multistep", "cosine", "onecycle"]
     milestones: list[float]  # multistep: fractions of training where lr *= gamma, e.g. [0.5, 0.75]
-    gamma: float = rng(0.0, 1.0, lo_open=True)  # multistep decay factor
+    lr_gamma: float = rng(0.0, 1.0, lo_open=True)  # multistep decay factor
     warmup_epochs: float = rng(0.0)  # linear warm-up (multistep, cosine)
     onecycle_pct_start: float = rng(0.0, 1.0, lo_open=True)
     augment: Literal["auto", "none", "crop_flip"]  # auto: the dataset's own default (crop_flip for CIFAR)

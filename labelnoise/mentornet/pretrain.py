@@ -65,8 +65,8 @@ def check(m: MentorConfig, prepared: Prepared) -> None:
         return
     n = len(prepared.clean_idx)
     if n == 0:
-        raise ConfigError("mentor.kind: dd needs a trusted clean subset, and there is none (data.clean_size is 0 "
-                          "and no data.clean_file); give one, or use the predefined curriculum: mentor.kind: pd")
+        raise ConfigError("mentor.kind: dd needs a trusted clean subset, and there is none (data.trusted_size is 0 "
+                          "and no data.trusted_file); give one, or use the predefined curriculum: mentor.kind: pd")
     n_held = round(m.holdout * n)
     if n_held == 0 or n_held == n:
         raise ConfigError(f"mentor.holdout: {m.holdout} of {n} clean examples leaves no fit or no held-out examples")
@@ -182,7 +182,7 @@ def pretrain_dd(m: MentorConfig, prepared: Prepared, *, recipe: Any, generator: 
     if wrong < MIN_DD_EXAMPLES or corrupted.mask.size - wrong < MIN_DD_EXAMPLES:
         raise ValueError(f"the dd mentor's copy of the {corrupted.mask.size} trusted examples has {wrong} corrupted "
                          f"and {corrupted.mask.size - wrong} correct labels: it needs at least {MIN_DD_EXAMPLES} of "
-                         "each to learn to tell them apart; raise data.clean_size (or mentor.dd_noise_rate), or use "
+                         "each to learn to tell them apart; raise data.trusted_size (or mentor.dd_noise_rate), or use "
                          "mentor.kind: pd")
 
     # ---- a fresh student on the corrupted copy, features recorded after every epoch

@@ -53,8 +53,8 @@ class MethodContext:
     def require_trusted(self) -> None:
         """A method that trains on the trusted clean subset: one clear line when there is none."""
         if self.data.x_clean.shape[0] == 0:
-            raise ValueError(f"student.method {self.name} needs a trusted clean subset (data.clean_size > 0 or "
-                             "data.clean_file)")
+            raise ValueError(f"student.method {self.name} needs a trusted clean subset (data.trusted_size > 0 or "
+                             "data.trusted_file)")
 
     @property
     def steps_per_epoch(self) -> int:

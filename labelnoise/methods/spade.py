@@ -162,7 +162,7 @@ class SpadeTask(Task):
         if cfg.mentor_update != "none" and mentor_cfg.kind == "dd":
             if clean is None or clean[0].shape[0] == 0:
                 raise ValueError("student.mentor_update with a dd mentor needs the trusted clean subset "
-                                 "(data.clean_size > 0 or data.clean_file)")
+                                 "(data.trusted_size > 0 or data.trusted_file)")
             x, y = clean  # DD's training signal with a known mask: the mentor's own corrupted copy
             noisy = dd_copy(y.cpu().numpy(), mentor_cfg, num_classes=num_classes, dataset=dataset,
                             transition=dd_transition, given=None if dd_given is None else dd_given.cpu().numpy())
