@@ -44,7 +44,7 @@ def test_the_readme_is_short_and_starts_with_the_newcomers_path() -> None:
     lines = (REPO / "README.md").read_text().splitlines()
     assert len(lines) <= 300
     heads = {line[3:]: n for n, line in enumerate(lines, 1) if line.startswith("## ")}
-    for head in ("The two commands", "Try it in a minute", "Your own data", "Compare runs in the MLflow UI"):
+    for head in ("The two commands", "Try it on the tiny preset", "Your own data", "Compare runs in the MLflow UI"):
         assert heads[head] < 150, head
     for link in re.findall(r"\]\(([^)#]+)\)", "\n".join(lines)):
         assert link.startswith("https://") or (REPO / link).exists(), link
