@@ -238,6 +238,10 @@ RENAMED: dict[str, str] = {
     "train.gamma": "train.lr_gamma",
     "correction.alpha": "correction.prior_alpha",
     "correction.beta": "correction.entropy_beta",
+    # the mentor's weighting has one block, spade's, which mentormix shares
+    **{f"student.mentormix.{key}": f"student.spade.{key}" for key in (
+        "burn_in", "burn_in_keep", "fixed_progress", "weight_norm", "sample_weights", "mentor_update",
+        "mentor_update_every", "mentor_update_steps", "mentor_update_batches", "mentor_update_lr_drop")},
 }
 
 

@@ -143,8 +143,8 @@ def _block_keys(method: str) -> set[str]:
 def split_student(overlay: dict) -> dict:
     """A params overlay whose ``student`` section is written flat (recipe keys, method keys and method-block keys
     together, as a test states a run) → the params' own layout: recipe keys under ``train``, a method's keys in
-    its block ``student.<method>`` (SPADE's weighting keys go to the block of the overlay's method, spade by
-    default). Other sections pass through."""
+    its block ``student.<method>`` (the mentor's weighting keys to ``student.spade``, which mentormix
+    shares). Other sections pass through."""
     out = {k: v for k, v in overlay.items() if k != "student"}
     student = dict(overlay.get("student", {}))
     method = student.get("method", "spade")

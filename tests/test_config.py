@@ -67,6 +67,7 @@ def test_default_params_and_presets_validate() -> None:
         ("train.gamma=0.5", "train.gamma: renamed train.lr_gamma"),  # no symbol with two meanings
         ("correction.alpha=1", "correction.alpha: renamed correction.prior_alpha"),
         ("correction.beta=1", "correction.beta: renamed correction.entropy_beta"),
+        ("student.mentormix.burn_in=0.1", "student.mentormix.burn_in: renamed student.spade.burn_in"),  # one block
         ("train.lr=.nan", "train.lr: must be a finite number"),
         ("base.model_alias=latest", "base.model_alias: 'latest' is MLflow's"),
         ("noise.rate=.nan", "noise.rate: must be a finite number"),

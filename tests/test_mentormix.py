@@ -18,6 +18,7 @@ from torch import nn
 from labelnoise import engine
 from labelnoise import mentornet as mn
 from labelnoise.config import Config, from_dict, merge, read_yaml
+from labelnoise.methods import get_method
 from labelnoise.methods.mentormix import MentorMixTask, mentor_mix
 from tests.helpers import SigintAt, live_sigint, split_student
 from tests.test_spade import (
@@ -48,8 +49,8 @@ def config(student: dict | None = None, mentor: dict | None = None) -> Config:
 
 
 def make_task(cfg: Config, mentor: nn.Module, *, total_steps: int = 100, seed: int = 0) -> MentorMixTask:
-    return MentorMixTask(mentor, cfg=cfg.student.mentormix, recipe=cfg.train, mentor_cfg=cfg.mentor,
-                         total_steps=total_steps, steps_per_epoch=10,
+    return MentorMixTask(mentor, cfg=get_method("mentormix").settings(cfg.student), recipe=cfg.train,
+                         mentor_cfg=cfg.mentor, total_steps=total_steps, steps_per_epoch=10,
                          device=torch.device("cpu"), seed=seed, num_classes=3)
 
 
@@ -394,7 +395,7 @@ def test_mentormix_presets_load_validate_and_match_the_official_script(tmp_path,
     assert result.exit_code == 0, result.output
     cfg = load_config(out)
     alpha, p, second = OFFICIAL_CIFAR10[rate]
-    s, t, mix = cfg.student, cfg.train, cfg.student.mentormix
+    s, t, mix = cfg.student, cfg.train, get_method("mentormix").settings(cfg.student)
     assert (cfg.data.dataset, cfg.noise.rate, s.method, cfg.mentor.kind) == ("cifar10", rate / 100, "mentormix", "pd")
     assert (mix.mixup_alpha, cfg.mentor.percentile, mix.second_reweight) == (alpha, p, second)
     assert (t.batch_size, t.lr, t.momentum, t.lr_gamma, mix.burn_in, mix.burn_in_keep) == (128, 0.1, 0.9, 0.9, 0.09,

@@ -60,7 +60,7 @@ def test_unknown_method_and_bad_registrations_are_refused() -> None:
 def _context(method: str, **student: object) -> MethodContext:
     cfg = config({"method": method, "epochs": 2, **student})
     data, _, _ = noisy_view(rate=0.3)
-    return MethodContext(name=method, params=getattr(cfg.student, method, None), recipe=cfg.train, data=data,
+    return MethodContext(name=method, params=get_method(method).settings(cfg.student), recipe=cfg.train, data=data,
                          model=new_model(), new_model=new_model, seed=0, device=torch.device("cpu"),
                          mentor=new_mentor(cfg), mentor_cfg=cfg.mentor, log=lambda line: None)
 

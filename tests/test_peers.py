@@ -129,8 +129,8 @@ def _context(cfg, data):
     from labelnoise.methods import MethodContext
 
     method = cfg.student.method
-    return MethodContext(name=method, params=getattr(cfg.student, method), recipe=cfg.train, data=data, model=pair(),
-                         new_model=pair, seed=0, device=torch.device("cpu"), log=lambda line: None)
+    return MethodContext(name=method, params=get_method(method).settings(cfg.student), recipe=cfg.train, data=data,
+                         model=pair(), new_model=pair, seed=0, device=torch.device("cpu"), log=lambda line: None)
 
 
 def test_dividemix_resumes_after_a_crash_to_the_same_result(tmp_path) -> None:

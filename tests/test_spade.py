@@ -133,7 +133,7 @@ def make_spade(cfg: Config, mentor: nn.Module, *, total_steps: int = 100, steps_
 def run_fit(cfg: Config, data, mentor: nn.Module | None, path=None, model=None, **kw) -> engine.FitResult:
     """The student trained as stage train_student trains it: the method's registry entry in the engine."""
     s = cfg.student
-    ctx = MethodContext(name=s.method, params=getattr(s, s.method, None), recipe=cfg.train, data=data,
+    ctx = MethodContext(name=s.method, params=get_method(s.method).settings(s), recipe=cfg.train, data=data,
                         model=model or new_model(), new_model=new_model, seed=0, device=torch.device("cpu"),
                         weights_at=s.weights_at, mentor=mentor, mentor_cfg=cfg.mentor, checkpoint_path=path,
                         **{"log": lambda line: None, **kw})

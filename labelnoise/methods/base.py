@@ -29,7 +29,7 @@ class MethodContext:
     """Everything a method may use to train the student: never the true train labels (``data`` is a TrainView)."""
 
     name: str  # the method (student.method)
-    params: Any  # its params block (student.<name>), None for a method without one
+    params: Any  # its settings (Method.settings: its block student.<name>, with a shared one), None without
     recipe: Any  # the training recipe (params `train`: optimiser, schedule, epochs, batch sizes, precision, ...)
     data: TrainView
     model: nn.Module  # the student network, freshly initialised
@@ -108,10 +108,21 @@ class Method:
     order: int = 100  # position in tables and reports (baselines first)
     networks: int = 1  # its model is an Ensemble of this many networks (create_model(..., members=N)): DivideMix's 2
     params: type | None = None  # the dataclass of its params block (student.<name> in params.yaml), if it has one
+    shares: tuple[str, type] | None = None  # (another method, the joined dataclass): that method's block holds
+    #   settings this one uses too, in one place (mentormix: spade's weighting); settings() joins the two blocks
     note: Callable[[Mapping[str, Any], int, int], str] | None = None  # (its params as trained, a 1-based epoch,
     #   the epochs) → a note on that epoch's records (SPADE's burn-in: its weights are example dropout)
     task: Callable[[MethodContext], Task] | None = None  # one fit of the engine with this task
     train: Callable[[MethodContext], MethodResult] | None = None  # or a training procedure of its own
+
+    def settings(self, student: Any) -> Any:
+        """Its settings from the ``student`` params section: its block (None without one), joined to the block it
+        shares (``shares``)."""
+        own = getattr(student, self.name) if self.params is not None else None
+        if self.shares is None:
+            return own
+        other, joined = self.shares
+        return joined(**dataclasses.asdict(getattr(student, other)), **dataclasses.asdict(own))
 
     def run(self, ctx: MethodContext) -> MethodResult:
         """Train the student: the method's own procedure, or one fit of the engine with its task."""

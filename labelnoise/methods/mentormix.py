@@ -25,13 +25,18 @@ from labelnoise.schema import rng
 
 # ----------------------------------------------------------------------------- params (block `student.mentormix`)
 @dataclass(frozen=True)
-class MentorMixParams(SpadeParams):
-    """SPADE's settings of the mentor's weighting (burn-in, refits, ``weight_norm`` for the second reweighting), and
-    the mixing's own."""
+class MentorMixParams:
+    """The mixing. The mentor's weighting (burn-in, refits, ``weight_norm`` for the second reweighting) is SPADE's
+    block ``student.spade``, shared: :class:`MentorMixSettings` joins the two."""
 
     mixup_alpha: float | Literal["auto"] = rng(0.0, 1000.0, lo_open=True)  # λ ~ Beta(α, α), λ = max(λ, 1 - λ)
     mix_temperature: float = rng(0.0, 1000.0, lo_open=True)  # partners drawn from softmax(v / T) (official: T = 1)
     second_reweight: bool | Literal["auto"]  # weight the mixed examples' losses by the mentor again
+
+
+@dataclass(frozen=True)
+class MentorMixSettings(MentorMixParams, SpadeParams):
+    """What the task reads: ``student.spade`` (the weighting) and ``student.mentormix`` (the mixing)."""
 
 
 # ---- auto settings from the noise estimate (labelnoise.auto): the official MentorMix CIFAR-10 settings (Jiang et al.
@@ -102,15 +107,15 @@ class MentorMixTask(SpadeTask):
       weight: forward with no gradient → per-example cross-entropy l (B,) on the noisy labels → v as SPADE
         (:meth:`SpadeTask.mentor_weights`: l_pt, burn-in v ~ Bernoulli(``burn_in_keep``), mentor, sampling
         layer). v only steers the mixing: the official code never puts v·l into the loss.
-      sample + mixup: :func:`mentor_mix` with ``student.mixup_alpha`` and ``student.mix_temperature``.
+      sample + mixup: :func:`mentor_mix` with ``student.mentormix.mixup_alpha`` and ``mix_temperature``.
       forward/loss on the mixed batch: l̃ (B,) = cross-entropy against the soft mixed labels;
-        loss = mean l̃ (official ``reduce_mean``), or with ``student.second_reweight``:
+        loss = mean l̃ (official ``reduce_mean``), or with ``student.mentormix.second_reweight``:
       weight again: v2 = mentor weights of l̃ with their own moving percentile (same p and decay; official
         avg_name "mixed"), the label input being the mixed example's dominant label (the official code feeds
         label 0 to both calls), and loss = Σ v2·l̃ / B (``weight_norm: batch``, official) or / Σ v2 (``sum``).
     The official code drops weight decay under second_reweight (its regulariser collection is empty there);
     here the optimiser's weight decay always applies (the presets set 0 where the official run had none).
-    Mentor refits (``student.mentor_update``) work as for SPADE on the first weighting's inputs.
+    Mentor refits (``student.spade.mentor_update``) work as for SPADE on the first weighting's inputs.
     """
 
     def __init__(self, mentor: nn.Module, **kwargs: Any) -> None:
@@ -162,6 +167,7 @@ class MentorMixTask(SpadeTask):
 
 METHOD = register(Method(
     name="mentormix", order=30, display="MentorMix", uses_mentor=True, scores_labels=True, params=MentorMixParams,
-    summary="MentorNet weights steer mixup partners and ratios, then weight the mix again", note=burn_in_note,
+    shares=("spade", MentorMixSettings), note=burn_in_note,
+    summary="MentorNet weights steer mixup partners and ratios, then weight the mix again",
     task=lambda ctx: mentor_task(MentorMixTask, ctx),
 ))

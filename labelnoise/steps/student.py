@@ -36,7 +36,7 @@ def train_student(cfg: Any, view: TrainView, model: nn.Module, kwargs: dict[str,
     ``view``; ``mentor``: (the MentorNet, its settled params, its copy's channel) for a method that uses one."""
     s, t = cfg.student, cfg.train
     net, mentor_cfg, channel = mentor if mentor is not None else (None, None, None)
-    ctx = MethodContext(name=s.method, params=getattr(s, s.method, None), recipe=t, data=view, model=model,
+    ctx = MethodContext(name=s.method, params=get_method(s.method).settings(s), recipe=t, data=view, model=model,
                         new_model=lambda: create_model(t.model, pretrained=t.pretrained, **kwargs),
                         seed=cfg.base.seed, device=runtime.resolve_device(cfg.base.device), weights_at=s.weights_at,
                         mentor=net, mentor_cfg=mentor_cfg, mentor_channel=channel, trusted=cfg.trusted,
