@@ -351,14 +351,21 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, _write)
 
 
-def terminal_progress(items: Sequence[Any], description: str) -> Iterable[Any]:
-    """``items``, with a progress bar on stderr while they are gone through where stderr is a terminal (it goes
-    when done); elsewhere (a pipe, a file, DVC's log) just ``items``."""
+def terminal_bar(*columns: Any, show: bool | None = None) -> Any:
+    """The project's progress bar (a rich ``Progress`` with ``columns``, rich's default ones without): on stderr,
+    shown only where stderr is a terminal (``show`` decides otherwise), gone when done; elsewhere (a pipe, a file,
+    DVC's log) it draws nothing."""
     from rich.console import Console
-    from rich.progress import track
+    from rich.progress import Progress
 
-    return track(items, description=description, total=len(items), transient=True,
-                 console=Console(file=sys.stderr), disable=not sys.stderr.isatty())
+    show = sys.stderr.isatty() if show is None else show
+    return Progress(*columns, transient=True, console=Console(file=sys.stderr), disable=not show)
+
+
+def terminal_progress(items: Sequence[Any], description: str) -> Iterator[Any]:
+    """``items``, with a :func:`terminal_bar` while they are gone through."""
+    with terminal_bar() as bar:
+        yield from bar.track(items, total=len(items), description=description)
 
 
 def one_line(e: BaseException) -> str:

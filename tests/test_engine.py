@@ -237,6 +237,24 @@ def test_fit_with_bf16_channels_last_and_augmentation_runs() -> None:
     assert math.isfinite(result.history[0]["train_loss"])
 
 
+def test_the_training_bar_is_drawn_on_a_terminal_only(monkeypatch) -> None:
+    """The epoch bar goes to stderr where that is a terminal (with the epoch counter), and draws nothing into a
+    pipe or a log file; the bar of a folder's image reading is the same one (labelnoise.io.terminal_bar)."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown = {}
+    for stream in (Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        fit(new_model(), separable_view(), recipe_cfg(epochs=1), name="train", progress=None)
+        shown[stream.isatty()] = stream.getvalue()
+    assert "train 1/1" in shown[True] and shown[False] == ""
+
+
 def test_resume_after_crash_equals_uninterrupted(tmp_path) -> None:
     cfg, data = recipe_cfg(epochs=3, augment="crop_flip"), separable_view()
     straight = run_fit(cfg, data)

@@ -34,7 +34,7 @@ from labelnoise.engine.optim import make_optimizer, make_scheduler
 from labelnoise.engine.predict import autocast, evaluate_accuracy
 from labelnoise.engine.records import WeightLog
 from labelnoise.engine.task import Task
-from labelnoise.io import save_torch
+from labelnoise.io import save_torch, terminal_bar
 from labelnoise.runtime import (
     STOP_SIGNALS,
     Stopped,
@@ -406,11 +406,11 @@ def fit(
         })
         last_saved = epoch_done + (partial_state.batch / steps_per_epoch if partial_state is not None else 0.0)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     show = (sys.stderr.isatty() if progress is None else progress) and main
-    bar = Progress(TextColumn(f"{name} {{task.fields[epoch]}}/{{task.fields[total_epochs]}}"), BarColumn(),
-                   MofNCompleteColumn(), TimeRemainingColumn(), transient=True, disable=not show)
+    bar = terminal_bar(TextColumn(f"{name} {{task.fields[epoch]}}/{{task.fields[total_epochs]}}"), BarColumn(),
+                       MofNCompleteColumn(), TimeRemainingColumn(), show=show)
     with _stop_flag(log) as interrupted, bar:
         bar_task = bar.add_task("train", total=steps_per_epoch, epoch=start_epoch + 1, total_epochs=recipe.epochs)
         for epoch in range(start_epoch, recipe.epochs):
