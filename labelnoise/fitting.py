@@ -158,6 +158,8 @@ def fit(images: np.ndarray | Sequence[str | Path], labels: Sequence[Any] | np.nd
     checked = checked_labels(trusted, len(x), k)
     if checked is None:
         checked = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    order = np.argsort(checked[0])  # the trusted subset in the images' order, as the pipeline's clean split is
+    checked = (checked[0][order], checked[1][order])
     x_test = y_test = None
     if test is not None:
         x_test = _as_images(test[0], size=size, channels=channels)

@@ -44,10 +44,14 @@ def run(cfg: Config) -> dict[str, Any]:
         known = np.zeros(len(labels), dtype=bool)
         known[raw.n_official_train:] = True
         known[splits.clean_idx] = True
+    # without true labels the data's own labels of the trusted images are noisy ones: beside the checked labels
+    # they show the noise itself
+    given = raw.labels[splits.clean_idx] if clean_idx is not None and known is not None else None
     prepared = datasets.Prepared(images=raw.images, labels=labels, train_idx=splits.train_idx,
                                  clean_idx=splits.clean_idx, val_idx=splits.val_idx, test_idx=splits.test_idx,
                                  classes=raw.classes, dataset=raw.dataset, known=known,
-                                 paths=None if raw.paths is None else np.array(raw.paths, dtype=np.str_))
+                                 paths=None if raw.paths is None else np.array(raw.paths, dtype=np.str_),
+                                 clean_given=given)
     report = datasets.data_report(prepared, source=raw.source, rejected=raw.rejected)
     sizes = prepared.sizes()
     metrics = {"n_train": sizes["train"], "n_clean": sizes["clean"], "n_val": sizes["val"], "n_test": sizes["test"]}

@@ -96,17 +96,18 @@ def run(cfg: Config) -> dict[str, float]:
     setup(cfg)
     if method.train is not None and distributed.active():
         raise ConfigError(f"student.method {s.method} runs in one process: start it without torchrun")
+    # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced images)
+    view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
+    n = view.x_train.shape[0]  # the noisy train examples: the records and outputs are theirs
+    # Built before the run opens (unreachable pretrained weights fail in one line, with no run left behind), and
+    # first after the seeding, as labelnoise.fit builds it: reading the mentor draws random numbers too
+    view, kwargs, model = step.student_network(cfg, view)
     mentor = None
     if method.uses_mentor:  # other methods never read the mentor
         from labelnoise.mentornet import student_mentor
 
         mentor = student_mentor(PATHS.mentor_model, resolve_device(cfg.base.device))
     mentor_cfg = mentor[1] if mentor is not None else None
-    # The view replaces the true train labels by the noisy ones (and, for open-set noise, the replaced images)
-    view = make_train_view(load_prepared(PATHS.prepared), load_noisy(PATHS.noisy))
-    n = view.x_train.shape[0]  # the noisy train examples: the records and outputs are theirs
-    # Built before the run opens: unreachable pretrained weights fail in one line, with no run left behind.
-    view, kwargs, model = step.student_network(cfg, view)
 
     with stage_run("train_student", cfg) as tracked:
         tracked.set_tags({"method": s.method, "model": t.model, **({"mentor": mentor_cfg.kind} if mentor_cfg else {}),
@@ -117,7 +118,7 @@ def run(cfg: Config) -> dict[str, float]:
         last = trained.fit.history[-1]
         if not distributed.is_main():  # torchrun: rank 0 writes the outputs
             return {}
-        _save(trained, n, kwargs, method.checkpoint_config(getattr(s, s.method, None), t, seed=cfg.base.seed,
+        _save(trained, n, kwargs, method.checkpoint_config(method.settings(s), t, seed=cfg.base.seed,
                                                           weights_at=s.weights_at, mentor_cfg=mentor_cfg), cfg,
               list(view.classes))
         metrics = trained.summary()

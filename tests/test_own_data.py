@@ -487,3 +487,33 @@ def test_a_changed_image_reruns_the_stages_that_read_it(runs: dict, tmp_path: Pa
     sh(["dvc", "repro", "own_files"], work, run["env"])  # the listing of data/own (DVC itself never reads it)
     status = sh(["dvc", "status"], work, run["env"]).stdout
     assert "download:" in status and "inject_noise:" in status
+
+
+def test_fit_in_python_is_the_pipeline_number_for_number(runs: dict) -> None:
+    """labelnoise.fit on the same image files, given labels, trusted subset and test split, with the project's
+    params, runs the pipeline's steps on the same engine: the same label-issues table, row for row, and the same
+    test accuracies as `dvc repro`."""
+    import labelnoise
+
+    root, run = runs["no_truth"]
+    classes = run["own"]["classes"]
+    rows = list(csv.DictReader(open(root / "data/own/manifest.csv")))
+    train, test = ([r for r in rows if r["split"] == split] for split in ("train", "test"))
+    position = {r["path"]: i for i, r in enumerate(train)}
+    checked = list(csv.DictReader(open(root / "data/own/clean.csv")))
+    trusted = ([position[r["path"]] for r in checked], [classes.index(r["label"]) for r in checked])
+    fitted = labelnoise.fit([root / "data/own" / r["path"] for r in train], [r["label"] for r in train],
+                            trusted=trusted, test=([root / "data/own" / r["path"] for r in test],
+                                                   [r["label"] for r in test]),
+                            classes=classes, params=yaml.safe_load((root / "params.yaml").read_text()),
+                            log=lambda line: None)
+    pipeline = _issues(root)
+    ours = fitted.label_issues
+    assert [train[i]["path"] for i in ours["index"]] == [r["path"] for r in pipeline]  # the same order
+    for column, cell in (("given", str), ("suggested", str), ("flagged", lambda v: "yes" if v else "no"),
+                         ("p_given", "{:.4f}".format), ("p_suggested", "{:.4f}".format),
+                         ("score", lambda v: "" if np.isnan(v) else f"{v:.4f}")):  # as the CSV writes them
+        assert [cell(v) for v in ours[column]] == [r[column] for r in pipeline], column
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert fitted.metrics["test_acc"] == metrics["test_acc"]
+    assert fitted.metrics["corrected_test_acc"] == metrics["corrected_test_acc"]

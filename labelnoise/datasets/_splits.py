@@ -121,6 +121,7 @@ def make_splits(labels: np.ndarray, *, n_official_train: int, trusted_size: int,
 
 
 _INDEX_FIELDS = ("train_idx", "clean_idx", "val_idx", "test_idx")
+_OPTIONAL = ("known", "paths", "clean_given")
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class Prepared:
     dataset: str
     known: np.ndarray | None = None  # bool (N,): labels[i] is a true label; None: all are (a built-in dataset)
     paths: np.ndarray | None = None  # str (N,): each image's file (a folder dataset), else None
+    clean_given: np.ndarray | None = None  # int64 (n_clean,): the data's own labels of the trusted subset where a
+    #   trusted file replaced labels that are not true ones (data.truth: false): the noisy source's labels of the
+    #   trusted examples, which beside their checked ones show the noise itself; None: not known
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -145,6 +149,11 @@ class Prepared:
             if arr is not None and (arr.shape != (n,) or arr.dtype.kind != kind):
                 raise ValueError(f"Prepared.{name} must be ({n},) {'bool' if kind == 'b' else 'str'}, "
                                  f"got {arr.dtype} {arr.shape}")
+        given = self.clean_given
+        if given is not None and (given.dtype != np.int64 or given.shape != self.clean_idx.shape
+                                  or (given.size and (given.min() < 0 or given.max() >= len(self.classes)))):
+            raise ValueError(f"Prepared.clean_given must be int64 {self.clean_idx.shape} in [0, {len(self.classes)}), "
+                             f"got {given.dtype} {given.shape}")
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError(f"Prepared.images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
         if self.labels.dtype != np.int64 or self.labels.shape != (n,):
@@ -172,7 +181,7 @@ class Prepared:
 
 def save_prepared(path: str | Path, p: Prepared) -> Path:
     """Write ``p`` atomically as an uncompressed npz (class names as a string array, no pickle)."""
-    optional = {k: getattr(p, k) for k in ("known", "paths") if getattr(p, k) is not None}  # absent: built-in
+    optional = {k: getattr(p, k) for k in _OPTIONAL if getattr(p, k) is not None}  # absent: built-in data
     return save_npz(path, images=p.images, labels=p.labels, **{k: getattr(p, k) for k in _INDEX_FIELDS},
                     classes=np.array(p.classes, dtype=np.str_), dataset=np.array(p.dataset, dtype=np.str_),
                     **optional)
@@ -184,7 +193,7 @@ def load_prepared(path: str | Path) -> Prepared:
                       keys=("images", "labels", *_INDEX_FIELDS, "classes", "dataset"))
     return Prepared(images=arrays["images"], labels=arrays["labels"], **{k: arrays[k] for k in _INDEX_FIELDS},
                     classes=[str(c) for c in arrays["classes"]], dataset=str(arrays["dataset"]),
-                    known=arrays.get("known"), paths=arrays.get("paths"))
+                    **{k: arrays.get(k) for k in _OPTIONAL})
 
 
 def data_report(p: Prepared, *, source: str, rejected: list[str]) -> dict[str, Any]:

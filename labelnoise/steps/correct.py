@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from labelnoise import runtime
@@ -37,12 +39,17 @@ def correct_labels(cfg: Any, view: TrainView, student: nn.Module, model_name: st
     from labelnoise import correction
 
     c, kwargs = cfg.correction, {**model_kwargs, "pretrained": False}
+    device = runtime.resolve_device(cfg.base.device)
+    # its own copy of the student (the caller's network stays as it was), in the memory layout training gives it
+    # (train.channels_last): one read from models/student.pt then gives the numbers of one straight from training
+    layout = torch.channels_last if runtime.resolve_channels_last(cfg.train.channels_last, device) else None
+    own = copy.deepcopy(student).to(memory_format=layout or torch.contiguous_format)
     return correction.correct(
-        view, student,
+        view, own,
         lambda stream: runtime.seeded(lambda: create_model(model_name, **kwargs),
                                       runtime.derived_seed(cfg.base.seed, stream)),
         cfg=c, trusted=cfg.trusted, recipe=correction_recipe(cfg, model_name), seed=cfg.base.seed,
-        device=runtime.resolve_device(cfg.base.device),
+        device=device,
         transition=estimate.transition if estimate is not None and c.noisy_label_weight == "auto" else None,
         weights=weights if c.trust_mentor else None, trusted_probs=trusted_probs,
         checkpoint_path=checkpoint_path, on_epoch=on_epoch, log=log)
