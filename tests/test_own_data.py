@@ -462,6 +462,8 @@ def test_without_true_labels_nothing_truth_based_is_reported(runs: dict) -> None
     data = json.loads((root / "reports/data.json").read_text())
     assert data["true_labels"] == {"train": False, "clean": True, "val": True, "test": True}
     assert noise["realised_rate"] is None and noise["transition"] is None and noise["true_labels"] is False
+    # the manifest labels the trusted images too: beside their checked labels they show the noise itself
+    assert json.loads((root / "reports/noise_estimate.json").read_text())["use"] == "paired"
     for key in ("noise_realised_rate", "noisy_label_acc", "n_corrupted", "detection_auroc", "label_issues_precision",
                 "label_issues_recall", "label_acc_before", "recovered_label_acc"):
         assert metrics[key] is None, key
