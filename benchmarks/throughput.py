@@ -132,7 +132,7 @@ def bench_task(b: Bench, method: str, *, steps_per_epoch: int, epochs: int, ment
     from labelnoise.methods import MethodContext, get_method
     from labelnoise.views import TrainView
 
-    block = getattr(b.cfg.student, method, None)  # the method's params block (none for ce)
+    block = get_method(method).settings(b.cfg.student)  # its settings (none for ce)
     if block is not None and hasattr(block, "burn_in"):
         block = dataclasses.replace(block, burn_in=0.0, mentor_update="none")
     recipe = dataclasses.replace(b.cfg.train, batch_size=-(-b.x.shape[0] // steps_per_epoch), epochs=epochs)
