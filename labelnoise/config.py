@@ -238,10 +238,9 @@ RENAMED: dict[str, str] = {
     "train.gamma": "train.lr_gamma",
     "correction.alpha": "correction.prior_alpha",
     "correction.beta": "correction.entropy_beta",
-    # the mentor's weighting has one block, spade's, which mentormix shares
-    **{f"student.mentormix.{key}": f"student.spade.{key}" for key in (
-        "burn_in", "burn_in_keep", "fixed_progress", "weight_norm", "sample_weights", "mentor_update",
-        "mentor_update_every", "mentor_update_steps", "mentor_update_batches", "mentor_update_lr_drop")},
+    # a block one method shares with another has one place (mentormix uses spade's weighting: Method.shares)
+    **{f"student.{m.name}.{f.name}": f"student.{m.shares[0]}.{f.name}" for m in registered() if m.shares
+       for f in dataclasses.fields(m.shares[1]) if f.name not in {g.name for g in dataclasses.fields(m.params)}},
 }
 
 
