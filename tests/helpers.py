@@ -125,11 +125,6 @@ def import_graph(*packages: str) -> dict[str, set[str]]:
 RECIPE_KEYS = ("model", "pretrained", "epochs", "batch_size", "eval_batch_size", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "milestones", "lr_gamma", "warmup_epochs", "onecycle_pct_start", "augment",
                "crop_padding", "precision", "channels_last", "label_smoothing")
-SPADE_KEYS = ("burn_in", "burn_in_keep", "weight_norm", "sample_weights", "mentor_update", "mentor_update_every",
-              "mentor_update_steps", "mentor_update_batches", "mentor_update_lr_drop")
-MIX_KEYS = ("mixup_alpha", "mix_temperature", "second_reweight")
-
-
 def _block_keys(method: str) -> set[str]:
     """The keys of the params block ``student.<method>`` (none for an unknown method or one without a block)."""
     import dataclasses
@@ -154,9 +149,9 @@ def split_student(overlay: dict) -> dict:
             out.setdefault("train", {})[key] = value
         elif key in _block_keys(method):
             new.setdefault(method, {})[key] = value
-        elif key in SPADE_KEYS:
+        elif key in _block_keys("spade"):  # the weighting block mentormix shares
             new.setdefault("spade", {})[key] = value
-        elif key in MIX_KEYS:
+        elif key in _block_keys("mentormix"):
             new.setdefault("mentormix", {})[key] = value
         else:
             new[key] = value
