@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labelnoise.config import flatten, read_yaml
+from labelnoise.config import RENAMED, flatten, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "docs"))
@@ -50,15 +50,29 @@ def test_the_readme_is_short_and_starts_with_the_newcomers_path() -> None:
         assert link.startswith("https://") or (REPO / link).exists(), link
 
 
-@pytest.mark.parametrize("source", ["README.md", "docs", "reports", "cli"])
-def test_no_user_facing_text_names_an_issue_or_a_commit(source: str) -> None:
+SOURCES = ["README.md", "docs", "reports", "params.yaml", "cli"]
+
+
+def _texts(source: str) -> dict[str, str]:
+    """A user-facing source's texts by name: a file, the .md files of a folder, or the CLI's help."""
     if source == "cli":
-        texts = {"cli.py --help": hooks.cli_reference()}
-    else:
-        path = REPO / source
-        files = [path] if path.is_file() else sorted(path.rglob("*.md"))
-        texts = {str(f.relative_to(REPO)): f.read_text() for f in files}
+        return {"cli.py --help": hooks.cli_reference()}
+    path = REPO / source
+    files = [path] if path.is_file() else sorted(path.rglob("*.md"))
+    return {str(f.relative_to(REPO)): f.read_text() for f in files}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_no_user_facing_text_names_an_issue_or_a_commit(source: str) -> None:
     # a git hash is named as one ("commit 7e05088") or in full (40 digits); MLflow's run ids (32) are fine
     pattern = re.compile(r"\bissues? #?\d+|\bcommits? [0-9a-f]{6,}|\b[0-9a-f]{40}\b", re.IGNORECASE)
-    found = {name: pattern.findall(text) for name, text in texts.items()}
+    found = {name: pattern.findall(text) for name, text in _texts(source).items()}
+    assert not {name: hits for name, hits in found.items() if hits}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_no_user_facing_text_names_a_renamed_param(source: str) -> None:
+    """A renamed key fails with one line naming the new one; README, docs, study reports and help use the new."""
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in RENAMED) + r")(?!\w|\.\w)")
+    found = {name: pattern.findall(text) for name, text in _texts(source).items()}
     assert not {name: hits for name, hits in found.items() if hits}
