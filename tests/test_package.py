@@ -4,6 +4,7 @@ repository (a fresh venv; its dependencies are the project venv's, so nothing is
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,27 +25,45 @@ def _run(args: list[str], cwd: Path) -> str:
     return done.stdout
 
 
+def _copy_sources(dest: Path) -> Path:
+    """The package's sources copied to ``dest`` (so building leaves no build/ or egg-info in the checkout)."""
+    dest.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def _fresh_venv(path: Path, cwd: Path) -> Path:
+    """A new venv at ``path`` that sees the project venv's packages (torch & co., not installed again, and the
+    build backend): its python. It has no pip or setuptools of its own (an old one would shadow the project's):
+    :func:`_pip_install` installs into it with the project's pip."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(path)], cwd)
+    python = path / "bin" / "python"
+    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd).strip())
+    (purelib / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def _pip_install(python: Path, *args: str, cwd: Path) -> None:
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", *args],
+         cwd)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a fresh venv with the wheel installed, the wheel): built from a copy of the sources, so the checkout gets
     no build/ or egg-info."""
     tmp = tmp_path_factory.mktemp("package")
-    src = tmp / "src"
-    src.mkdir()
-    for name in SOURCES:
-        if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(REPO / name, src / name)
+    src = _copy_sources(tmp / "src")
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
           "-w", str(tmp / "dist"), str(src)], tmp)
     wheel = next((tmp / "dist").glob("labelnoise-*.whl"))
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], tmp)
-    python = venv / "bin" / "python"
-    purelib = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).strip())
-    (purelib / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch & co., not installed
-    _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp)
+    python = _fresh_venv(venv, tmp)
+    _pip_install(python, str(wheel), cwd=tmp)
     return venv, wheel
 
 
@@ -102,3 +121,17 @@ for i in (1000, 1001):
     out = _run([str(venv / "bin" / "labelnoise"), "predict", "1000.png", "1001.png", "--model", "model.pt"], tmp_path)
     header, *rows = out.splitlines()
     assert header == "path,predicted,probability,top_k" and [r.split(",")[0] for r in rows] == ["1000.png", "1001.png"]
+
+
+def test_an_editable_install_runs_the_sources_in_place(tmp_path: Path) -> None:
+    """`pip install -e .`: the command and the library come from the clone, so an edit there is what runs."""
+    src = _copy_sources(tmp_path / "src")
+    python = _fresh_venv(tmp_path / "venv", tmp_path)
+    _pip_install(python, "--no-build-isolation", "-e", str(src), cwd=tmp_path)
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    where = _run([str(python), "-c", "import labelnoise; print(labelnoise.__file__)"], away).strip()
+    assert Path(where).resolve().is_relative_to(src.resolve())
+    pyproject = src / "pyproject.toml"
+    pyproject.write_text(re.sub(r'(?m)^version = "[^"]*"', 'version = "9.9.9"', pyproject.read_text()))
+    assert _run([str(tmp_path / "venv" / "bin" / "labelnoise"), "--version"], away).strip() == "labelnoise 9.9.9"
