@@ -205,7 +205,10 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_exits_128_plus_signal_and_resumes_
     assert code == 128 + sig, err[-2000:]
     name = signal.Signals(sig).name
     last = err.strip().splitlines()[-1]  # where the fit stopped and the checkpoint that resumes it
-    assert last.startswith(f"error: {name}: stopped at epoch ") and f"checkpoint saved to {STUDENT_CKPT}" in last, last
+    # aimed inside an epoch, the signal may still land in the epoch's evaluation on a loaded machine (an epoch
+    # faster than the one before it): both are stops with a checkpoint (the mid-batch line: test_engine)
+    where = re.match(rf"error: {name}: stopped at (epoch \d+, batch \d+/\d+|the end of epoch \d+): ", last)
+    assert where and f"checkpoint saved to {STUDENT_CKPT}" in last, last
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert not saved["finished"] and 1 <= saved["epoch"] < 10
     with sqlite3.connect(work / "mlflow.db") as db:
