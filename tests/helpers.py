@@ -125,6 +125,8 @@ def import_graph(*packages: str) -> dict[str, set[str]]:
 RECIPE_KEYS = ("model", "pretrained", "epochs", "batch_size", "eval_batch_size", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "milestones", "lr_gamma", "warmup_epochs", "onecycle_pct_start", "augment",
                "crop_padding", "precision", "channels_last", "label_smoothing")
+
+
 def _block_keys(method: str) -> set[str]:
     """The keys of the params block ``student.<method>`` (none for an unknown method or one without a block)."""
     import dataclasses
@@ -147,12 +149,8 @@ def split_student(overlay: dict) -> dict:
     for key, value in student.items():
         if key in RECIPE_KEYS:
             out.setdefault("train", {})[key] = value
-        elif key in _block_keys(method):
-            new.setdefault(method, {})[key] = value
-        elif key in _block_keys("spade"):  # the weighting block mentormix shares
-            new.setdefault("spade", {})[key] = value
-        elif key in _block_keys("mentormix"):
-            new.setdefault("mentormix", {})[key] = value
+        elif block := next((b for b in (method, "spade", "mentormix") if key in _block_keys(b)), None):
+            new.setdefault(block, {})[key] = value  # the run's method's block first; spade's is mentormix's too
         else:
             new[key] = value
     if new:
